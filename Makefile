@@ -1,0 +1,36 @@
+# nnopt: `make help` lists the targets. Everything installs into .venv from pyproject.toml.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install run test test-fast bench lint clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install nnopt with its dev tools
+
+run: $(STAMP) ## Train the default config (MLP on the shipped MNIST) and print the test accuracy
+	$(BIN)/nnopt train
+
+test: $(STAMP) ## Run the whole test suite
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## Run the tests not marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP) ## Time nnopt's epoch against a plain PyTorch loop (prints ratios)
+	$(BIN)/python -m benchmarks.epoch_overhead
+
+lint: $(STAMP) ## ruff lint
+	$(BIN)/ruff check nnopt_cli tests benchmarks
+
+clean: ## Remove the venv and caches (keeps outputs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,41 @@
+"""The `nnopt` command: dispatches to subcommands (train, compare)."""
+
+from __future__ import annotations
+
+import sys
+
+from nnopt_cli import __version__
+
+USAGE = """usage: nnopt <command> [args]
+
+commands:
+  train     train a model with the techniques chosen by config (Hydra overrides)
+            nnopt train optimizer=adam scheduler=exp
+            nnopt train --multirun optimizer=sgd,momentum,adam seed=0,1,2
+            nnopt train --help        config groups, their options and Hydra flags
+
+options:
+  -h, --help     show this message
+  --version      print nnopt's version
+"""
+
+COMMANDS = ("train",)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        raise SystemExit(0 if args else 2)
+    if args[0] == "--version":
+        print(f"nnopt {__version__}")
+        return
+    command, rest = args[0], args[1:]
+    if command == "train":
+        from nnopt_cli.train_app import run
+
+        run(rest)
+        return
+    print(f"nnopt: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see nnopt --help)",
+          file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,163 @@
+"""Datasets as in-memory tensors: the training loop batches by index, no DataLoader on the hot path.
+
+`load_dataset` returns normalized float tensors of shape (N, C, H, W) plus integer labels, with a
+seeded validation split carved from the training set. The test set is only for final evaluation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nnopt_cli.errors import ConfigError, DataError
+
+PACKAGED_MNIST = Path(__file__).parent / "mnist"
+
+# md5 of the decompressed canonical IDX files (the official MNIST md5s)
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+DATASETS = ("mnist", "fashion_mnist", "kmnist", "synthetic")
+
+
+@dataclass
+class Splits:
+    """Train/val/test tensors of one dataset, already normalized."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def to(self, device: torch.device) -> Splits:
+        moved = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+        return Splits(name=self.name, num_classes=self.num_classes, **moved)
+
+
+def default_root() -> Path:
+    """Where decompressed dataset files live (torchvision's <root>/<Name>/raw layout)."""
+    return Path(os.environ.get("NNOPT_DATA_DIR", Path.home() / ".cache" / "nnopt" / "datasets"))
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare_mnist_raw(root: Path, source_dir: Path = PACKAGED_MNIST) -> Path:
+    """Make <root>/MNIST/raw hold the four verified IDX files; return that folder.
+
+    A cached file with the right md5 is used as it is; anything else is (re)extracted from the
+    .gz in `source_dir` and checked against the canonical md5 before it is used.
+    """
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, md5 in MNIST_MD5.items():
+        target = raw / name
+        if target.exists() and _md5(target) == md5:
+            continue
+        archive = source_dir / f"{name}.gz"
+        if not archive.exists():
+            raise DataError(f"MNIST file missing: {archive}")
+        try:
+            with gzip.open(archive, "rb") as f:
+                data = f.read()
+        except (OSError, EOFError) as e:
+            raise DataError(f"MNIST file is corrupt or truncated: {archive} ({e})") from None
+        if hashlib.md5(data).hexdigest() != md5:
+            raise DataError(f"MNIST file does not match the canonical md5 {md5}: {archive}")
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)  # atomic: a concurrent reader sees the old or the new file, never half
+    return raw
+
+
+def _torchvision_split(name: str, root: Path, train: bool, download: bool):
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "kmnist": tvd.KMNIST}[name]
+    try:
+        ds = cls(root=str(root), train=train, download=download)
+    except Exception as e:  # torchvision raises RuntimeError / URLError / OSError depending on the failure
+        where = root / cls.__name__ / "raw"
+        raise DataError(
+            f"dataset={name}: could not load or download it ({type(e).__name__}); offline, put its four "
+            f"IDX files (train/t10k images/labels, .gz or not) in {where}"
+        ) from None
+    return ds.data, ds.targets
+
+
+def _synthetic(n_train: int, n_test: int, num_classes: int, noise: float, seed: int):
+    """Learnable 28x28 images: a random prototype per class plus Gaussian noise."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(num_classes, 1, 28, 28, generator=g)
+    n = n_train + n_test
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    x = protos[y] + noise * torch.randn(n, 1, 28, 28, generator=g)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def load_dataset(
+    name: str,
+    *,
+    val_size: int,
+    split_seed: int = 0,
+    root: str | Path | None = None,
+    download: bool = False,
+    source_dir: str | Path | None = None,
+    n_train: int = 1024,
+    n_test: int = 256,
+    num_classes: int = 10,
+    noise: float = 0.5,
+) -> Splits:
+    """Load `name` into memory, normalize with training-set statistics, carve the validation split."""
+    root = Path(root).expanduser() if root else default_root()
+    if name == "mnist":
+        prepare_mnist_raw(root, Path(source_dir).expanduser() if source_dir else PACKAGED_MNIST)
+    if name in ("mnist", "fashion_mnist", "kmnist"):
+        tx, ty = _torchvision_split(name, root, True, download)
+        sx, sy = _torchvision_split(name, root, False, download)
+        tx, sx = tx.unsqueeze(1).float().div_(255), sx.unsqueeze(1).float().div_(255)
+        num_classes = 10
+    elif name == "synthetic":
+        tx, ty, sx, sy = _synthetic(n_train, n_test, num_classes, noise, split_seed)
+    else:
+        raise ConfigError("dataset.name", name, f"one of {', '.join(DATASETS)}")
+
+    if not 1 <= val_size < len(tx):
+        raise ConfigError("dataset.val_size", val_size, f"an integer in [1, {len(tx) - 1}] for dataset={name}")
+    perm = torch.randperm(len(tx), generator=torch.Generator().manual_seed(split_seed))
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    train_x, val_x = tx[train_idx], tx[val_idx]
+    mean, std = train_x.mean(), train_x.std()
+    norm = lambda t: (t - mean) / std  # noqa: E731 - same statistics for every split
+    return Splits(
+        name=name,
+        train_x=norm(train_x).contiguous(),
+        train_y=ty[train_idx].long(),
+        val_x=norm(val_x).contiguous(),
+        val_y=ty[val_idx].long(),
+        test_x=norm(sx).contiguous(),
+        test_y=sy.long(),
+        num_classes=num_classes,
+    )

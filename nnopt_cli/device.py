@@ -1,0 +1,58 @@
+"""Where a run executes: device choice, CPU threads, seeding and determinism."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from nnopt_cli.errors import ConfigError
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        return os.cpu_count() or 1
+
+
+def resolve_device(spec: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> torch.device, refusing devices this machine does not have."""
+    allowed = "auto, cpu, cuda or cuda:N"
+    spec = str(spec)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError("device", spec, f"CUDA is not available on this machine; use {allowed.replace(', cuda or cuda:N', '')} or cpu")
+        index = spec.partition(":")[2]
+        if index:
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise ConfigError("device", spec, f"this machine has {torch.cuda.device_count()} CUDA device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return torch.device(spec)
+    raise ConfigError("device", spec, f"one of {allowed}")
+
+
+def configure_threads(threads: int | None, parallel_jobs: int = 1) -> int:
+    """Set torch's intra-op threads; with N parallel jobs on this machine, jobs x threads <= cores."""
+    if threads is None:
+        threads = max(1, available_cores() // max(1, parallel_jobs)) if parallel_jobs > 1 else torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs this workspace setting to be deterministic (see torch's reproducibility notes)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)

@@ -1,0 +1,35 @@
+"""User-facing errors: one clear line, a non-zero exit, no traceback unless asked for."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+class NnoptError(Exception):
+    """An error whose message is meant for the user as it is (one line)."""
+
+    exit_code = 2
+
+
+class ConfigError(NnoptError):
+    """A config value is invalid: says which key, the value given and what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"invalid config: {key}={value!r}: {allowed}")
+
+
+class DataError(NnoptError):
+    """A dataset file is missing, truncated or corrupt."""
+
+
+def want_traceback() -> bool:
+    """Users ask for full tracebacks the Hydra way (HYDRA_FULL_ERROR=1) or with NNOPT_DEBUG=1."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("NNOPT_DEBUG") == "1"
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one line to stderr and exit."""
+    print(f"nnopt: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
