@@ -119,7 +119,6 @@ def validate(cfg: dict) -> None:
     b = cfg["batch_size"]
     need_choice("batch_size.policy", b["policy"], POLICIES)
     need_choice("batch_size.lr_scaling", b["lr_scaling"], ("none", "linear", "sqrt"))
-    need_int("batch_size.base_size", b["base_size"], 1)
     if b["policy"] in ("fixed", "double"):
         need_int("batch_size.size", b["size"], 1)
     if b["policy"] == "ramp":
@@ -135,6 +134,8 @@ def validate(cfg: dict) -> None:
     if b["policy"] == "random":
         need_int("batch_size.min_size", b["min_size"], 1)
         need_int("batch_size.max_size", b["max_size"], b["min_size"])
+
+    need_int("batch_size.base_size", b["base_size"], 1)
 
     g = cfg["grad_clip"]
     need_choice("grad_clip.mode", g["mode"], ("none", "norm", "value"))
