@@ -1,0 +1,382 @@
+"""Post-training stages: prune, quantize, distill, run in the order chosen (`post=[prune,quantize]`).
+
+Each stage takes the model the previous one produced (the trained model for the first), saves
+its own model next to model.pt and records, in summary.json's `stages` list, its settings and the
+metrics of the model before and after it, all measured the same way (see measure.py). Fine-tuning
+and distillation epochs go to metrics.jsonl tagged with the stage.
+
+A stage that fails leaves model.pt, metrics.jsonl and earlier stages' files as they are; the
+summary says `status: failed`, `failed_stage` and the stage entry holds the error.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnopt_cli.config import need_choice, need_int, need_int_list, need_num
+from nnopt_cli.errors import ConfigError, NnoptError
+from nnopt_cli.post import prune as P
+from nnopt_cli.post import quantize as Q
+from nnopt_cli.post.distill import teacher_loss
+from nnopt_cli.post.measure import cpu_latency_ms, file_sizes, sparsity_report
+from nnopt_cli.run_dir import save_state_dict
+
+log = logging.getLogger("nnopt")
+
+STAGES = ("prune", "quantize", "distill")
+OUTPUT_FILES = {"prune": "model.pruned.pt", "quantize": "model.quantized.pt", "distill": "model.student.pt"}
+# every dataset nnopt ships is 28x28 grayscale: the shape the up-front structure checks build models with
+CHECK_INPUT_SHAPE = (1, 28, 28)
+
+
+class StageFailed(NnoptError):
+    """A post-training stage failed; the trained model and everything written before it are kept."""
+
+
+def stage_names(cfg: dict) -> list[str]:
+    """The stages in the order given on the command line (Hydra merges `post=[a,b]` in that order)."""
+    return [k for k in (cfg.get("post") or {}) if k != "measure"]
+
+
+# ---------------------------------------------------------------------------- up-front checks
+
+
+def _check_model_cfg(cfg: dict, model_cfg: dict, key: str) -> None:
+    """Validate a stage's model config (student/teacher) with the run's own model checks."""
+    from nnopt_cli.config import validate
+
+    if not isinstance(model_cfg, dict) or "name" not in model_cfg:
+        raise ConfigError(key, model_cfg, "a model config such as {name: mlp, hidden: [32]}")
+    try:
+        validate({**cfg, "model": model_cfg, "post": None})
+    except ConfigError as e:
+        raise ConfigError(e.key.replace("model", key, 1), e.value, e.allowed) from None
+
+
+def _num_classes(dataset_cfg: dict) -> int:
+    return dataset_cfg["num_classes"] if "num_classes" in dataset_cfg else 10
+
+
+def load_run_model(run_dir: Path, input_shape: tuple[int, ...], num_classes: int) -> tuple[nn.Module, dict]:
+    """The trained model of an earlier run folder (its .hydra/config.yaml rebuilds it, model.pt fills it)."""
+    from omegaconf import OmegaConf
+
+    from nnopt_cli.runner import make_model
+
+    cfg_path, weights = run_dir / ".hydra" / "config.yaml", run_dir / "model.pt"
+    for f in (cfg_path, weights):
+        if not f.is_file():
+            raise ConfigError("post.distill.teacher_run", str(run_dir), f"a run folder holding {f.relative_to(run_dir)} (not found)")
+    try:
+        run_cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
+        model = make_model(run_cfg, input_shape, num_classes)
+        model.load_state_dict(torch.load(weights, weights_only=True))
+    except NnoptError:
+        raise
+    except Exception as e:  # a corrupt file, a state dict of another architecture...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError("post.distill.teacher_run", str(run_dir), f"a run folder with a usable model ({first})") from None
+    return model, run_cfg
+
+
+def validate_post(cfg: dict) -> None:
+    """Check the post-training settings before any training starts (ConfigError on the first problem)."""
+    names = stage_names(cfg)
+    if not names:
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("post", names, "post-training stages run in a single process; run them without torchrun")
+    post = cfg["post"]
+    m = post["measure"]
+    need_int_list("post.measure.latency_batch_sizes", m["latency_batch_sizes"], 1, allow_empty=False)
+    need_int("post.measure.latency_repeats", m["latency_repeats"], 1)
+    need_int("post.measure.latency_warmup", m["latency_warmup"], 0)
+    if "quantize" in names and names[-1] != "quantize":
+        raise ConfigError("post", names, "quantize must be the last stage (an int8 model cannot be pruned or trained further)")
+    model_cfg = cfg["model"]  # the model each stage receives
+    for name in names:
+        s = post[name]
+        if name == "prune":
+            need_choice("post.prune.method", s["method"], P.METHODS)
+            need_num("post.prune.sparsity", s["sparsity"], ge=0, lt=1)
+            need_int("post.prune.rounds", s["rounds"], 1)
+            need_choice("post.prune.schedule", s["schedule"], P.SCHEDULES)
+            need_int("post.prune.finetune_epochs", s["finetune_epochs"], 0)
+            need_num("post.prune.lr_scale", s["lr_scale"], gt=0)
+            need_num("post.prune.norm", s["norm"], gt=0)
+            for key in ("prune_output", "compact"):
+                if not isinstance(s[key], bool):
+                    raise ConfigError(f"post.prune.{key}", s[key], "true or false")
+        elif name == "quantize":
+            need_choice("post.quantize.method", s["method"], Q.METHODS)
+            need_choice("post.quantize.backend", s["backend"], Q.BACKENDS)
+            need_choice("post.quantize.granularity", s["granularity"], Q.GRANULARITIES)
+            need_int("post.quantize.calibration_batches", s["calibration_batches"], 1)
+            need_int("post.quantize.calibration_batch_size", s["calibration_batch_size"], 1)
+            reason = Q.check_combination(s["method"], s["backend"])
+            if reason:
+                raise ConfigError("post.quantize.method", s["method"], reason)
+            act = cfg["activation"]["name"]
+            if s["method"] == "static" and act not in Q.STATIC_ACTIVATIONS:
+                raise ConfigError("activation.name", act, "with post.quantize.method=static one of "
+                                  + ", ".join(Q.STATIC_ACTIVATIONS) + " (no int8 CPU kernel for it)")
+            if s["backend"] == "torchao":
+                try:
+                    import torchao  # noqa: F401
+                except ImportError:
+                    raise ConfigError("post.quantize.backend", "torchao", "needs the torchao package (pip install torchao)") from None
+            from nnopt_cli.runner import make_model
+
+            skeleton = make_model({**cfg, "model": model_cfg}, CHECK_INPUT_SHAPE, _num_classes(cfg["dataset"]))
+            if Q.quantizable_layers(skeleton, s["method"]) == 0:
+                kinds = " or ".join(t.__name__ for t in Q.QUANTIZABLE[s["method"]])
+                raise ConfigError("post.quantize.method", s["method"], f"a model with {kinds} layers (model {model_cfg['name']} has none)")
+        elif name == "distill":
+            need_num("post.distill.temperature", s["temperature"], gt=0)
+            need_num("post.distill.alpha", s["alpha"], ge=0, le=1)
+            need_int("post.distill.epochs", s["epochs"], 1)
+            need_int("post.distill.teacher_epochs", s["teacher_epochs"], 1)
+            if not isinstance(s["baseline"], bool):
+                raise ConfigError("post.distill.baseline", s["baseline"], "true or false")
+            _check_model_cfg(cfg, s["student"], "post.distill.student")
+            if s["teacher"] is not None:
+                _check_model_cfg(cfg, s["teacher"], "post.distill.teacher")
+            if s["teacher_run"] is not None:
+                run_dir = Path(str(s["teacher_run"]))
+                if not run_dir.is_dir():
+                    raise ConfigError("post.distill.teacher_run", str(run_dir), "an existing run folder (not found)")
+                _, run_cfg = load_run_model(run_dir, CHECK_INPUT_SHAPE, _num_classes(cfg["dataset"]))
+                if run_cfg["dataset"]["name"] != cfg["dataset"]["name"]:
+                    raise ConfigError("post.distill.teacher_run", str(run_dir),
+                                      f"a run on this run's dataset {cfg['dataset']['name']} (it trained on {run_cfg['dataset']['name']})")
+            model_cfg = s["student"]
+
+
+# ---------------------------------------------------------------------------- running the stages
+
+
+@dataclass
+class StageContext:
+    """What every stage needs from the run: its config, data, folder and device."""
+
+    cfg: dict
+    data: Any  # nnopt_cli.data.Splits on the run's device
+    run: Any  # nnopt_cli.run_dir.RunDir
+    device: torch.device
+
+    def fit(self, model: nn.Module, epochs: int, tag: dict, loss_fn=None, lr_scale: float = 1.0) -> None:
+        """Train `model` for `epochs` with the run's optimizer/scheduler/batch policy; log tagged rows."""
+        from nnopt_cli.runner import Trainer, evaluate
+
+        cfg = self.cfg
+        if lr_scale != 1.0:
+            cfg = {**cfg, "optimizer": {**cfg["optimizer"], "lr": cfg["optimizer"]["lr"] * lr_scale}}
+        trainer = Trainer(cfg, model, len(self.data.train_x), self.device, epochs=epochs, loss_fn=loss_fn)
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            row = {**tag, "epoch": epoch, **trainer.train_epoch(epoch, self.data.train_x, self.data.train_y)}
+            row["val/loss"], row["val/acc"] = evaluate(model, self.data.val_x, self.data.val_y,
+                                                       cfg["eval_batch_size"], cfg["precision"])
+            row["time_s"] = time.perf_counter() - t0
+            self.run.append_metrics(row)
+            trainer.end_epoch(row)
+
+    def test(self, model: nn.Module, quantized: bool = False) -> dict[str, Any]:
+        from nnopt_cli.runner import evaluate
+
+        x, y = self.data.test_x, self.data.test_y
+        if quantized:  # int8 kernels are CPU kernels
+            x, y = x.cpu(), y.cpu()
+        loss, acc = evaluate(model, x, y, self.cfg["eval_batch_size"], "fp32" if quantized else self.cfg["precision"])
+        return {"test/loss": loss, "test/acc": acc, "test/errors": round((1 - acc) * len(y)),
+                "device": str(x.device)}
+
+    def measure(self, model: nn.Module, path: Path, quantized: bool = False) -> dict[str, Any]:
+        """Accuracy, weights, bytes on disk and CPU latency of `model`, saved at `path`."""
+        m = self.cfg["post"]["measure"]
+        report = sparsity_report(model)
+        return {
+            **self.test(model, quantized),
+            "params": report["params"],
+            "nonzeros": report["nonzeros"],
+            "sparsity": report["sparsity"],
+            **file_sizes(path),
+            "latency_ms": cpu_latency_ms(model, self.data.input_shape, list(m["latency_batch_sizes"]),
+                                         m["latency_repeats"], m["latency_warmup"]),
+            "latency_device": "cpu",
+            "threads": torch.get_num_threads(),
+            "layers": report["layers"],
+        }
+
+
+@dataclass
+class StageResult:
+    model: nn.Module
+    model_cfg: dict  # the conf/model entry that rebuilds `model`'s architecture
+    info: dict
+    quantized: bool = False
+
+
+def run_prune(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
+    s = ctx.cfg["post"]["prune"]
+    work = copy.deepcopy(model)
+    rounds = []
+    for r, target in enumerate(P.sparsity_schedule(s["sparsity"], s["rounds"], s["schedule"]), start=1):
+        P.prune_to(work, s["method"], target, norm=s["norm"], include_last=s["prune_output"])
+        pruned = sparsity_report(work)["sparsity"]  # m.weight = weight_orig * mask, zeros counted
+        if s["finetune_epochs"] > 0:
+            ctx.fit(work, s["finetune_epochs"], {"stage": "prune", "round": r, "sparsity": pruned},
+                    lr_scale=s["lr_scale"])
+        rounds.append({"round": r, "target_sparsity": target, "sparsity": pruned, **ctx.test(work)})
+    P.make_permanent(work)
+    info: dict[str, Any] = {"rounds": rounds}
+    out = work
+    if s["compact"]:
+        compacted = P.compact(work, ctx.data.input_shape)
+        with torch.no_grad():
+            work.eval()
+            a, b = work(ctx.data.test_x), compacted(ctx.data.test_x)
+        info["compaction"] = {
+            "max_abs_logit_diff": (a - b).abs().max().item(),
+            "same_predictions": (a.argmax(1) == b.argmax(1)).float().mean().item(),
+            "masked_params": sum(p.numel() for p in work.parameters()),
+            "compacted_params": sum(p.numel() for p in compacted.parameters()),
+        }
+        out = compacted
+    shrunk = sum(p.numel() for p in out.parameters()) < sum(p.numel() for p in model.parameters())
+    info["masked_only"] = not shrunk
+    info["note"] = ("layers rebuilt without the removed units: really smaller and faster" if shrunk else
+                    "masked only: pruned weights are zeros inside dense tensors, so the file and the latency "
+                    "are those of the dense model; size_zip_bytes / size_sparse_bytes show what an encoding "
+                    "that skips zeros saves, and no dense kernel runs faster")
+    return StageResult(out, P.model_config_of(out, model_cfg), info)
+
+
+def run_quantize(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
+    s = ctx.cfg["post"]["quantize"]
+    g = torch.Generator(device=ctx.data.train_x.device).manual_seed(ctx.cfg["seed"])
+    perm = torch.randperm(len(ctx.data.train_x), device=ctx.data.train_x.device, generator=g)
+    bs = s["calibration_batch_size"]
+    calibration = (ctx.data.train_x[perm[i:i + bs]] for i in range(0, min(len(perm), bs * s["calibration_batches"]), bs))
+    q = Q.quantize_model(model, s["method"], s["backend"], s["granularity"],
+                         calibration if s["method"] == "static" else ())
+    info = {"engine": "torch.ao.quantization (eager)" if s["backend"] == "eager" else "torchao.quantization"}
+    if ctx.device.type != "cpu":
+        info["note"] = f"int8 kernels are CPU kernels: the quantized model was evaluated on the CPU (the run trained on {ctx.device})"
+    return StageResult(q, model_cfg, info, quantized=True)
+
+
+def run_distill(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
+    from nnopt_cli.runner import make_model
+
+    s, cfg, data = ctx.cfg["post"]["distill"], ctx.cfg, ctx.data
+    if s["teacher_run"] is not None:
+        teacher, run_cfg = load_run_model(Path(str(s["teacher_run"])), data.input_shape, data.num_classes)
+        teacher, source, teacher_cfg = teacher.to(ctx.device), f"run {s['teacher_run']}", run_cfg["model"]
+    elif s["teacher"] is not None:
+        torch.manual_seed(cfg["seed"])
+        teacher = make_model({**cfg, "model": s["teacher"]}, data.input_shape, data.num_classes).to(ctx.device)
+        ctx.fit(teacher, s["teacher_epochs"], {"stage": "distill", "role": "teacher"})
+        source, teacher_cfg = "trained in this stage", s["teacher"]
+    else:
+        teacher, source, teacher_cfg = model, "the model this run trained", model_cfg
+    teacher.eval()
+    info: dict[str, Any] = {"teacher": {"source": source, "model": teacher_cfg,
+                                        "params": sum(p.numel() for p in teacher.parameters()), **ctx.test(teacher)}}
+    torch.manual_seed(cfg["seed"])
+    student = make_model({**cfg, "model": s["student"]}, data.input_shape, data.num_classes).to(ctx.device)
+    init = copy.deepcopy(student.state_dict())  # the baseline starts from the very same weights
+    ctx.fit(student, s["epochs"], {"stage": "distill", "role": "student"},
+            loss_fn=teacher_loss(teacher, s["temperature"], s["alpha"]))
+    if s["baseline"]:
+        alone = make_model({**cfg, "model": s["student"]}, data.input_shape, data.num_classes).to(ctx.device)
+        alone.load_state_dict(init)
+        ctx.fit(alone, s["epochs"], {"stage": "distill", "role": "student_alone"})
+        info["student_alone"] = ctx.test(alone)
+    info["student"] = ctx.test(student)
+    return StageResult(student, s["student"], info)
+
+
+def save_model(path: Path, model: nn.Module) -> Path:
+    """The state dict on the CPU, written atomically (quantized state holds non-tensor entries too)."""
+    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+    save_state_dict(path, state)
+    return path
+
+
+RUNNERS = {"prune": run_prune, "quantize": run_quantize, "distill": run_distill}
+
+
+def _summary_line(name: str, before: dict, after: dict) -> str:
+    lat = " ".join(f"b{b} {before['latency_ms'][b]:.3g}->{after['latency_ms'][b]:.3g}ms" for b in after["latency_ms"])
+    return (f"{name}: test/acc {before['test/acc']:.4f} -> {after['test/acc']:.4f} | sparsity "
+            f"{before['sparsity']:.3f} -> {after['sparsity']:.3f} | nonzeros {before['nonzeros']} -> {after['nonzeros']} | "
+            f"size {before['size_bytes']} -> {after['size_bytes']} B (zip {after['size_zip_bytes']} B) | {lat}")
+
+
+def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: torch.device) -> None:
+    """Run the configured stages on the trained `model` (already saved as model.pt), recording each
+    in summary["stages"]; raises StageFailed after recording a failure."""
+    ctx = StageContext(cfg, data, run, device)
+    summary["stages"] = []
+    current, model_cfg = model, cfg["model"]
+    before = ctx.measure(current, run.model_path)
+    for name in stage_names(cfg):
+        entry: dict[str, Any] = {"name": name, "status": "running", "settings": cfg["post"][name],
+                                 "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                                 "before": before}
+        summary["stages"].append(entry)
+        run.write_summary(summary)
+        t0 = time.perf_counter()
+        try:
+            result = RUNNERS[name](ctx, current, model_cfg)
+            path = save_model(run.path / OUTPUT_FILES[name], result.model)
+            after = ctx.measure(result.model, path, result.quantized)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            entry.update(status="failed", error=first if isinstance(e, NnoptError) else f"{type(e).__name__}: {first}",
+                         time_s=time.perf_counter() - t0)
+            if not isinstance(e, NnoptError):
+                entry["traceback"] = "".join(traceback.format_exception(e))
+            summary["failed_stage"] = name
+            run.write_summary(summary)
+            raise StageFailed(f"post-training stage {name} failed: {entry['error']} "
+                              "(model.pt, metrics.jsonl and earlier stages' files are kept)") from e
+        entry.update(status="completed", file=path.name, model=result.model_cfg, after=after, **result.info,
+                     time_s=time.perf_counter() - t0)
+        run.write_summary(summary)
+        log.info(_summary_line(name, before, after))
+        current, model_cfg, before = result.model, result.model_cfg, after
+
+
+def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt") -> nn.Module:
+    """Rebuild a stage's saved model from a run folder (config + summary.json + the weights file).
+
+        model = load_stage_model("outputs/2026-01-01/12-00-00-000000", "model.quantized.pt")
+    """
+    from omegaconf import OmegaConf
+
+    from nnopt_cli.runner import make_model
+
+    run_dir = Path(run_dir)
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stage = next(s for s in summary.get("stages", []) if s.get("file") == file)
+    shape = tuple(stage["input_shape"])
+    model = make_model({**cfg, "model": stage["model"]}, shape, stage["num_classes"])
+    if stage["name"] == "quantize":
+        q = stage["settings"]
+        model = Q.rebuild_quantized(model, q["method"], q["backend"], q["granularity"], shape)
+    model.load_state_dict(torch.load(run_dir / file, weights_only=True))
+    return model.eval()

@@ -1,0 +1,126 @@
+"""What a model really is: weights counted from the tensors, bytes measured on disk, latency timed.
+
+Works for float models, pruned ones (after the masks are made permanent), torch.ao quantized
+modules (whose `weight()`/`bias()` are methods returning quantized tensors) and torchao's
+quantized tensor subclasses: every weight is dequantized before zeros are counted.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import statistics
+import time
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A float tensor with the values a (possibly quantized) weight stands for."""
+    if t is None:
+        return None
+    t = t.detach()
+    if t.is_quantized or type(t) not in (torch.Tensor, nn.Parameter):  # torch.ao qtensor / torchao subclass
+        t = t.dequantize()
+    return t.float()
+
+
+def layer_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """(weight, bias) of every Linear/Conv-like layer, float or quantized, by module name."""
+    out = {}
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao quantized Linear/Conv
+            out[name] = (_plain(w()), _plain(m.bias()))
+        elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            out[name] = (_plain(m.weight), _plain(m.bias))
+    return out
+
+
+def sparsity_report(model: nn.Module) -> dict[str, Any]:
+    """Parameters, nonzeros and sparsity counted from the weights, overall and per layer.
+
+    `sparsity` is the fraction of zero entries among the weight matrices/kernels of the
+    Linear/Conv layers (what pruning targets); `params`/`nonzeros` count every parameter
+    (weights, biases, normalization affine terms).
+    """
+    layers, w_total, w_zero, params, nonzeros = {}, 0, 0, 0, 0
+    layer_mods = set()
+    for name, (w, b) in layer_weights(model).items():
+        layer_mods.add(name)
+        zeros = int((w == 0).sum())
+        layers[name] = {"shape": list(w.shape), "params": w.numel(), "nonzeros": w.numel() - zeros,
+                        "sparsity": zeros / max(w.numel(), 1)}
+        w_total, w_zero = w_total + w.numel(), w_zero + zeros
+        for t in (w, b):
+            if t is not None:
+                params += t.numel()
+                nonzeros += int((t != 0).sum())
+    for mod_name, m in model.named_modules():  # parameters outside those layers (e.g. BatchNorm)
+        if mod_name in layer_mods:
+            continue
+        for p in m.parameters(recurse=False):
+            p = _plain(p)
+            params += p.numel()
+            nonzeros += int((p != 0).sum())
+    return {"params": params, "nonzeros": nonzeros, "sparsity": w_zero / max(w_total, 1), "layers": layers}
+
+
+def _sparse_state(state: dict) -> dict:
+    """The state dict with every mostly-zero float matrix/kernel in CSR form (int32 indices)."""
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim >= 2 and (v == 0).float().mean() >= 0.5:
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                csr = v.reshape(v.shape[0], -1).to_sparse_csr()
+            out[k] = {"shape": torch.tensor(v.shape), "crow": csr.crow_indices().int(),
+                      "col": csr.col_indices().int(), "values": csr.values()}
+        else:
+            out[k] = v
+    return out
+
+
+def file_sizes(path: Path) -> dict[str, int | None]:
+    """Bytes of a saved state_dict: as written, deflated (zlib level 9), and sparse-encoded."""
+    data = Path(path).read_bytes()
+    sizes: dict[str, int | None] = {"size_bytes": len(data), "size_zip_bytes": len(zlib.compress(data, 9))}
+    state = torch.load(io.BytesIO(data), weights_only=True)
+    plain = all(type(v) is torch.Tensor and not v.is_quantized for v in state.values())
+    if plain:
+        buf = io.BytesIO()
+        torch.save(_sparse_state(state), buf)
+        sizes["size_sparse_bytes"] = len(buf.getvalue())
+    else:  # quantized weights: no sparse encoding, the deflated size says what zeros would save
+        sizes["size_sparse_bytes"] = None
+    return sizes
+
+
+@torch.inference_mode()
+def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_sizes: list[int], repeats: int,
+                   warmup: int) -> dict[str, float]:
+    """Median wall time of one forward pass on the CPU, per batch size, in milliseconds."""
+    params = list(model.parameters()) + list(model.buffers())
+    if any(p.device.type != "cpu" for p in params):
+        model = copy.deepcopy(model).cpu()
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for bs in batch_sizes:
+        x = torch.randn(bs, *input_shape, generator=g)
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+        out[str(bs)] = statistics.median(times) * 1e3
+    model.train(was_training)
+    return out
