@@ -18,6 +18,7 @@ import math
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import nnopt_cli
+from nnopt_cli import distributed
 from nnopt_cli.activation import activation_factory
 from nnopt_cli.batch_size import BatchSizePolicy
+from nnopt_cli.checkpoint import config_fingerprint, load_checkpoint, make_checkpoint, restore_checkpoint
 from nnopt_cli.config import validate
 from nnopt_cli.data import Splits, load_dataset
 from nnopt_cli.device import configure_threads, resolve_device, seed_everything
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.init import init_weights
+from nnopt_cli.interrupt import Interrupt, Interrupted
 from nnopt_cli.models import build_model, count_params
 from nnopt_cli.optim import build_optimizer, build_scheduler, current_lr
 from nnopt_cli.progress import Progress
@@ -91,8 +95,15 @@ def autocast_context(precision: str, device: torch.device):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             precision: str = "fp32") -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y), in eval mode."""
+             precision: str = "fp32", sharded: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over (x, y), in eval mode.
+
+    sharded: under DDP each rank scores every world_size-th sample and the sums are added over
+    the ranks, so every rank gets the numbers of the whole set (all ranks must call it).
+    """
+    n_all, world = len(x), distributed.world_size()
+    if sharded and world > 1:
+        x, y = x[distributed.rank()::world], y[distributed.rank()::world]
     was_training = model.training
     model.eval()
     loss_sum = x.new_zeros((), dtype=torch.float64)
@@ -104,7 +115,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
             loss_sum += F.cross_entropy(out, yb, reduction="sum").double()
             correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
-    n = max(len(x), 1)
+    if sharded and world > 1:
+        loss_sum, correct = distributed.sum_over_ranks(loss_sum, correct)
+    n = max(n_all, 1)
     return loss_sum.item() / n, correct.item() / n
 
 
@@ -133,6 +146,14 @@ class EarlyStopping:
         self.bad_epochs += 1
         return self.bad_epochs >= self.patience
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.bad_epochs, self.best_state = state["bad_epochs"], state["best_state"]
+
 
 # ---------------------------------------------------------------------------- the run
 
@@ -144,6 +165,7 @@ class RunContext:
     run_dir: Path
     parallel_jobs: int = 1
     live_progress: bool | None = None
+    resume: bool = False  # continue from run_dir/checkpoint.pt (from scratch if the run died before one)
 
 
 def git_sha() -> str | None:
@@ -161,6 +183,7 @@ def base_summary(cfg: dict, device: torch.device, threads: int) -> dict[str, Any
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": threads,
+        "world_size": distributed.world_size(),  # DDP processes (torchrun), 1 for a single process
         "precision": cfg["precision"],
         "versions": {"nnopt": nnopt_cli.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
@@ -182,8 +205,9 @@ class Trainer:
     """
 
     def __init__(self, cfg: dict, model: nn.Module, n_train: int, device: torch.device,
-                 epochs: int | None = None):
+                 epochs: int | None = None, loss_fn=None):
         self.cfg, self.model, self.n_train, self.device = cfg, model, n_train, device
+        self.loss_fn = loss_fn  # (out, y, x) -> mean loss in place of cross-entropy (distillation)
         self.policy = make_batch_policy(cfg if epochs is None else {**cfg, "epochs": epochs})
         self.optimizer = build_optimizer(cfg["optimizer"], model.parameters())
         sched_cfg = cfg["scheduler"]
@@ -201,6 +225,33 @@ class Trainer:
         self.check_every = 1 if device.type == "cpu" else cfg["log_every"]
         self.log_every = cfg["log_every"]
         self.generator = torch.Generator(device=device).manual_seed(cfg["seed"])
+        # under torchrun: DDP around the model, each rank trains on its share of every global batch
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.net = distributed.wrap(model, device)
+        # stop requests (Ctrl-C, SIGTERM) are honoured at step boundaries: see interrupt.py
+        self.should_stop: Callable[[], bool] = lambda: False
+        self.partial: dict[str, Any] | None = None  # the epoch an interrupt cut short, to finish on resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything here that training changes, as tensors and plain values (checkpoint.py)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "generator": self.generator.get_state(),
+            "batch_size_policy": dict(vars(self.policy)),  # stateless per epoch today: its settings
+            "partial_epoch": self.partial,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        vars(self.policy).update(state["batch_size_policy"])
+        self.partial = state["partial_epoch"]
 
     def train_epoch(self, epoch: int, x_all: torch.Tensor, y_all: torch.Tensor,
                     progress: Progress | None = None) -> dict[str, Any]:
@@ -209,27 +260,46 @@ class Trainer:
         n = len(x_all)
         model.train()
         sizes = policy.epoch_sizes(epoch - 1, n)
-        perm = torch.randperm(n, device=device, generator=self.generator)
-        base_lr = current_lr(optimizer)
+        part, self.partial = (self.partial if self.partial and self.partial["epoch"] == epoch else None), None
+        if part is not None:  # finish an epoch an interrupt cut short: same order, same sums so far
+            self.generator.set_state(part["generator"])
+        order_state = self.generator.get_state()
+        batches = distributed.epoch_batches(n, sizes, self.generator, self.rank, self.world)
+        base_lr = current_lr(optimizer) if part is None else part["base_lr"]
         loss_sum = torch.zeros((), device=device)
         reg_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         grad_norms: list[torch.Tensor] = []
+        if part is not None:
+            loss_sum, reg_sum, correct = (part[k].to(device) for k in ("loss_sum", "reg_sum", "correct"))
+            grad_norms = list(part["grad_norms"].to(device).unbind())
         if progress is not None:
             progress.start_epoch(epoch, len(sizes))
-        pos = 0
-        for step, bs in enumerate(sizes, start=1):
-            idx = perm[pos:pos + bs]
-            pos += bs
+        seen = 0  # samples this rank has trained on so far this epoch
+        for step, (bs, idx) in enumerate(batches, start=1):
+            seen += len(idx)
+            if part is not None and step <= part["step"]:
+                continue  # trained before the interrupt
+            if self.should_stop():
+                self.partial = {"epoch": epoch, "step": step - 1, "generator": order_state, "base_lr": base_lr,
+                                "loss_sum": loss_sum, "reg_sum": reg_sum, "correct": correct,
+                                "grad_norms": torch.stack(grad_norms) if grad_norms else torch.zeros(0)}
+                raise Interrupted(f"epoch {epoch}, step {step - 1}")
             x, y = x_all[idx], y_all[idx]
+            share = bs / self.world  # this rank's part of the global batch
             with autocast_context(self.precision, device):
-                out = model(x)
-                loss = F.cross_entropy(out, y)
+                out = self.net(x)
+                if self.world == 1:
+                    loss = F.cross_entropy(out, y) if self.loss_fn is None else self.loss_fn(out, y, x)
+                else:
+                    # DDP averages gradients over the ranks, so sum / (bs / world) on each rank
+                    # gives exactly the gradient of the global batch mean, even for uneven shares
+                    loss = F.cross_entropy(out, y, reduction="sum") / share
             total = loss
             if self.penalty is not None:
                 reg = self.penalty(self.penalized)
                 total = loss + reg
-                reg_sum += reg.detach() * bs
+                reg_sum += reg.detach() * share
             optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(total).backward()
@@ -261,14 +331,17 @@ class Trainer:
                     g["lr"] = g["lr"] / factor
             if self.scheduler is not None and self.interval == "step":
                 self.scheduler.step()
-            loss_sum += loss.detach().float() * bs
+            loss_sum += loss.detach().float() * share
             correct += (out.argmax(1) == y).sum()
             if step % self.check_every == 0 or step == len(sizes):
-                value = loss.item()
+                # under DDP all ranks must agree to stop, so they check the loss summed over ranks
+                value = (loss if self.world == 1 else distributed.sum_over_ranks(loss)[0] / self.world).item()
                 if not math.isfinite(value):
                     raise Diverged(epoch, step, value)
             if progress is not None and progress.live and step % self.log_every == 0:
-                progress.update(step, loss_sum.item() / pos, correct.item() / pos, current_lr(optimizer))
+                progress.update(step, loss_sum.item() / seen, correct.item() / seen, current_lr(optimizer))
+        if self.world > 1:  # the epoch's metrics count every rank's samples
+            loss_sum, reg_sum, correct = distributed.sum_over_ranks(loss_sum, reg_sum, correct)
         row = {
             "train/loss": loss_sum.item() / n,
             "train/acc": correct.item() / n,
@@ -291,17 +364,26 @@ class Trainer:
                 self.scheduler.step()
 
 
+def stop_agreed(interrupt: Interrupt, device: torch.device) -> bool:
+    """Whether to stop at this epoch boundary; under DDP, when any rank was asked to."""
+    if distributed.world_size() == 1:
+        return interrupt.requested
+    flag = torch.tensor(float(interrupt.requested), device=device)
+    return distributed.sum_over_ranks(flag)[0].item() > 0
+
+
 def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     """Run one experiment described by a resolved config dict; return the summary it wrote."""
     validate(cfg)
-    device = resolve_device(cfg["device"])
+    device = distributed.device_for(resolve_device(cfg["device"]))
     if cfg["precision"] == "fp16" and device.type != "cuda":
         raise ConfigError("precision", "fp16", f"fp16 needs a CUDA device (device is {device}); use fp32 or bf16")
     threads = configure_threads(cfg["threads"], ctx.parallel_jobs)
     seed_everything(cfg["seed"], cfg["deterministic"])
 
-    run = RunDir(ctx.run_dir)
+    run = distributed.rank0_writes(RunDir(ctx.run_dir))  # under DDP only rank 0 writes the folder
     summary = base_summary(cfg, device, threads)
+    summary["config_sha"] = config_fingerprint(cfg)  # what a sweep's skip_completed compares
     run.write_summary(summary)
 
     data = load_splits(cfg).to(device)
@@ -315,19 +397,45 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     log.info("run dir %s | device %s | threads %d | params %d", run.path, device, threads, summary["params"])
     train_time, epochs_run, stop_reason = 0.0, 0, "max_epochs"
     best_val_acc, best_val_epoch = -1.0, 0
+    rows: list[dict] = []  # the metrics so far; the checkpoint carries them, so resuming repeats none
+    elapsed = 0.0  # seconds already spent in an epoch that an interrupt cut short
+    if ctx.resume and run.checkpoint_path.exists():
+        ckpt = load_checkpoint(run.checkpoint_path)
+        p = restore_checkpoint(ckpt, cfg, model, trainer, stopper, run.checkpoint_path)
+        epochs_run, train_time, stop_reason = p["epoch"], p["train_time_s"], p["stop_reason"]
+        best_val_acc, best_val_epoch, elapsed = p["best_val_acc"], p["best_val_epoch"], p["epoch_elapsed_s"]
+        rows = list(ckpt["metrics"])
+    if ctx.resume:
+        summary["resumed_from_epoch"] = epochs_run
+        log.info("resuming after epoch %d%s", epochs_run, " (mid-epoch)" if trainer.partial else "")
+    run.write_metrics(rows)  # drops rows a killed run wrote after its last checkpoint: they are redone
+
+    def checkpoint(epoch_elapsed: float = 0.0) -> None:
+        run.save_checkpoint(make_checkpoint(cfg, model, trainer, stopper, device, metrics=rows, progress={
+            "epoch": epochs_run, "best_val_acc": best_val_acc, "best_val_epoch": best_val_epoch,
+            "train_time_s": train_time, "stop_reason": stop_reason, "epoch_elapsed_s": epoch_elapsed}))
+
+    every = cfg["checkpoint"]["every"]
+    last_epoch = cfg["epochs"] if stop_reason == "max_epochs" else epochs_run  # early stopping ended it
+    interrupt = Interrupt().install()
+    if trainer.world == 1:  # under DDP the ranks must agree, so they stop at epoch boundaries only
+        trainer.should_stop = lambda: interrupt.requested
     try:
         with Progress(cfg["epochs"], live=ctx.live_progress) as progress:
-            for epoch in range(1, cfg["epochs"] + 1):
-                t0 = time.perf_counter()
+            for epoch in range(epochs_run + 1, last_epoch + 1):
+                t0, elapsed = time.perf_counter() - elapsed, 0.0
+                if stop_agreed(interrupt, device):
+                    raise Interrupted(f"epoch {epoch - 1} end")
                 row = {"epoch": epoch, **trainer.train_epoch(epoch, data.train_x, data.train_y, progress)}
                 row["val/loss"], row["val/acc"] = evaluate(model, data.val_x, data.val_y,
-                                                           cfg["eval_batch_size"], cfg["precision"])
+                                                           cfg["eval_batch_size"], cfg["precision"], sharded=True)
                 if not math.isfinite(row["val/loss"]):
                     raise Diverged(epoch, row["steps"], row["val/loss"])
                 row["time_s"] = time.perf_counter() - t0  # evaluate() synced with the device
                 train_time += row["time_s"]
                 epochs_run = epoch
                 run.append_metrics(row)
+                rows.append(row)
                 progress.end_epoch(row)
                 if row["val/acc"] > best_val_acc:
                     best_val_acc, best_val_epoch = row["val/acc"], epoch
@@ -336,6 +444,9 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
                     stop_reason = "early_stopping"
                     log.info("early stopping: %s did not improve for %d epochs (best %.4g at epoch %d)",
                              stopper.monitor, stopper.patience, stopper.best, stopper.best_epoch)
+                if every and (epoch % every == 0 or epoch == last_epoch or stop_reason != "max_epochs"):
+                    checkpoint()
+                if stop_reason != "max_epochs":
                     break
     except Diverged as d:
         summary.update(status="diverged", epochs=epochs_run, train_time_s=train_time,
@@ -344,11 +455,25 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         run.write_summary(summary)
         log.error("%s (status: diverged)", summary["message"])
         return summary
+    except Interrupted as i:
+        # a second signal here exits at once (the handlers stay until `finally`): files are atomic
+        checkpoint(time.perf_counter() - t0 if trainer.partial is not None else 0.0)
+        summary.update(status="interrupted", signal=interrupt.name, exit_code=interrupt.exit_code,
+                       epochs=epochs_run, train_time_s=train_time, **{"test/loss": None, "test/acc": None},
+                       message=f"interrupted by {interrupt.name} at {i}; checkpoint saved, continue with: "
+                               f"nnopt train resume={run.path}")
+        run.write_summary(summary)
+        log.warning("%s", summary["message"])
+        return summary
+    finally:
+        interrupt.restore()
+        trainer.should_stop = lambda: False
 
     if stopper is not None and stopper.restore_best and stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
         summary["restored_epoch"] = stopper.best_epoch
-    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg["eval_batch_size"], cfg["precision"])
+    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg["eval_batch_size"], cfg["precision"],
+                                   sharded=True)
     run.save_model(model)
     summary.update({
         "status": "completed",
@@ -364,4 +489,8 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     run.write_summary(summary)
     log.info("test/acc=%.4f test/loss=%.4f (%d epochs, %.1fs) -> %s", test_acc, test_loss, epochs_run,
              train_time, run.path)
+    if cfg.get("post"):  # post-training stages (nnopt_cli/post), on the saved model
+        from nnopt_cli.post import run_stages
+
+        run_stages(cfg, model, data, run, summary, device)
     return summary

@@ -1,0 +1,113 @@
+"""How much does nnopt's runner cost over a hand-written loop? (`make bench`)
+
+In one process, on the same preloaded MNIST tensors and the same model and optimizer, time one
+epoch (training + validation) of:
+  plain       a plain PyTorch loop over preloaded tensors (the baseline)
+  nnopt       nnopt's Trainer.train_epoch + evaluate, as `nnopt train` runs them
+  dataloader  (MLP only, for context) the same loop fed by a DataLoader with ToTensor/Normalize
+Each is repeated, interleaved, and the median is reported with the ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nnopt_cli.data import default_root, load_dataset
+from nnopt_cli.runner import Trainer, evaluate, make_model
+from tests.conftest import compose_cfg
+
+
+def plain_epoch(model, opt, x, y, vx, vy, bs, gen):
+    model.train()
+    perm = torch.randperm(len(x), generator=gen)
+    for i in range(0, len(x), bs):
+        idx = perm[i:i + bs]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        correct = sum((model(vx[i:i + 2048]).argmax(1) == vy[i:i + 2048]).sum().item() for i in range(0, len(vx), 2048))
+    return correct / len(vx)
+
+
+def dataloader_epoch(model, opt, loader):
+    model.train()
+    for xb, yb in loader:
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
+    cfg = compose_cfg(f"model={model_name}", "device=cpu", tiny=False)
+    data = load_dataset("mnist", val_size=cfg["dataset"]["val_size"])
+    bs = cfg["batch_size"]["size"]
+
+    torch.manual_seed(0)
+    plain_model = make_model(cfg, data.input_shape, 10)
+    plain_opt = torch.optim.Adam(plain_model.parameters(), lr=cfg["optimizer"]["lr"])
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    nn_model = make_model(cfg, data.input_shape, 10)
+    trainer = Trainer(cfg, nn_model, len(data.train_x), torch.device("cpu"))
+
+    def nnopt_epoch(epoch=[0]):  # noqa: B006 - a counter across calls
+        epoch[0] += 1
+        trainer.train_epoch(epoch[0], data.train_x, data.train_y)
+        evaluate(nn_model, data.val_x, data.val_y, cfg["eval_batch_size"])
+
+    runs = {"plain": [], "nnopt": []}
+    loader = None
+    if with_dataloader:
+        import torchvision
+        from torchvision import transforms
+
+        runs["dataloader"] = []
+        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        ds = torchvision.datasets.MNIST(str(default_root()), train=True, transform=tf)
+        loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True)
+        torch.manual_seed(0)
+        dl_model = make_model(cfg, data.input_shape, 10)
+        dl_opt = torch.optim.Adam(dl_model.parameters(), lr=cfg["optimizer"]["lr"])
+    # warm-up (allocator, kernels) before timing
+    plain_epoch(plain_model, plain_opt, data.train_x[:2048], data.train_y[:2048], data.val_x, data.val_y, bs, gen)
+    for _ in range(repeats):
+        runs["plain"].append(timed(lambda: plain_epoch(plain_model, plain_opt, data.train_x, data.train_y,
+                                                       data.val_x, data.val_y, bs, gen)))
+        runs["nnopt"].append(timed(nnopt_epoch))
+        if loader is not None and len(runs["dataloader"]) < 1:  # one epoch is enough to show the gap
+            runs["dataloader"].append(timed(lambda: dataloader_epoch(dl_model, dl_opt, loader)))
+    return {k: statistics.median(v) for k, v in runs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="mlp,cnn")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}, MNIST 55,000 training images, batch 128, Adam")
+    print(f"{'model':6} {'plain s/epoch':>14} {'nnopt s/epoch':>14} {'nnopt/plain':>12} {'DataLoader s/epoch':>19}")
+    for name in args.models.split(","):
+        r = bench(name, args.repeats, with_dataloader=(name == "mlp"))
+        dl = f"{r['dataloader']:.2f} ({r['dataloader'] / r['plain']:.1f}x)" if "dataloader" in r else "-"
+        print(f"{name:6} {r['plain']:14.2f} {r['nnopt']:14.2f} {r['nnopt'] / r['plain']:12.3f} {dl:>19}")
+
+
+if __name__ == "__main__":
+    main()
