@@ -1,0 +1,157 @@
+"""Data-parallel training over processes started by torchrun (PyTorch DistributedDataParallel).
+
+    torchrun --nproc_per_node=N -m nnopt_cli train <overrides>
+
+torchrun starts N copies of `nnopt train` and gives each RANK, LOCAL_RANK, WORLD_SIZE,
+MASTER_ADDR and MASTER_PORT. `init_from_env` joins them in one process group: gloo carries CPU
+tensors, nccl carries CUDA tensors, and each process drives GPU LOCAL_RANK. The runner then
+splits every global batch across the ranks (`epoch_batches`), wraps the model in DDP (`wrap`)
+and sums its metric counters over the ranks (`sum_over_ranks`); only rank 0 writes.
+
+Without torchrun (no WORLD_SIZE, or WORLD_SIZE=1) every function here answers for a single
+process and costs nothing: the runner's single-process path makes no collective calls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from nnopt_cli.errors import ConfigError
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process that torchrun started as one of several (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(timeout_s: float = 1800) -> None:
+    """Join the process group torchrun describes in the environment (no-op without torchrun)."""
+    if not launched_by_torchrun() or dist.is_initialized():
+        return
+    local = local_rank()
+    cuda = torch.cuda.is_available() and dist.is_nccl_available()
+    if cuda and local < torch.cuda.device_count():
+        torch.cuda.set_device(local)  # one GPU per process; nccl binds to the current device
+    # one group, two transports: the backend is picked by the tensor's device
+    backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_rank0() -> bool:
+    """The process that writes the run folder, the logs and the progress bar."""
+    return rank() == 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def device_for(device: torch.device) -> torch.device:
+    """The device this process trains on: under DDP a CUDA run takes GPU LOCAL_RANK."""
+    if world_size() == 1 or device.type != "cuda":
+        return device
+    if device.index is not None:
+        raise ConfigError("device", str(device), "under torchrun every process uses GPU LOCAL_RANK: "
+                                                 "use device=cuda or device=auto")
+    count = torch.cuda.device_count()
+    if local_rank() >= count:
+        raise ConfigError("device", "cuda", f"torchrun started process LOCAL_RANK={local_rank()} but this "
+                                            f"node has {count} GPU(s): use --nproc_per_node <= {count}")
+    return torch.device("cuda", local_rank())
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """The module to train: DDP around `model` across the ranks, or `model` itself alone.
+
+    DDP broadcasts rank 0's weights at construction and averages gradients during backward;
+    `model` keeps the plain parameter names, so save and evaluate it, not the wrapper.
+    """
+    if world_size() == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def epoch_batches(n: int, sizes: list[int], generator: torch.Generator,
+                  rank: int = 0, world_size: int = 1) -> Iterator[tuple[int, torch.Tensor]]:
+    """(global batch size, this rank's indices) for each step of one epoch over `n` samples.
+
+    The epoch's order is one permutation drawn from `generator`; seeded alike on every rank, it
+    is the same permutation everywhere, so the ranks need not talk. Each global batch of that
+    order is split rank-strided (rank r takes positions r, r + world_size, ...): the ranks see
+    disjoint shards that together cover every sample once per epoch, and a new order (and so a
+    new shard) every epoch. With world_size=1 this is plain shuffled batching.
+    """
+    perm = torch.randperm(n, device=generator.device, generator=generator)
+    pos = 0
+    for bs in sizes:
+        idx = perm[pos:pos + bs]
+        pos += bs
+        yield bs, (idx if world_size == 1 else idx[rank::world_size])
+
+
+def sum_over_ranks(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Each tensor summed over all ranks (one all-reduce, in float64 so counts stay exact)."""
+    if world_size() == 1:
+        return list(tensors)
+    flat = torch.stack([t.detach().to(torch.float64).reshape(()) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    return list(flat.unbind())
+
+
+def broadcast_from_rank0(obj):
+    """Rank 0's `obj` on every rank (any picklable value)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sweep_device(spec: str, job_num: int) -> str:
+    """Device of job `job_num` in a parallel sweep on one machine: round-robin over its GPUs.
+
+    Several jobs at once on a multi-GPU machine (hydra/launcher=joblib) would all land on
+    cuda:0; job k takes cuda:(k mod GPUs) instead. Explicit cuda:N and cpu are kept.
+    """
+    if spec not in ("auto", "cuda") or not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return spec
+    return f"cuda:{job_num % torch.cuda.device_count()}"
+
+
+class _Rank0Writes:
+    """The run folder as seen by ranks other than 0: reads pass through to the real RunDir,
+    writing methods (write_*, append_*, save_*) do nothing, so rank 0 alone writes the folder."""
+
+    _WRITES = ("write_", "append_", "save_")
+
+    def __init__(self, run):
+        self._run = run
+
+    def __getattr__(self, name: str):
+        if name.startswith(self._WRITES):
+            return lambda *args, **kwargs: None
+        return getattr(self._run, name)
+
+
+def rank0_writes(run):
+    """`run` on rank 0; elsewhere a view of it whose writing methods are no-ops."""
+    return run if is_rank0() else _Rank0Writes(run)
