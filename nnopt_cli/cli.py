@@ -13,13 +13,17 @@ commands:
             nnopt train optimizer=adam scheduler=exp
             nnopt train --multirun optimizer=sgd,momentum,adam seed=0,1,2
             nnopt train --help        config groups, their options and Hydra flags
+  compare   tables, seed averages and plots over run folders
+            nnopt compare outputs/ --group-by optimizer --sort test/acc
+            nnopt compare outputs/ --plot curves.png --format csv
+            nnopt compare --help      sorting, filtering, formats and plot kinds
 
 options:
   -h, --help     show this message
   --version      print nnopt's version
 """
 
-COMMANDS = ("train",)
+COMMANDS = ("train", "compare")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +39,11 @@ def main(argv: list[str] | None = None) -> None:
         from nnopt_cli.train_app import run
 
         run(rest)
+        return
+    if command == "compare":
+        from nnopt_cli.compare import run as compare
+
+        compare(rest)
         return
     print(f"nnopt: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see nnopt --help)",
           file=sys.stderr)

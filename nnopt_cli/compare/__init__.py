@@ -1,0 +1,199 @@
+"""`nnopt compare`: one table (and plots) over the run folders below some paths.
+
+    discover (read each run tolerantly) -> filter (--where) -> table (differing config keys,
+    metrics, --group-by mean ± std) -> sort -> render (table/csv/markdown/json) -> plot
+
+Reads only what `nnopt train` writes (.hydra/, metrics.jsonl, summary.json) and never writes
+inside a run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nnopt_cli.compare.discover import Run, discover
+from nnopt_cli.compare.render import FORMATS, fmt, render
+from nnopt_cli.compare.table import (
+    CompareError,
+    build_table,
+    check_names,
+    config_keys,
+    default_metrics,
+    differing_keys,
+    filter_runs,
+    metric_names,
+    parse_sort,
+    parse_where,
+)
+from nnopt_cli.errors import want_traceback
+
+EXAMPLES = """examples:
+  nnopt compare outputs/                                  every run below outputs/
+  nnopt compare outputs/multirun/2026-11-23/10-00-00 --sort test/acc
+  nnopt compare outputs/ --group-by optimizer,scheduler   mean ± sample std over seeds and the rest
+  nnopt compare outputs/ --where optimizer=adam --metric val/acc,test/acc
+  nnopt compare outputs/ --format csv > runs.csv          also markdown and json
+  nnopt compare outputs/ --group-by optimizer --plot curves.png --plot-metric val/loss
+  nnopt compare outputs/ --plot schedules.png --plot-kind schedule
+  nnopt compare outputs/ --plot tradeoff.png --plot-kind tradeoff --plot-x latency
+
+Runs that are incomplete, failed, diverged or have corrupt files are listed with their status
+(and a warning line) but never averaged. Names for --sort/--where/--group-by are config keys
+(optimizer, optimizer.lr, seed, ...), metrics (test/acc, val/loss, <stage>/size_bytes, ...)
+and status.
+"""
+
+
+class NoRuns(CompareError):
+    exit_code = 1
+
+
+def _list(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    from nnopt_cli.compare.plots import KINDS, TRADEOFF_X
+
+    p = argparse.ArgumentParser(
+        prog="nnopt compare", description="Compare run folders: one row per run (or per group), "
+        "the config keys that differ, final metrics and post-training stage results.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", type=Path, default=[Path("outputs")],
+                   help="folders to search for runs, recursively (default: outputs)")
+    p.add_argument("--sort", metavar="NAME[:asc|:desc]",
+                   help="sort by a metric (best first: largest, or smallest for loss/time/size/...) or a config key")
+    p.add_argument("--group-by", action="append", metavar="KEYS",
+                   help="config keys (comma list); runs with equal values are averaged (mean ± sample std)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep runs whose key equals value (repeatable; value may be a comma list: any of)")
+    p.add_argument("--metric", action="append", metavar="NAMES",
+                   help="metric columns to show (repeatable or comma list; default: final test/val metrics "
+                        "and stage results)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="also save a plot as PNG")
+    p.add_argument("--plot-kind", choices=KINDS, default="curves",
+                   help="curves: a metric per epoch; schedule: lr and batch size per epoch; "
+                        "tradeoff: accuracy vs size/latency after post-training stages (default: curves)")
+    p.add_argument("--plot-metric", metavar="NAME",
+                   help="per-epoch metric for --plot-kind curves (default: the first --metric logged per "
+                        "epoch, else val/acc)")
+    p.add_argument("--plot-x", choices=TRADEOFF_X, default="size",
+                   help="x axis of --plot-kind tradeoff (default: size)")
+    return p
+
+
+def series_label(run: Run, keys: list[str]) -> str:
+    parts = [f"{k}={fmt(run.config.get(k))}" for k in keys if k in run.config]
+    label = " ".join(parts) or run.label
+    return label if run.completed else f"{label} [{run.status}]"
+
+
+def inside_run(path: Path, runs: list[Run]) -> Run | None:
+    target = path.resolve()
+    for r in runs:
+        if target.is_relative_to(r.path.resolve()):
+            return r
+    return None
+
+
+def compare(args: argparse.Namespace) -> None:
+    for p in args.paths:
+        if not p.exists():
+            raise NoRuns(f"path {str(p)!r} does not exist")
+    runs = discover(args.paths)
+    where_txt = ", ".join(map(str, args.paths))
+    if not runs:
+        raise NoRuns(f"no runs found under {where_txt} (a run folder holds summary.json, metrics.jsonl "
+                     "or .hydra/config.yaml, as `nnopt train` writes)")
+    for r in runs:
+        if r.problems:
+            print(f"nnopt compare: warning: {r.label}: {'; '.join(r.problems)} (listed as {r.status}, "
+                  "not averaged)", file=sys.stderr)
+
+    keys, metrics_all = config_keys(runs), metric_names(runs)
+    where = parse_where(args.where)
+    check_names("--where", [k for k, _ in where], ["status", *keys, *metrics_all])
+    group_by = _list(args.group_by)
+    check_names("--group-by", group_by, keys)
+    metrics = _list(args.metric)
+    check_names("--metric", metrics, metrics_all)
+    if args.sort:
+        check_names("--sort", [parse_sort(args.sort)[0]],
+                    [*metrics_all, *keys, "status", *(["runs"] if group_by else ["run"])])
+
+    shown = filter_runs(runs, where)
+    if not shown:
+        raise NoRuns(f"none of the {len(runs)} runs under {where_txt} match "
+                     + " and ".join(f"{k}={v}" for k, v in where))
+    metrics = metrics or default_metrics(shown)
+    if args.sort and parse_sort(args.sort)[0] not in metrics and parse_sort(args.sort)[0] in metrics_all:
+        metrics.append(parse_sort(args.sort)[0])  # sorting by a metric shows it
+    table = build_table(shown, metrics, group_by, args.sort)
+    if group_by:
+        skipped = [r for r in shown if not r.completed]
+        if skipped:
+            names = ", ".join(f"{r.label} ({r.status})" for r in skipped[:5])
+            more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            print(f"nnopt compare: warning: {len(skipped)} run(s) not completed are left out of the "
+                  f"averages: {names}{more}", file=sys.stderr)
+    render(table, args.format)
+
+    if args.plot:
+        make_plot(args, shown, table, group_by, metrics)
+
+
+def make_plot(args, shown: list[Run], table, group_by: list[str], metrics: list[str]) -> None:
+    from nnopt_cli.compare import plots
+
+    if args.plot.suffix.lower() != ".png":
+        raise CompareError(f"--plot {str(args.plot)!r}: plots are written as PNG; name the file *.png")
+    owner = inside_run(args.plot, shown)
+    if owner is not None:
+        raise CompareError(f"--plot {str(args.plot)!r} is inside run folder {owner.label}; compare never "
+                           "writes into run folders, choose another path")
+    if args.plot_kind == "tradeoff":
+        if not any(r.stages for r in shown):
+            raise NoRuns("--plot-kind tradeoff needs runs with post-training stages (summary.json 'stages'); "
+                         "none of the runs shown has any")
+        fig = plots.tradeoff_figure([r for r in shown if r.completed], args.plot_x)
+    else:
+        if group_by:
+            groups: dict[tuple, list[Run]] = {}
+            for r in shown:
+                if r.completed:  # groups average completed runs only, as in the table
+                    groups.setdefault(tuple(fmt(r.config.get(k)) for k in group_by), []).append(r)
+            order = {tuple(fmt(row.get(k)) for k in group_by): i for i, row in enumerate(table.rows)}
+            series = [plots.Series(" ".join(f"{k}={v}" for k, v in zip(group_by, key, strict=True)), members)
+                      for key, members in sorted(groups.items(), key=lambda kv: order.get(kv[0], 0))]
+        else:
+            diff = differing_keys(shown)
+            by_label = {r.label: r for r in shown}
+            series = [plots.Series(series_label(by_label[row["run"]], diff), [by_label[row["run"]]])
+                      for row in table.rows]
+        if args.plot_kind == "schedule":
+            fig = plots.schedule_figure(series)
+        else:
+            epoch_metrics = sorted({k for r in shown for row in r.epochs for k in row if k not in ("epoch", "stage")})
+            metric = args.plot_metric or next((m for m in metrics if m in epoch_metrics), "val/acc")
+            check_names("--plot-metric", [metric], epoch_metrics)
+            fig = plots.curves_figure(series, metric)
+    plots.save(fig, args.plot)
+    print(f"nnopt compare: wrote {args.plot}", file=sys.stderr)
+
+
+def run(argv: list[str]) -> None:
+    """Entry point for `nnopt compare ...`: errors are one line and a non-zero exit."""
+    args = parser().parse_args(argv)
+    try:
+        compare(args)
+    except CompareError as e:
+        if want_traceback():
+            raise
+        print(f"nnopt compare: error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except BrokenPipeError:  # `nnopt compare ... | head`
+        sys.stderr.close()
+        raise SystemExit(0) from None

@@ -1,0 +1,176 @@
+"""Plots over runs, with matplotlib's object API (no pyplot state, no display needed).
+
+Each `*_figure` function returns the Figure, so tests can count its lines before `save` writes
+the PNG. A `Series` is one line: a single run, or a group of runs drawn as their mean with a
+band of ± one sample standard deviation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from nnopt_cli.compare.discover import Run, finite, flatten
+
+KINDS = ("curves", "schedule", "tradeoff")
+TRADEOFF_X = ("size", "latency", "params", "nonzeros")
+
+
+@dataclass
+class Series:
+    label: str
+    runs: list[Run]
+
+
+def mean_std_by_epoch(runs: list[Run], metric: str) -> tuple[list[int], list[float], list[float | None]]:
+    """Per epoch: the mean over the runs that logged the metric there, and the sample std (n >= 2)."""
+    by_epoch: dict[int, list[float]] = {}
+    for r in runs:
+        for row in r.epochs:
+            v, e = row.get(metric), row.get("epoch")
+            if finite(v) and isinstance(e, int):
+                by_epoch.setdefault(e, []).append(float(v))
+    epochs = sorted(by_epoch)
+    means, stds = [], []
+    for e in epochs:
+        vs = by_epoch[e]
+        m = math.fsum(vs) / len(vs)
+        means.append(m)
+        stds.append(math.sqrt(math.fsum((v - m) ** 2 for v in vs) / (len(vs) - 1)) if len(vs) > 1 else None)
+    return epochs, means, stds
+
+
+def _plot_series(ax, series: list[Series], metric: str) -> int:
+    drawn = 0
+    for s in series:
+        epochs, means, stds = mean_std_by_epoch(s.runs, metric)
+        if not epochs:
+            continue
+        label = s.label if len(s.runs) == 1 else f"{s.label} (n={len(s.runs)})"
+        (line,) = ax.plot(epochs, means, marker="o", markersize=3, label=label)
+        drawn += 1
+        band = [(e, m, sd) for e, m, sd in zip(epochs, means, stds, strict=True) if sd is not None]
+        if band:
+            xs = [b[0] for b in band]
+            ax.fill_between(xs, [b[1] - b[2] for b in band], [b[1] + b[2] for b in band],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+    return drawn
+
+
+def _legend(ax, n: int) -> None:
+    if n:
+        ax.legend(fontsize="small", loc="best", ncols=1 if n <= 8 else 2)
+
+
+def curves_figure(series: list[Series], metric: str) -> Figure:
+    """A metric against epoch, one line per series (groups: mean, band = ± 1 sample std)."""
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    n = _plot_series(ax, series, metric)
+    grouped = any(len(s.runs) > 1 for s in series)
+    ax.set_title(f"{metric} per epoch" + (" (mean, band = ± 1 sample std)" if grouped else ""))
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    _legend(ax, n)
+    return fig
+
+
+def schedule_figure(series: list[Series]) -> Figure:
+    """The learning rate and the batch size each epoch started with, one line per series."""
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    ax_lr, ax_bs = fig.subplots(1, 2)
+    n = _plot_series(ax_lr, series, "lr")
+    _plot_series(ax_bs, series, "batch_size")
+    lrs = [row["lr"] for s in series for r in s.runs for row in r.epochs if finite(row.get("lr"))]
+    if lrs and min(lrs) > 0 and max(lrs) / min(lrs) > 50:
+        ax_lr.set_yscale("log")
+    for ax, name in ((ax_lr, "learning rate (lr)"), (ax_bs, "batch size (batch_size)")):
+        ax.set_title(f"{name} per epoch")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    _legend(ax_lr, n)
+    fig.suptitle("schedules: lr and batch_size")
+    return fig
+
+
+PREFERRED = {"acc": "test/acc", "size": "size_bytes", "latency": "latency_ms"}
+
+
+def pick_key(d: dict[str, Any], word: str) -> str | None:
+    """The conventional key for word ('size' -> 'size_bytes') if d has it, else the first
+    numeric key containing word; nested dicts (latency per batch size) are searched too."""
+    flat = flatten({k: v for k, v in d.items() if k != "layers"})
+    if finite(flat.get(PREFERRED.get(word, word))):
+        return PREFERRED.get(word, word)
+    return next((k for k, v in flat.items() if word in k and finite(v)), None)
+
+
+def tradeoff_points(runs: list[Run], x: str, acc: str = "acc") -> list[tuple[float, float, str]]:
+    """(x, accuracy, label) for each run with post-training stages: the trained model (the first
+    stage's `before`) and the model after each stage."""
+    pts = []
+    for r in runs:
+        if not r.stages:
+            continue
+        for name, d in [("trained", r.stages[0].before)] + [(st.name, st.after) for st in r.stages]:
+            xk, ak = pick_key(d, x), pick_key(d, acc)
+            if xk and ak:
+                flat = flatten(d)
+                pts.append((float(flat[xk]), float(flat[ak]), f"{r.label}: {name}"))
+    return pts
+
+
+def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """The points no other point beats on both axes (smaller x, higher accuracy), by x."""
+    front = []
+    best = -math.inf
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    return front
+
+
+def tradeoff_figure(runs: list[Run], x: str = "size") -> Figure:
+    """Test accuracy against model size (or latency, params, nonzeros) for runs with stages;
+    the Pareto front (best accuracy for its size) is drawn as a line through its points."""
+    pts = tradeoff_points(runs, x)
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    xname = x
+    for r in runs:
+        for st in r.stages:
+            xname = pick_key(st.after, x) or xname
+    if pts:
+        stages = sorted({p[2].rsplit(": ", 1)[1] for p in pts})
+        for st in stages:
+            sel = [p for p in pts if p[2].rsplit(": ", 1)[1] == st]
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], label=st, alpha=0.8)
+        front = pareto_front(pts)
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=1.2,
+                drawstyle="steps-post", marker="o", markerfacecolor="none", markersize=10,
+                label=f"Pareto front ({len(front)} points)")
+        for p in front:
+            ax.annotate(p[2], (p[0], p[1]), textcoords="offset points", xytext=(5, 5), fontsize="x-small")
+        if x in ("size", "latency") and min(p[0] for p in pts) > 0 and max(p[0] for p in pts) / min(p[0] for p in pts) > 20:
+            ax.set_xscale("log")
+        ax.legend(fontsize="small", loc="lower right")
+    ax.set_title(f"test accuracy vs {xname} after each post-training stage")
+    ax.set_xlabel(xname)
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def save(fig: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, format="png")

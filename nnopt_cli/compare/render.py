@@ -1,0 +1,138 @@
+"""Write a `Table` as a rich table (terminal), csv, markdown or json.
+
+csv and json hold raw values (full precision, empty / null where a run has no value) so pandas
+reads them as they are: `pd.read_csv("runs.csv")`, `pd.read_json("runs.json")`. Aggregated
+metrics become two columns, `<metric>_mean` and `<metric>_std`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from typing import Any, TextIO
+
+from nnopt_cli.compare.table import MISSING, Agg, Table
+
+FORMATS = ("table", "csv", "markdown", "json")
+DASH = "–"
+
+
+def fmt(v: Any) -> str:
+    """A cell as text: 4 significant digits for floats, mean ± std for aggregates."""
+    if isinstance(v, Agg):
+        if v.mean is None:
+            return DASH
+        return fmt(v.mean) if v.std is None else f"{fmt(v.mean)} ± {fmt(v.std)}"
+    if v is None or v is MISSING:
+        return DASH
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def is_numeric_column(table: Table, key: str) -> bool:
+    for row in table.rows:
+        v = row.get(key)
+        if isinstance(v, Agg) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            return True
+    return False
+
+
+def flat_records(table: Table) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column names and one dict per row with raw values; an Agg becomes _mean and _std."""
+    names: list[str] = []
+    for c in table.columns:
+        names += [f"{c.key}_mean", f"{c.key}_std"] if table.grouped and c.kind == "metric" else [c.key]
+    records = []
+    for row in table.rows:
+        rec: dict[str, Any] = {}
+        for c in table.columns:
+            v = row.get(c.key)
+            if isinstance(v, Agg):
+                rec[f"{c.key}_mean"], rec[f"{c.key}_std"] = v.mean, v.std
+            else:
+                rec[c.key] = None if v is MISSING else v
+        records.append({k: _clean(v) for k, v in rec.items()})
+    return names, records
+
+
+def _clean(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def to_csv(table: Table) -> str:
+    names, records = flat_records(table)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(names)
+    for rec in records:
+        w.writerow(["" if rec.get(n) is None else (json.dumps(rec[n]) if isinstance(rec[n], (list, dict))
+                                                   else rec[n]) for n in names])
+    return buf.getvalue()
+
+
+def to_json(table: Table) -> str:
+    _, records = flat_records(table)
+    return json.dumps(records, indent=2) + "\n"
+
+
+def to_markdown(table: Table) -> str:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    keys = [c.key for c in table.columns]
+    align = ["---:" if is_numeric_column(table, k) else "---" for k in keys]
+    lines = ["| " + " | ".join(esc(k) for k in keys) + " |", "| " + " | ".join(align) + " |"]
+    for row in table.rows:
+        lines.append("| " + " | ".join(esc(fmt(row.get(k))) for k in keys) + " |")
+    out = "\n".join(lines) + "\n"
+    if table.notes:
+        out += "\n" + "\n".join(f"{n}." for n in table.notes) + "\n"
+    return out
+
+
+STATUS_STYLE = {"completed": "green", "diverged": "red", "failed": "red", "corrupt": "red",
+                "interrupted": "yellow", "running": "yellow", "incomplete": "yellow"}
+
+
+def print_rich(table: Table, file: TextIO | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    file = file or sys.stdout
+    # piped into a file or pager: print at the table's natural width instead of wrapping at 80
+    console = Console(file=file, width=None if file.isatty() else 400, soft_wrap=False)
+    rt = RichTable(caption="\n".join(table.notes) or None, caption_justify="left")
+    for c in table.columns:
+        numeric = is_numeric_column(table, c.key)
+        rt.add_column(c.key, justify="right" if numeric else "left",
+                      style="bold" if c.kind == "config" else None, no_wrap=c.kind != "run")
+    for row in table.rows:
+        cells = []
+        for c in table.columns:
+            text = fmt(row.get(c.key))  # Text, not markup: a value like [256] is not a style tag
+            cells.append(Text(text, style=STATUS_STYLE.get(text, "") if c.kind == "status" else ""))
+        rt.add_row(*cells)
+    console.print(rt)
+
+
+def render(table: Table, fmt_name: str, file: TextIO | None = None) -> None:
+    file = file or sys.stdout
+    if fmt_name == "table":
+        print_rich(table, file)
+    elif fmt_name == "csv":
+        file.write(to_csv(table))
+    elif fmt_name == "markdown":
+        file.write(to_markdown(table))
+    elif fmt_name == "json":
+        file.write(to_json(table))
+    else:
+        raise ValueError(fmt_name)
