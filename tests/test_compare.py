@@ -16,8 +16,8 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from nnopt_cli.compare import run as compare_main
 from nnopt_cli.compare import plots
+from nnopt_cli.compare import run as compare_main
 from nnopt_cli.compare.discover import discover, read_run, resolve
 from nnopt_cli.compare.table import Agg
 from tests.conftest import TINY, run_cli
