@@ -54,9 +54,12 @@ def _list(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
-def parser() -> argparse.ArgumentParser:
-    from nnopt_cli.compare.plots import KINDS, TRADEOFF_X
+# plot kinds and tradeoff x axes (plots.py imports matplotlib, which costs a second: only when plotting)
+PLOT_KINDS = ("curves", "schedule", "tradeoff")
+TRADEOFF_X = ("size", "latency", "params", "nonzeros")
 
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nnopt compare", description="Compare run folders: one row per run (or per group), "
         "the config keys that differ, final metrics and post-training stage results.",
@@ -74,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
                         "and stage results)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="also save a plot as PNG")
-    p.add_argument("--plot-kind", choices=KINDS, default="curves",
+    p.add_argument("--plot-kind", choices=PLOT_KINDS, default="curves",
                    help="curves: a metric per epoch; schedule: lr and batch size per epoch; "
                         "tradeoff: accuracy vs size/latency after post-training stages (default: curves)")
     p.add_argument("--plot-metric", metavar="NAME",

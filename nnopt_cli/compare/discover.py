@@ -56,13 +56,20 @@ class Run:
     stage_epochs: list[dict[str, Any]] = field(default_factory=list)  # rows tagged with "stage"
     stages: list[Stage] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    _metrics: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def completed(self) -> bool:
         return self.status == "completed"
 
     def metrics(self) -> dict[str, Any]:
-        """Final numbers: the last training epoch's row, then the summary, then each stage's results."""
+        """Final numbers: the last training epoch's row, then the summary, then each stage's results.
+        Computed once (the table asks for them per column); do not change the run afterwards."""
+        if self._metrics is None:
+            self._metrics = self._final_metrics()
+        return self._metrics
+
+    def _final_metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.epochs:  # lr, batch_size, ... become final/lr, final/batch_size: config keys are named so too
             out.update({k if "/" in k else f"final/{k}": v
@@ -267,14 +274,38 @@ def group_label(node: Any) -> str | None:
     return "+".join(str(k) for k in node if k not in SHARED_SUBCONFIGS) or "none"
 
 
-def hydra_choices(hydra_yaml: Any) -> dict[str, str]:
+CHOICES_MARK = "\n    choices:\n"  # hydra.runtime.choices, as Hydra indents hydra.yaml
+
+
+def hydra_choices(path: Path) -> dict[str, str]:
+    """hydra.runtime.choices from .hydra/hydra.yaml, without the hydra/* ones; {} if unreadable.
+
+    Only the choices block is parsed when it can be found: building the whole 4 kB document is
+    what dominated reading a run."""
     try:
-        choices = hydra_yaml["hydra"]["runtime"]["choices"]
-    except (KeyError, TypeError):
+        text = path.read_text()
+    except OSError:
         return {}
+    choices: Any = None
+    at = text.find(CHOICES_MARK)
+    if at >= 0 and text.startswith("hydra:\n"):
+        block = []
+        for line in text[at + len(CHOICES_MARK):].splitlines():
+            if not line.startswith("      "):
+                break
+            block.append(line[6:])
+        try:
+            choices = yaml.load("\n".join(block), Loader=Loader) if block else {}
+        except yaml.YAMLError:
+            choices = None
+    if not isinstance(choices, dict):
+        try:
+            choices = yaml.load(text, Loader=Loader)["hydra"]["runtime"]["choices"]
+        except (yaml.YAMLError, KeyError, TypeError):
+            return {}
     if not isinstance(choices, dict):
         return {}
-    return {k: v for k, v in choices.items() if not k.startswith("hydra/") and v is not None}
+    return {str(k): v for k, v in choices.items() if not str(k).startswith("hydra/") and v is not None}
 
 
 # ---------------------------------------------------------------------------- one run
@@ -298,8 +329,7 @@ def read_run(path: Path, label: str) -> Run:
     if isinstance(raw, dict):
         cfg = resolve(raw)
         flat = flatten(cfg)
-        hy, _ = read_yaml(path / ".hydra" / "hydra.yaml")
-        choices = hydra_choices(hy)
+        choices = hydra_choices(path / ".hydra" / "hydra.yaml")
         for g in config_groups():
             if g in cfg and g not in choices:
                 label_ = group_label(cfg[g])

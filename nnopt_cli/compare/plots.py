@@ -17,9 +17,6 @@ from matplotlib.ticker import MaxNLocator
 
 from nnopt_cli.compare.discover import Run, finite, flatten
 
-KINDS = ("curves", "schedule", "tradeoff")
-TRADEOFF_X = ("size", "latency", "params", "nonzeros")
-
 
 @dataclass
 class Series:
