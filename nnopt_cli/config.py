@@ -62,6 +62,7 @@ def validate(cfg: dict) -> None:
     from nnopt_cli.batch_size import POLICIES
     from nnopt_cli.init import INITS
     from nnopt_cli.models import MODELS
+    from nnopt_cli.post import validate_post
 
     need_int("epochs", cfg["epochs"], 1)
     need_int("seed", cfg["seed"], 0)
@@ -69,6 +70,11 @@ def validate(cfg: dict) -> None:
         need_int("threads", cfg["threads"], 1)
     need_int("eval_batch_size", cfg["eval_batch_size"], 1)
     need_int("log_every", cfg["log_every"], 1)
+    need_int("checkpoint.every", cfg["checkpoint"]["every"], 0)
+    if not isinstance(cfg["skip_completed"], bool):
+        raise ConfigError("skip_completed", cfg["skip_completed"], "true or false")
+    if cfg["resume"] is not None and not isinstance(cfg["resume"], str):
+        raise ConfigError("resume", cfg["resume"], "the path of a run folder")
     need_choice("precision", cfg["precision"], ("fp32", "bf16", "fp16"))
     if not isinstance(cfg["deterministic"], bool):
         raise ConfigError("deterministic", cfg["deterministic"], "true or false")
@@ -83,6 +89,8 @@ def validate(cfg: dict) -> None:
         need_int_list("model.fc", m["fc"])
         need_int("model.kernel_size", m["kernel_size"], 1)
     need_choice("activation.name", cfg["activation"]["name"], tuple(ACTIVATIONS))
+    if "negative_slope" in cfg["activation"]:
+        need_num("activation.negative_slope", cfg["activation"]["negative_slope"], ge=0)
     need_choice("init.name", cfg["init"]["name"], INITS)
     if "mode" in cfg["init"]:
         need_choice("init.mode", cfg["init"]["mode"], ("fan_in", "fan_out"))
@@ -109,6 +117,8 @@ def validate(cfg: dict) -> None:
             need_num("scheduler.warmup_fraction", s["warmup_fraction"], ge=0, lt=1)
         if "monitor" in s:
             need_choice("scheduler.monitor", s["monitor"], ("val/loss", "val/acc"))
+        if "eta_min" in s:
+            need_num("scheduler.eta_min", s["eta_min"], ge=0)
 
     for name, p in cfg["regularizer"].items():
         need_choice("regularizer", name, ("l1", "l2", "elastic"))
@@ -154,7 +164,12 @@ def validate(cfg: dict) -> None:
 
     d = cfg["dataset"]
     need_int("dataset.val_size", d["val_size"], 1)
+    if "split_seed" in d:
+        need_int("dataset.split_seed", d["split_seed"], 0)
     if d["name"] == "synthetic":
         need_int("dataset.n_train", d["n_train"], 2)
         need_int("dataset.n_test", d["n_test"], 1)
         need_int("dataset.num_classes", d["num_classes"], 2)
+        need_num("dataset.noise", d["noise"], ge=0)
+
+    validate_post(cfg)  # post-training stages: checked before training starts

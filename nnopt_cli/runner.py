@@ -299,7 +299,7 @@ class Trainer:
             if self.penalty is not None:
                 reg = self.penalty(self.penalized)
                 total = loss + reg
-                reg_sum += reg.detach() * share
+                reg_sum.add_(reg.detach(), alpha=share)
             optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(total).backward()
@@ -331,8 +331,8 @@ class Trainer:
                     g["lr"] = g["lr"] / factor
             if self.scheduler is not None and self.interval == "step":
                 self.scheduler.step()
-            loss_sum += loss.detach().float() * share
-            correct += (out.argmax(1) == y).sum()
+            loss_sum.add_(loss.detach().float(), alpha=share)  # in place, no host sync
+            correct.add_((out.argmax(1) == y).sum())
             if step % self.check_every == 0 or step == len(sizes):
                 # under DDP all ranks must agree to stop, so they check the loss summed over ranks
                 value = (loss if self.world == 1 else distributed.sum_over_ranks(loss)[0] / self.world).item()
