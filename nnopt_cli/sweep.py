@@ -108,10 +108,12 @@ def format_report(sweep_dir: Path, jobs: list[dict]) -> str:
     for j in jobs:
         counts[j["status"]] = counts.get(j["status"], 0) + 1
     lines = [f"sweep {sweep_dir}: {len(jobs)} job(s), " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    shared = set.intersection(*(set(j["overrides"]) for j in jobs)) if len(jobs) > 1 else set()
     for j in jobs:
         acc = f"test/acc={j['test/acc']:.4f}" if isinstance(j["test/acc"], (int, float)) else ""
         note = f"  ({j['note']})" if j["note"] and j["status"] != "completed" else ""
-        lines.append(f"  #{j['job']:<3} {j['status']:<11} {acc:<15} {' '.join(j['overrides'])}{note}")
+        own = " ".join(o for o in j["overrides"] if o not in shared)  # what tells the jobs apart
+        lines.append(f"  #{j['job']:<3} {j['status']:<11} {acc:<15} {own}{note}")
     return "\n".join(lines)
 
 
