@@ -214,6 +214,8 @@ def test_unknown_names_are_one_line_listing_valid_ones(sweep, capsys):
         assert ("optimizer" in err) == (args[0] != "--metric")  # metrics are not config keys
     code, _, err = compare(capsys, str(sweep), "--where", "optimizer")
     assert code == 2 and "key=value" in err
+    code, _, err = compare(capsys, str(sweep), "--group-by", "optimizer", "--sort", "seed")
+    assert code == 2 and "unknown name 'seed' in --sort" in err  # a grouped table has no seed column
 
 
 def test_no_runs_is_a_clear_error(tmp_path, capsys):

@@ -124,8 +124,8 @@ def compare(args: argparse.Namespace) -> None:
     metrics = _list(args.metric)
     check_names("--metric", metrics, metrics_all)
     if args.sort:
-        check_names("--sort", [parse_sort(args.sort)[0]],
-                    [*metrics_all, *keys, "status", *(["runs"] if group_by else ["run"])])
+        check_names("--sort", [parse_sort(args.sort)[0]],  # a grouped table has only its group keys
+                    [*metrics_all, *group_by, "runs"] if group_by else [*metrics_all, *keys, "status", "run"])
 
     shown = filter_runs(runs, where)
     if not shown:

@@ -21,11 +21,11 @@ DASH = "–"
 
 
 def fmt(v: Any) -> str:
-    """A cell as text: 4 significant digits for floats, mean ± std for aggregates."""
+    """A cell as text: 4 significant digits for floats; mean ± std (2 digits) for aggregates."""
     if isinstance(v, Agg):
         if v.mean is None:
             return DASH
-        return fmt(v.mean) if v.std is None else f"{fmt(v.mean)} ± {fmt(v.std)}"
+        return fmt(v.mean) if v.std is None else f"{fmt(v.mean)} ± {v.std:.2g}"  # a spread needs 2 digits
     if v is None or v is MISSING:
         return DASH
     if isinstance(v, bool):
