@@ -334,3 +334,13 @@ def test_stage_results_columns_and_tradeoff_plot(tmp_path, capsys):
 def test_tradeoff_without_stages_is_an_error(sweep, capsys, tmp_path):
     code, _, err = compare(capsys, str(sweep), "--plot", str(tmp_path / "t.png"), "--plot-kind", "tradeoff")
     assert code == 1 and "post-training stages" in err and not (tmp_path / "t.png").exists()
+
+
+def test_runs_are_found_recursively_in_natural_order_without_entering_run_folders(tmp_path):
+    for rel in ("sweep/10", "sweep/2", "single", "deep/a/b/run"):
+        write_run(tmp_path / rel, {"seed": 0}, {"status": "completed"}, [])
+    write_run(tmp_path / "single" / "nested", {"seed": 1}, {"status": "completed"}, [])  # inside a run: not a run
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    (tmp_path / "notes").mkdir()
+    assert [r.label for r in discover([tmp_path])] == ["deep/a/b/run", "single", "sweep/2", "sweep/10"]
+    assert [r.label for r in discover([tmp_path / "single"])] == ["single"]

@@ -97,8 +97,13 @@ def stage_metrics(stage: Stage) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- discovery
 
 
+def natural_key(name: str) -> list:
+    """Sweep job folders in numeric order: 2 before 10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def find_run_dirs(root: Path) -> list[Path]:
-    """Every run folder at or below root, in sorted order; does not look inside run folders."""
+    """Every run folder at or below root, in natural order; does not look inside run folders."""
     found: list[Path] = []
 
     def walk(d: str) -> None:
@@ -112,7 +117,7 @@ def find_run_dirs(root: Path) -> list[Path]:
                 ".hydra" in names and os.path.isfile(os.path.join(d, ".hydra", "config.yaml"))):
             found.append(Path(d))
             return
-        for e in sorted(entries, key=lambda e: e.name):
+        for e in sorted(entries, key=lambda e: natural_key(e.name)):
             if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
                 walk(e.path)
 
