@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.post import prune as P
 from nnopt_cli.post import quantize as Q
 from nnopt_cli.post.distill import teacher_loss
-from nnopt_cli.post.measure import cpu_latency_ms, file_sizes, sparsity_report
+from nnopt_cli.post.measure import cpu_latency_ms, file_sizes, load_state, sparsity_report
 from nnopt_cli.run_dir import save_state_dict
 
 log = logging.getLogger("nnopt")
@@ -86,7 +87,8 @@ def load_run_model(run_dir: Path, input_shape: tuple[int, ...], num_classes: int
         raise
     except Exception as e:  # a corrupt file, a state dict of another architecture...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError("post.distill.teacher_run", str(run_dir), f"a run folder with a usable model ({first})") from None
+        raise ConfigError("post.distill.teacher_run", str(run_dir),
+                          f"a run folder with a usable model ({type(e).__name__}: {first})") from None
     return model, run_cfg
 
 
@@ -150,7 +152,7 @@ def validate_post(cfg: dict) -> None:
             if not isinstance(s["baseline"], bool):
                 raise ConfigError("post.distill.baseline", s["baseline"], "true or false")
             _check_model_cfg(cfg, s["student"], "post.distill.student")
-            if s["teacher"] is not None:
+            if s.get("teacher") is not None:
                 _check_model_cfg(cfg, s["teacher"], "post.distill.teacher")
             if s["teacher_run"] is not None:
                 run_dir = Path(str(s["teacher_run"]))
@@ -284,7 +286,7 @@ def run_distill(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageRe
     if s["teacher_run"] is not None:
         teacher, run_cfg = load_run_model(Path(str(s["teacher_run"])), data.input_shape, data.num_classes)
         teacher, source, teacher_cfg = teacher.to(ctx.device), f"run {s['teacher_run']}", run_cfg["model"]
-    elif s["teacher"] is not None:
+    elif s.get("teacher") is not None:
         torch.manual_seed(cfg["seed"])
         teacher = make_model({**cfg, "model": s["teacher"]}, data.input_shape, data.num_classes).to(ctx.device)
         ctx.fit(teacher, s["teacher_epochs"], {"stage": "distill", "role": "teacher"})
@@ -310,8 +312,10 @@ def run_distill(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageRe
 
 def save_model(path: Path, model: nn.Module) -> Path:
     """The state dict on the CPU, written atomically (quantized state holds non-tensor entries too)."""
-    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
-    save_state_dict(path, state)
+    state = model.state_dict()
+    cpu = OrderedDict((k, v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items())
+    cpu._metadata = state._metadata  # module versions: torch.ao's quantized modules load by them
+    save_state_dict(path, cpu)
     return path
 
 
@@ -349,7 +353,8 @@ def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: to
                          time_s=time.perf_counter() - t0)
             if not isinstance(e, NnoptError):
                 entry["traceback"] = "".join(traceback.format_exception(e))
-            summary["failed_stage"] = name
+            # the training numbers and model.pt stay valid; the run as asked for did not finish
+            summary.update(status="failed", failed_stage=name, error=f"post-training stage {name} failed: {entry['error']}")
             run.write_summary(summary)
             raise StageFailed(f"post-training stage {name} failed: {entry['error']} "
                               "(model.pt, metrics.jsonl and earlier stages' files are kept)") from e
@@ -378,5 +383,5 @@ def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt") -> nn.M
     if stage["name"] == "quantize":
         q = stage["settings"]
         model = Q.rebuild_quantized(model, q["method"], q["backend"], q["granularity"], shape)
-    model.load_state_dict(torch.load(run_dir / file, weights_only=True))
+    model.load_state_dict(load_state(run_dir / file))
     return model.eval()

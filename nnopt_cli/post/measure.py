@@ -86,11 +86,18 @@ def _sparse_state(state: dict) -> dict:
     return out
 
 
+def load_state(f) -> dict:
+    """torch.load(weights_only=True), without torch's own TypedStorage warning for quantized tensors."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        return torch.load(f, weights_only=True)
+
+
 def file_sizes(path: Path) -> dict[str, int | None]:
     """Bytes of a saved state_dict: as written, deflated (zlib level 9), and sparse-encoded."""
     data = Path(path).read_bytes()
     sizes: dict[str, int | None] = {"size_bytes": len(data), "size_zip_bytes": len(zlib.compress(data, 9))}
-    state = torch.load(io.BytesIO(data), weights_only=True)
+    state = load_state(io.BytesIO(data))
     plain = all(type(v) is torch.Tensor and not v.is_quantized for v in state.values())
     if plain:
         buf = io.BytesIO()
