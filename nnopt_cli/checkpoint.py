@@ -44,13 +44,14 @@ def safe_load(path: Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0]
-        if "Weights only load failed" in first or "Unsupported global" in str(e):
-            unsafe = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        lines = str(e).splitlines() or [""]
+        unsafe = next((ln.strip() for ln in lines if "Unsupported global" in ln or "GLOBAL " in ln), None)
+        if unsafe is not None:  # the file names a Python callable: what a code-running payload needs
             raise CheckpointError(
                 f"refused to load {what} {path}: it holds pickled Python objects that could run code "
-                f"({unsafe[:120] or first[:120]}); nnopt files hold tensors and plain containers only") from None
-        raise CheckpointError(f"{what} {path} is corrupt ({first[:120]})") from None
+                f"({unsafe[:120]}); nnopt files hold tensors and plain containers only") from None
+        detail = next((ln.strip() for ln in lines if "Unsupported" in ln), lines[0])
+        raise CheckpointError(f"{what} {path} is corrupt ({detail[:120]})") from None
     except Exception as e:  # zip/stream errors: RuntimeError, EOFError, ValueError, OSError
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{what} {path} is truncated or corrupt ({type(e).__name__}: {first[:120]})") from None

@@ -8,6 +8,7 @@ Under torchrun (`run`) every process runs this app on one shared run folder; ran
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
@@ -193,6 +194,7 @@ def train_app(cfg: DictConfig) -> float:
 INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
 
 
+@functools.cache
 def group_options() -> dict[str, tuple[list[str], bool]]:
     """Each config group -> (its options, whether `group=null` is allowed: its default is null)."""
     root = conf_dir()
