@@ -228,6 +228,7 @@ class StageResult:
     model_cfg: dict  # the conf/model entry that rebuilds `model`'s architecture
     info: dict
     quantized: bool = False
+    headline: str = ""  # a stage-specific line for the log
 
 
 def run_prune(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
@@ -262,7 +263,7 @@ def run_prune(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResu
                     "masked only: pruned weights are zeros inside dense tensors, so the file and the latency "
                     "are those of the dense model; size_zip_bytes / size_sparse_bytes show what an encoding "
                     "that skips zeros saves, and no dense kernel runs faster")
-    return StageResult(out, P.model_config_of(out, model_cfg), info)
+    return StageResult(out, P.model_config_of(out, model_cfg), info, headline=f"prune: {info['note']}")
 
 
 def run_quantize(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
@@ -276,7 +277,7 @@ def run_quantize(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageR
     info = {"engine": "torch.ao.quantization (eager)" if s["backend"] == "eager" else "torchao.quantization"}
     if ctx.device.type != "cpu":
         info["note"] = f"int8 kernels are CPU kernels: the quantized model was evaluated on the CPU (the run trained on {ctx.device})"
-    return StageResult(q, model_cfg, info, quantized=True)
+    return StageResult(q, model_cfg, info, quantized=True, headline=f"quantize: {info.get('note', info['engine'])}")
 
 
 def run_distill(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
@@ -307,7 +308,11 @@ def run_distill(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageRe
         ctx.fit(alone, s["epochs"], {"stage": "distill", "role": "student_alone"})
         info["student_alone"] = ctx.test(alone)
     info["student"] = ctx.test(student)
-    return StageResult(student, s["student"], info)
+    line = f"distill: teacher {info['teacher']['test/acc']:.4f} ({info['teacher']['test/errors']} errors)"
+    if "student_alone" in info:
+        line += f" | student alone {info['student_alone']['test/acc']:.4f} ({info['student_alone']['test/errors']} errors)"
+    line += f" | distilled student {info['student']['test/acc']:.4f} ({info['student']['test/errors']} errors)"
+    return StageResult(student, s["student"], info, headline=line)
 
 
 def save_model(path: Path, model: nn.Module) -> Path:
@@ -362,6 +367,8 @@ def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: to
                      time_s=time.perf_counter() - t0)
         run.write_summary(summary)
         log.info(_summary_line(name, before, after))
+        if result.headline:
+            log.info(result.headline)
         current, model_cfg, before = result.model, result.model_cfg, after
 
 
