@@ -294,7 +294,8 @@ class Trainer:
                 else:
                     # DDP averages gradients over the ranks, so sum / (bs / world) on each rank
                     # gives exactly the gradient of the global batch mean, even for uneven shares
-                    loss = F.cross_entropy(out, y, reduction="sum") / share
+                    loss = (F.cross_entropy(out, y, reduction="sum") if self.loss_fn is None
+                            else self.loss_fn(out, y, x) * len(y)) / share  # loss_fn: a batch mean
             total = loss
             if self.penalty is not None:
                 reg = self.penalty(self.penalized)
