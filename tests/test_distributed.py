@@ -107,3 +107,15 @@ def test_two_gloo_processes_train_like_one(tmp_path):
         assert abs(a["val/acc"] - b["val/acc"]) <= 1 / len(data.val_x) + 1e-9
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-3)
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_nccl_processes_take_one_gpu_each(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "nnopt_cli", "train", *DDP_ARGS, "device=cuda", "hydra.run.dir=ddp"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["device"] == "cuda:0"
