@@ -228,6 +228,8 @@ class Trainer:
         # under torchrun: DDP around the model, each rank trains on its share of every global batch
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.net = distributed.wrap(model, device)
+        if self.world > 1:  # dropout masks: a stream per rank, or every shard would get the same ones
+            torch.manual_seed(cfg["seed"] + 7919 * self.rank)
         # stop requests (Ctrl-C, SIGTERM) are honoured at step boundaries: see interrupt.py
         self.should_stop: Callable[[], bool] = lambda: False
         self.partial: dict[str, Any] | None = None  # the epoch an interrupt cut short, to finish on resume
