@@ -115,9 +115,12 @@ def resume_config(run_dir: Path, current: dict, overrides: list[str]) -> dict:
     return saved
 
 
-def interrupted_exit(summary: dict, multirun: bool) -> float:
+def interrupted_exit(summary: dict, multirun: bool, sweep_dir: str) -> float:
     """Exit 130 / 143 after an interrupt; a joblib worker returns instead (its parent is interrupted too)."""
     print(f"nnopt: {summary['message']}", file=sys.stderr)
+    if multirun:
+        print(f"nnopt: to finish the sweep, rerun the same command with hydra.sweep.dir={sweep_dir} "
+              "skip_completed=true", file=sys.stderr)
     if multirun and multiprocessing.parent_process() is not None:
         return FAILED_OBJECTIVE
     raise SystemExit(summary["exit_code"])
@@ -182,7 +185,7 @@ def train_app(cfg: DictConfig) -> float:
             print("nnopt: the full traceback is in summary.json; set NNOPT_DEBUG=1 to print it", file=sys.stderr)
         raise SystemExit(e.exit_code if isinstance(e, NnoptError) else 1) from None
     if summary["status"] == "interrupted":
-        return interrupted_exit(summary, multirun)
+        return interrupted_exit(summary, multirun, hc.sweep.dir if multirun else "")
     if summary["status"] == "diverged":
         if not multirun:
             raise SystemExit(3)
