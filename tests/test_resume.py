@@ -199,3 +199,28 @@ def test_kill_9_at_random_points_leaves_readable_resumable_folders(tmp_path):
             cfg = resume_config(run, compose_cfg(*KILL_RUN, tiny=False), [])
             train(cfg, RunContext(run, resume=True))
         assert_same_run(reference, run)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_checkpoint_carries_cuda_rng_and_grad_scaler_and_resumes(precision, tmp_path, monkeypatch):
+    from nnopt_cli.checkpoint import rng_state, set_rng_state
+
+    state = rng_state(torch.device("cuda"))
+    first = torch.rand(4, device="cuda")
+    set_rng_state(state)
+    assert torch.equal(first, torch.rand(4, device="cuda"))
+
+    cfg = compose_cfg("device=cuda", f"precision={precision}", "deterministic=true", "model.dropout=0.2", "epochs=3")
+    train(cfg, RunContext(tmp_path / "alone"))
+    with monkeypatch.context() as m:
+        crash_after(m, 1)
+        with pytest.raises(Crash):
+            train(cfg, RunContext(tmp_path / "cut"))
+    ckpt = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert ckpt["rng"]["cuda"] is not None
+    assert (ckpt["trainer"]["scaler"] is not None) == (precision == "fp16")
+    assert train(cfg, RunContext(tmp_path / "cut", resume=True))["status"] == "completed"
+    # with deterministic algorithms the resumed CUDA run matches the uninterrupted one
+    assert_same_run(tmp_path / "alone", tmp_path / "cut")
