@@ -51,7 +51,8 @@ def test_prune_then_quantize_chain_records_before_and_after(tmp_path):
     assert prune["before"]["test/acc"] == pytest.approx(summary["test/acc"])
     assert prune["before"]["size_bytes"] == (tmp_path / "model.pt").stat().st_size
     # the chain: quantize starts from what prune produced
-    assert quant["before"] == prune["after"]
+    same = {k: v for k, v in prune["after"].items() if k != "latency_ms"}  # latency is re-timed beside each stage's output
+    assert {k: v for k, v in quant["before"].items() if k != "latency_ms"} == same
     # sparsity is counted from the saved weights: unstructured pruning leaves a masked model
     state = torch.load(tmp_path / "model.pruned.pt", weights_only=True)
     weights = [v for k, v in state.items() if k.endswith("weight")]

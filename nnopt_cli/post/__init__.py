@@ -104,6 +104,8 @@ def validate_post(cfg: dict) -> None:
     need_int_list("post.measure.latency_batch_sizes", m["latency_batch_sizes"], 1, allow_empty=False)
     need_int("post.measure.latency_repeats", m["latency_repeats"], 1)
     need_int("post.measure.latency_warmup", m["latency_warmup"], 0)
+    if m["latency_threads"] is not None:
+        need_int("post.measure.latency_threads", m["latency_threads"], 1)
     if "quantize" in names and names[-1] != "quantize":
         raise ConfigError("post", names, "quantize must be the last stage (an int8 model cannot be pruned or trained further)")
     model_cfg = cfg["model"]  # the model each stage receives
@@ -135,7 +137,7 @@ def validate_post(cfg: dict) -> None:
                                   + ", ".join(Q.STATIC_ACTIVATIONS) + " (no int8 CPU kernel for it)")
             if s["backend"] == "torchao":
                 try:
-                    import torchao  # noqa: F401
+                    Q.import_torchao()
                 except ImportError:
                     raise ConfigError("post.quantize.backend", "torchao", "needs the torchao package (pip install torchao)") from None
             from nnopt_cli.runner import make_model
@@ -194,6 +196,13 @@ class StageContext:
             self.run.append_metrics(row)
             trainer.end_epoch(row)
 
+    def latency(self, before: nn.Module, after: nn.Module) -> tuple[dict, dict]:
+        """CPU latency of a stage's input and output models, timed in turns."""
+        m = self.cfg["post"]["measure"]
+        a, b = cpu_latency_ms([before, after], self.data.input_shape, list(m["latency_batch_sizes"]),
+                              m["latency_repeats"], m["latency_warmup"], m["latency_threads"])
+        return a, b
+
     def test(self, model: nn.Module, quantized: bool = False) -> dict[str, Any]:
         from nnopt_cli.runner import evaluate
 
@@ -205,8 +214,7 @@ class StageContext:
                 "device": str(x.device)}
 
     def measure(self, model: nn.Module, path: Path, quantized: bool = False) -> dict[str, Any]:
-        """Accuracy, weights, bytes on disk and CPU latency of `model`, saved at `path`."""
-        m = self.cfg["post"]["measure"]
+        """Accuracy, weights and bytes on disk of `model`, saved at `path` (latency: see `latency`)."""
         report = sparsity_report(model)
         return {
             **self.test(model, quantized),
@@ -214,10 +222,6 @@ class StageContext:
             "nonzeros": report["nonzeros"],
             "sparsity": report["sparsity"],
             **file_sizes(path),
-            "latency_ms": cpu_latency_ms(model, self.data.input_shape, list(m["latency_batch_sizes"]),
-                                         m["latency_repeats"], m["latency_warmup"]),
-            "latency_device": "cpu",
-            "threads": torch.get_num_threads(),
             "layers": report["layers"],
         }
 
@@ -257,12 +261,20 @@ def run_prune(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResu
             "compacted_params": sum(p.numel() for p in compacted.parameters()),
         }
         out = compacted
-    shrunk = sum(p.numel() for p in out.parameters()) < sum(p.numel() for p in model.parameters())
-    info["masked_only"] = not shrunk
-    info["note"] = ("layers rebuilt without the removed units: really smaller and faster" if shrunk else
-                    "masked only: pruned weights are zeros inside dense tensors, so the file and the latency "
-                    "are those of the dense model; size_zip_bytes / size_sparse_bytes show what an encoding "
-                    "that skips zeros saves, and no dense kernel runs faster")
+    info["sparsity_before_compaction"] = sparsity_report(work)["sparsity"]
+    zeros_left = sparsity_report(out)["sparsity"]
+    compacted = sum(p.numel() for p in out.parameters()) < sum(p.numel() for p in model.parameters())
+    info["compacted"], info["masked_only"] = compacted, not compacted and zeros_left > 0
+    notes = []
+    if compacted:
+        units = [[m.weight.shape[0] for m in P.prunable_layers(x, include_last=False)] for x in (model, out)]
+        notes.append(f"compacted: hidden units {units[0]} -> {units[1]}, layers rebuilt without the removed "
+                     "ones (really smaller and faster)")
+    if zeros_left > 0:
+        notes.append(f"{'the remaining' if compacted else 'masked only:'} {zeros_left:.1%} zero weights sit inside "
+                     "dense tensors: no file-size or speed gain from them with dense kernels; size_zip_bytes / "
+                     "size_sparse_bytes show what an encoding that skips zeros saves")
+    info["note"] = "; ".join(notes) or "nothing pruned"
     return StageResult(out, P.model_config_of(out, model_cfg), info, headline=f"prune: {info['note']}")
 
 
@@ -352,6 +364,7 @@ def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: to
             result = RUNNERS[name](ctx, current, model_cfg)
             path = save_model(run.path / OUTPUT_FILES[name], result.model)
             after = ctx.measure(result.model, path, result.quantized)
+            lat_before, lat_after = ctx.latency(current, result.model)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             entry.update(status="failed", error=first if isinstance(e, NnoptError) else f"{type(e).__name__}: {first}",
@@ -363,10 +376,12 @@ def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: to
             run.write_summary(summary)
             raise StageFailed(f"post-training stage {name} failed: {entry['error']} "
                               "(model.pt, metrics.jsonl and earlier stages' files are kept)") from e
-        entry.update(status="completed", file=path.name, model=result.model_cfg, after=after, **result.info,
-                     time_s=time.perf_counter() - t0)
+        timing = {"latency_device": "cpu", "latency_threads": cfg["post"]["measure"]["latency_threads"] or torch.get_num_threads()}
+        entry["before"] = {**before, "latency_ms": lat_before, **timing}
+        entry.update(status="completed", file=path.name, model=result.model_cfg,
+                     after={**after, "latency_ms": lat_after, **timing}, **result.info, time_s=time.perf_counter() - t0)
         run.write_summary(summary)
-        log.info(_summary_line(name, before, after))
+        log.info(_summary_line(name, entry["before"], entry["after"]))
         if result.headline:
             log.info(result.headline)
         current, model_cfg, before = result.model, result.model_cfg, after

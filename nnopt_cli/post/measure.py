@@ -109,25 +109,42 @@ def file_sizes(path: Path) -> dict[str, int | None]:
 
 
 @torch.inference_mode()
-def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_sizes: list[int], repeats: int,
-                   warmup: int) -> dict[str, float]:
-    """Median wall time of one forward pass on the CPU, per batch size, in milliseconds."""
-    params = list(model.parameters()) + list(model.buffers())
-    if any(p.device.type != "cpu" for p in params):
-        model = copy.deepcopy(model).cpu()
-    was_training = model.training
-    model.eval()
+def cpu_latency_ms(models: list[nn.Module], input_shape: tuple[int, ...], batch_sizes: list[int], repeats: int,
+                   warmup: int, threads: int | None = None) -> list[dict[str, float]]:
+    """Median wall time of one forward pass on the CPU, per model and batch size, in milliseconds.
+
+    The models take turns call by call (A, B, A, B, ...), so a change of load on a shared machine
+    slows them alike and their ratio stays meaningful. `threads`: torch CPU threads while timing
+    (None = as set).
+    """
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _time_in_turns(models, input_shape, batch_sizes, repeats, warmup)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _time_in_turns(models, input_shape, batch_sizes, repeats, warmup) -> list[dict[str, float]]:
+    cpu = []
+    for model in models:
+        if any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers()]):
+            model = copy.deepcopy(model).cpu()
+        cpu.append(model.eval())
     g = torch.Generator().manual_seed(0)
-    out = {}
+    out: list[dict[str, float]] = [{} for _ in cpu]
     for bs in batch_sizes:
         x = torch.randn(bs, *input_shape, generator=g)
-        for _ in range(warmup):
-            model(x)
-        times = []
+        for model in cpu:
+            for _ in range(warmup):
+                model(x)
+        times: list[list[float]] = [[] for _ in cpu]
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-        out[str(bs)] = statistics.median(times) * 1e3
-    model.train(was_training)
+            for i, model in enumerate(cpu):
+                t0 = time.perf_counter()
+                model(x)
+                times[i].append(time.perf_counter() - t0)
+        for i, t in enumerate(times):
+            out[i][str(bs)] = statistics.median(t) * 1e3
     return out

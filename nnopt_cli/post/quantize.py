@@ -15,6 +15,7 @@ granularity  per_tensor: one scale per weight tensor; per_channel: one per outpu
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from collections.abc import Iterable
 
@@ -33,6 +34,15 @@ STATIC_ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "sigmoid", "tanh")
 # sequences fused before static quantization (torch.ao.quantization.fuse_modules)
 FUSE_PATTERNS = ((nn.Conv2d, nn.BatchNorm2d, nn.ReLU), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv2d, nn.ReLU),
                  (nn.Linear, nn.BatchNorm1d), (nn.Linear, nn.ReLU))
+
+
+def import_torchao():
+    """Import torchao (ImportError if missing) without the warning torch logs when torchao registers
+    an Enum with its pytree."""
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    import torchao
+
+    return torchao
 
 
 def check_combination(method: str, backend: str) -> str | None:
@@ -88,6 +98,7 @@ def quantize_model(model: nn.Module, method: str, backend: str, granularity: str
         raise ConfigError("post.quantize.method", method, f"the model has no {kinds} layers to quantize")
     model = copy.deepcopy(model).cpu().eval()
     if backend == "torchao":
+        import_torchao()
         from torchao.quantization import (
             Int8DynamicActivationInt8WeightConfig,
             Int8WeightOnlyConfig,
