@@ -161,7 +161,9 @@ def make_plot(args, shown: list[Run], table, group_by: list[str], metrics: list[
         if not any(r.stages for r in shown):
             raise NoRuns("--plot-kind tradeoff needs runs with post-training stages (summary.json 'stages'); "
                          "none of the runs shown has any")
-        fig = plots.tradeoff_figure([r for r in shown if r.completed], args.plot_x)
+        done = [r for r in shown if r.completed]
+        diff = differing_keys(done)
+        fig = plots.tradeoff_figure(done, args.plot_x, labels={r.label: series_label(r, diff) for r in done})
     else:
         if group_by:
             groups: dict[tuple, list[Run]] = {}

@@ -111,7 +111,8 @@ def pick_key(d: dict[str, Any], word: str) -> str | None:
     return next((k for k, v in flat.items() if word in k and finite(v)), None)
 
 
-def tradeoff_points(runs: list[Run], x: str, acc: str = "acc") -> list[tuple[float, float, str]]:
+def tradeoff_points(runs: list[Run], x: str, acc: str = "acc",
+                    labels: dict[str, str] | None = None) -> list[tuple[float, float, str]]:
     """(x, accuracy, label) for each run with post-training stages: the trained model (the first
     stage's `before`) and the model after each stage."""
     pts = []
@@ -122,7 +123,7 @@ def tradeoff_points(runs: list[Run], x: str, acc: str = "acc") -> list[tuple[flo
             xk, ak = pick_key(d, x), pick_key(d, acc)
             if xk and ak:
                 flat = flatten(d)
-                pts.append((float(flat[xk]), float(flat[ak]), f"{r.label}: {name}"))
+                pts.append((float(flat[xk]), float(flat[ak]), f"{(labels or {}).get(r.label, r.label)}: {name}"))
     return pts
 
 
@@ -137,10 +138,10 @@ def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, fl
     return front
 
 
-def tradeoff_figure(runs: list[Run], x: str = "size") -> Figure:
+def tradeoff_figure(runs: list[Run], x: str = "size", labels: dict[str, str] | None = None) -> Figure:
     """Test accuracy against model size (or latency, params, nonzeros) for runs with stages;
     the Pareto front (best accuracy for its size) is drawn as a line through its points."""
-    pts = tradeoff_points(runs, x)
+    pts = tradeoff_points(runs, x, labels=labels)
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
     xname = x
