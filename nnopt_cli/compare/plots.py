@@ -149,7 +149,7 @@ def tradeoff_figure(runs: list[Run], x: str = "size", labels: dict[str, str] | N
         for st in r.stages:
             xname = pick_key(st.after, x) or xname
     if pts:
-        stages = sorted({p[2].rsplit(": ", 1)[1] for p in pts})
+        stages = list(dict.fromkeys(p[2].rsplit(": ", 1)[1] for p in pts))  # trained, then pipeline order
         for st in stages:
             sel = [p for p in pts if p[2].rsplit(": ", 1)[1] == st]
             ax.scatter([p[0] for p in sel], [p[1] for p in sel], label=st, alpha=0.8)
