@@ -250,17 +250,17 @@ def run_prune(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResu
     info: dict[str, Any] = {"rounds": rounds}
     out = work
     if s["compact"]:
-        compacted = P.compact(work, ctx.data.input_shape)
-        with torch.no_grad():
+        small = P.compact(work, ctx.data.input_shape)
+        with torch.no_grad():  # the compacted model must compute what the masked one does
             work.eval()
-            a, b = work(ctx.data.test_x), compacted(ctx.data.test_x)
+            a, b = work(ctx.data.test_x), small(ctx.data.test_x)
         info["compaction"] = {
             "max_abs_logit_diff": (a - b).abs().max().item(),
             "same_predictions": (a.argmax(1) == b.argmax(1)).float().mean().item(),
             "masked_params": sum(p.numel() for p in work.parameters()),
-            "compacted_params": sum(p.numel() for p in compacted.parameters()),
+            "compacted_params": sum(p.numel() for p in small.parameters()),
         }
-        out = compacted
+        out = small
     info["sparsity_before_compaction"] = sparsity_report(work)["sparsity"]
     zeros_left = sparsity_report(out)["sparsity"]
     compacted = sum(p.numel() for p in out.parameters()) < sum(p.numel() for p in model.parameters())
