@@ -12,6 +12,8 @@ commands:
   train     train a model with the techniques chosen by config (Hydra overrides)
             nnopt train optimizer=adam scheduler=exp
             nnopt train --multirun optimizer=sgd,momentum,adam seed=0,1,2
+            nnopt train --multirun hparams_search=mnist_optuna     Optuna search
+            torchrun --standalone --nproc_per_node=4 -m nnopt_cli train   DDP, one GPU each
             nnopt train --help        config groups, their options and Hydra flags
   compare   tables, seed averages and plots over run folders
             nnopt compare outputs/ --group-by optimizer --sort test/acc
