@@ -428,7 +428,7 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
             for epoch in range(epochs_run + 1, last_epoch + 1):
                 t0, elapsed = time.perf_counter() - elapsed, 0.0
                 if stop_agreed(interrupt, device):
-                    raise Interrupted(f"epoch {epoch - 1} end")
+                    raise Interrupted(f"the end of epoch {epoch - 1}")
                 row = {"epoch": epoch, **trainer.train_epoch(epoch, data.train_x, data.train_y, progress)}
                 row["val/loss"], row["val/acc"] = evaluate(model, data.val_x, data.val_y,
                                                            cfg["eval_batch_size"], cfg["precision"], sharded=True)
