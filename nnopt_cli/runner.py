@@ -478,8 +478,11 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg["eval_batch_size"], cfg["precision"],
                                    sharded=True)
     run.save_model(model)
+    stages = bool(cfg.get("post")) and bool([k for k in cfg["post"] if k != "measure"])
     summary.update({
-        "status": "completed",
+        # a run is completed only once its post-training stages are: a kill during them must not
+        # leave a folder that resume / skip_completed take for finished
+        "status": "post_training" if stages else "completed",
         "test/loss": test_loss,
         "test/acc": test_acc,
         "best/val/acc": best_val_acc,
@@ -496,4 +499,6 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         from nnopt_cli.post import run_stages
 
         run_stages(cfg, model, data, run, summary, device)
+        summary["status"] = "completed"
+        run.write_summary(summary)
     return summary

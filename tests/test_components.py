@@ -42,7 +42,7 @@ def test_default_init_keeps_pytorch_layers():
     a = wide_mlp()
     b = wide_mlp()
     init_weights(b, "default", "relu")
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_mlp_and_cnn_shapes_and_options():

@@ -52,7 +52,7 @@ def test_every_scheduler_config_builds_and_changes_the_lr(sched):
         return
     assert type(scheduler).__module__ == "torch.optim.lr_scheduler"
     lrs = []
-    for step in range(60 if interval == "step" else 6):
+    for _ in range(60 if interval == "step" else 6):
         opt.step()
         scheduler.step(1.0) if monitor else scheduler.step()  # constant metric: plateau must cut
         lrs.append(opt.param_groups[0]["lr"])
