@@ -56,7 +56,7 @@ def _list(values: list[str] | None) -> list[str]:
 
 # plot kinds and tradeoff x axes (plots.py imports matplotlib, which costs a second: only when plotting)
 PLOT_KINDS = ("curves", "schedule", "tradeoff")
-TRADEOFF_X = ("size", "latency", "params", "nonzeros")
+TRADEOFF_X = ("size", "size_zip", "size_sparse", "latency", "params", "nonzeros")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
                    help="per-epoch metric for --plot-kind curves (default: the first --metric logged per "
                         "epoch, else val/acc)")
     p.add_argument("--plot-x", choices=TRADEOFF_X, default="size",
-                   help="x axis of --plot-kind tradeoff (default: size)")
+                   help="x axis of --plot-kind tradeoff: size_bytes on disk, its zip / sparse-encoded size, "
+                        "latency at the first batch size timed, ... (default: size)")
     return p
 
 
