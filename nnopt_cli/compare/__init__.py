@@ -89,8 +89,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def short_names(keys: list[str]) -> dict[str, str]:
+    """post.prune.sparsity -> sparsity for legends, unless two keys would read the same."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last, strict=True)}
+
+
 def series_label(run: Run, keys: list[str]) -> str:
-    parts = [f"{k}={fmt(run.config.get(k))}" for k in keys if k in run.config]
+    names = short_names(keys)
+    parts = [f"{names[k]}={fmt(run.config.get(k))}" for k in keys if k in run.config]
     label = " ".join(parts) or run.label
     return label if run.completed else f"{label} [{run.status}]"
 
