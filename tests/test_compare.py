@@ -175,8 +175,11 @@ def test_plots_are_png_with_one_line_per_run_or_group(sweep, capsys, tmp_path):
 
 def test_plot_inside_a_run_folder_is_refused(sweep, capsys):
     run0 = sorted(p for p in sweep.iterdir() if p.is_dir())[0]
-    code, _, err = compare(capsys, str(sweep), "--plot", str(run0 / "curves.png"))
+    code, out, err = compare(capsys, str(sweep), "--plot", str(run0 / "curves.png"))
     assert code == 2 and "inside run folder" in err and not (run0 / "curves.png").exists()
+    assert out == ""  # refused before the table is printed
+    code, out, err = compare(capsys, str(sweep), "--plot", "x.png", "--plot-metric", "test/acc")
+    assert code == 2 and out == "" and "unknown name 'test/acc' in --plot-metric" in err and "val/acc" in err
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -332,8 +335,8 @@ def test_stage_results_columns_and_tradeoff_plot(tmp_path, capsys):
 
 
 def test_tradeoff_without_stages_is_an_error(sweep, capsys, tmp_path):
-    code, _, err = compare(capsys, str(sweep), "--plot", str(tmp_path / "t.png"), "--plot-kind", "tradeoff")
-    assert code == 1 and "post-training stages" in err and not (tmp_path / "t.png").exists()
+    code, out, err = compare(capsys, str(sweep), "--plot", str(tmp_path / "t.png"), "--plot-kind", "tradeoff")
+    assert code == 1 and out == "" and "post-training stages" in err and not (tmp_path / "t.png").exists()
 
 
 def test_runs_are_found_recursively_in_natural_order_without_entering_run_folders(tmp_path):

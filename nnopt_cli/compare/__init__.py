@@ -142,6 +142,7 @@ def compare(args: argparse.Namespace) -> None:
     metrics = metrics or default_metrics(shown)
     if args.sort and parse_sort(args.sort)[0] not in metrics and parse_sort(args.sort)[0] in metrics_all:
         metrics.append(parse_sort(args.sort)[0])  # sorting by a metric shows it
+    plot_metric = check_plot(args, runs, shown, metrics) if args.plot else None  # before any output
     table = build_table(shown, metrics, group_by, args.sort)
     if group_by:
         skipped = [r for r in shown if not r.completed]
@@ -153,22 +154,32 @@ def compare(args: argparse.Namespace) -> None:
     render(table, args.format)
 
     if args.plot:
-        make_plot(args, shown, table, group_by, metrics)
+        make_plot(args, shown, table, group_by, plot_metric)
 
 
-def make_plot(args, shown: list[Run], table, group_by: list[str], metrics: list[str]) -> None:
-    from nnopt_cli.compare import plots
-
+def check_plot(args, runs: list[Run], shown: list[Run], metrics: list[str]) -> str | None:
+    """Refuse a bad --plot before the table is printed; returns the curves' metric."""
     if args.plot.suffix.lower() != ".png":
         raise CompareError(f"--plot {str(args.plot)!r}: plots are written as PNG; name the file *.png")
-    owner = inside_run(args.plot, shown)
+    owner = inside_run(args.plot, runs)
     if owner is not None:
         raise CompareError(f"--plot {str(args.plot)!r} is inside run folder {owner.label}; compare never "
                            "writes into run folders, choose another path")
+    if args.plot_kind == "tradeoff" and not any(r.stages for r in shown if r.completed):
+        raise NoRuns("--plot-kind tradeoff needs completed runs with post-training stages (summary.json "
+                     "'stages'); none of the runs shown has any")
+    if args.plot_kind != "curves":
+        return None
+    epoch_metrics = sorted({k for r in shown for row in r.epochs for k in row if k not in ("epoch", "stage")})
+    metric = args.plot_metric or next((m for m in metrics if m in epoch_metrics), "val/acc")
+    check_names("--plot-metric", [metric], epoch_metrics)
+    return metric
+
+
+def make_plot(args, shown: list[Run], table, group_by: list[str], metric: str | None) -> None:
+    from nnopt_cli.compare import plots
+
     if args.plot_kind == "tradeoff":
-        if not any(r.stages for r in shown):
-            raise NoRuns("--plot-kind tradeoff needs runs with post-training stages (summary.json 'stages'); "
-                         "none of the runs shown has any")
         done = [r for r in shown if r.completed]
         diff = differing_keys(done)
         fig = plots.tradeoff_figure(done, args.plot_x, labels={r.label: series_label(r, diff) for r in done})
@@ -189,9 +200,6 @@ def make_plot(args, shown: list[Run], table, group_by: list[str], metrics: list[
         if args.plot_kind == "schedule":
             fig = plots.schedule_figure(series)
         else:
-            epoch_metrics = sorted({k for r in shown for row in r.epochs for k in row if k not in ("epoch", "stage")})
-            metric = args.plot_metric or next((m for m in metrics if m in epoch_metrics), "val/acc")
-            check_names("--plot-metric", [metric], epoch_metrics)
             fig = plots.curves_figure(series, metric)
     plots.save(fig, args.plot)
     print(f"nnopt compare: wrote {args.plot}", file=sys.stderr)
