@@ -73,7 +73,7 @@ def test_teacher_trained_in_the_stage_and_teacher_from_an_earlier_run(tmp_path):
     cfg3 = compose_cfg("post=distill", "model@post.distill.teacher=mlp_small", "post.distill.teacher_epochs=1",
                        "post.distill.epochs=1", "post.distill.baseline=false", *FAST)
     s = train(cfg3, RunContext(run_dir=tmp_path / "third"))["stages"][0]
-    assert s["teacher"]["source"] == "trained in this stage" and s["teacher"]["params"] == 784 * 32 + 32 + 330
+    assert s["teacher"]["source"] == "trained in this stage" and s["teacher"]["params"] == 784 * 100 + 100 + 1010
     roles = [r.get("role") for r in read_metrics(tmp_path / "third" / "metrics.jsonl") if r.get("stage")]
     assert roles == ["teacher", "student"]
 
