@@ -127,3 +127,14 @@ def test_cli_runs_the_chain_and_refuses_bad_stage_settings_up_front(cli, tmp_pat
     summary = json.loads((run / "summary.json").read_text())
     assert [s["status"] for s in summary["stages"]] == ["completed", "completed"]
     assert load_stage_model(run, "model.quantized.pt") is not None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_stages_run_there_and_int8_is_evaluated_on_the_cpu(tmp_path):
+    cfg = compose_cfg("post=[distill,prune,quantize]", "device=cuda", "post.distill.epochs=1", *FAST)
+    summary = train(cfg, RunContext(run_dir=tmp_path))
+    distill, prune, quant = summary["stages"]
+    assert distill["after"]["device"].startswith("cuda") and prune["after"]["device"].startswith("cuda")
+    assert quant["after"]["device"] == "cpu" and "CPU" in quant["note"]
+    assert all(s["status"] == "completed" for s in summary["stages"])
