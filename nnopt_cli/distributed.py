@@ -7,6 +7,8 @@ MASTER_ADDR and MASTER_PORT. `init_from_env` joins them in one process group: gl
 tensors, nccl carries CUDA tensors, and each process drives GPU LOCAL_RANK. The runner then
 splits every global batch across the ranks (`epoch_batches`), wraps the model in DDP (`wrap`)
 and sums its metric counters over the ranks (`sum_over_ranks`); only rank 0 writes.
+Post-training stages are single-process work: after training the ranks part (`leave_to_rank0`)
+and rank 0 runs them alone.
 
 Without torchrun (no WORLD_SIZE, or WORLD_SIZE=1) every function here answers for a single
 process and costs nothing: the runner's single-process path makes no collective calls.
@@ -115,6 +117,24 @@ def sum_over_ranks(*tensors: torch.Tensor) -> list[torch.Tensor]:
     flat = torch.stack([t.detach().to(torch.float64).reshape(()) for t in tensors])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     return list(flat.unbind())
+
+
+def leave_to_rank0() -> bool:
+    """End the process group once every rank gets here; True on rank 0, which goes on alone.
+
+    For single-process work after DDP training (post-training stages): with no group left,
+    rank 0's code sees world_size() == 1, so it wraps no DDP and makes no collective call, and no
+    collective timeout can fire however long the work takes. The other ranks just finish.
+    """
+    if world_size() == 1:
+        return True
+    alone = is_rank0()  # rank() reads 0 everywhere once the group is gone
+    # the barrier is an all-reduce of a CPU tensor, so it goes over gloo even when nccl is in
+    # the group too (barrier() would guess a GPU there); if it raises, the group is kept and
+    # ranks stay what they are
+    dist.all_reduce(torch.zeros(1))
+    dist.destroy_process_group()
+    return alone
 
 
 def broadcast_from_rank0(obj):

@@ -498,6 +498,10 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     if cfg.get("post"):  # post-training stages (nnopt_cli/post), on the saved model
         from nnopt_cli.post import run_stages
 
+        # under DDP the stages are single-process work on the trained model: the process group
+        # ends here, the other ranks finish, and rank 0 runs them with plain (non-DDP) training
+        if not distributed.leave_to_rank0():
+            return summary
         run_stages(cfg, model, data, run, summary, device)
         summary["status"] = "completed"
         run.write_summary(summary)

@@ -1,5 +1,5 @@
 """DDP under torchrun: the rank shards, rank-0-only writes, and a real 2-process gloo run on CPU
-that must match the single-process run of the same config."""
+that must match the single-process run of the same config, and post-training stages on rank 0."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nnopt_cli import distributed
+from nnopt_cli.post import load_stage_model
 from nnopt_cli.run_dir import RunDir, read_metrics
 from nnopt_cli.runner import RunContext, evaluate, load_splits, make_model, train
 from tests.conftest import REPO, TINY, compose_cfg
@@ -107,6 +108,41 @@ def test_two_gloo_processes_train_like_one(tmp_path):
         assert abs(a["val/acc"] - b["val/acc"]) <= 1 / len(data.val_x) + 1e-9
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-3)
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_post_training_stages_run_on_rank0_alone_after_ddp_training(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("NNOPT_DEBUG", None)
+    stage_args = ["post=prune", "post.prune.rounds=1", "post.prune.finetune_epochs=1", "post.prune.sparsity=0.5",
+                  "post.measure.latency_repeats=2", "post.measure.latency_warmup=0", "post.measure.latency_batch_sizes=[1]"]
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "nnopt_cli", "train", *DDP_ARGS, *stage_args],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+
+    outputs = tmp_path / "outputs"
+    (folder,) = {p.parent for p in outputs.rglob("summary.json")}
+    assert {p for p in outputs.rglob("*") if p.is_dir()} == {folder, folder / ".hydra", folder.parent}
+    written = {".hydra", "metrics.jsonl", "summary.json", "model.pt", "model.pruned.pt", "train.log"}
+    assert written <= {p.name for p in folder.iterdir()} <= written | {"checkpoint.pt"}
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2
+    (stage,) = summary["stages"]
+    assert stage["name"] == "prune" and stage["status"] == "completed" and stage["file"] == "model.pruned.pt"
+    assert stage["after"]["sparsity"] >= 0.49
+    # one process ran the stage: one fine-tuning epoch in the metrics, one stage line in the log
+    rows = read_metrics(folder / "metrics.jsonl")
+    assert [r["epoch"] for r in rows if "stage" not in r] == [1, 2, 3]
+    assert [(r["stage"], r["epoch"]) for r in rows if "stage" in r] == [("prune", 1)]
+    assert (folder / "train.log").read_text().count("prune: test/acc") == 1
+
+    # the stage scored the whole test split (rank 0 alone, no sharding): re-score the saved model
+    cfg = compose_cfg(*DDP_ARGS[len(TINY):])
+    data = load_splits(cfg)
+    pruned = load_stage_model(folder, "model.pruned.pt")
+    assert evaluate(pruned, data.test_x, data.test_y, 1024)[1] == stage["after"]["test/acc"]
 
 
 @pytest.mark.cuda

@@ -7,6 +7,8 @@ and distillation epochs go to metrics.jsonl tagged with the stage.
 
 A stage that fails leaves model.pt, metrics.jsonl and earlier stages' files as they are; the
 summary says `status: failed`, `failed_stage` and the stage entry holds the error.
+
+Under torchrun the stages run on rank 0 alone, after DDP training (runner.train).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 import traceback
 from collections import OrderedDict
@@ -97,8 +98,6 @@ def validate_post(cfg: dict) -> None:
     names = stage_names(cfg)
     if not names:
         return
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("post", names, "post-training stages run in a single process; run them without torchrun")
     post = cfg["post"]
     m = post["measure"]
     need_int_list("post.measure.latency_batch_sizes", m["latency_batch_sizes"], 1, allow_empty=False)
