@@ -3,7 +3,8 @@
 In one process, on the same preloaded MNIST tensors and the same model and optimizer, time one
 epoch (training + validation) of:
   plain       a plain PyTorch loop over preloaded tensors (the baseline)
-  nnopt       nnopt's Trainer.train_epoch + evaluate, as `nnopt train` runs them
+  nnopt       nnopt's Trainer.train_epoch + evaluate + the epoch-end writes (metrics.jsonl line,
+              checkpoint.pt, both fsynced), as `nnopt train` runs them
   dataloader  (MLP only, for context) the same loop fed by a DataLoader with ToTensor/Normalize
 Each is repeated, interleaved, and the median is reported with the ratio to the baseline.
 """
@@ -13,12 +14,16 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from nnopt_cli.checkpoint import make_checkpoint
 from nnopt_cli.data import default_root, load_dataset
+from nnopt_cli.run_dir import RunDir
 from nnopt_cli.runner import Trainer, evaluate, make_model
 from tests.conftest import compose_cfg
 
@@ -66,10 +71,17 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
     nn_model = make_model(cfg, data.input_shape, 10)
     trainer = Trainer(cfg, nn_model, len(data.train_x), torch.device("cpu"))
 
+    run = RunDir(Path(tempfile.mkdtemp(prefix="nnopt-bench-")))
+    rows: list[dict] = []
+
     def nnopt_epoch(epoch=[0]):  # noqa: B006 - a counter across calls
         epoch[0] += 1
-        trainer.train_epoch(epoch[0], data.train_x, data.train_y)
-        evaluate(nn_model, data.val_x, data.val_y, cfg["eval_batch_size"])
+        row = {"epoch": epoch[0], **trainer.train_epoch(epoch[0], data.train_x, data.train_y)}
+        row["val/loss"], row["val/acc"] = evaluate(nn_model, data.val_x, data.val_y, cfg["eval_batch_size"])
+        rows.append(row)
+        run.append_metrics(row)
+        run.save_checkpoint(make_checkpoint(cfg, nn_model, trainer, None, torch.device("cpu"), metrics=rows,
+                                            progress={"epoch": epoch[0]}))
 
     runs = {"plain": [], "nnopt": []}
     loader = None
