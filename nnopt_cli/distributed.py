@@ -45,9 +45,18 @@ def init_from_env(timeout_s: float = 1800) -> None:
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
 
 
-def shutdown() -> None:
+def shutdown(wait_for_peers: bool = False) -> None:
+    """Leave the process group. After a run that ended normally on every rank, first wait for the
+    peers (a CPU all-reduce as a barrier, which gloo carries even next to nccl), so no rank tears
+    its connections down while a peer still has an operation in flight on them (a gloo thread
+    then dies with "terminate called without an active exception"). After an error the ranks may
+    be at different collectives, so leave at once and let torchrun stop the others."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if wait_for_peers:
+                dist.all_reduce(torch.zeros(1))
+        finally:
+            dist.destroy_process_group()
 
 
 def world_size() -> int:

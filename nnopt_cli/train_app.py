@@ -295,6 +295,7 @@ def run(args: list[str]) -> None:
             train_app()
         return
     distributed.init_from_env()
+    finished = False
     try:
         if not distributed.is_rank0():
             # ${now:...} in hydra.run.dir differs per process: take the folder rank 0's Hydra
@@ -303,5 +304,6 @@ def run(args: list[str]) -> None:
             sys.argv += [f"hydra.run.dir='{run_dir}'", "hydra.output_subdir=null", "hydra/job_logging=none",
                          "hydra/hydra_logging=none"]
         train_app()
+        finished = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(wait_for_peers=finished)
