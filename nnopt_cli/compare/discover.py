@@ -128,14 +128,21 @@ def find_run_dirs(root: Path) -> list[Path]:
 # ---------------------------------------------------------------------------- reading files
 
 
-def read_json(path: Path) -> tuple[dict | None, str | None]:
-    """(object, None), or (None, why not): 'missing' or a short reason."""
+def read_text(path: Path) -> tuple[str | None, str | None]:
+    """(text, None), or (None, why not): 'missing' or a short reason."""
     try:
-        text = path.read_text()
+        return path.read_text(), None
     except FileNotFoundError:
         return None, "missing"
     except OSError as e:
         return None, f"cannot read it ({e.strerror})"
+
+
+def read_json(path: Path) -> tuple[dict | None, str | None]:
+    """(object, None), or (None, why not): 'missing' or a short reason."""
+    text, why = read_text(path)
+    if text is None:
+        return None, why
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
@@ -147,12 +154,9 @@ def read_json(path: Path) -> tuple[dict | None, str | None]:
 
 def read_jsonl(path: Path) -> tuple[list[dict], str | None]:
     """The rows before the first unreadable line, and a note when there was one."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return [], None
-    except OSError as e:
-        return [], f"metrics.jsonl: cannot read it ({e.strerror})"
+    text, why = read_text(path)
+    if text is None:
+        return [], None if why == "missing" else f"metrics.jsonl: {why}"
     rows: list[dict] = []
     lines = text.splitlines()
     for i, line in enumerate(lines):
@@ -170,12 +174,9 @@ def read_jsonl(path: Path) -> tuple[list[dict], str | None]:
 
 
 def read_yaml(path: Path) -> tuple[Any, str | None]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None, "missing"
-    except OSError as e:
-        return None, f"cannot read it ({e.strerror})"
+    text, why = read_text(path)
+    if text is None:
+        return None, why
     try:
         return yaml.load(text, Loader=Loader), None
     except yaml.YAMLError as e:
