@@ -245,6 +245,57 @@ def check_overrides(args: list[str]) -> None:
                 raise ConfigError(key, v, "one of " + ", ".join(options) + (" or null" if null_ok else ""))
 
 
+def check_keys(args: list[str]) -> None:
+    """An override of a key the config does not have (`optimizer.lrr=0.1`, `foo=1`): one line
+    naming the key and the keys that do exist there, instead of Hydra's multi-line report.
+
+    Composes the config once with the overrides (a sweep's first value for each swept key);
+    any other composition problem is left to Hydra to report as it does."""
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+
+    parser, plain = OverridesParser.create(), []
+    for a in args:
+        if a.startswith("-") or "=" not in a:
+            continue
+        o = parser.parse_override(a)  # check_overrides has parsed every one already
+        if o.key_or_group.startswith("hydra"):
+            continue
+        if o.is_sweep_override():
+            if not o.is_choice_sweep():
+                continue
+            a = f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+        plain.append(a)
+
+    def compose_with(overrides: list[str]):
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            return compose(config_name="train", overrides=overrides)
+
+    try:
+        compose_with(plain)
+    except ConfigCompositionException as e:
+        m = re.match(r"Could not override '([^']+)'", str(e))
+        if m is None:
+            return
+        key = m.group(1)
+        given = next((a for a in plain if a.split("=", 1)[0] == key), f"{key}=...")
+        parent, _, _ = key.rpartition(".")
+        try:
+            node = compose_with([a for a in plain if a != given])
+            node = OmegaConf.select(node, parent) if parent else node
+            known = ", ".join(sorted(map(str, node.keys()))) if isinstance(node, DictConfig) else ""
+        except Exception:
+            known = ""
+        where = f"keys of {parent}" if parent else "top-level keys"
+        raise ConfigError(key, given.split("=", 1)[1], f"no such key ({where}: {known or '?'}); "
+                                                       f"to add a new key write +{given}") from None
+    except Exception:
+        return
+
+
 def resume_args(args: list[str]) -> list[str]:
     """`resume=<run folder>` (single run): Hydra runs in that folder and leaves its .hydra/ as it is."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -272,6 +323,7 @@ def run(args: list[str]) -> None:
     """Run the Hydra app on `args` (everything after `nnopt train`)."""
     try:
         check_overrides(args)
+        check_keys(args)
     except NnoptError as e:
         print(f"nnopt: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None

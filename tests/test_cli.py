@@ -82,3 +82,12 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(cli, tmp_
 
     cores = len(os.sched_getaffinity(0))
     assert all(s["threads"] * 2 <= max(cores, 2) for s in summaries)
+
+
+@pytest.mark.parametrize("override,key,known", [("optimizer.lrr=0.1", "optimizer.lrr", "lr"), ("foo=1", "foo", "epochs")])
+def test_unknown_key_is_one_line_naming_the_keys_that_exist(cli, tmp_path, override, key, known):
+    out = cli("train", *TINY, override)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert out.stderr.startswith(f"nnopt: error: invalid config: {key}=") and f" {known}," in out.stderr
+    assert f"+{override}" in out.stderr  # how to add a new key on purpose
+    assert not (tmp_path / "outputs").exists()  # stopped before Hydra made a run folder
