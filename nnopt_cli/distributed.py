@@ -45,16 +45,22 @@ def init_from_env(timeout_s: float = 1800) -> None:
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
 
 
+def _barrier() -> None:
+    # an all-reduce of a CPU tensor goes over gloo even when nccl is in the group too
+    # (dist.barrier() would guess a GPU there)
+    dist.all_reduce(torch.zeros(1))
+
+
 def shutdown(wait_for_peers: bool = False) -> None:
     """Leave the process group. After a run that ended normally on every rank, first wait for the
-    peers (a CPU all-reduce as a barrier, which gloo carries even next to nccl), so no rank tears
-    its connections down while a peer still has an operation in flight on them (a gloo thread
-    then dies with "terminate called without an active exception"). After an error the ranks may
+    peers (`_barrier`), so no rank tears its connections down while a peer still has an
+    operation in flight on them (a gloo thread then dies with "terminate called without an
+    active exception"). After an error the ranks may
     be at different collectives, so leave at once and let torchrun stop the others."""
     if dist.is_available() and dist.is_initialized():
         try:
             if wait_for_peers:
-                dist.all_reduce(torch.zeros(1))
+                _barrier()
         finally:
             dist.destroy_process_group()
 
@@ -138,10 +144,7 @@ def leave_to_rank0() -> bool:
     if world_size() == 1:
         return True
     alone = is_rank0()  # rank() reads 0 everywhere once the group is gone
-    # the barrier is an all-reduce of a CPU tensor, so it goes over gloo even when nccl is in
-    # the group too (barrier() would guess a GPU there); if it raises, the group is kept and
-    # ranks stay what they are
-    dist.all_reduce(torch.zeros(1))
+    _barrier()  # if it raises, the group is kept and the ranks stay what they are
     dist.destroy_process_group()
     return alone
 

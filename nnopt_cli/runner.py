@@ -478,7 +478,9 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg["eval_batch_size"], cfg["precision"],
                                    sharded=True)
     run.save_model(model)
-    stages = bool(cfg.get("post")) and bool([k for k in cfg["post"] if k != "measure"])
+    from nnopt_cli.post import stage_names  # post-training code loads only when a run reaches here
+
+    stages = stage_names(cfg)
     summary.update({
         # a run is completed only once its post-training stages are: a kill during them must not
         # leave a folder that resume / skip_completed take for finished
@@ -495,7 +497,7 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     run.write_summary(summary)
     log.info("test/acc=%.4f test/loss=%.4f (%d epochs, %.1fs) -> %s", test_acc, test_loss, epochs_run,
              train_time, run.path)
-    if cfg.get("post"):  # post-training stages (nnopt_cli/post), on the saved model
+    if stages:  # post-training stages (nnopt_cli/post), on the saved model
         from nnopt_cli.post import run_stages
 
         # under DDP the stages are single-process work on the trained model: the process group
