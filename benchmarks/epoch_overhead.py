@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 from nnopt_cli.checkpoint import make_checkpoint
 from nnopt_cli.data import default_root, load_dataset
+from nnopt_cli.models import make_model
 from nnopt_cli.run_dir import RunDir
-from nnopt_cli.runner import Trainer, evaluate, make_model
+from nnopt_cli.trainer import Trainer, evaluate
 from tests.conftest import compose_cfg
 
 

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from nnopt_cli.checks import need_choice, need_num
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
@@ -21,3 +23,9 @@ def activation_factory(name: str, **params) -> Callable[[], nn.Module]:
     """A zero-argument constructor, so each layer gets its own module instance."""
     cls = ACTIVATIONS[name]
     return lambda: cls(**params)
+
+
+def check_activation(node: dict) -> None:
+    need_choice("activation.name", node.get("name"), tuple(ACTIVATIONS))
+    if "negative_slope" in node:
+        need_num("activation.negative_slope", node["negative_slope"], ge=0)

@@ -11,7 +11,31 @@ import math
 
 import numpy as np
 
+from nnopt_cli.checks import need_choice, need_int, need_num
+from nnopt_cli.errors import ConfigError
+
 POLICIES = ("fixed", "ramp", "double", "random")
+
+
+def check_batch_size(b: dict, scheduler: dict) -> None:
+    need_choice("batch_size.policy", b.get("policy"), POLICIES)
+    need_choice("batch_size.lr_scaling", b.get("lr_scaling"), ("none", "linear", "sqrt"))
+    if b["policy"] in ("fixed", "double"):
+        need_int("batch_size.size", b.get("size"), 1)
+    if b["policy"] == "ramp":
+        need_int("batch_size.start", b.get("start"), 1)
+        need_int("batch_size.end", b.get("end"), 1)
+    if b["policy"] == "double":
+        need_int("batch_size.every", b.get("every"), 1)
+        need_num("batch_size.factor", b.get("factor"), gt=1)
+        need_int("batch_size.max_size", b.get("max_size"), b["size"])
+        if b.get("instead_of_lr_decay") and scheduler.get("name") not in ("step", "multistep"):
+            raise ConfigError("batch_size.instead_of_lr_decay", True, "needs scheduler=step or scheduler=multistep "
+                              f"to take the decay epochs from (got scheduler={scheduler.get('name')})")
+    if b["policy"] == "random":
+        need_int("batch_size.min_size", b.get("min_size"), 1)
+        need_int("batch_size.max_size", b.get("max_size"), b["min_size"])
+    need_int("batch_size.base_size", b.get("base_size"), 1)
 
 
 class BatchSizePolicy:
@@ -26,6 +50,20 @@ class BatchSizePolicy:
         self.growth_epochs = sorted(growth_epochs) if growth_epochs else None
         self.lr_scaling = lr_scaling
         self.base_size = base_size or size
+
+    @classmethod
+    def from_config(cls, b: dict, scheduler: dict, epochs: int, seed: int) -> BatchSizePolicy:
+        growth = None
+        if b["policy"] == "double" and b.get("instead_of_lr_decay"):
+            # Smith et al. 2018: grow the batch at the epochs where the step schedule would decay the LR
+            growth = list(scheduler["milestones"]) if scheduler["name"] == "multistep" else list(
+                range(scheduler["step_size"], epochs, scheduler["step_size"]))
+        return cls(
+            b["policy"], b.get("size"), epochs=epochs, seed=seed, start=b.get("start"), end=b.get("end"),
+            every=b.get("every", 1), factor=(1 / scheduler["gamma"]) if growth is not None else b.get("factor", 2.0),
+            max_size=b.get("max_size"), min_size=b.get("min_size"), growth_epochs=growth,
+            lr_scaling=b["lr_scaling"], base_size=b["base_size"],
+        )
 
     def epoch_size(self, epoch: int) -> int:
         """Batch size of epoch `epoch` (0-based) for the epoch-level policies."""

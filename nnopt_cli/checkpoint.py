@@ -78,6 +78,7 @@ def load_checkpoint(path: Path) -> dict:
 NEUTRAL_VALUES: dict[str, Any] = {
     "observers": {},
     "diagnostics": None,
+    "eval_every_steps": None,
 }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from nnopt_cli.checks import need_choice
+
 INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal")
 
 # calculate_gain knows these names; the others are closest to "linear"-free relu-like scaling
@@ -24,7 +26,7 @@ def init_weights(model: nn.Module, name: str, activation: str, negative_slope: f
     param = negative_slope if nonlin == "leaky_relu" else None
     gain = nn.init.calculate_gain(nonlin, param)
     for m in model.modules():
-        if not isinstance(m, (nn.Linear, nn.Conv2d)):
+        if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             continue
         w = m.weight
         if name == "xavier_uniform":
@@ -43,3 +45,9 @@ def init_weights(model: nn.Module, name: str, activation: str, negative_slope: f
             raise ValueError(f"unknown init {name!r}")
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def check_init(node: dict) -> None:
+    need_choice("init.name", node.get("name"), INITS)
+    if "mode" in node:
+        need_choice("init.mode", node["mode"], ("fan_in", "fan_out"))

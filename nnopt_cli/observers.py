@@ -155,3 +155,34 @@ class Observers:
         for name, o in self.items.items():
             if state and name in state:
                 o.load_state_dict(state[name])
+
+
+def observer_nodes(cfg: dict) -> dict[str, dict]:
+    """name -> config node of every observer the run config asks for, in a fixed order."""
+    nodes: dict[str, dict] = {}
+    for group in OBSERVER_GROUPS:
+        node = cfg.get(group)
+        if node is not None and node.get("_target_") is not None:
+            nodes[group] = node
+    for name, node in (cfg.get("observers") or {}).items():
+        if node is not None:
+            nodes[f"observers.{name}"] = node
+    return nodes
+
+
+def check_observers(cfg: dict) -> None:
+    """Each observer's class exists, is an Observer and takes its settings (before any data is loaded)."""
+    from nnopt_cli.build import bind, locate, settings
+    from nnopt_cli.errors import ConfigError
+
+    for name, node in observer_nodes(cfg).items():
+        if not isinstance(node, dict) or "_target_" not in node:
+            raise ConfigError(name, node, "a node with _target_: a subclass of nnopt_cli.observers.Observer")
+        cls = locate(f"{name}._target_", node["_target_"], Observer)
+        bind(name, cls, (), settings(node))
+
+
+def build_observers(cfg: dict) -> Observers:
+    from nnopt_cli.build import build
+
+    return Observers({name: build(name, node, Observer) for name, node in observer_nodes(cfg).items()})

@@ -16,6 +16,8 @@ from hydra.errors import InstantiationException
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
+from nnopt_cli.build import bind, locate, settings
+from nnopt_cli.checks import need_choice, need_int, need_int_list, need_num
 from nnopt_cli.errors import ConfigError
 
 # keys of conf/scheduler/*.yaml that describe how the runner drives the scheduler, not its arguments
@@ -70,6 +72,49 @@ def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_fraction: float
     )
 
 
+def _parameters(fn) -> tuple[str, ...]:
+    try:
+        return tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return ()
+
+
 def current_lr(optimizer: Optimizer) -> float:
     lr = optimizer.param_groups[0]["lr"]
     return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+
+def check_optimizer(opt: dict) -> None:
+    if "_target_" not in opt:
+        raise ConfigError("optimizer._target_", None, "a torch.optim class such as torch.optim.Adam")
+    need_num("optimizer.lr", opt.get("lr"), gt=0)
+    # the class and its settings, before any data is loaded: a typo is one line, not a TypeError later
+    cls = locate("optimizer._target_", opt["_target_"], Optimizer)
+    bind("optimizer", cls, ([torch.zeros(1, requires_grad=True)],), settings(opt))
+    if "weight_decay" in opt:
+        need_num("optimizer.weight_decay", opt["weight_decay"], ge=0)
+    if "momentum" in opt:
+        need_num("optimizer.momentum", opt["momentum"], ge=0, lt=1)
+
+
+def check_scheduler(s: dict) -> None:
+    if "_target_" not in s:
+        return
+    need_choice("scheduler.interval", s.get("interval", "epoch"), ("epoch", "step"))
+    fn = locate("scheduler._target_", s["_target_"])
+    kwargs = {k: v for k, v in settings(s).items() if k not in (*SCHEDULER_META_KEYS, "name")}
+    if s.get("interval") == "step" and "total_steps" in _parameters(fn):
+        kwargs["total_steps"] = 1
+    bind("scheduler", fn, (torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),), kwargs)
+    if "gamma" in s:
+        need_num("scheduler.gamma", s["gamma"], gt=0, le=1)
+    if "step_size" in s:
+        need_int("scheduler.step_size", s["step_size"], 1)
+    if "milestones" in s:
+        need_int_list("scheduler.milestones", s["milestones"])
+    if "warmup_fraction" in s:
+        need_num("scheduler.warmup_fraction", s["warmup_fraction"], ge=0, lt=1)
+    if "monitor" in s:
+        need_choice("scheduler.monitor", s["monitor"], ("val/loss", "val/acc"))
+    if "eta_min" in s:
+        need_num("scheduler.eta_min", s["eta_min"], ge=0)

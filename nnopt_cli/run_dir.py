@@ -110,11 +110,21 @@ class RunDir:
         self.checkpoint_path = self.path / "checkpoint.pt"
 
     def append_metrics(self, row: dict) -> None:
+        self.append_jsonl(self.metrics_path, row)
+
+    def append_jsonl(self, path: Path, row: dict) -> None:
+        """Append one whole line and fsync it: a kill leaves at most a torn last line, which readers skip."""
         line = json.dumps(_clean(row)) + "\n"
-        with open(self.metrics_path, "a") as f:
+        with open(path, "a") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+    def write_rows_kept(self, path: Path, keep) -> None:
+        """Drop the rows a killed run wrote after its last checkpoint (resume redoes them)."""
+        if path.exists():
+            rows = [r for r in read_metrics(path) if keep(r)]
+            atomic_write_bytes(path, "".join(json.dumps(_clean(r)) + "\n" for r in rows).encode())
 
     def write_metrics(self, rows: list[dict]) -> None:
         """Replace metrics.jsonl with `rows` (a resumed run drops rows written after its checkpoint)."""

@@ -8,7 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from nnopt_cli.config import conf_dir, validate
+from nnopt_cli.config import conf_dir
+from nnopt_cli.validate import validate
 from tests.conftest import TINY, compose_cfg
 
 PRESETS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))

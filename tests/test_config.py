@@ -9,10 +9,11 @@ import hydra.utils
 import pytest
 import torch
 
-from nnopt_cli.config import conf_dir, validate
+from nnopt_cli.config import conf_dir
 from nnopt_cli.errors import ConfigError
+from nnopt_cli.models import make_model
 from nnopt_cli.optim import SCHEDULER_META_KEYS, build_optimizer, build_scheduler
-from nnopt_cli.runner import make_model
+from nnopt_cli.validate import validate
 from tests.conftest import compose_cfg
 
 
@@ -84,7 +85,9 @@ def test_onecycle_gets_total_steps_from_the_runner():
 @pytest.mark.parametrize("model", options("model"))
 @pytest.mark.parametrize("act", options("activation"))
 def test_every_model_builds_with_every_activation(model, act):
-    cfg = compose_cfg(f"model={model}", f"activation={act}")
+    # model=custom names a class of the user's: the test module's TinyNet stands in for it
+    user = ["model._target_=tests.test_extending.TinyNet"] if model == "custom" else []
+    cfg = compose_cfg(f"model={model}", f"activation={act}", *user)
     net = make_model(cfg, (1, 28, 28), 10)
     assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 

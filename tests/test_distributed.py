@@ -13,9 +13,12 @@ import pytest
 import torch
 
 from nnopt_cli import distributed
+from nnopt_cli.data import load_splits
+from nnopt_cli.models import make_model
 from nnopt_cli.post import load_stage_model
 from nnopt_cli.run_dir import RunDir, read_metrics
-from nnopt_cli.runner import RunContext, evaluate, load_splits, make_model, train
+from nnopt_cli.runner import RunContext, train
+from nnopt_cli.trainer import evaluate
 from tests.conftest import REPO, TINY, compose_cfg
 
 # harder than TINY's default noise, so accuracies are not all 1.0 and a wrong count would show
@@ -98,7 +101,7 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     outputs = tmp_path / "outputs"
     (folder,) = {p.parent for p in outputs.rglob("summary.json")}
     assert {p for p in outputs.rglob("*") if p.is_dir()} == {folder, folder / ".hydra", folder.parent}
-    written = {".hydra", "metrics.jsonl", "summary.json", "model.pt", "train.log"}
+    written = {".hydra", "metrics.jsonl", "summary.json", "model.pt", "model.init.pt", "train.log"}
     assert written <= {p.name for p in folder.iterdir()} <= written | {"checkpoint.pt"}
     assert (folder / "train.log").read_text().count("test/acc=") == 1
     summary = json.loads((folder / "summary.json").read_text())
@@ -108,7 +111,7 @@ def test_two_gloo_processes_train_like_one(tmp_path):
 
     # the reduced metrics are those of the whole splits: re-score the saved model on them
     cfg = compose_cfg(*DDP_ARGS[len(TINY):])
-    data = load_splits(cfg)
+    data = load_splits(cfg["dataset"])
     model = make_model(cfg, data.input_shape, data.num_classes)
     model.load_state_dict(torch.load(folder / "model.pt"))
     assert evaluate(model, data.val_x, data.val_y, 1024)[1] == ddp[-1]["val/acc"]
@@ -139,7 +142,7 @@ def test_post_training_stages_run_on_rank0_alone_after_ddp_training(tmp_path):
     outputs = tmp_path / "outputs"
     (folder,) = {p.parent for p in outputs.rglob("summary.json")}
     assert {p for p in outputs.rglob("*") if p.is_dir()} == {folder, folder / ".hydra", folder.parent}
-    written = {".hydra", "metrics.jsonl", "summary.json", "model.pt", "model.pruned.pt", "train.log"}
+    written = {".hydra", "metrics.jsonl", "summary.json", "model.pt", "model.init.pt", "model.pruned.pt", "train.log"}
     assert written <= {p.name for p in folder.iterdir()} <= written | {"checkpoint.pt"}
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2
@@ -154,7 +157,7 @@ def test_post_training_stages_run_on_rank0_alone_after_ddp_training(tmp_path):
 
     # the stage scored the whole test split (rank 0 alone, no sharding): re-score the saved model
     cfg = compose_cfg(*DDP_ARGS[len(TINY):])
-    data = load_splits(cfg)
+    data = load_splits(cfg["dataset"])
     pruned = load_stage_model(folder, "model.pruned.pt")
     assert evaluate(pruned, data.test_x, data.test_y, 1024)[1] == stage["after"]["test/acc"]
 

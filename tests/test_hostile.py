@@ -17,12 +17,15 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from nnopt_cli.checkpoint import CheckpointError, load_checkpoint, safe_load
-from nnopt_cli.config import conf_dir, validate
-from nnopt_cli.data import MNIST_MD5, load_dataset
+from nnopt_cli.config import conf_dir
+from nnopt_cli.data import MNIST_MD5, load_dataset, load_splits
 from nnopt_cli.errors import ConfigError, DataError, NnoptError
+from nnopt_cli.models import make_model
 from nnopt_cli.run_dir import RunDirError, read_metrics
-from nnopt_cli.runner import Diverged, RunContext, Trainer, load_splits, make_model, train
+from nnopt_cli.runner import RunContext, train
 from nnopt_cli.train_app import check_overrides, group_options, resume_config
+from nnopt_cli.trainer import Diverged, Trainer
+from nnopt_cli.validate import validate
 from tests.conftest import compose_cfg
 
 
@@ -180,7 +183,7 @@ def one_line_error_or_ok(cfg: dict, build: bool) -> None:
     try:
         validate(cfg)
         if build:  # accepted: the components build and take a step, or fail with a clear line
-            data = load_splits(cfg)
+            data = load_splits(cfg["dataset"])
             model = make_model(cfg, data.input_shape, data.num_classes)
             Trainer(cfg, model, len(data.train_x), torch.device("cpu")).train_epoch(1, data.train_x, data.train_y)
     except NnoptError as e:

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from nnopt_cli.config import validate
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.post import load_stage_model
 from nnopt_cli.post.distill import distill_loss
 from nnopt_cli.run_dir import read_metrics
 from nnopt_cli.runner import RunContext, train
+from nnopt_cli.validate import validate
 from tests.conftest import compose_cfg
 
 FAST = ["post.measure.latency_repeats=2", "post.measure.latency_warmup=0", "post.measure.latency_batch_sizes=[1,8]"]

@@ -7,10 +7,9 @@ import torch
 from torch import nn
 
 from nnopt_cli.activation import activation_factory
-from nnopt_cli.models import mlp
+from nnopt_cli.models import make_model, mlp
 from nnopt_cli.post.measure import file_sizes, sparsity_report
 from nnopt_cli.post.prune import compact, make_permanent, model_config_of, prune_to, sparsity_schedule
-from nnopt_cli.runner import make_model
 from tests.conftest import compose_cfg
 
 SHAPE = (1, 28, 28)

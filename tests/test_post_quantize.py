@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from nnopt_cli.config import validate
 from nnopt_cli.errors import ConfigError
+from nnopt_cli.models import make_model
 from nnopt_cli.post.measure import load_state, sparsity_report
 from nnopt_cli.post.prune import make_permanent, prune_to
 from nnopt_cli.post.quantize import quantize_model, rebuild_quantized
-from nnopt_cli.runner import make_model
+from nnopt_cli.validate import validate
 from tests.conftest import compose_cfg
 
 SHAPE = (1, 28, 28)

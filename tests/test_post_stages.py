@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from nnopt_cli.config import validate
+from nnopt_cli.data import load_splits
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.post import RUNNERS, StageFailed, load_stage_model, stage_names
 from nnopt_cli.run_dir import read_metrics
-from nnopt_cli.runner import RunContext, load_splits, train
+from nnopt_cli.runner import RunContext, train
+from nnopt_cli.validate import validate
 from tests.conftest import TINY, compose_cfg
 
 FAST = ["post.measure.latency_repeats=2", "post.measure.latency_warmup=0", "post.measure.latency_batch_sizes=[1,8]"]
@@ -76,7 +77,7 @@ def test_prune_then_quantize_chain_records_before_and_after(tmp_path):
     from omegaconf import OmegaConf
 
     OmegaConf.save(OmegaConf.create(cfg), tmp_path / ".hydra" / "config.yaml")
-    data = load_splits(cfg)
+    data = load_splits(cfg["dataset"])
     for file, stage in (("model.pruned.pt", prune), ("model.quantized.pt", quant)):
         model = load_stage_model(tmp_path, file)
         with torch.no_grad():

@@ -34,7 +34,7 @@ CASES = {
 
 
 def strip_time(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("time_s", "train_s")} for r in rows]
 
 
 def assert_same_run(a: Path, b: Path) -> None:

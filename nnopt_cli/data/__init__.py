@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from nnopt_cli.checks import need_choice, need_int, need_num
 from nnopt_cli.errors import ConfigError, DataError
 
 PACKAGED_MNIST = Path(__file__).parent / "mnist"
@@ -161,3 +162,29 @@ def load_dataset(
         test_y=sy.long(),
         num_classes=num_classes,
     )
+
+
+def load_splits(node: dict) -> Splits:
+    """The `dataset` config node -> its splits (on the CPU)."""
+    return load_dataset(node["name"], **{k: v for k, v in node.items() if k != "name"})
+
+
+def input_shape(node: dict) -> tuple[int, ...]:
+    """The shape of one sample, known from the config alone (models are checked with it before loading)."""
+    return (1, 28, 28)
+
+
+def num_classes(node: dict) -> int:
+    return node["num_classes"] if "num_classes" in node else 10
+
+
+def check_dataset(d: dict) -> None:
+    need_choice("dataset.name", d.get("name"), DATASETS)
+    need_int("dataset.val_size", d.get("val_size"), 1)
+    if "split_seed" in d:
+        need_int("dataset.split_seed", d["split_seed"], 0)
+    if d["name"] == "synthetic":
+        need_int("dataset.n_train", d.get("n_train"), 2)
+        need_int("dataset.n_test", d.get("n_test"), 1)
+        need_int("dataset.num_classes", d.get("num_classes"), 2)
+        need_num("dataset.noise", d.get("noise"), ge=0)

@@ -26,20 +26,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnopt_cli.config import need_choice, need_int, need_int_list, need_num
+from nnopt_cli import data as datasets
+from nnopt_cli.checks import need_choice, need_int, need_int_list, need_num
 from nnopt_cli.errors import ConfigError, NnoptError
+from nnopt_cli.models import check_model, make_model
 from nnopt_cli.post import prune as P
 from nnopt_cli.post import quantize as Q
 from nnopt_cli.post.distill import teacher_loss
 from nnopt_cli.post.measure import cpu_latency_ms, file_sizes, load_state, sparsity_report
 from nnopt_cli.run_dir import save_state_dict
+from nnopt_cli.trainer import Trainer, evaluate
 
 log = logging.getLogger("nnopt")
 
 STAGES = ("prune", "quantize", "distill")
 OUTPUT_FILES = {"prune": "model.pruned.pt", "quantize": "model.quantized.pt", "distill": "model.student.pt"}
-# every dataset nnopt ships is 28x28 grayscale: the shape the up-front structure checks build models with
-CHECK_INPUT_SHAPE = (1, 28, 28)
 
 
 class StageFailed(NnoptError):
@@ -56,25 +57,17 @@ def stage_names(cfg: dict) -> list[str]:
 
 def _check_model_cfg(cfg: dict, model_cfg: dict, key: str) -> None:
     """Validate a stage's model config (student/teacher) with the run's own model checks."""
-    from nnopt_cli.config import validate
-
-    if not isinstance(model_cfg, dict) or "name" not in model_cfg:
+    if not isinstance(model_cfg, dict) or ("name" not in model_cfg and "_target_" not in model_cfg):
         raise ConfigError(key, model_cfg, "a model config such as {name: mlp, hidden: [32]}")
     try:
-        validate({**cfg, "model": model_cfg, "post": None})
+        check_model(model_cfg, datasets.input_shape(cfg["dataset"]), datasets.num_classes(cfg["dataset"]))
     except ConfigError as e:
         raise ConfigError(e.key.replace("model", key, 1), e.value, e.allowed) from None
-
-
-def _num_classes(dataset_cfg: dict) -> int:
-    return dataset_cfg["num_classes"] if "num_classes" in dataset_cfg else 10
 
 
 def load_run_model(run_dir: Path, input_shape: tuple[int, ...], num_classes: int) -> tuple[nn.Module, dict]:
     """The trained model of an earlier run folder (its .hydra/config.yaml rebuilds it, model.pt fills it)."""
     from omegaconf import OmegaConf
-
-    from nnopt_cli.runner import make_model
 
     cfg_path, weights = run_dir / ".hydra" / "config.yaml", run_dir / "model.pt"
     for f in (cfg_path, weights):
@@ -139,9 +132,8 @@ def validate_post(cfg: dict) -> None:
                     Q.import_torchao()
                 except ImportError:
                     raise ConfigError("post.quantize.backend", "torchao", "needs the torchao package (pip install torchao)") from None
-            from nnopt_cli.runner import make_model
-
-            skeleton = make_model({**cfg, "model": model_cfg}, CHECK_INPUT_SHAPE, _num_classes(cfg["dataset"]))
+            skeleton = make_model({**cfg, "model": model_cfg}, datasets.input_shape(cfg["dataset"]),
+                                  datasets.num_classes(cfg["dataset"]))
             if Q.quantizable_layers(skeleton, s["method"]) == 0:
                 kinds = " or ".join(t.__name__ for t in Q.QUANTIZABLE[s["method"]])
                 raise ConfigError("post.quantize.method", s["method"], f"a model with {kinds} layers (model {model_cfg['name']} has none)")
@@ -159,7 +151,7 @@ def validate_post(cfg: dict) -> None:
                 run_dir = Path(str(s["teacher_run"]))
                 if not run_dir.is_dir():
                     raise ConfigError("post.distill.teacher_run", str(run_dir), "an existing run folder (not found)")
-                _, run_cfg = load_run_model(run_dir, CHECK_INPUT_SHAPE, _num_classes(cfg["dataset"]))
+                _, run_cfg = load_run_model(run_dir, datasets.input_shape(cfg["dataset"]), datasets.num_classes(cfg["dataset"]))
                 if run_cfg["dataset"]["name"] != cfg["dataset"]["name"]:
                     raise ConfigError("post.distill.teacher_run", str(run_dir),
                                       f"a run on this run's dataset {cfg['dataset']['name']} (it trained on {run_cfg['dataset']['name']})")
@@ -180,8 +172,6 @@ class StageContext:
 
     def fit(self, model: nn.Module, epochs: int, tag: dict, loss_fn=None, lr_scale: float = 1.0) -> None:
         """Train `model` for `epochs` with the run's optimizer/scheduler/batch policy; log tagged rows."""
-        from nnopt_cli.runner import Trainer, evaluate
-
         cfg = self.cfg
         if lr_scale != 1.0:
             cfg = {**cfg, "optimizer": {**cfg["optimizer"], "lr": cfg["optimizer"]["lr"] * lr_scale}}
@@ -203,8 +193,6 @@ class StageContext:
         return a, b
 
     def test(self, model: nn.Module, quantized: bool = False) -> dict[str, Any]:
-        from nnopt_cli.runner import evaluate
-
         x, y = self.data.test_x, self.data.test_y
         if quantized:  # int8 kernels are CPU kernels
             x, y = x.cpu(), y.cpu()
@@ -292,8 +280,6 @@ def run_quantize(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageR
 
 
 def run_distill(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
-    from nnopt_cli.runner import make_model
-
     s, cfg, data = ctx.cfg["post"]["distill"], ctx.cfg, ctx.data
     if s["teacher_run"] is not None:
         teacher, run_cfg = load_run_model(Path(str(s["teacher_run"])), data.input_shape, data.num_classes)
@@ -392,8 +378,6 @@ def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt") -> nn.M
         model = load_stage_model("outputs/2026-01-01/12-00-00-000000", "model.quantized.pt")
     """
     from omegaconf import OmegaConf
-
-    from nnopt_cli.runner import make_model
 
     run_dir = Path(run_dir)
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)

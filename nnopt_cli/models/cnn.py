@@ -1,33 +1,10 @@
-"""Models (conf/model/<name>.yaml): an MLP and a LeNet-5 style CNN.
-
-Both take an activation factory, so every technique in conf/activation works with both.
-"""
+"""LeNet-5 style convolutional network for 2-D images (conf/model/cnn.yaml)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 from torch import nn
-
-MODELS = ("mlp", "cnn")
-
-
-def mlp(input_shape: Sequence[int], num_classes: int, act: Callable[[], nn.Module], *,
-        hidden: Sequence[int] = (256,), dropout: float = 0.0, batch_norm: bool = False) -> nn.Sequential:
-    """Flatten -> [Linear -> (BN) -> act -> (Dropout)] * len(hidden) -> Linear."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = math.prod(input_shape)
-    for h in hidden:
-        layers.append(nn.Linear(width, h))
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(h))
-        layers.append(act())
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        width = h
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
 
 
 def cnn(input_shape: Sequence[int], num_classes: int, act: Callable[[], nn.Module], *,
@@ -37,6 +14,8 @@ def cnn(input_shape: Sequence[int], num_classes: int, act: Callable[[], nn.Modul
 
     The first convolution pads so 28x28 inputs keep LeNet-5's 32x32 geometry (28 -> 14 -> 5).
     """
+    if len(input_shape) != 3:
+        raise ValueError(f"model cnn needs images (channels, height, width); this dataset gives {tuple(input_shape)}")
     c_in, h, w = input_shape
     layers: list[nn.Module] = []
     for i, c_out in enumerate(channels):
@@ -58,13 +37,3 @@ def cnn(input_shape: Sequence[int], num_classes: int, act: Callable[[], nn.Modul
         width = f
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
-
-
-def build_model(name: str, input_shape: Sequence[int], num_classes: int, act: Callable[[], nn.Module],
-                **params) -> nn.Module:
-    builders = {"mlp": mlp, "cnn": cnn}
-    return builders[name](input_shape, num_classes, act, **params)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

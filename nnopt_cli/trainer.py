@@ -1,0 +1,324 @@
+"""The training step and epoch: what one optimization step does, for every combination of techniques.
+
+    for each batch:  forward -> loss (+ penalty) -> backward -> clip -> step -> schedule -> accumulate -> check
+
+Each mode is one small helper, not a branch in the loop: AMP loss scaling (precision.LossScaler),
+clipping (clip.GradClip), batch-size LR scaling (_scaled_lr), DDP loss scaling (_batch_loss) and
+the resume of an epoch an interrupt cut short (EpochSums.resumed). Observers (observers.py) are
+called after clipping and after the step only when a run has any.
+
+Data are in-memory tensors on the training device, batched by index, and the loop syncs with
+the device only when it has to (divergence checks, progress updates), so the framework costs
+little over a hand-written loop (see `make bench`). Post-training stages reuse Trainer to
+fine-tune a changed model with the run's own settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnopt_cli import distributed
+from nnopt_cli.batch_size import BatchSizePolicy
+from nnopt_cli.clip import GradClip
+from nnopt_cli.interrupt import Interrupted
+from nnopt_cli.observers import Observers, StepInfo
+from nnopt_cli.optim import build_optimizer, build_scheduler, current_lr
+from nnopt_cli.precision import LossScaler, autocast_context
+from nnopt_cli.progress import Progress
+from nnopt_cli.regularizer import Penalty
+
+
+class Diverged(Exception):
+    def __init__(self, epoch: int, step: int, loss: float):
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(f"loss became {loss} at epoch {epoch}, step {step}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             precision: str = "fp32", sharded: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over (x, y), in eval mode.
+
+    sharded: under DDP each rank scores every world_size-th sample and the sums are added over
+    the ranks, so every rank gets the numbers of the whole set (all ranks must call it).
+    """
+    n_all, world = len(x), distributed.world_size()
+    if sharded and world > 1:
+        x, y = x[distributed.rank()::world], y[distributed.rank()::world]
+    was_training = model.training
+    model.eval()
+    loss_sum = x.new_zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    with autocast_context(precision, x.device):
+        for i in range(0, len(x), batch_size):
+            out = model(x[i:i + batch_size]).float()
+            yb = y[i:i + batch_size]
+            loss_sum += F.cross_entropy(out, yb, reduction="sum").double()
+            correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    if sharded and world > 1:
+        loss_sum, correct = distributed.sum_over_ranks(loss_sum, correct)
+    n = max(n_all, 1)
+    return loss_sum.item() / n, correct.item() / n
+
+
+@dataclass
+class Counters:
+    """Cumulative work of the run, written into every metrics row (time-to-target needs them)."""
+
+    total_steps: int = 0  # optimizer steps
+    samples_seen: int = 0  # training samples over all ranks
+    forward_passes: int = 0  # forward passes over a batch (a closure optimizer makes several per step)
+    backward_passes: int = 0
+    train_s: float = 0.0  # seconds of training, evaluation excluded
+
+    def as_row(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class EpochSums:
+    """Per-epoch sums kept on the device (no host sync per step): loss, penalty, correct, grad norms."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.penalty = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.grad_norms: list[torch.Tensor] = []
+
+    @classmethod
+    def resumed(cls, part: dict, device: torch.device) -> EpochSums:
+        """The sums of an epoch an interrupt cut short, as its checkpoint saved them."""
+        sums = cls(device)
+        sums.loss = part["loss_sum"].to(device)
+        sums.penalty = part["reg_sum"].to(device)
+        sums.correct = part["correct"].to(device)
+        sums.grad_norms = list(part["grad_norms"].to(device).unbind())
+        return sums
+
+    def cut(self, epoch: int, step: int, order_state: torch.Tensor, base_lr: float) -> dict[str, Any]:
+        """What a checkpoint needs to finish this epoch later (same order, same sums so far)."""
+        return {"epoch": epoch, "step": step, "generator": order_state, "base_lr": base_lr,
+                "loss_sum": self.loss, "reg_sum": self.penalty, "correct": self.correct,
+                "grad_norms": torch.stack(self.grad_norms) if self.grad_norms else torch.zeros(0)}
+
+
+class Trainer:
+    """Everything one optimization step needs, built from the config: model, optimizer,
+    scheduler, batch-size policy, penalty, clipping, precision. `train_epoch` runs one epoch."""
+
+    def __init__(self, cfg: dict, model: nn.Module, n_train: int, device: torch.device,
+                 epochs: int | None = None, loss_fn=None, observers: Observers | None = None):
+        self.cfg, self.model, self.n_train, self.device = cfg, model, n_train, device
+        self.loss_fn = loss_fn  # (out, y, x) -> mean loss in place of cross-entropy (distillation)
+        self.policy = BatchSizePolicy.from_config(cfg["batch_size"], cfg["scheduler"],
+                                                  cfg["epochs"] if epochs is None else epochs, cfg["seed"])
+        self.optimizer = build_optimizer(cfg["optimizer"], model.parameters())
+        sched_cfg = cfg["scheduler"]
+        if cfg["batch_size"].get("instead_of_lr_decay"):
+            sched_cfg = {"name": "none"}  # the batch growth replaces the LR decay
+        self.scheduler, self.interval, self.monitor = build_scheduler(
+            sched_cfg, self.optimizer, self.policy.total_steps(n_train))
+        self.penalty = Penalty.from_config(cfg["regularizer"])
+        self.penalized = Penalty.penalized(model) if self.penalty else []
+        self.clip = GradClip.from_config(cfg["grad_clip"])
+        self.precision = cfg["precision"]
+        self.scaler = LossScaler(self.precision)
+        # on CPU a sync per step is nearly free, so divergence is caught at the very step;
+        # on CUDA we check every log_every steps to keep the GPU queue full
+        self.check_every = 1 if device.type == "cpu" else cfg["log_every"]
+        self.log_every = cfg["log_every"]
+        self.generator = torch.Generator(device=device).manual_seed(cfg["seed"])
+        # under torchrun: DDP around the model, each rank trains on its share of every global batch
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.net = distributed.wrap(model, device)
+        if self.world > 1:  # dropout masks: a stream per rank, or every shard would get the same ones
+            torch.manual_seed(cfg["seed"] + 7919 * self.rank)
+        self.observers = observers if observers is not None else Observers()
+        self.counters = Counters()
+        # evaluation every N optimizer steps (eval_every_steps): the runner's callback, timed apart
+        self.eval_every: int | None = None
+        self.on_eval: Callable[[float], None] | None = None  # receives the training seconds so far
+        # stop requests (Ctrl-C, SIGTERM) are honoured at step boundaries: see interrupt.py
+        self.should_stop: Callable[[], bool] = lambda: False
+        self.partial: dict[str, Any] | None = None  # the epoch an interrupt cut short, to finish on resume
+
+    # ------------------------------------------------------------------ checkpointed state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything here that training changes, as tensors and plain values (checkpoint.py)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "batch_size_policy": dict(vars(self.policy)),  # stateless per epoch today: its settings
+            "partial_epoch": self.partial,
+            "counters": self.counters.as_row(),
+            "observers": self.observers.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        vars(self.policy).update(state["batch_size_policy"])
+        self.partial = state["partial_epoch"]
+        if state.get("counters") is not None:  # checkpoints of nnopt before the counters: see runner
+            self.counters = Counters(**state["counters"])
+        self.observers.load_state_dict(state.get("observers"))
+
+    # ------------------------------------------------------------------ the step's helpers
+
+    def _batch_loss(self, out: torch.Tensor, y: torch.Tensor, x: torch.Tensor, share: float) -> torch.Tensor:
+        if self.world == 1:
+            return F.cross_entropy(out, y) if self.loss_fn is None else self.loss_fn(out, y, x)
+        # DDP averages gradients over the ranks, so sum / (bs / world) on each rank gives exactly
+        # the gradient of the global batch mean, even for uneven shares
+        total = F.cross_entropy(out, y, reduction="sum") if self.loss_fn is None else self.loss_fn(out, y, x) * len(y)
+        return total / share
+
+    @contextlib.contextmanager
+    def _scaled_lr(self, batch_size: int):
+        """Scale the LR by the batch-size policy for this step only, so the scheduler's state is untouched."""
+        factor = self.policy.lr_factor(batch_size)
+        if factor == 1.0:
+            yield
+            return
+        groups = self.optimizer.param_groups
+        for g in groups:
+            g["lr"] = g["lr"] * factor
+        try:
+            yield
+        finally:
+            for g in groups:
+                g["lr"] = g["lr"] / factor
+
+    def _schedule_step(self) -> None:
+        if self.scheduler is not None and self.interval == "step":
+            self.scheduler.step()
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int, last: int) -> None:
+        if step % self.check_every == 0 or step == last:
+            # under DDP all ranks must agree to stop, so they check the loss summed over ranks
+            value = (loss if self.world == 1 else distributed.sum_over_ranks(loss)[0] / self.world).item()
+            if not math.isfinite(value):
+                raise Diverged(epoch, step, value)
+
+    def lr_for_row(self, base_lr: float, sizes: list[int]) -> float:
+        """The LR the epoch's steps used: the scheduled LR times the batch-size policy's LR factor
+        (averaged over the steps when their sizes differ)."""
+        if self.policy.lr_scaling == "none":
+            return base_lr
+        return base_lr * sum(self.policy.lr_factor(b) for b in sizes) / len(sizes)
+
+    # ------------------------------------------------------------------ one epoch
+
+    def train_epoch(self, epoch: int, x_all: torch.Tensor, y_all: torch.Tensor,
+                    progress: Progress | None = None) -> dict[str, Any]:
+        """One pass over (x_all, y_all) in a fresh random order; returns the epoch's train metrics."""
+        t_start, eval_s = time.perf_counter(), 0.0
+        model, optimizer, observers, n = self.model, self.optimizer, self.observers, len(x_all)
+        model.train()
+        sizes = self.policy.epoch_sizes(epoch - 1, n)
+        part = self.partial if self.partial and self.partial["epoch"] == epoch else None
+        self.partial = None
+        if part is not None:  # finish an epoch an interrupt cut short: same order, same sums so far
+            self.generator.set_state(part["generator"])
+        order_state = self.generator.get_state()
+        batches = distributed.epoch_batches(n, sizes, self.generator, self.rank, self.world)
+        base_lr = current_lr(optimizer) if part is None else part["base_lr"]
+        sums = EpochSums(self.device) if part is None else EpochSums.resumed(part, self.device)
+        if progress is not None:
+            progress.start_epoch(epoch, len(sizes))
+        seen = 0  # samples this rank has trained on so far this epoch
+        for step, (bs, idx) in enumerate(batches, start=1):
+            seen += len(idx)
+            if part is not None and step <= part["step"]:
+                continue  # trained before the interrupt
+            if self.should_stop():
+                self.partial = sums.cut(epoch, step - 1, order_state, base_lr)
+                self.counters.train_s += time.perf_counter() - t_start - eval_s
+                raise Interrupted(f"epoch {epoch}, step {step - 1}")
+            x, y = x_all[idx], y_all[idx]
+            share = bs / self.world  # this rank's part of the global batch
+            # forward -> loss (+ penalty)
+            with autocast_context(self.precision, self.device):
+                out = self.net(x)
+                loss = self._batch_loss(out, y, x, share)
+            total = loss
+            if self.penalty is not None:
+                reg = self.penalty(self.penalized)
+                total = loss + reg
+                sums.penalty.add_(reg.detach(), alpha=share)
+            # backward -> clip (the gradient norm is sampled every log_every steps: it costs time)
+            optimizer.zero_grad(set_to_none=True)
+            self.scaler.backward(total, optimizer)
+            measure = (step - 1) % self.log_every == 0
+            norm = self.clip(model.parameters(), measure)
+            if measure:
+                sums.grad_norms.append(norm)
+            info = StepInfo(epoch, self.counters.total_steps + 1, model, optimizer, loss, bs) if observers else None
+            if info is not None:
+                observers.before_step(info)
+            # step -> schedule
+            with self._scaled_lr(bs):
+                self.scaler.step(optimizer)
+            self._schedule_step()
+            # accumulate -> check
+            c = self.counters
+            c.total_steps += 1
+            c.samples_seen += bs
+            c.forward_passes += 1
+            c.backward_passes += 1
+            sums.loss.add_(loss.detach().float(), alpha=share)  # in place, no host sync
+            sums.correct.add_((out.argmax(1) == y).sum())
+            self._check_finite(loss, epoch, step, len(sizes))
+            if info is not None:
+                observers.after_step(info)
+            if self.on_eval is not None:
+                eval_s += self._maybe_evaluate_at(t_start, eval_s)
+            if progress is not None and progress.live and step % self.log_every == 0:
+                progress.update(step, sums.loss.item() / seen, sums.correct.item() / seen, current_lr(optimizer))
+        self.counters.train_s += time.perf_counter() - t_start - eval_s
+        if self.world > 1:  # the epoch's metrics count every rank's samples
+            sums.loss, sums.penalty, sums.correct = distributed.sum_over_ranks(sums.loss, sums.penalty, sums.correct)
+        row = {
+            "train/loss": sums.loss.item() / n,
+            "train/acc": sums.correct.item() / n,
+            "lr": self.lr_for_row(base_lr, sizes),
+            # the random policy has no single size: report the mean size of the epoch
+            "batch_size": sizes[0] if self.policy.policy != "random" else round(n / len(sizes), 1),
+            "steps": len(sizes),
+            "grad_norm": torch.stack(sums.grad_norms).mean().item() if sums.grad_norms else None,
+        }
+        if self.penalty is not None:
+            row["train/penalty"] = sums.penalty.item() / n
+        return row
+
+    def _maybe_evaluate_at(self, t_start: float, eval_s: float) -> float:
+        """The step-interval evaluation sees train_s up to this step (evaluations excluded)."""
+        if self.eval_every is None or self.counters.total_steps % self.eval_every:
+            return 0.0
+        elapsed = self.counters.train_s + (time.perf_counter() - t_start - eval_s)
+        t0 = time.perf_counter()
+        self.on_eval(elapsed)
+        return time.perf_counter() - t0
+
+    def end_epoch(self, row: dict) -> None:
+        """Advance epoch-level schedules (plateau schedulers read the monitored metric)."""
+        if self.scheduler is not None and self.interval == "epoch":
+            if self.monitor is not None:
+                self.scheduler.step(row[self.monitor])
+            else:
+                self.scheduler.step()

@@ -1,0 +1,58 @@
+"""`validate`: the checks a whole run config passes before any data is loaded, each group by its
+home module (models, optim, batch_size, clip, early_stopping, observers, ...).
+
+Each check names the key, the value given and what is allowed (ConfigError), so a typo costs
+one line of output and no training time. Post-training stages are checked by post.validate_post.
+"""
+
+from __future__ import annotations
+
+from nnopt_cli import data, models
+from nnopt_cli.batch_size import check_batch_size
+from nnopt_cli.checks import need_bool, need_int, need_keys
+from nnopt_cli.clip import check_grad_clip
+from nnopt_cli.data import check_dataset
+from nnopt_cli.early_stopping import check_early_stopping
+from nnopt_cli.errors import ConfigError
+from nnopt_cli.observers import check_observers
+from nnopt_cli.optim import check_optimizer, check_scheduler
+from nnopt_cli.post import validate_post
+from nnopt_cli.precision import check_precision
+from nnopt_cli.regularizer import check_regularizer
+
+# keys every run config has (conf/train.yaml); a hand-written or truncated config lacks some
+TOP_LEVEL_KEYS = ("dataset", "model", "activation", "init", "optimizer", "scheduler", "regularizer", "batch_size",
+                  "grad_clip", "epochs", "seed", "device", "threads", "deterministic", "precision",
+                  "eval_batch_size", "log_every", "early_stopping", "checkpoint", "resume", "skip_completed")
+
+
+def validate(cfg: dict) -> None:
+    """Check a resolved run config (plain dict) before any data is loaded: each group by its own
+    module's check. Raises ConfigError on the first problem found. Post-training stages are
+    checked by post.validate_post (the runner calls both)."""
+    need_keys("<config>", cfg, TOP_LEVEL_KEYS)
+    need_int("epochs", cfg["epochs"], 1)
+    need_int("seed", cfg["seed"], 0)
+    if cfg["threads"] is not None:
+        need_int("threads", cfg["threads"], 1)
+    need_int("eval_batch_size", cfg["eval_batch_size"], 1)
+    need_int("log_every", cfg["log_every"], 1)
+    if cfg.get("eval_every_steps") is not None:
+        need_int("eval_every_steps", cfg["eval_every_steps"], 1)
+    need_int("checkpoint.every", cfg["checkpoint"]["every"], 0)
+    need_bool("skip_completed", cfg["skip_completed"])
+    if cfg["resume"] is not None and not isinstance(cfg["resume"], str):
+        raise ConfigError("resume", cfg["resume"], "the path of a run folder")
+    check_precision(cfg["precision"])
+    need_bool("deterministic", cfg["deterministic"])
+
+    check_dataset(cfg["dataset"])
+    models.check(cfg, data.input_shape(cfg["dataset"]), data.num_classes(cfg["dataset"]))
+    check_optimizer(cfg["optimizer"])
+    check_scheduler(cfg["scheduler"])
+    check_regularizer(cfg["regularizer"])
+    check_batch_size(cfg["batch_size"], cfg["scheduler"])
+    check_grad_clip(cfg["grad_clip"])
+    check_early_stopping(cfg["early_stopping"])
+    check_observers(cfg)
+    validate_post(cfg)  # post-training stages: checked before training starts
