@@ -206,7 +206,7 @@ def lr_figure(series: dict[str, list[tuple[float, float]]], metric: str) -> Figu
 def target_figure(bars: list[tuple[str, float, float, float, str]], time_name: str, target: str) -> Figure:
     """Time to target per group: a bar at the median with 95% CI whiskers; 'never' where the
     median run did not reach it; each bar labelled with how many runs reached it."""
-    fig = Figure(figsize=(max(5.0, 1.1 * len(bars) + 2), 4.5), layout="constrained")
+    fig = Figure(figsize=(max(7.0, 1.1 * len(bars) + 2), 5.0), layout="constrained")
     ax = fig.add_subplot()
     finite_vals = [v for _, m, lo, hi, _ in bars for v in (m, lo, hi) if math.isfinite(v)]
     top = 1.15 * max(finite_vals) if finite_vals else 1.0
@@ -219,13 +219,14 @@ def target_figure(bars: list[tuple[str, float, float, float, str]], time_name: s
             ax.annotate(note, (i, min(hi, top)), textcoords="offset points", xytext=(0, 4), ha="center",
                         fontsize="x-small")
         else:
-            ax.annotate(f"never ({reached})", (i, 0), textcoords="offset points", xytext=(0, 4), ha="center",
+            ax.annotate(f"median: never\n({reached})", (i, 0), textcoords="offset points", xytext=(0, 4), ha="center",
                         fontsize="small", color="red")
-    ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=20 if len(bars) > 4 else 0, ha="right"
-                  if len(bars) > 4 else "center", fontsize="small")
+    crowded = sum(len(b[0]) for b in bars) > 12 * len(bars) or len(bars) > 6
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=25 if crowded else 0,
+                  ha="right" if crowded else "center", fontsize="small")
     ax.set_ylim(0, top * 1.08)
     ax.set_ylabel(f"{time_name} to target")
-    ax.set_title(f"{time_name} to reach {target} (median, whiskers = 95% bootstrap CI)")
+    ax.set_title(f"{time_name} to {target}\n(median over runs, whiskers: 95% bootstrap CI)", fontsize="medium")
     ax.grid(alpha=0.3, axis="y")
     return fig
 
@@ -237,8 +238,10 @@ def profile_figure(labels: list[str], rho: Any, taus: Any, scores: Any, time_nam
     its profile over [1, 4], divided by 3)."""
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for i in sorted(range(len(labels)), key=lambda i: -scores[i]):
-        ax.step(taus, rho[i], where="post", label=f"{labels[i]} (score {scores[i]:.3f})")
+    for n, i in enumerate(sorted(range(len(labels)), key=lambda i: -scores[i])):
+        # equal profiles lie on top of each other: vary the dash and width so each stays visible
+        ax.step(taus, rho[i], where="post", label=f"{labels[i]} (score {scores[i]:.3f})",
+                linestyle=("-", "--", ":", "-.")[n % 4], linewidth=max(1.0, 3.0 - 0.5 * n))
     ax.set_xlim(taus[0], taus[-1])
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"tau: ratio of {time_name} to target to the fastest group's")
