@@ -122,7 +122,7 @@ def test_target_parsing_and_bad_values(target_runs, capsys):
                         (["--target", "val/acx=0.9"], "unknown name 'val/acx' in --target"),
                         (["--stats"], "--group-by"), (["--baseline", "adam"], "--group-by"),
                         (["--group-by", "optimizer", "--baseline", "rmsprop"], "valid: adam, sgd"),
-                        (["--plot", str(target_runs.parent / "x.png"), "--plot-kind", "profile",
+                        (["--plot", str(target_runs / "x.png"), "--plot-kind", "profile",
                           "--group-by", "optimizer"], "needs a --target")):
         code, out, err = compare(capsys, str(target_runs), *args)
         assert code == 2 and out == "" and err.count("\n") == 1 and words in err, (args, err)
@@ -251,3 +251,16 @@ def test_performance_profile_plot_and_score_on_two_workloads(tmp_path, capsys):
     code, _, err = compare(capsys, str(runs), "--group-by", "optimizer", "--target", "mnist:val/acc=0.97",
                            "--target", "mnist1d:val/acc=0.5", "--plot", str(png), "--plot-kind", "profile")
     assert code == 0 and "score: optimizer=adam 1.000, optimizer=sgd 0.500" in err  # mnist1d: both r = 1
+
+
+def test_runs_without_step_counters_count_as_reached_and_hide_unknown_columns(tmp_path, capsys):
+    for seed in (0, 1):
+        write_run(tmp_path / f"old{seed}", "adam", seed, [0.95, 0.975], counters=False)
+    rows, _ = compare_json(capsys, str(tmp_path), "--group-by", "optimizer", "--target", "val/acc=0.97")
+    (row,) = rows
+    assert row["target_reached"] == "2/2" and row["target_steps"] == 200 and row["target_seconds"] == 4.0
+    assert "target_samples" not in row  # no run recorded samples_seen
+    code, _, err = compare(capsys, str(tmp_path), "--group-by", "optimizer", "--target", "val/acc=0.97",
+                           "--target-time", "samples", "--plot", str(tmp_path / "t.png"),
+                           "--plot-kind", "target")
+    assert code == 2 and "--target-time epochs" in err

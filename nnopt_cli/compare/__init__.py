@@ -14,8 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from nnopt_cli.compare import decide
 from nnopt_cli.compare.discover import Run, discover
-from nnopt_cli.compare.evals import TIME_KEYS, Target, eval_metrics, parse_target
+from nnopt_cli.compare.evals import TIME_KEYS, Target
 from nnopt_cli.compare.render import FORMATS, fmt, render
 from nnopt_cli.compare.table import (
     CompareError,
@@ -169,10 +170,10 @@ def compare(args: argparse.Namespace) -> None:
     metrics = metrics or default_metrics(shown)
     if args.sort and parse_sort(args.sort)[0] not in metrics and parse_sort(args.sort)[0] in metrics_all:
         metrics.append(parse_sort(args.sort)[0])  # sorting by a metric shows it
-    targets = check_decide(args, shown, group_by, keys)
+    targets = decide.check(args, shown, group_by, keys)
     plot_metric = check_plot(args, runs, shown, metrics) if args.plot else None  # before any output
     table = build_table(shown, metrics, group_by, args.sort)
-    times = decide_columns(args, table, group_by, metrics, targets)  # may still refuse: before any output
+    times = decide.columns(args, table, group_by, metrics, targets)  # may still refuse: before any output
     if group_by:
         skipped = [r for r in shown if not r.completed]
         if skipped:
@@ -184,50 +185,6 @@ def compare(args: argparse.Namespace) -> None:
 
     if args.plot:
         make_plot(args, shown, table, group_by, plot_metric, times, targets)
-
-
-def check_decide(args, shown: list[Run], group_by: list[str], keys: list[str]) -> list[Target]:
-    """Refuse bad statistics options before anything is computed; returns the parsed targets."""
-    for option, needs in (("--stats", args.stats), ("--baseline", args.baseline),
-                          ("--plot-kind profile", args.plot and args.plot_kind == "profile")):
-        if needs and not group_by:
-            raise CompareError(f"{option} compares groups of runs: add --group-by KEYS (e.g. --group-by optimizer)")
-    if args.bootstrap < 100:
-        raise CompareError(f"--bootstrap {args.bootstrap}: use at least 100 resamples (default 10000)")
-    targets = [parse_target(t) for t in args.target or []]
-    if targets:
-        check_names("--target", [t.metric for t in targets], eval_metrics(shown))
-    if args.plot and args.plot_kind in ("target", "profile") and not targets:
-        raise CompareError(f"--plot-kind {args.plot_kind} needs a --target, e.g. --target val/acc=0.97")
-    if args.plot and args.plot_kind == "lr" and "optimizer.lr" not in keys:
-        raise CompareError("--plot-kind lr plots against optimizer.lr, which none of the runs has")
-    return targets
-
-
-def decide_columns(args, table, group_by: list[str], metrics: list[str], targets: list[Target]) -> dict:
-    """The --stats/--target/--baseline columns and the budget warning; scipy is imported only here."""
-    from nnopt_cli.compare import decide
-
-    if group_by:
-        warning = decide.budget_warning(table, group_by)
-        if warning:
-            print(f"nnopt compare: warning: {warning}", file=sys.stderr)
-    if not (args.stats or targets or args.baseline):
-        return {}
-    settings = decide.Settings(args.bootstrap, args.stats_seed)
-    base = decide.find_baseline(table, group_by, args.baseline) if args.baseline else None
-    if base is not None and not metrics:
-        raise CompareError("--baseline compares the first --metric; none is shown")
-    if args.stats:
-        decide.add_stats(table, metrics, settings)
-    times = decide.add_target(table, targets, settings, args.target_time) if targets else {}
-    if targets and args.plot and args.plot_kind in ("target", "profile") and not any(
-            t.get(args.target_time) is not None for t in times.values()):
-        raise CompareError(f"--target-time {args.target_time}: none of the runs recorded it; try "
-                           "--target-time epochs (runs written before the step counters existed)")
-    if base is not None:
-        decide.add_baseline(table, base, metrics[0], decide.group_name(base, group_by), settings)
-    return times
 
 
 def check_plot(args, runs: list[Run], shown: list[Run], metrics: list[str]) -> str | None:

@@ -12,12 +12,21 @@ counts, as one that never reached the target. The formulas and their sources are
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 from nnopt_cli.compare.discover import Run, finite
-from nnopt_cli.compare.evals import TIME_KEYS, Target, target_for, time_to_target
-from nnopt_cli.compare.render import fmt
-from nnopt_cli.compare.table import MEMBERS, Column, CompareError, Interval, Table, descending_by_default
+from nnopt_cli.compare.evals import TIME_KEYS, Target, eval_metrics, parse_target, target_for, time_to_target
+from nnopt_cli.compare.render import DASH, fmt
+from nnopt_cli.compare.table import (
+    MEMBERS,
+    Column,
+    CompareError,
+    Interval,
+    Table,
+    check_names,
+    descending_by_default,
+)
 
 ALPHA = 0.05  # a difference is "resolved" when p < ALPHA and the CI of P(better) excludes 1/2
 
@@ -26,6 +35,49 @@ ALPHA = 0.05  # a difference is "resolved" when p < ALPHA and the CI of P(better
 class Settings:
     reps: int = 10_000   # bootstrap resamples (and Monte-Carlo permutations)
     seed: int = 0        # seeds every resampling: the same runs always give the same intervals
+
+
+def check(args, shown: list[Run], group_by: list[str], keys: list[str]) -> list[Target]:
+    """Refuse bad statistics options before anything is computed; returns the parsed targets."""
+    for option, needs in (("--stats", args.stats), ("--baseline", args.baseline),
+                          ("--plot-kind profile", args.plot and args.plot_kind == "profile")):
+        if needs and not group_by:
+            raise CompareError(f"{option} compares groups of runs: add --group-by KEYS (e.g. --group-by optimizer)")
+    if args.bootstrap < 100:
+        raise CompareError(f"--bootstrap {args.bootstrap}: use at least 100 resamples (default 10000)")
+    targets = [parse_target(t) for t in args.target or []]
+    if targets:
+        check_names("--target", [t.metric for t in targets], eval_metrics(shown))
+    if args.plot and args.plot_kind in ("target", "profile") and not targets:
+        raise CompareError(f"--plot-kind {args.plot_kind} needs a --target, e.g. --target val/acc=0.97")
+    if args.plot and args.plot_kind == "lr" and "optimizer.lr" not in keys:
+        raise CompareError("--plot-kind lr plots against optimizer.lr, which none of the runs has")
+    return targets
+
+
+def columns(args, table, group_by: list[str], metrics: list[str], targets: list[Target]) -> dict:
+    """The --stats/--target/--baseline columns and the budget warning (scipy is imported only when a
+    statistic is asked for: plain `nnopt compare` stays fast)."""
+    if group_by:
+        warning = budget_warning(table, group_by)
+        if warning:
+            print(f"nnopt compare: warning: {warning}", file=sys.stderr)
+    if not (args.stats or targets or args.baseline):
+        return {}
+    settings = Settings(args.bootstrap, args.stats_seed)
+    base = find_baseline(table, group_by, args.baseline) if args.baseline else None
+    if base is not None and not metrics:
+        raise CompareError("--baseline compares the first --metric; none is shown")
+    if args.stats:
+        add_stats(table, metrics, settings)
+    times = add_target(table, targets, settings) if targets else {}
+    if targets and args.plot and args.plot_kind in ("target", "profile") and not any(
+            t.get(args.target_time) is not None for t in times.values()):
+        raise CompareError(f"--target-time {args.target_time}: none of the runs recorded it; try "
+                           "--target-time epochs (runs written before the step counters existed)")
+    if base is not None:
+        add_baseline(table, base, metrics[0], group_name(base, group_by), settings)
+    return times
 
 
 def group_name(row: dict, group_by: list[str]) -> str:
@@ -69,7 +121,7 @@ def add_stats(table: Table, metrics: list[str], s: Settings) -> None:
                        f"seed {s.seed}] over the completed runs (rliable, Agarwal et al. 2021)")
 
 
-def add_target(table: Table, targets: list[Target], s: Settings, time_name: str) -> dict[int, dict]:
+def add_target(table: Table, targets: list[Target], s: Settings) -> dict[int, dict]:
     """Time to target per run (per-run table) or per group (median [95% CI] and 'reached k/n').
     Returns each run's times, by id(run), for the plots."""
     times: dict[int, dict] = {}
@@ -85,7 +137,7 @@ def add_target(table: Table, targets: list[Target], s: Settings, time_name: str)
 
         for row in table.rows:
             counted = [r for r in row[MEMBERS] if r.completed or r.status == "diverged"]
-            hits = [r for r in counted if math.isfinite(times[id(r)].get(time_name) or math.inf)]
+            hits = [r for r in counted if _reached(times[id(r)])]
             row["target_reached"] = f"{len(hits)}/{len(counted)}" if counted else None
             for n, key in zip(shown, keys, strict=True):
                 xs = [times[id(r)][n] for r in counted if times[id(r)].get(n) is not None]
@@ -97,9 +149,9 @@ def add_target(table: Table, targets: list[Target], s: Settings, time_name: str)
         for row in table.rows:
             (r,) = row[MEMBERS]
             t = times[id(r)]
-            reached = math.isfinite(t.get(time_name) or math.inf)
+            reached = _reached(t)
             row["target_reached"] = ("diverged" if r.status == "diverged" else "yes" if reached
-                                     else "—" if not t else "never")
+                                     else DASH if not t else "never")
             for n, key in zip(shown, keys, strict=True):
                 row[key] = t.get(n) if reached else None
         at = "status" if any(c.key == "status" for c in table.columns) else None
@@ -109,6 +161,11 @@ def add_target(table: Table, targets: list[Target], s: Settings, time_name: str)
     table.notes.append("target: " + "; ".join(t.text() for t in targets) + " (AlgoPerf: the first evaluation "
                        "that reaches it, in epochs, optimizer steps, training samples and training seconds)")
     return times
+
+
+def _reached(t: dict[str, float | None]) -> bool:
+    """Reached in any recorded unit (a run without the samples counter still reached it in steps)."""
+    return any(v is not None and math.isfinite(v) for v in t.values())
 
 
 def _median(xs: list[float]) -> float:

@@ -66,8 +66,9 @@ def flat_records(table: Table) -> tuple[list[str], list[dict[str, Any]]]:
             v = row.get(c.key)
             if isinstance(v, Agg):
                 rec[f"{c.key}_mean"], rec[f"{c.key}_std"] = v.mean, v.std
-            elif isinstance(v, Interval):
-                rec[c.key], rec[f"{c.key}_lo"], rec[f"{c.key}_hi"] = v.value, v.lo, v.hi
+            elif c.kind == "interval":
+                iv = v if isinstance(v, Interval) else Interval(None, None, None)
+                rec[c.key], rec[f"{c.key}_lo"], rec[f"{c.key}_hi"] = iv.value, iv.lo, iv.hi
             else:
                 rec[c.key] = None if v is MISSING else v
         records.append({k: _clean(v) for k, v in rec.items()})
