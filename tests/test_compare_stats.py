@@ -264,3 +264,28 @@ def test_runs_without_step_counters_count_as_reached_and_hide_unknown_columns(tm
                            "--target-time", "samples", "--plot", str(tmp_path / "t.png"),
                            "--plot-kind", "target")
     assert code == 2 and "--target-time epochs" in err
+
+
+def test_groups_over_two_workloads_resample_within_each_and_are_not_compared_across(tmp_path, capsys):
+    accs = {"mnist": [0.98, 0.981, 0.979], "mnist1d": [0.60, 0.62, 0.61]}
+    for ds, values in accs.items():
+        for seed, acc in enumerate(values):
+            write_run(tmp_path / f"{ds}-adam{seed}", "adam", seed, [acc], test_acc=acc, dataset=ds)
+            write_run(tmp_path / f"{ds}-sgd{seed}", "sgd", seed, [acc - 0.01], test_acc=acc - 0.01, dataset=ds)
+    rows, _ = compare_json(capsys, str(tmp_path), "--group-by", "optimizer", "--stats", "--metric", "test/acc",
+                           "--baseline", "adam", "--bootstrap", "1000")
+    adam, sgd = rows
+    pooled = accs["mnist"] + accs["mnist1d"]
+    from nnopt_cli import stats
+
+    # stratified: every resample keeps 3 mnist and 3 mnist1d runs, so the CI is far narrower than pooled
+    strat = stats.bootstrap_ci(pooled, "iqm", 1000, 0, strata=[0, 0, 0, 1, 1, 1])
+    assert (adam["test/acc_iqm_lo"], adam["test/acc_iqm_hi"]) == pytest.approx(strat)
+    loose = stats.bootstrap_ci(pooled, "iqm", 1000, 0)
+    assert strat[1] - strat[0] < (loose[1] - loose[0]) / 3
+    assert sgd["verdict"] == "other workload" and sgd["P(better)"] is None
+    rows, _ = compare_json(capsys, str(tmp_path), "--group-by", "dataset,optimizer", "--baseline", "mnist,adam",
+                           "--metric", "test/acc", "--bootstrap", "500")
+    by = {(r["dataset"], r["optimizer"]): r["verdict"] for r in rows}
+    assert by == {("mnist", "adam"): "baseline", ("mnist", "sgd"): "not resolved",
+                  ("mnist1d", "adam"): "other workload", ("mnist1d", "sgd"): "other workload"}

@@ -28,6 +28,7 @@ from nnopt_cli.compare.table import (
     descending_by_default,
 )
 
+WORKLOAD_KEYS = ("dataset", "model")  # AlgoPerf: a workload is a dataset and a model
 ALPHA = 0.05  # a difference is "resolved" when p < ALPHA and the CI of P(better) excludes 1/2
 
 
@@ -96,8 +97,14 @@ def find_baseline(table: Table, group_by: list[str], wanted: str) -> dict:
     raise CompareError(f"--baseline {wanted!r} is not one of the groups; valid: {valid}")
 
 
-def _done_values(row: dict, metric: str) -> list[float]:
-    return [float(v) for v in (r.metrics().get(metric) for r in row[MEMBERS] if r.completed) if finite(v)]
+def _done_values(row: dict, metric: str) -> tuple[list[float], list[tuple]]:
+    """The metric over the group's completed runs, and each run's workload (its bootstrap stratum)."""
+    pairs = [(float(v), workload(r)) for r in row[MEMBERS] if r.completed and finite(v := r.metrics().get(metric))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def workload(r: Run) -> tuple:
+    return tuple(fmt(r.config.get(k)) for k in WORKLOAD_KEYS)
 
 
 def _insert(table: Table, after: str | None, cols: list[Column]) -> None:
@@ -114,11 +121,13 @@ def add_stats(table: Table, metrics: list[str], s: Settings) -> None:
     for m in metrics:
         key = f"{m}_iqm"
         for row in table.rows:
-            xs = _done_values(row, m)
-            row[key] = Interval(stats.iqm(xs), *stats.bootstrap_ci(xs, "iqm", s.reps, s.seed)) if xs else None
+            xs, strata = _done_values(row, m)
+            strata_ids = [sorted(set(strata)).index(w) for w in strata]
+            row[key] = (Interval(stats.iqm(xs), *stats.bootstrap_ci(xs, "iqm", s.reps, s.seed, strata=strata_ids))
+                        if xs else None)
         _insert(table, m, [Column(key, "interval")])
     table.notes.append(f"<metric>_iqm: interquartile mean [95% percentile bootstrap CI, {s.reps} resamples, "
-                       f"seed {s.seed}] over the completed runs (rliable, Agarwal et al. 2021)")
+                       f"seed {s.seed}] over the completed runs, resampled within each workload (rliable, Agarwal et al. 2021)")
 
 
 def add_target(table: Table, targets: list[Target], s: Settings) -> dict[int, dict]:
@@ -182,14 +191,15 @@ def add_baseline(table: Table, base: dict, metric: str, baseline_name: str, s: S
 
     higher = descending_by_default(metric, True)
     sign = 1.0 if higher else -1.0
-    y = [sign * v for v in _done_values(base, metric)]
+    ys, base_workloads = _done_values(base, metric)
+    y = [sign * v for v in ys]
     for row in table.rows:
-        x = [sign * v for v in _done_values(row, metric)]
-        if row is base:
-            row.update({"P(better)": None, "p_mw": None, "p_perm": None, "verdict": "baseline"})
-            continue
-        if not x or not y:
-            row.update({"P(better)": None, "p_mw": None, "p_perm": None, "verdict": "no runs"})
+        xs, workloads = _done_values(row, metric)
+        x = [sign * v for v in xs]
+        verdict = ("baseline" if row is base else "no runs" if not x or not y
+                   else "other workload" if len(set(workloads) | set(base_workloads)) > 1 else None)
+        if verdict:  # runs on different datasets or models are not draws of one distribution
+            row.update({"P(better)": None, "p_mw": None, "p_perm": None, "verdict": verdict})
             continue
         p_better = stats.prob_improvement(x, y)
         lo, hi = stats.prob_improvement_ci(x, y, s.reps, s.seed)
@@ -208,7 +218,9 @@ def add_baseline(table: Table, base: dict, metric: str, baseline_name: str, s: S
         f"P(better): chance that a run of the group has a {direction} {metric} than a run of {baseline_name} "
         f"(Mann-Whitney U / (n m), ties 1/2; rliable) [95% bootstrap CI]; p_mw: two-sided Mann-Whitney "
         f"test; p_perm: two-sided permutation test on the difference of means; verdict 'not resolved': "
-        f"p_mw >= {ALPHA} or the CI of P(better) contains 0.5, i.e. these seeds cannot tell the two apart")
+        f"p_mw >= {ALPHA} or the CI of P(better) contains 0.5, i.e. these seeds cannot tell the two apart; "
+        "'other workload': the two groups' runs are not all on one dataset and model (add --group-by dataset "
+        "or --where dataset=...)")
 
 
 def budget_warning(table: Table, group_by: list[str]) -> str | None:
@@ -246,9 +258,6 @@ def _total_steps(r: Run) -> float | None:
     return v if finite(v) else None
 
 
-WORKLOAD_KEYS = ("dataset", "model")  # AlgoPerf: a workload is a dataset and a model
-
-
 def profile_times(runs: list[Run], group_by: list[str], times: dict[int, dict], time_name: str):
     """(submission labels, workload labels, times[s, w]) for a performance profile: a submission
     is a group (its --group-by values other than dataset and model), and its time on a workload
@@ -264,7 +273,7 @@ def profile_times(runs: list[Run], group_by: list[str], times: dict[int, dict], 
         t = times.get(id(r), {}).get(time_name)
         if t is None:
             continue
-        w = tuple(fmt(r.config.get(k)) for k in WORKLOAD_KEYS)
+        w = workload(r)
         workloads.setdefault(w, None)
         cells.setdefault(tuple(fmt(r.config.get(k)) for k in keys), {}).setdefault(w, []).append(t)
     subs = list(cells)
