@@ -153,7 +153,8 @@ def permutation_p(x: Sequence[float], y: Sequence[float], reps: int = 10_000, se
     return (1 + hits) / (1 + reps)
 
 
-def time_to_target(values: Sequence[float], times: Sequence[float], target: float, mode: str = "max") -> float:
+def time_to_target(values: Sequence[float], times: Sequence[float], target: float,
+                   mode: str = "max") -> float:
     """The time of the first evaluation whose value reaches the target; inf if none does.
 
     AlgoPerf (docs/DOCUMENTATION.md "Scoring"; scoring/performance_profile.py

@@ -57,7 +57,8 @@ def write_run(d: Path, opt: str, seed: int, val_acc: list[float], *, status: str
             row.update(steps=STEPS, time_s=2.0)
         rows.append(row)
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = {"status": status, "epochs": len(val_acc), "test/acc": test_acc if test_acc is not None else val_acc[-1]}
+    summary = {"status": status, "epochs": len(val_acc),
+               "test/acc": test_acc if test_acc is not None else val_acc[-1]}
     (d / "summary.json").write_text(json.dumps(summary))
     return d
 
@@ -118,7 +119,8 @@ def test_target_parsing_and_bad_values(target_runs, capsys):
     t = parse_target("mnist1d:val/loss<=0.3")
     assert (t.dataset, t.metric, t.value, t.mode) == ("mnist1d", "val/loss", 0.3, "min")
     assert parse_target("val/acc=0.97").mode == "max" and parse_target("val/loss=0.1").mode == "min"
-    for args, words in ((["--target", "val/acc"], "METRIC=VALUE"), (["--target", "val/acc=high"], "not a number"),
+    for args, words in ((["--target", "val/acc"], "METRIC=VALUE"),
+                        (["--target", "val/acc=high"], "not a number"),
                         (["--target", "val/acx=0.9"], "unknown name 'val/acx' in --target"),
                         (["--stats"], "--group-by"), (["--baseline", "adam"], "--group-by"),
                         (["--group-by", "optimizer", "--baseline", "rmsprop"], "valid: adam, sgd"),
@@ -132,15 +134,15 @@ def test_stats_iqm_column_against_scipy(tmp_path, capsys):
     accs = [0.971, 0.968, 0.975, 0.5, 0.973]  # one bad seed: the IQM ignores it, the mean does not
     for seed, acc in enumerate(accs):
         write_run(tmp_path / f"r{seed}", "adam", seed, [acc], test_acc=acc)
-    rows, _ = compare_json(capsys, str(tmp_path), "--group-by", "optimizer", "--stats", "--metric", "test/acc",
-                           "--bootstrap", "2000")
+    rows, _ = compare_json(capsys, str(tmp_path), "--group-by", "optimizer", "--stats",
+                           "--metric", "test/acc", "--bootstrap", "2000")
     (row,) = rows
     assert row["test/acc_mean"] == pytest.approx(np.mean(accs))
     assert row["test/acc_iqm"] == pytest.approx(scipy.stats.trim_mean(accs, 0.25))
     assert row["test/acc_iqm"] == pytest.approx((0.971 + 0.973 + 0.968) / 3)  # 1 cut from each end
     assert row["test/acc_iqm_lo"] <= row["test/acc_iqm"] <= row["test/acc_iqm_hi"]
-    again, _ = compare_json(capsys, str(tmp_path), "--group-by", "optimizer", "--stats", "--metric", "test/acc",
-                            "--bootstrap", "2000")
+    again, _ = compare_json(capsys, str(tmp_path), "--group-by", "optimizer", "--stats",
+                            "--metric", "test/acc", "--bootstrap", "2000")
     assert again == rows  # seeded
 
 
@@ -176,10 +178,11 @@ def test_baseline_probability_of_improvement_p_values_and_verdicts(baseline_runs
 
 
 def test_baseline_on_a_loss_counts_lower_as_better(baseline_runs, capsys):
-    rows, _ = compare_json(capsys, str(baseline_runs), "--group-by", "optimizer", "--baseline", "optimizer=sgd",
-                           "--metric", "val/loss", "--bootstrap", "500")
+    rows, _ = compare_json(capsys, str(baseline_runs), "--group-by", "optimizer",
+                           "--baseline", "optimizer=sgd", "--metric", "val/loss", "--bootstrap", "500")
     by = {r["optimizer"]: r for r in rows}
-    assert by["adam"]["P(better)"] == 1.0 and by["adam"]["verdict"] == "better"  # lower loss than every sgd run
+    # every adam run has a lower loss than every sgd run
+    assert by["adam"]["P(better)"] == 1.0 and by["adam"]["verdict"] == "better"
 
 
 def test_different_budgets_warn(tmp_path, capsys):
@@ -271,9 +274,10 @@ def test_groups_over_two_workloads_resample_within_each_and_are_not_compared_acr
     for ds, values in accs.items():
         for seed, acc in enumerate(values):
             write_run(tmp_path / f"{ds}-adam{seed}", "adam", seed, [acc], test_acc=acc, dataset=ds)
-            write_run(tmp_path / f"{ds}-sgd{seed}", "sgd", seed, [acc - 0.01], test_acc=acc - 0.01, dataset=ds)
-    rows, _ = compare_json(capsys, str(tmp_path), "--group-by", "optimizer", "--stats", "--metric", "test/acc",
-                           "--baseline", "adam", "--bootstrap", "1000")
+            write_run(tmp_path / f"{ds}-sgd{seed}", "sgd", seed, [acc - 0.01], test_acc=acc - 0.01,
+                      dataset=ds)
+    rows, _ = compare_json(capsys, str(tmp_path), "--group-by", "optimizer", "--stats", "--metric",
+                           "test/acc", "--baseline", "adam", "--bootstrap", "1000")
     adam, sgd = rows
     pooled = accs["mnist"] + accs["mnist1d"]
     from nnopt_cli import stats
@@ -284,8 +288,8 @@ def test_groups_over_two_workloads_resample_within_each_and_are_not_compared_acr
     loose = stats.bootstrap_ci(pooled, "iqm", 1000, 0)
     assert strat[1] - strat[0] < (loose[1] - loose[0]) / 3
     assert sgd["verdict"] == "other workload" and sgd["P(better)"] is None
-    rows, _ = compare_json(capsys, str(tmp_path), "--group-by", "dataset,optimizer", "--baseline", "mnist,adam",
-                           "--metric", "test/acc", "--bootstrap", "500")
+    rows, _ = compare_json(capsys, str(tmp_path), "--group-by", "dataset,optimizer",
+                           "--baseline", "mnist,adam", "--metric", "test/acc", "--bootstrap", "500")
     by = {(r["dataset"], r["optimizer"]): r["verdict"] for r in rows}
     assert by == {("mnist", "adam"): "baseline", ("mnist", "sgd"): "not resolved",
                   ("mnist1d", "adam"): "other workload", ("mnist1d", "sgd"): "other workload"}

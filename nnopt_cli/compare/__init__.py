@@ -86,17 +86,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     d = p.add_argument_group("statistics (see the README's 'Comparisons that decide')")
     d.add_argument("--stats", action="store_true",
-                   help="with --group-by: each metric's interquartile mean with a 95%% bootstrap CI (rliable)")
+                   help="with --group-by: each metric's interquartile mean with a 95%% bootstrap CI "
+                        "(rliable)")
     d.add_argument("--target", action="append", metavar="[DATASET:]METRIC=VALUE",
-                   help="time to a target (AlgoPerf): epochs, steps, samples and training seconds at the first "
-                        "evaluation reaching it, per run or per group (median [95%% CI], runs that reached it); "
-                        "e.g. val/acc=0.97, val/loss<=0.1, mnist1d:val/acc=0.6 (repeatable, one per dataset)")
+                   help="time to a target (AlgoPerf): epochs, steps, samples and training seconds at the "
+                        "first evaluation reaching it, per run or per group (median [95%% CI], runs that "
+                        "reached it); e.g. val/acc=0.97, val/loss<=0.1, mnist1d:val/acc=0.6 (repeatable, "
+                        "one per dataset)")
     d.add_argument("--target-time", choices=list(TIME_KEYS), default="steps",
                    help="the time the target plot and the performance profile use (default: steps)")
     d.add_argument("--baseline", metavar="GROUP",
-                   help="with --group-by: each group against this one (its --group-by values, comma separated) "
-                        "on the first --metric: P(better) [95%% CI], Mann-Whitney and permutation p-values, "
-                        "and a verdict (better / worse / not resolved)")
+                   help="with --group-by: each group against this one (its --group-by values, comma "
+                        "separated) on the first --metric: P(better) [95%% CI], Mann-Whitney and permutation "
+                        "p-values, and a verdict (better / worse / not resolved)")
     d.add_argument("--bootstrap", type=int, default=10_000, metavar="N",
                    help="bootstrap resamples (and random permutations) per interval (default: 10000)")
     d.add_argument("--stats-seed", type=int, default=0, metavar="S",

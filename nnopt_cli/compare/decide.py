@@ -43,7 +43,8 @@ def check(args, shown: list[Run], group_by: list[str], keys: list[str]) -> list[
     for option, needs in (("--stats", args.stats), ("--baseline", args.baseline),
                           ("--plot-kind profile", args.plot and args.plot_kind == "profile")):
         if needs and not group_by:
-            raise CompareError(f"{option} compares groups of runs: add --group-by KEYS (e.g. --group-by optimizer)")
+            raise CompareError(f"{option} compares groups of runs: add --group-by KEYS "
+                               "(e.g. --group-by optimizer)")
     if args.bootstrap < 100:
         raise CompareError(f"--bootstrap {args.bootstrap}: use at least 100 resamples (default 10000)")
     targets = [parse_target(t) for t in args.target or []]
@@ -99,7 +100,8 @@ def find_baseline(table: Table, group_by: list[str], wanted: str) -> dict:
 
 def _done_values(row: dict, metric: str) -> tuple[list[float], list[tuple]]:
     """The metric over the group's completed runs, and each run's workload (its bootstrap stratum)."""
-    pairs = [(float(v), workload(r)) for r in row[MEMBERS] if r.completed and finite(v := r.metrics().get(metric))]
+    pairs = [(float(v), workload(r)) for r in row[MEMBERS]
+             if r.completed and finite(v := r.metrics().get(metric))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -123,11 +125,12 @@ def add_stats(table: Table, metrics: list[str], s: Settings) -> None:
         for row in table.rows:
             xs, strata = _done_values(row, m)
             strata_ids = [sorted(set(strata)).index(w) for w in strata]
-            row[key] = (Interval(stats.iqm(xs), *stats.bootstrap_ci(xs, "iqm", s.reps, s.seed, strata=strata_ids))
-                        if xs else None)
+            ci = stats.bootstrap_ci(xs, "iqm", s.reps, s.seed, strata=strata_ids) if xs else None
+            row[key] = Interval(stats.iqm(xs), *ci) if xs else None
         _insert(table, m, [Column(key, "interval")])
     table.notes.append(f"<metric>_iqm: interquartile mean [95% percentile bootstrap CI, {s.reps} resamples, "
-                       f"seed {s.seed}] over the completed runs, resampled within each workload (rliable, Agarwal et al. 2021)")
+                       f"seed {s.seed}] over the completed runs, resampled within each workload "
+                       "(rliable, Agarwal et al. 2021)")
 
 
 def add_target(table: Table, targets: list[Target], s: Settings) -> dict[int, dict]:
@@ -150,7 +153,8 @@ def add_target(table: Table, targets: list[Target], s: Settings) -> dict[int, di
             row["target_reached"] = f"{len(hits)}/{len(counted)}" if counted else None
             for n, key in zip(shown, keys, strict=True):
                 xs = [times[id(r)][n] for r in counted if times[id(r)].get(n) is not None]
-                row[key] = Interval(_median(xs), *stats.bootstrap_ci(xs, "median", s.reps, s.seed)) if xs else None
+                ci = stats.bootstrap_ci(xs, "median", s.reps, s.seed) if xs else None
+                row[key] = Interval(_median(xs), *ci) if xs else None
         _insert(table, None, [Column("target_reached", "text"), *(Column(k, "interval") for k in keys)])
         table.notes.append("target_*: median time to target [95% percentile bootstrap CI] over the completed "
                            "and diverged runs; a run that never reached it (or diverged) counts as inf")
@@ -211,8 +215,8 @@ def add_baseline(table: Table, base: dict, metric: str, baseline_name: str, s: S
             row["verdict"] = "not resolved"
         else:
             row["verdict"] = "better" if p_better > 0.5 else "worse"
-    _insert(table, None, [Column("P(better)", "interval"), Column("p_mw", "metric"), Column("p_perm", "metric"),
-                          Column("verdict", "verdict")])
+    _insert(table, None, [Column("P(better)", "interval"), Column("p_mw", "metric"),
+                          Column("p_perm", "metric"), Column("verdict", "verdict")])
     direction = "higher" if higher else "lower"
     table.notes.append(
         f"P(better): chance that a run of the group has a {direction} {metric} than a run of {baseline_name} "
@@ -236,7 +240,8 @@ def budget_warning(table: Table, group_by: list[str]) -> str | None:
             if vals:
                 per_group[group_name(row, group_by) if table.grouped else row.get("run")] = vals
         if len({v for vals in per_group.values() for v in vals}) > 1:
-            shown = ", ".join(f"{g} {'/'.join(fmt(v) for v in vals)}" for g, vals in list(per_group.items())[:6])
+            first = list(per_group.items())[:6]
+            shown = ", ".join(f"{g} {'/'.join(fmt(v) for v in vals)}" for g, vals in first)
             more = f" and {len(per_group) - 6} more" if len(per_group) > 6 else ""
             parts.append(f"{label}: {shown}{more}")
             break  # different epochs already imply different steps

@@ -42,7 +42,8 @@ def target_bars(table, group_by: list[str], time_name: str, target_text: str) ->
         v = row.get(f"target_{time_name}")
         if table.grouped:
             if isinstance(v, Interval):
-                bars.append((group_name(row, group_by), v.value, v.lo, v.hi, f"{row['target_reached']} reached"))
+                reached = f"{row['target_reached']} reached"
+                bars.append((group_name(row, group_by), v.value, v.lo, v.hi, reached))
         else:
             reached = row.get("target_reached")
             t = v if finite(v) else float("inf")

@@ -188,8 +188,8 @@ def lr_figure(series: dict[str, list[tuple[float, float]]], metric: str) -> Figu
             by_lr.setdefault(lr, []).append(v)
         lrs = sorted(by_lr)
         means = [math.fsum(by_lr[x]) / len(by_lr[x]) for x in lrs]
-        stds = [math.sqrt(math.fsum((v - m) ** 2 for v in by_lr[x]) / (len(by_lr[x]) - 1)) if len(by_lr[x]) > 1
-                else 0.0 for x, m in zip(lrs, means, strict=True)]
+        stds = [math.sqrt(math.fsum((v - m) ** 2 for v in by_lr[x]) / (len(by_lr[x]) - 1))
+                if len(by_lr[x]) > 1 else 0.0 for x, m in zip(lrs, means, strict=True)]
         (line,) = ax.plot(lrs, means, marker="o", markersize=4, label=f"{label} (n={len(points)})")
         ax.fill_between(lrs, [m - s for m, s in zip(means, stds, strict=True)],
                         [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2,
@@ -219,14 +219,16 @@ def target_figure(bars: list[tuple[str, float, float, float, str]], time_name: s
             ax.annotate(note, (i, min(hi, top)), textcoords="offset points", xytext=(0, 4), ha="center",
                         fontsize="x-small")
         else:
-            ax.annotate(f"median: never\n({reached})", (i, 0), textcoords="offset points", xytext=(0, 4), ha="center",
+            ax.annotate(f"median: never\n({reached})", (i, 0), textcoords="offset points", xytext=(0, 4),
+                        ha="center",
                         fontsize="small", color="red")
     crowded = sum(len(b[0]) for b in bars) > 12 * len(bars) or len(bars) > 6
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=25 if crowded else 0,
                   ha="right" if crowded else "center", fontsize="small")
     ax.set_ylim(0, top * 1.08)
     ax.set_ylabel(f"{time_name} to target")
-    ax.set_title(f"{time_name} to {target}\n(median over runs, whiskers: 95% bootstrap CI)", fontsize="medium")
+    ax.set_title(f"{time_name} to {target}\n(median over runs, whiskers: 95% bootstrap CI)",
+                 fontsize="medium")
     ax.grid(alpha=0.3, axis="y")
     return fig
 

@@ -132,7 +132,8 @@ def print_rich(table: Table, file: TextIO | None = None) -> None:
         cells = []
         for c in table.columns:
             text = fmt(row.get(c.key))  # Text, not markup: a value like [256] is not a style tag
-            cells.append(Text(text, style=STATUS_STYLE.get(text, "") if c.kind in ("status", "verdict") else ""))
+            styled = c.kind in ("status", "verdict")
+            cells.append(Text(text, style=STATUS_STYLE.get(text, "") if styled else ""))
         rt.add_row(*cells)
     console.print(rt)
 
