@@ -1,7 +1,8 @@
 """`nnopt compare`: one table (and plots) over the run folders below some paths.
 
     discover (read each run tolerantly) -> filter (--where) -> table (differing config keys,
-    metrics, --group-by mean ± std) -> sort -> render (table/csv/markdown/json) -> plot
+    metrics, --group-by mean ± std) -> sort -> decide (--stats IQM [CI], --target time to target,
+    --baseline P(better) and p-values; decide.py) -> render (table/csv/markdown/json) -> plot
 
 Reads only what `nnopt train` writes (.hydra/, metrics.jsonl, summary.json) and never writes
 inside a run folder.
@@ -13,7 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from nnopt_cli.compare import decide
 from nnopt_cli.compare.discover import Run, discover
+from nnopt_cli.compare.evals import TIME_KEYS, Target
 from nnopt_cli.compare.render import FORMATS, fmt, render
 from nnopt_cli.compare.table import (
     CompareError,
@@ -38,6 +41,11 @@ EXAMPLES = """examples:
   nnopt compare outputs/ --group-by optimizer --plot curves.png --plot-metric val/loss
   nnopt compare outputs/ --plot schedules.png --plot-kind schedule
   nnopt compare outputs/ --plot tradeoff.png --plot-kind tradeoff --plot-x latency
+  nnopt compare outputs/ --group-by optimizer --stats --metric test/acc   IQM with a 95% bootstrap CI
+  nnopt compare outputs/ --group-by optimizer --target val/acc=0.97       steps/samples/seconds to target
+  nnopt compare outputs/ --group-by optimizer --baseline adam --metric test/acc   better, worse, not resolved
+  nnopt compare outputs/ --plot lr.png --plot-kind lr --metric val/acc     final metric vs optimizer.lr
+  nnopt compare outputs/ --group-by optimizer --target val/acc=0.97 --plot p.png --plot-kind profile
 
 Runs that are incomplete, failed, diverged or have corrupt files are listed with their status
 (and a warning line) but never averaged. Names for --sort/--where/--group-by are config keys
@@ -55,7 +63,7 @@ def _list(values: list[str] | None) -> list[str]:
 
 
 # plot kinds and tradeoff x axes (plots.py imports matplotlib, which costs a second: only when plotting)
-PLOT_KINDS = ("curves", "schedule", "tradeoff")
+PLOT_KINDS = ("curves", "schedule", "tradeoff", "lr", "target", "profile")
 TRADEOFF_X = ("size", "size_zip", "size_sparse", "latency", "params", "nonzeros")
 
 
@@ -76,10 +84,32 @@ def parser() -> argparse.ArgumentParser:
                    help="metric columns to show (repeatable or comma list; default: final test/val metrics "
                         "and stage results)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    d = p.add_argument_group("statistics (see the README's 'Comparisons that decide')")
+    d.add_argument("--stats", action="store_true",
+                   help="with --group-by: each metric's interquartile mean with a 95%% bootstrap CI "
+                        "(rliable)")
+    d.add_argument("--target", action="append", metavar="[DATASET:]METRIC=VALUE",
+                   help="time to a target (AlgoPerf): epochs, steps, samples and training seconds at the "
+                        "first evaluation reaching it, per run or per group (median [95%% CI], runs that "
+                        "reached it); e.g. val/acc=0.97, val/loss<=0.1, mnist1d:val/acc=0.6 (repeatable, "
+                        "one per dataset)")
+    d.add_argument("--target-time", choices=list(TIME_KEYS), default="steps",
+                   help="the time the target plot and the performance profile use (default: steps)")
+    d.add_argument("--baseline", metavar="GROUP",
+                   help="with --group-by: each group against this one (its --group-by values, comma "
+                        "separated) on the first --metric: P(better) [95%% CI], Mann-Whitney and permutation "
+                        "p-values, and a verdict (better / worse / not resolved)")
+    d.add_argument("--bootstrap", type=int, default=10_000, metavar="N",
+                   help="bootstrap resamples (and random permutations) per interval (default: 10000)")
+    d.add_argument("--stats-seed", type=int, default=0, metavar="S",
+                   help="seed for the resampling: the same runs always give the same intervals (default: 0)")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="also save a plot as PNG")
     p.add_argument("--plot-kind", choices=PLOT_KINDS, default="curves",
                    help="curves: a metric per epoch; schedule: lr and batch size per epoch; "
-                        "tradeoff: accuracy vs size/latency after post-training stages (default: curves)")
+                        "tradeoff: accuracy vs size/latency after post-training stages; lr: final metric vs "
+                        "optimizer.lr per optimizer; target: time to --target per group with CI whiskers; "
+                        "profile: AlgoPerf performance profile over workloads (dataset x model) with scores "
+                        "(default: curves)")
     p.add_argument("--plot-metric", metavar="NAME",
                    help="per-epoch metric for --plot-kind curves (default: the first --metric logged per "
                         "epoch, else val/acc)")
@@ -142,8 +172,10 @@ def compare(args: argparse.Namespace) -> None:
     metrics = metrics or default_metrics(shown)
     if args.sort and parse_sort(args.sort)[0] not in metrics and parse_sort(args.sort)[0] in metrics_all:
         metrics.append(parse_sort(args.sort)[0])  # sorting by a metric shows it
+    targets = decide.check(args, shown, group_by, keys)
     plot_metric = check_plot(args, runs, shown, metrics) if args.plot else None  # before any output
     table = build_table(shown, metrics, group_by, args.sort)
+    times = decide.columns(args, table, group_by, metrics, targets)  # may still refuse: before any output
     if group_by:
         skipped = [r for r in shown if not r.completed]
         if skipped:
@@ -154,7 +186,7 @@ def compare(args: argparse.Namespace) -> None:
     render(table, args.format)
 
     if args.plot:
-        make_plot(args, shown, table, group_by, plot_metric)
+        make_plot(args, shown, table, group_by, plot_metric, times, targets)
 
 
 def check_plot(args, runs: list[Run], shown: list[Run], metrics: list[str]) -> str | None:
@@ -168,6 +200,10 @@ def check_plot(args, runs: list[Run], shown: list[Run], metrics: list[str]) -> s
     if args.plot_kind == "tradeoff" and not any(r.stages for r in shown if r.completed):
         raise NoRuns("--plot-kind tradeoff needs completed runs with post-training stages (summary.json "
                      "'stages'); none of the runs shown has any")
+    if args.plot_kind == "lr":
+        metric = args.plot_metric or (metrics[0] if metrics else "test/acc")
+        check_names("--plot-metric", [metric], metric_names(shown))
+        return metric
     if args.plot_kind != "curves":
         return None
     epoch_metrics = sorted({k for r in shown for row in r.epochs for k in row if k not in ("epoch", "stage")})
@@ -176,10 +212,15 @@ def check_plot(args, runs: list[Run], shown: list[Run], metrics: list[str]) -> s
     return metric
 
 
-def make_plot(args, shown: list[Run], table, group_by: list[str], metric: str | None) -> None:
+def make_plot(args, shown: list[Run], table, group_by: list[str], metric: str | None,
+              times: dict | None = None, targets: list[Target] | None = None) -> None:
     from nnopt_cli.compare import plots
 
-    if args.plot_kind == "tradeoff":
+    if args.plot_kind in ("lr", "target", "profile"):
+        from nnopt_cli.compare import decide_plots
+
+        fig = decide_plots.figure(args, shown, table, group_by, metric, times or {}, targets or [])
+    elif args.plot_kind == "tradeoff":
         done = [r for r in shown if r.completed]
         diff = differing_keys(done)
         fig = plots.tradeoff_figure(done, args.plot_x, labels={r.label: series_label(r, diff) for r in done})

@@ -172,3 +172,83 @@ def tradeoff_figure(runs: list[Run], x: str = "size", labels: dict[str, str] | N
 def save(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, format="png")
+
+
+# ---------------------------------------------------------------------------- deciding plots
+
+
+def lr_figure(series: dict[str, list[tuple[float, float]]], metric: str) -> Figure:
+    """LR sensitivity (DeepOBS): the final metric against optimizer.lr on a log axis, one line per
+    series (optimizer); at each LR the mean over its runs, band = ± 1 sample std."""
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for label, points in series.items():
+        by_lr: dict[float, list[float]] = {}
+        for lr, v in points:
+            by_lr.setdefault(lr, []).append(v)
+        lrs = sorted(by_lr)
+        means = [math.fsum(by_lr[x]) / len(by_lr[x]) for x in lrs]
+        stds = [math.sqrt(math.fsum((v - m) ** 2 for v in by_lr[x]) / (len(by_lr[x]) - 1))
+                if len(by_lr[x]) > 1 else 0.0 for x, m in zip(lrs, means, strict=True)]
+        (line,) = ax.plot(lrs, means, marker="o", markersize=4, label=f"{label} (n={len(points)})")
+        ax.fill_between(lrs, [m - s for m, s in zip(means, stds, strict=True)],
+                        [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2,
+                        linewidth=0)
+    ax.set_xscale("log")
+    ax.set_title(f"LR sensitivity: final {metric} (mean, band = ± 1 sample std over seeds)")
+    ax.set_xlabel("optimizer.lr")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax, len(series))
+    return fig
+
+
+def target_figure(bars: list[tuple[str, float, float, float, str]], time_name: str, target: str) -> Figure:
+    """Time to target per group: a bar at the median with 95% CI whiskers; 'never' where the
+    median run did not reach it; each bar labelled with how many runs reached it."""
+    fig = Figure(figsize=(max(7.0, 1.1 * len(bars) + 2), 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    finite_vals = [v for _, m, lo, hi, _ in bars for v in (m, lo, hi) if math.isfinite(v)]
+    top = 1.15 * max(finite_vals) if finite_vals else 1.0
+    for i, (_, median, lo, hi, reached) in enumerate(bars):
+        if math.isfinite(median):
+            ax.bar(i, median, color=f"C{i % 10}", alpha=0.8)
+            ax.errorbar(i, median, yerr=[[median - lo], [min(hi, top) - median]], color="black", capsize=5,
+                        uplims=False)
+            note = reached + ("" if math.isfinite(hi) else ", CI open above")
+            ax.annotate(note, (i, min(hi, top)), textcoords="offset points", xytext=(0, 4), ha="center",
+                        fontsize="x-small")
+        else:
+            ax.annotate(f"median: never\n({reached})", (i, 0), textcoords="offset points", xytext=(0, 4),
+                        ha="center",
+                        fontsize="small", color="red")
+    crowded = sum(len(b[0]) for b in bars) > 12 * len(bars) or len(bars) > 6
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=25 if crowded else 0,
+                  ha="right" if crowded else "center", fontsize="small")
+    ax.set_ylim(0, top * 1.08)
+    ax.set_ylabel(f"{time_name} to target")
+    ax.set_title(f"{time_name} to {target}\n(median over runs, whiskers: 95% bootstrap CI)",
+                 fontsize="medium")
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def profile_figure(labels: list[str], rho: Any, taus: Any, scores: Any, time_name: str,
+                   workloads: list[str]) -> Figure:
+    """AlgoPerf performance profiles: the share of workloads on which each group reached the target
+    within tau times the fastest group's time; the legend holds each one's score (the integral of
+    its profile over [1, 4], divided by 3)."""
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for n, i in enumerate(sorted(range(len(labels)), key=lambda i: -scores[i])):
+        # equal profiles lie on top of each other: vary the dash and width so each stays visible
+        ax.step(taus, rho[i], where="post", label=f"{labels[i]} (score {scores[i]:.3f})",
+                linestyle=("-", "--", ":", "-.")[n % 4], linewidth=max(1.0, 3.0 - 0.5 * n))
+    ax.set_xlim(taus[0], taus[-1])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"tau: ratio of {time_name} to target to the fastest group's")
+    ax.set_ylabel("share of workloads")
+    ax.set_title(f"performance profile over {len(workloads)} workload(s): {', '.join(workloads)}"[:90])
+    ax.grid(alpha=0.3)
+    _legend(ax, len(labels))
+    return fig

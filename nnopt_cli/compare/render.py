@@ -14,7 +14,7 @@ import math
 import sys
 from typing import Any, TextIO
 
-from nnopt_cli.compare.table import MISSING, Agg, Table
+from nnopt_cli.compare.table import MISSING, Agg, Interval, Table
 
 FORMATS = ("table", "csv", "markdown", "json")
 DASH = "–"
@@ -26,6 +26,12 @@ def fmt(v: Any) -> str:
         if v.mean is None:
             return DASH
         return fmt(v.mean) if v.std is None else f"{fmt(v.mean)} ± {v.std:.2g}"  # a spread needs 2 digits
+    if isinstance(v, Interval):
+        if v.value is None:
+            return DASH
+        if v.value == math.inf and v.lo == math.inf:
+            return "never"  # a median time to target where (nearly) every run missed it
+        return f"{fmt(v.value)} [{fmt(v.lo)}, {fmt(v.hi)}]"
     if v is None or v is MISSING:
         return DASH
     if isinstance(v, bool):
@@ -40,7 +46,7 @@ def fmt(v: Any) -> str:
 def is_numeric_column(table: Table, key: str) -> bool:
     for row in table.rows:
         v = row.get(key)
-        if isinstance(v, Agg) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+        if isinstance(v, (Agg, Interval)) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
             return True
     return False
 
@@ -49,7 +55,10 @@ def flat_records(table: Table) -> tuple[list[str], list[dict[str, Any]]]:
     """Column names and one dict per row with raw values; an Agg becomes _mean and _std."""
     names: list[str] = []
     for c in table.columns:
-        names += [f"{c.key}_mean", f"{c.key}_std"] if table.grouped and c.kind == "metric" else [c.key]
+        if c.kind == "interval":
+            names += [c.key, f"{c.key}_lo", f"{c.key}_hi"]
+        else:
+            names += [f"{c.key}_mean", f"{c.key}_std"] if table.grouped and c.kind == "metric" else [c.key]
     records = []
     for row in table.rows:
         rec: dict[str, Any] = {}
@@ -57,6 +66,9 @@ def flat_records(table: Table) -> tuple[list[str], list[dict[str, Any]]]:
             v = row.get(c.key)
             if isinstance(v, Agg):
                 rec[f"{c.key}_mean"], rec[f"{c.key}_std"] = v.mean, v.std
+            elif c.kind == "interval":
+                iv = v if isinstance(v, Interval) else Interval(None, None, None)
+                rec[c.key], rec[f"{c.key}_lo"], rec[f"{c.key}_hi"] = iv.value, iv.lo, iv.hi
             else:
                 rec[c.key] = None if v is MISSING else v
         records.append({k: _clean(v) for k, v in rec.items()})
@@ -99,7 +111,8 @@ def to_markdown(table: Table) -> str:
 
 
 STATUS_STYLE = {"completed": "green", "diverged": "red", "failed": "red", "corrupt": "red",
-                "interrupted": "yellow", "running": "yellow", "incomplete": "yellow"}
+                "interrupted": "yellow", "running": "yellow", "incomplete": "yellow",
+                "better": "green", "worse": "red", "not resolved": "yellow", "never": "yellow"}
 
 
 def print_rich(table: Table, file: TextIO | None = None) -> None:
@@ -119,7 +132,8 @@ def print_rich(table: Table, file: TextIO | None = None) -> None:
         cells = []
         for c in table.columns:
             text = fmt(row.get(c.key))  # Text, not markup: a value like [256] is not a style tag
-            cells.append(Text(text, style=STATUS_STYLE.get(text, "") if c.kind == "status" else ""))
+            styled = c.kind in ("status", "verdict")
+            cells.append(Text(text, style=STATUS_STYLE.get(text, "") if styled else ""))
         rt.add_row(*cells)
     console.print(rt)
 

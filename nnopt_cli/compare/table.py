@@ -48,9 +48,22 @@ class Agg:
 
 
 @dataclass
+class Interval:
+    """A point estimate with its 95% confidence interval (compare --stats/--target/--baseline)."""
+
+    value: float | None
+    lo: float | None
+    hi: float | None
+
+
+@dataclass
 class Column:
     key: str
-    kind: str  # run | config | metric | status | count
+    kind: str  # run | config | metric | status | count | interval | verdict | text
+
+
+# a grouped row keeps its runs under this key (no column shows it) for the statistics added later
+MEMBERS = "_members"
 
 
 @dataclass
@@ -224,7 +237,7 @@ def build_table(runs: list[Run], metrics: list[str], group_by: list[str] | None 
         for r in runs:
             vals = r.metrics()
             row = {"run": r.label, **{k: r.config.get(k) for k in diff},
-                   **{m: vals.get(m) for m in metrics}, "status": r.status}
+                   **{m: vals.get(m) for m in metrics}, "status": r.status, MEMBERS: [r]}
             rows.append(row)
         table = Table(cols, rows)
     if sort:
@@ -248,6 +261,7 @@ def _grouped(runs: list[Run], metrics: list[str], group_by: list[str]) -> Table:
         row: dict[str, Any] = {k: members[0].config.get(k) for k in group_by}
         row["runs"] = len(done)
         row["left out"] = left_out
+        row[MEMBERS] = members
         for m in metrics:
             row[m] = Agg.of([v for v in (r.metrics().get(m) for r in done) if finite(v)])
         rows.append(row)

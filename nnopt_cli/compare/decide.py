@@ -1,0 +1,288 @@
+"""The columns that decide a comparison: `--stats`, `--target`, `--baseline`, and the budget warning.
+
+    build_table (mean ± std per group) -> add_stats (IQM [95% CI]) -> add_target (steps/samples/
+    seconds to a target per run, or median [95% CI] and how many reached it per group)
+    -> add_baseline (P(better than the baseline) [95% CI], Mann-Whitney and permutation p-values,
+    a verdict that says "not resolved" when the seeds cannot tell the two apart)
+
+Groups average completed runs, as the plain table does; for time to target a diverged run also
+counts, as one that never reached the target. The formulas and their sources are in stats.py.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+from nnopt_cli.compare.discover import Run, finite
+from nnopt_cli.compare.evals import TIME_KEYS, Target, eval_metrics, parse_target, target_for, time_to_target
+from nnopt_cli.compare.render import DASH, fmt
+from nnopt_cli.compare.table import (
+    MEMBERS,
+    Column,
+    CompareError,
+    Interval,
+    Table,
+    check_names,
+    descending_by_default,
+)
+
+WORKLOAD_KEYS = ("dataset", "model")  # AlgoPerf: a workload is a dataset and a model
+ALPHA = 0.05  # a difference is "resolved" when p < ALPHA and the CI of P(better) excludes 1/2
+
+
+@dataclass
+class Settings:
+    reps: int = 10_000   # bootstrap resamples (and Monte-Carlo permutations)
+    seed: int = 0        # seeds every resampling: the same runs always give the same intervals
+
+
+def check(args, shown: list[Run], group_by: list[str], keys: list[str]) -> list[Target]:
+    """Refuse bad statistics options before anything is computed; returns the parsed targets."""
+    for option, needs in (("--stats", args.stats), ("--baseline", args.baseline),
+                          ("--plot-kind profile", args.plot and args.plot_kind == "profile")):
+        if needs and not group_by:
+            raise CompareError(f"{option} compares groups of runs: add --group-by KEYS "
+                               "(e.g. --group-by optimizer)")
+    if args.bootstrap < 100:
+        raise CompareError(f"--bootstrap {args.bootstrap}: use at least 100 resamples (default 10000)")
+    targets = [parse_target(t) for t in args.target or []]
+    if targets:
+        check_names("--target", [t.metric for t in targets], eval_metrics(shown))
+    if args.plot and args.plot_kind in ("target", "profile") and not targets:
+        raise CompareError(f"--plot-kind {args.plot_kind} needs a --target, e.g. --target val/acc=0.97")
+    if args.plot and args.plot_kind == "lr" and "optimizer.lr" not in keys:
+        raise CompareError("--plot-kind lr plots against optimizer.lr, which none of the runs has")
+    return targets
+
+
+def columns(args, table, group_by: list[str], metrics: list[str], targets: list[Target]) -> dict:
+    """The --stats/--target/--baseline columns and the budget warning (scipy is imported only when a
+    statistic is asked for: plain `nnopt compare` stays fast)."""
+    if group_by:
+        warning = budget_warning(table, group_by)
+        if warning:
+            print(f"nnopt compare: warning: {warning}", file=sys.stderr)
+    if not (args.stats or targets or args.baseline):
+        return {}
+    settings = Settings(args.bootstrap, args.stats_seed)
+    base = find_baseline(table, group_by, args.baseline) if args.baseline else None
+    if base is not None and not metrics:
+        raise CompareError("--baseline compares the first --metric; none is shown")
+    if args.stats:
+        add_stats(table, metrics, settings)
+    times = add_target(table, targets, settings) if targets else {}
+    if targets and args.plot and args.plot_kind in ("target", "profile") and not any(
+            t.get(args.target_time) is not None for t in times.values()):
+        raise CompareError(f"--target-time {args.target_time}: none of the runs recorded it; try "
+                           "--target-time epochs (runs written before the step counters existed)")
+    if base is not None:
+        add_baseline(table, base, metrics[0], group_name(base, group_by), settings)
+    return times
+
+
+def group_name(row: dict, group_by: list[str]) -> str:
+    return " ".join(f"{k}={fmt(row.get(k))}" for k in group_by)
+
+
+def find_baseline(table: Table, group_by: list[str], wanted: str) -> dict:
+    """The grouped row named by --baseline: its group values, comma separated in --group-by order
+    (`adam`, or `adam,cosine` for --group-by optimizer,scheduler), or as `optimizer=adam ...`."""
+    parts = [p.strip() for p in wanted.split(",")]
+    for row in table.rows:
+        values = [fmt(row.get(k)) for k in group_by]
+        if parts == values or wanted.strip() == group_name(row, group_by):
+            return row
+    valid = ", ".join(",".join(fmt(row.get(k)) for k in group_by) for row in table.rows)
+    raise CompareError(f"--baseline {wanted!r} is not one of the groups; valid: {valid}")
+
+
+def _done_values(row: dict, metric: str) -> tuple[list[float], list[tuple]]:
+    """The metric over the group's completed runs, and each run's workload (its bootstrap stratum)."""
+    pairs = [(float(v), workload(r)) for r in row[MEMBERS]
+             if r.completed and finite(v := r.metrics().get(metric))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def workload(r: Run) -> tuple:
+    return tuple(fmt(r.config.get(k)) for k in WORKLOAD_KEYS)
+
+
+def _insert(table: Table, after: str | None, cols: list[Column]) -> None:
+    keys = [c.key for c in table.columns]
+    at = keys.index(after) + 1 if after in keys else len(keys)
+    table.columns[at:at] = cols
+
+
+def add_stats(table: Table, metrics: list[str], s: Settings) -> None:
+    """Beside each metric's mean ± std: the IQM of the group's completed runs with a 95% percentile
+    bootstrap CI (rliable)."""
+    from nnopt_cli import stats
+
+    for m in metrics:
+        key = f"{m}_iqm"
+        for row in table.rows:
+            xs, strata = _done_values(row, m)
+            strata_ids = [sorted(set(strata)).index(w) for w in strata]
+            ci = stats.bootstrap_ci(xs, "iqm", s.reps, s.seed, strata=strata_ids) if xs else None
+            row[key] = Interval(stats.iqm(xs), *ci) if xs else None
+        _insert(table, m, [Column(key, "interval")])
+    table.notes.append(f"<metric>_iqm: interquartile mean [95% percentile bootstrap CI, {s.reps} resamples, "
+                       f"seed {s.seed}] over the completed runs, resampled within each workload "
+                       "(rliable, Agarwal et al. 2021)")
+
+
+def add_target(table: Table, targets: list[Target], s: Settings) -> dict[int, dict]:
+    """Time to target per run (per-run table) or per group (median [95% CI] and 'reached k/n').
+    Returns each run's times, by id(run), for the plots."""
+    times: dict[int, dict] = {}
+    for row in table.rows:
+        for r in row[MEMBERS]:
+            t = target_for(r, targets)
+            times[id(r)] = time_to_target(r, t) if t is not None else {}
+    shown = [n for n in TIME_KEYS if any(times[id(r)].get(n) is not None for row in table.rows
+                                          for r in row[MEMBERS])]
+    keys = [f"target_{n}" for n in shown]
+    if table.grouped:
+        from nnopt_cli import stats
+
+        for row in table.rows:
+            counted = [r for r in row[MEMBERS] if r.completed or r.status == "diverged"]
+            hits = [r for r in counted if _reached(times[id(r)])]
+            row["target_reached"] = f"{len(hits)}/{len(counted)}" if counted else None
+            for n, key in zip(shown, keys, strict=True):
+                xs = [times[id(r)][n] for r in counted if times[id(r)].get(n) is not None]
+                ci = stats.bootstrap_ci(xs, "median", s.reps, s.seed) if xs else None
+                row[key] = Interval(_median(xs), *ci) if xs else None
+        _insert(table, None, [Column("target_reached", "text"), *(Column(k, "interval") for k in keys)])
+        table.notes.append("target_*: median time to target [95% percentile bootstrap CI] over the completed "
+                           "and diverged runs; a run that never reached it (or diverged) counts as inf")
+    else:
+        for row in table.rows:
+            (r,) = row[MEMBERS]
+            t = times[id(r)]
+            reached = _reached(t)
+            row["target_reached"] = ("diverged" if r.status == "diverged" else "yes" if reached
+                                     else DASH if not t else "never")
+            for n, key in zip(shown, keys, strict=True):
+                row[key] = t.get(n) if reached else None
+        at = "status" if any(c.key == "status" for c in table.columns) else None
+        cols = [Column("target_reached", "verdict"), *(Column(k, "metric") for k in keys)]
+        status_at = [c.key for c in table.columns].index(at) if at else len(table.columns)
+        table.columns[status_at:status_at] = cols
+    table.notes.append("target: " + "; ".join(t.text() for t in targets) + " (AlgoPerf: the first evaluation "
+                       "that reaches it, in epochs, optimizer steps, training samples and training seconds)")
+    return times
+
+
+def _reached(t: dict[str, float | None]) -> bool:
+    """Reached in any recorded unit (a run without the samples counter still reached it in steps)."""
+    return any(v is not None and math.isfinite(v) for v in t.values())
+
+
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    n = len(ys)
+    return ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2  # inf + inf stays inf
+
+
+def add_baseline(table: Table, base: dict, metric: str, baseline_name: str, s: Settings) -> None:
+    """Against the baseline group on `metric` (its completed runs): P(a run of this group is better
+    than a run of the baseline) with a bootstrap CI, the two-sided Mann-Whitney p-value and a
+    permutation p-value on the difference of means, and a verdict."""
+    from nnopt_cli import stats
+
+    higher = descending_by_default(metric, True)
+    sign = 1.0 if higher else -1.0
+    ys, base_workloads = _done_values(base, metric)
+    y = [sign * v for v in ys]
+    for row in table.rows:
+        xs, workloads = _done_values(row, metric)
+        x = [sign * v for v in xs]
+        verdict = ("baseline" if row is base else "no runs" if not x or not y
+                   else "other workload" if len(set(workloads) | set(base_workloads)) > 1 else None)
+        if verdict:  # runs on different datasets or models are not draws of one distribution
+            row.update({"P(better)": None, "p_mw": None, "p_perm": None, "verdict": verdict})
+            continue
+        p_better = stats.prob_improvement(x, y)
+        lo, hi = stats.prob_improvement_ci(x, y, s.reps, s.seed)
+        p_mw = stats.mannwhitney_p(x, y)
+        row["P(better)"] = Interval(p_better, lo, hi)
+        row["p_mw"] = p_mw
+        row["p_perm"] = stats.permutation_p(x, y, s.reps, s.seed)
+        if p_mw >= ALPHA or lo <= 0.5 <= hi:
+            row["verdict"] = "not resolved"
+        else:
+            row["verdict"] = "better" if p_better > 0.5 else "worse"
+    _insert(table, None, [Column("P(better)", "interval"), Column("p_mw", "metric"),
+                          Column("p_perm", "metric"), Column("verdict", "verdict")])
+    direction = "higher" if higher else "lower"
+    table.notes.append(
+        f"P(better): chance that a run of the group has a {direction} {metric} than a run of {baseline_name} "
+        f"(Mann-Whitney U / (n m), ties 1/2; rliable) [95% bootstrap CI]; p_mw: two-sided Mann-Whitney "
+        f"test; p_perm: two-sided permutation test on the difference of means; verdict 'not resolved': "
+        f"p_mw >= {ALPHA} or the CI of P(better) contains 0.5, i.e. these seeds cannot tell the two apart; "
+        "'other workload': the two groups' runs are not all on one dataset and model (add --group-by dataset "
+        "or --where dataset=...)")
+
+
+def budget_warning(table: Table, group_by: list[str]) -> str | None:
+    """A line when the compared groups' completed runs ran different budgets (epochs, or optimizer
+    steps for runs that ran all their epochs), unless the budget is itself a --group-by key."""
+    if "epochs" in group_by:
+        return None
+    parts = []
+    for label, value in (("epochs", _epochs), ("total_steps", _total_steps)):
+        per_group = {}
+        for row in table.rows:
+            vals = sorted({v for r in row[MEMBERS] if r.completed and (v := value(r)) is not None})
+            if vals:
+                per_group[group_name(row, group_by) if table.grouped else row.get("run")] = vals
+        if len({v for vals in per_group.values() for v in vals}) > 1:
+            first = list(per_group.items())[:6]
+            shown = ", ".join(f"{g} {'/'.join(fmt(v) for v in vals)}" for g, vals in first)
+            more = f" and {len(per_group) - 6} more" if len(per_group) > 6 else ""
+            parts.append(f"{label}: {shown}{more}")
+            break  # different epochs already imply different steps
+    if not parts:
+        return None
+    return ("the compared runs ran different budgets (" + "; ".join(parts) + "): compare at the end of equal "
+            "budgets (Wen et al. 2025), or by time to a target with --target")
+
+
+def _epochs(r: Run) -> int | None:
+    v = r.config.get("epochs")
+    return v if isinstance(v, int) else None
+
+
+def _total_steps(r: Run) -> float | None:
+    if not r.epochs or r.config.get("epochs") != r.epochs[-1].get("epoch"):
+        return None  # stopped early: its budget was the same, it just did not use all of it
+    v = r.epochs[-1].get("total_steps")
+    return v if finite(v) else None
+
+
+def profile_times(runs: list[Run], group_by: list[str], times: dict[int, dict], time_name: str):
+    """(submission labels, workload labels, times[s, w]) for a performance profile: a submission
+    is a group (its --group-by values other than dataset and model), and its time on a workload
+    is the median over its completed and diverged runs there (AlgoPerf self-tuning ruleset: the
+    median over the runs; a run that never reached the target counts as inf; a workload the
+    submission has no run on also counts as inf)."""
+    keys = [k for k in group_by if k not in WORKLOAD_KEYS]
+    cells: dict[tuple, dict[tuple, list[float]]] = {}
+    workloads: dict[tuple, None] = {}
+    for r in runs:
+        if not (r.completed or r.status == "diverged"):
+            continue
+        t = times.get(id(r), {}).get(time_name)
+        if t is None:
+            continue
+        w = workload(r)
+        workloads.setdefault(w, None)
+        cells.setdefault(tuple(fmt(r.config.get(k)) for k in keys), {}).setdefault(w, []).append(t)
+    subs = list(cells)
+    wl = list(workloads)
+    matrix = [[_median(cells[s][w]) if w in cells[s] else math.inf for w in wl] for s in subs]
+    labels = [" ".join(f"{k}={v}" for k, v in zip(keys, s, strict=True)) or "all runs" for s in subs]
+    return labels, ["/".join(w) for w in wl], matrix
