@@ -161,3 +161,15 @@ def test_bits_preset_sweeps_fake_quantization():
     cfg = compose_cfg("+experiment=quant_bits", "post.quantize.bits=3")
     assert cfg["post"]["quantize"]["method"] == "fake" and cfg["model"]["name"] == "mlp"
     validate(cfg)
+
+
+def test_new_keys_at_their_defaults_keep_old_run_fingerprints():
+    from nnopt_cli.checkpoint import config_fingerprint
+
+    cfg = compose_cfg("post=[prune,quantize]")
+    old = {**cfg, "post": {**cfg["post"], "prune": dict(cfg["post"]["prune"]), "quantize": dict(cfg["post"]["quantize"])}}
+    del old["post"]["prune"]["threshold"]  # a run folder written before these keys existed
+    for key in ("bits", "finetune_epochs", "lr_scale"):
+        del old["post"]["quantize"][key]
+    assert config_fingerprint(cfg) == config_fingerprint(old)
+    assert config_fingerprint(compose_cfg("post=[prune,quantize]", "post.quantize.bits=4")) != config_fingerprint(old)
