@@ -226,10 +226,10 @@ def run_prune(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResu
         goal_key = "threshold" if by_threshold else "target_sparsity"
         rounds.append({"round": r, goal_key: target, "sparsity": pruned, "thresholds": thresholds, **ctx.test(work)})
     P.make_permanent(work)
-    info: dict[str, Any] = {"rounds": rounds, "thresholds": rounds[-1]["thresholds"],
-                            "threshold_kind": ("unit Ln norm" if s["method"] == "structured" else "|w|")
-                            + (" below which the layer was pruned" if by_threshold else
-                               ": threshold = the smallest kept (implied by the fraction pruned)")}
+    score = "unit Ln norm" if s["method"] == "structured" else "|w|"
+    info: dict[str, Any] = {"rounds": rounds, "thresholds": rounds[-1]["thresholds"], "threshold_kind":
+                            f"{score} < threshold pruned" if by_threshold else
+                            f"{score}: threshold = the smallest kept, the one the fraction implied"}
     out = work
     if s["compact"]:
         small = P.compact(work, ctx.data.input_shape)
@@ -269,7 +269,7 @@ def run_quantize(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageR
         info = {"engine": "torch.fake_quantize_per_tensor_affine / _per_channel_affine (simulated, float model)",
                 "bits": bits, "scale_rule": F.SCALE_RULE.format(granularity=s["granularity"].replace("_", " ")),
                 "fake_layers": layers}
-        extra = {"weight_bits": bits, "size_packed_bytes": F.packed_bytes(q, bits, scales)}
+        extra = {"weight_bits": float(bits), "size_packed_bytes": F.packed_bytes(q, bits, scales)}
         return StageResult(q, model_cfg, info, after_extra=extra,
                            headline=f"quantize: {bits}-bit fake quantization ({s['granularity']}), float model")
     info: dict[str, Any] = {"engine": "torch.ao.quantization (eager)" if s["backend"] == "eager" else "torchao.quantization"}
