@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from nnopt_cli.config import validate
+from nnopt_cli.data import load_splits
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.post import load_stage_model
 from nnopt_cli.post.fake_quant import fake_quantize_model, fake_quantize_weight, packed_bytes
 from nnopt_cli.post.measure import weight_bits
 from nnopt_cli.post.quantize import quantize_model
-from nnopt_cli.runner import RunContext, load_splits, train
+from nnopt_cli.runner import RunContext, train
+from nnopt_cli.validate import validate
 from tests.conftest import compose_cfg
 
 FAST = ["post.measure.latency_repeats=2", "post.measure.latency_warmup=0", "post.measure.latency_batch_sizes=[1]"]
@@ -31,7 +32,7 @@ def run_stage(tmp_path, *overrides: str) -> dict:
     summary = train(cfg, RunContext(run_dir=tmp_path))
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(OmegaConf.create(cfg), tmp_path / ".hydra" / "config.yaml")
-    return summary, load_splits(cfg)
+    return summary, load_splits(cfg["dataset"])
 
 
 def reloaded_acc(run_dir, data) -> float:

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from nnopt_cli.config import validate
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.post.prune import make_permanent, prune_below, prune_to, thresholds
 from nnopt_cli.runner import RunContext, train
+from nnopt_cli.validate import validate
 from tests.conftest import compose_cfg
 
 FAST = ["post.measure.latency_repeats=2", "post.measure.latency_warmup=0", "post.measure.latency_batch_sizes=[1]"]
