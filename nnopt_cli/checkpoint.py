@@ -79,6 +79,10 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "observers": {},
     "diagnostics": None,
     "eval_every_steps": None,
+    "post.prune.threshold": None,
+    "post.quantize.bits": 8,
+    "post.quantize.finetune_epochs": 1,
+    "post.quantize.lr_scale": 1.0,
 }
 
 

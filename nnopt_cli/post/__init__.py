@@ -19,7 +19,7 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,16 @@ import torch
 from torch import nn
 
 from nnopt_cli import data as datasets
-from nnopt_cli.checks import need_choice, need_int, need_int_list, need_num
+from nnopt_cli.checks import need_int, need_int_list, need_num
 from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.models import check_model, make_model
+from nnopt_cli.post import fake_quant as F
 from nnopt_cli.post import prune as P
+from nnopt_cli.post import qat
 from nnopt_cli.post import quantize as Q
 from nnopt_cli.post.distill import teacher_loss
-from nnopt_cli.post.measure import cpu_latency_ms, file_sizes, load_state, sparsity_report
+from nnopt_cli.post.flops import forward_flops
+from nnopt_cli.post.measure import cpu_latency_ms, file_sizes, load_state, sparsity_report, weight_bits
 from nnopt_cli.run_dir import save_state_dict
 from nnopt_cli.trainer import Trainer, evaluate
 
@@ -104,34 +107,9 @@ def validate_post(cfg: dict) -> None:
     for name in names:
         s = post[name]
         if name == "prune":
-            need_choice("post.prune.method", s["method"], P.METHODS)
-            need_num("post.prune.sparsity", s["sparsity"], ge=0, lt=1)
-            need_int("post.prune.rounds", s["rounds"], 1)
-            need_choice("post.prune.schedule", s["schedule"], P.SCHEDULES)
-            need_int("post.prune.finetune_epochs", s["finetune_epochs"], 0)
-            need_num("post.prune.lr_scale", s["lr_scale"], gt=0)
-            need_num("post.prune.norm", s["norm"], gt=0)
-            for key in ("prune_output", "compact"):
-                if not isinstance(s[key], bool):
-                    raise ConfigError(f"post.prune.{key}", s[key], "true or false")
+            P.check(s)
         elif name == "quantize":
-            need_choice("post.quantize.method", s["method"], Q.METHODS)
-            need_choice("post.quantize.backend", s["backend"], Q.BACKENDS)
-            need_choice("post.quantize.granularity", s["granularity"], Q.GRANULARITIES)
-            need_int("post.quantize.calibration_batches", s["calibration_batches"], 1)
-            need_int("post.quantize.calibration_batch_size", s["calibration_batch_size"], 1)
-            reason = Q.check_combination(s["method"], s["backend"])
-            if reason:
-                raise ConfigError("post.quantize.method", s["method"], reason)
-            act = cfg["activation"]["name"]
-            if s["method"] == "static" and act not in Q.STATIC_ACTIVATIONS:
-                raise ConfigError("activation.name", act, "with post.quantize.method=static one of "
-                                  + ", ".join(Q.STATIC_ACTIVATIONS) + " (no int8 CPU kernel for it)")
-            if s["backend"] == "torchao":
-                try:
-                    Q.import_torchao()
-                except ImportError:
-                    raise ConfigError("post.quantize.backend", "torchao", "needs the torchao package (pip install torchao)") from None
+            Q.check(s, cfg["activation"]["name"])
             skeleton = make_model({**cfg, "model": model_cfg}, datasets.input_shape(cfg["dataset"]),
                                   datasets.num_classes(cfg["dataset"]))
             if Q.quantizable_layers(skeleton, s["method"]) == 0:
@@ -209,6 +187,8 @@ class StageContext:
             "nonzeros": report["nonzeros"],
             "sparsity": report["sparsity"],
             **file_sizes(path),
+            "flops": forward_flops(model, self.data.input_shape),  # per sample, torch's counter (flops.py)
+            "weight_bits": weight_bits(model),
             "layers": report["layers"],
         }
 
@@ -220,21 +200,36 @@ class StageResult:
     info: dict
     quantized: bool = False
     headline: str = ""  # a stage-specific line for the log
+    # what the stage knows about its output that measuring it cannot see (the simulated bits of a
+    # fake-quantized float model, FLOPs of int8 kernels torch's counter skips): overrides `after`
+    after_extra: dict = field(default_factory=dict)
 
 
 def run_prune(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
     s = ctx.cfg["post"]["prune"]
     work = copy.deepcopy(model)
     rounds = []
-    for r, target in enumerate(P.sparsity_schedule(s["sparsity"], s["rounds"], s["schedule"]), start=1):
-        P.prune_to(work, s["method"], target, norm=s["norm"], include_last=s["prune_output"])
+    by_threshold = s.get("threshold") is not None  # else by fraction (sparsity); check() wants one
+    # each round prunes up to the schedule's value: of the fraction, or of the threshold
+    goal = s["threshold"] if by_threshold else s["sparsity"]
+    for r, target in enumerate(P.sparsity_schedule(goal, s["rounds"], s["schedule"]), start=1):
+        if by_threshold:
+            P.prune_below(work, s["method"], target, norm=s["norm"], include_last=s["prune_output"])
+        else:
+            P.prune_to(work, s["method"], target, norm=s["norm"], include_last=s["prune_output"])
+        # read before fine-tuning moves the surviving weights: the values the masks were cut from
+        thresholds = P.thresholds(work, s["method"], norm=s["norm"], used=target if by_threshold else None)
         pruned = sparsity_report(work)["sparsity"]  # m.weight = weight_orig * mask, zeros counted
         if s["finetune_epochs"] > 0:
             ctx.fit(work, s["finetune_epochs"], {"stage": "prune", "round": r, "sparsity": pruned},
                     lr_scale=s["lr_scale"])
-        rounds.append({"round": r, "target_sparsity": target, "sparsity": pruned, **ctx.test(work)})
+        goal_key = "threshold" if by_threshold else "target_sparsity"
+        rounds.append({"round": r, goal_key: target, "sparsity": pruned, "thresholds": thresholds, **ctx.test(work)})
     P.make_permanent(work)
-    info: dict[str, Any] = {"rounds": rounds}
+    score = "unit Ln norm" if s["method"] == "structured" else "|w|"
+    info: dict[str, Any] = {"rounds": rounds, "thresholds": rounds[-1]["thresholds"], "threshold_kind":
+                            f"{score} < threshold pruned" if by_threshold else
+                            f"{score}: threshold = the smallest kept, the one the fraction implied"}
     out = work
     if s["compact"]:
         small = P.compact(work, ctx.data.input_shape)
@@ -267,16 +262,45 @@ def run_prune(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResu
 
 def run_quantize(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
     s = ctx.cfg["post"]["quantize"]
-    g = torch.Generator(device=ctx.data.train_x.device).manual_seed(ctx.cfg["seed"])
-    perm = torch.randperm(len(ctx.data.train_x), device=ctx.data.train_x.device, generator=g)
-    bs = s["calibration_batch_size"]
-    calibration = (ctx.data.train_x[perm[i:i + bs]] for i in range(0, min(len(perm), bs * s["calibration_batches"]), bs))
-    q = Q.quantize_model(model, s["method"], s["backend"], s["granularity"],
-                         calibration if s["method"] == "static" else ())
-    info = {"engine": "torch.ao.quantization (eager)" if s["backend"] == "eager" else "torchao.quantization"}
+    method, bits = s["method"], s.get("bits", 8)
+    if method == "fake":  # a float model on the weights' b-bit grid: stays on the run's device
+        q, layers = F.fake_quantize_model(model, bits, s["granularity"])
+        scales = sum(v["scales"] for v in layers.values())
+        info = {"engine": "torch.fake_quantize_per_tensor_affine / _per_channel_affine (simulated, float model)",
+                "bits": bits, "scale_rule": F.SCALE_RULE.format(granularity=s["granularity"].replace("_", " ")),
+                "fake_layers": layers}
+        extra = {"weight_bits": float(bits), "size_packed_bytes": F.packed_bytes(q, bits, scales)}
+        return StageResult(q, model_cfg, info, after_extra=extra,
+                           headline=f"quantize: {bits}-bit fake quantization ({s['granularity']}), float model")
+    info: dict[str, Any] = {"engine": "torch.ao.quantization (eager)" if s["backend"] == "eager" else "torchao.quantization"}
+    if method == "qat":
+        tag = {"stage": "quantize", "role": "qat", "bits": bits}
+        prepared, q = qat.quantization_aware_training(
+            model, bits, lambda m: ctx.fit(m, s["finetune_epochs"], tag, lr_scale=s["lr_scale"]))
+        info.update(engine="torchao.quantization.qat (QATConfig prepare/convert with IntxWeightOnlyConfig)",
+                    fake_quantized=ctx.test(prepared))  # the trained model before conversion
+    else:
+        g = torch.Generator(device=ctx.data.train_x.device).manual_seed(ctx.cfg["seed"])
+        perm = torch.randperm(len(ctx.data.train_x), device=ctx.data.train_x.device, generator=g)
+        bs = s["calibration_batch_size"]
+        calibration = (ctx.data.train_x[perm[i:i + bs]]
+                       for i in range(0, min(len(perm), bs * s["calibration_batches"]), bs))
+        q = Q.quantize_model(model, method, s["backend"], s["granularity"],
+                             calibration if method == "static" else (), bits=bits)
+    extra: dict[str, Any] = {}
+    if method in ("qat", "weight_only") and (bits < 8 or method == "qat"):
+        info["bits"], info["scale_rule"] = bits, Q.TORCHAO_SCALE_RULE
+        info["storage"] = (f"int{bits} values stored one per int8 byte (IntxUnpackedToInt8Tensor): the file is "
+                           f"int8-sized; size_packed_bytes counts {bits} bits per Linear weight")
+        channels = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+        extra["size_packed_bytes"] = F.packed_bytes(model, bits, channels, layers=(nn.Linear,))
+    if method in ("dynamic", "static"):  # int8 kernels are invisible to torch's flop counter
+        extra["flops"] = forward_flops(model, ctx.data.input_shape)
+        info["flops_note"] = "FLOPs of the float model: same operations in int8, which torch's counter does not see"
     if ctx.device.type != "cpu":
-        info["note"] = f"int8 kernels are CPU kernels: the quantized model was evaluated on the CPU (the run trained on {ctx.device})"
-    return StageResult(q, model_cfg, info, quantized=True, headline=f"quantize: {info.get('note', info['engine'])}")
+        info["note"] = f"quantized kernels run on the CPU: the quantized model was evaluated on the CPU (the run trained on {ctx.device})"
+    return StageResult(q, model_cfg, info, quantized=True, after_extra=extra,
+                       headline=f"quantize: {info.get('note', info['engine'])}")
 
 
 def run_distill(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
@@ -328,7 +352,8 @@ def _summary_line(name: str, before: dict, after: dict) -> str:
     lat = " ".join(f"b{b} {before['latency_ms'][b]:.3g}->{after['latency_ms'][b]:.3g}ms" for b in after["latency_ms"])
     return (f"{name}: test/acc {before['test/acc']:.4f} -> {after['test/acc']:.4f} | sparsity "
             f"{before['sparsity']:.3f} -> {after['sparsity']:.3f} | nonzeros {before['nonzeros']} -> {after['nonzeros']} | "
-            f"size {before['size_bytes']} -> {after['size_bytes']} B (zip {after['size_zip_bytes']} B) | {lat}")
+            f"size {before['size_bytes']} -> {after['size_bytes']} B (zip {after['size_zip_bytes']} B) | "
+            f"flops {before['flops']} -> {after['flops']} | {lat}")
 
 
 def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: torch.device) -> None:
@@ -348,7 +373,7 @@ def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: to
         try:
             result = RUNNERS[name](ctx, current, model_cfg)
             path = save_model(run.path / OUTPUT_FILES[name], result.model)
-            after = ctx.measure(result.model, path, result.quantized)
+            after = {**ctx.measure(result.model, path, result.quantized), **result.after_extra}
             lat_before, lat_after = ctx.latency(current, result.model)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -387,6 +412,6 @@ def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt") -> nn.M
     model = make_model({**cfg, "model": stage["model"]}, shape, stage["num_classes"])
     if stage["name"] == "quantize":
         q = stage["settings"]
-        model = Q.rebuild_quantized(model, q["method"], q["backend"], q["granularity"], shape)
+        model = Q.rebuild_quantized(model, q["method"], q["backend"], q["granularity"], shape, q.get("bits", 8))
     model.load_state_dict(load_state(run_dir / file))
     return model.eval()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 import statistics
 import time
 import warnings
@@ -28,6 +29,32 @@ def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
     if t.is_quantized or type(t) not in (torch.Tensor, nn.Parameter):  # torch.ao qtensor / torchao subclass
         t = t.dequantize()
     return t.float()
+
+
+def _bits(t: torch.Tensor) -> int:
+    """Bits per stored weight value: torch.ao qint8 -> 8, torchao intN (held one per int8) -> N."""
+    t = t.detach()
+    target = getattr(t, "target_dtype", None)  # torchao IntxUnpackedToInt8Tensor: the intN it holds
+    if isinstance(target, torch.dtype):
+        return int(re.sub(r"\D", "", str(target)) or 8)  # torch.int4 -> 4
+    data = getattr(t, "qdata", None)  # other torchao subclasses keep their integers in qdata
+    if isinstance(data, torch.Tensor):
+        return data.element_size() * 8
+    return {torch.quint4x2: 4, torch.quint2x4: 2}.get(t.dtype, t.element_size() * 8)
+
+
+def weight_bits(model: nn.Module) -> float:
+    """Mean bits per Linear/Conv weight as stored: 32 for float32, 8 for int8, N for torchao intN
+    (fake quantization stores float32: its stage records the simulated width instead)."""
+    total, bits = 0, 0
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao quantized Linear/Conv
+            w = w()
+        elif not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            continue
+        total, bits = total + w.numel(), bits + w.numel() * _bits(w)
+    return bits / max(total, 1)
 
 
 def layer_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:

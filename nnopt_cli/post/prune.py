@@ -1,5 +1,9 @@
 """Magnitude pruning with torch.nn.utils.prune, and compaction of structurally pruned models.
 
+Pruning removes either a fraction (`sparsity`: the smallest weights/units go, `prune_to`) or
+everything below a threshold (`threshold`: |w| < tau, or unit norm < tau, `prune_below`). Either
+way every layer's threshold is reported (`thresholds`): the one used, or the one a fraction implied.
+
 While pruning, each pruned tensor is reparametrized by torch (`weight = weight_orig * weight_mask`),
 so fine-tuning never revives a pruned weight; `make_permanent` folds the masks into the weights.
 A pruned-but-not-compacted model is *masked*: dense tensors full of zeros, same size and speed
@@ -16,6 +20,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from nnopt_cli.checks import need_choice, need_int, need_num
+from nnopt_cli.errors import ConfigError
+
 METHODS = ("layer", "global", "structured")
 SCHEDULES = ("cubic", "linear")
 PRUNABLE = (nn.Linear, nn.Conv2d)
@@ -23,6 +30,39 @@ PRUNABLE = (nn.Linear, nn.Conv2d)
 # can be followed through them
 PER_UNIT = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.MaxPool2d, nn.Flatten, nn.ReLU, nn.LeakyReLU,
             nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh)
+
+
+def check(s: dict) -> None:
+    """Validate the post.prune node (ConfigError on the first problem)."""
+    need_choice("post.prune.method", s["method"], METHODS)
+    threshold = s.get("threshold")
+    if (s["sparsity"] is None) == (threshold is None):
+        raise ConfigError("post.prune.threshold", threshold, "exactly one of post.prune.sparsity and "
+                          f"post.prune.threshold set, the other null (sparsity is {s['sparsity']})")
+    if threshold is None:
+        need_num("post.prune.sparsity", s["sparsity"], ge=0, lt=1)
+    else:
+        need_num("post.prune.threshold", threshold, gt=0)
+    need_int("post.prune.rounds", s["rounds"], 1)
+    need_choice("post.prune.schedule", s["schedule"], SCHEDULES)
+    need_int("post.prune.finetune_epochs", s["finetune_epochs"], 0)
+    need_num("post.prune.lr_scale", s["lr_scale"], gt=0)
+    need_num("post.prune.norm", s["norm"], gt=0)
+    for key in ("prune_output", "compact"):
+        if not isinstance(s[key], bool):
+            raise ConfigError(f"post.prune.{key}", s[key], "true or false")
+
+
+class ThresholdUnstructured(prune.BasePruningMethod):
+    """Prune every entry with |w| < threshold (torch's pruning reparametrization and masks)."""
+
+    PRUNING_TYPE = "unstructured"
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+        return default_mask * (t.abs() >= self.threshold).to(default_mask.dtype)
 
 
 def sparsity_schedule(target: float, rounds: int, kind: str) -> list[float]:
@@ -65,9 +105,7 @@ def prune_to(model: nn.Module, method: str, sparsity: float, *, norm: float = 2.
             more = min(round(sparsity * units), units - 1) - _pruned_units(m)  # keep at least one unit
             if more > 0:
                 prune.ln_structured(m, "weight", amount=more, n=norm, dim=0)
-            if m.bias is not None and prune.is_pruned(m):
-                keep = m.weight_mask.flatten(1).any(1).to(m.bias.dtype)
-                prune.custom_from_mask(m, "bias", mask=keep)
+            _prune_dead_biases(m)
         return
     layers = prunable_layers(model, include_last)
     if method == "layer":
@@ -83,6 +121,76 @@ def prune_to(model: nn.Module, method: str, sparsity: float, *, norm: float = 2.
                                       amount=more)
     else:
         raise ValueError(f"unknown pruning method {method!r}; one of {', '.join(METHODS)}")
+
+
+def _prune_dead_biases(m: nn.Module) -> None:
+    """Prune the biases of removed units too, so a removed unit's input is exactly 0."""
+    if m.bias is not None and prune.is_pruned(m):
+        keep = m.weight_mask.flatten(1).any(1).to(m.bias.dtype)
+        prune.custom_from_mask(m, "bias", mask=keep)
+
+
+def _orig(m: nn.Module) -> torch.Tensor:
+    """The weight before masking (`weight_orig` once pruned): what every ranking is computed on."""
+    return getattr(m, "weight_orig", m.weight).detach()
+
+
+def _unit_norms(m: nn.Module, norm: float) -> torch.Tensor:
+    return torch.linalg.vector_norm(_orig(m).flatten(1), ord=norm, dim=1)
+
+
+def layer_thresholds(model: nn.Module, method: str, tau: float) -> dict[nn.Module, float]:
+    """The threshold each layer prunes below for `post.prune.threshold=tau`.
+
+    global      tau itself in every layer (|w| < tau)
+    layer       tau x the std of the layer's weights (Han et al. 2015), so layers of different
+                scale lose a comparable share
+    structured  tau itself, compared with each unit's Ln norm
+    """
+    layers = prunable_layers(model, include_last=True)
+    if method == "layer":
+        return {m: tau * float(_orig(m).std()) for m in layers}
+    return {m: tau for m in layers}
+
+
+def prune_below(model: nn.Module, method: str, tau: float, *, norm: float = 2.0,
+                include_last: bool = True) -> None:
+    """Prune every weight (structured: every hidden unit) below the threshold `layer_thresholds`
+    gives; already-pruned entries stay pruned, and a layer keeps at least its largest unit."""
+    limits = layer_thresholds(model, method, tau)
+    if method == "structured":
+        for m in prunable_layers(model, include_last=False):
+            norms = _unit_norms(m, norm)
+            keep = norms >= limits[m]
+            keep[norms.argmax()] = True  # keep at least one unit
+            if not bool(keep.all()):
+                mask = keep.view(-1, *([1] * (m.weight.ndim - 1))).expand_as(m.weight).to(m.weight.dtype)
+                prune.custom_from_mask(m, "weight", mask=mask)
+            _prune_dead_biases(m)
+        return
+    for m in prunable_layers(model, include_last):
+        ThresholdUnstructured.apply(m, "weight", threshold=limits[m])
+
+
+def thresholds(model: nn.Module, method: str, *, norm: float = 2.0, used: float | None = None) -> dict[str, dict]:
+    """Per pruned layer: the largest pruned and the smallest kept |w| (structured: unit Ln norm),
+    read from the masks, and the threshold: the one `prune_below` used, or else the one the
+    fraction implied (the smallest kept value: everything below it was pruned)."""
+    limits = layer_thresholds(model, method, used) if used is not None else {}
+    out = {}
+    for name, m in model.named_modules():
+        mask = getattr(m, "weight_mask", None)
+        if not isinstance(m, PRUNABLE) or mask is None:
+            continue
+        if method == "structured":
+            scores, pruned = _unit_norms(m, norm), ~mask.flatten(1).bool().any(1)
+        else:
+            scores, pruned = _orig(m).abs().flatten(), mask.flatten() == 0
+        big = float(scores[pruned].max()) if bool(pruned.any()) else None
+        small = float(scores[~pruned].min()) if bool((~pruned).any()) else None
+        out[name] = {"threshold": limits.get(m, small), "largest_pruned": big, "smallest_kept": small,
+                     "pruned": int(pruned.sum()), "of": pruned.numel()}
+    return out
 
 
 def make_permanent(model: nn.Module) -> None:
