@@ -31,6 +31,7 @@ from nnopt_cli.interrupt import Interrupt, Interrupted
 from nnopt_cli.models import count_params, make_model
 from nnopt_cli.observers import EpochInfo, RunInfo, StopRun, build_observers
 from nnopt_cli.post import run_stages, stage_names
+from nnopt_cli.post.flops import forward_flops
 from nnopt_cli.precision import check_precision
 from nnopt_cli.progress import Progress
 from nnopt_cli.run_dir import RunDir
@@ -256,6 +257,7 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         "status": layout.POST_TRAINING if stages else layout.COMPLETED,
         "test/loss": test_loss,
         "test/acc": test_acc,
+        "flops": forward_flops(model, data.input_shape),  # forward FLOPs per sample (post/flops.py)
         "best/val/acc": state.best_val_acc,
         "best/val/epoch": state.best_val_epoch,
         "epochs": state.epoch,

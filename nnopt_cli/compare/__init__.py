@@ -64,7 +64,7 @@ def _list(values: list[str] | None) -> list[str]:
 
 # plot kinds and tradeoff x axes (plots.py imports matplotlib, which costs a second: only when plotting)
 PLOT_KINDS = ("curves", "schedule", "tradeoff", "lr", "target", "profile")
-TRADEOFF_X = ("size", "size_zip", "size_sparse", "latency", "params", "nonzeros")
+TRADEOFF_X = ("size", "size_zip", "size_sparse", "latency", "params", "nonzeros", "bits", "flops")
 
 
 def parser() -> argparse.ArgumentParser:

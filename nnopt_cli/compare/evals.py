@@ -18,8 +18,8 @@ from typing import Any
 
 from nnopt_cli.compare.discover import Run, finite, read_jsonl
 from nnopt_cli.compare.table import CompareError, descending_by_default
+from nnopt_cli.layout import EVALS
 
-EVALS = "evals.jsonl"
 # --target-time name -> the cumulative counter in an evaluation row
 TIME_KEYS = {"epochs": "epoch", "steps": "total_steps", "samples": "samples_seen", "seconds": "train_s"}
 
