@@ -32,6 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnopt_cli.build import bind, build, locate, settings
+from nnopt_cli.errors import ConfigError
+
 # top-level config nodes that hold one observer each (a config group), besides `observers`
 OBSERVER_GROUPS = ("diagnostics", "logger")
 
@@ -172,9 +175,6 @@ def observer_nodes(cfg: dict) -> dict[str, dict]:
 
 def check_observers(cfg: dict) -> None:
     """Each observer's class exists, is an Observer and takes its settings (before any data is loaded)."""
-    from nnopt_cli.build import bind, locate, settings
-    from nnopt_cli.errors import ConfigError
-
     for name, node in observer_nodes(cfg).items():
         if not isinstance(node, dict) or "_target_" not in node:
             raise ConfigError(name, node, "a node with _target_: a subclass of nnopt_cli.observers.Observer")
@@ -183,6 +183,4 @@ def check_observers(cfg: dict) -> None:
 
 
 def build_observers(cfg: dict) -> Observers:
-    from nnopt_cli.build import build
-
     return Observers({name: build(name, node, Observer) for name, node in observer_nodes(cfg).items()})

@@ -9,7 +9,7 @@ import torch
 
 from nnopt_cli.data import load_splits
 from nnopt_cli.errors import ConfigError
-from nnopt_cli.post import RUNNERS, StageFailed, load_stage_model, stage_names
+from nnopt_cli.post import StageFailed, load_stage_model, quantize, stage_names
 from nnopt_cli.run_dir import read_metrics
 from nnopt_cli.runner import RunContext, train
 from nnopt_cli.validate import validate
@@ -100,7 +100,7 @@ def test_a_failing_stage_keeps_the_model_and_says_which_stage_failed(tmp_path, m
     def broken(ctx, model, model_cfg):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setitem(RUNNERS, "quantize", broken)
+    monkeypatch.setattr(quantize, "run", broken)
     cfg = compose_cfg("post=[prune,quantize]", "model.hidden=[16]", *FAST)
     with pytest.raises(StageFailed, match="quantize failed: RuntimeError: kernel exploded"):
         train(cfg, RunContext(run_dir=tmp_path))

@@ -14,7 +14,7 @@ without the removed units, so the model really is smaller and faster.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,18 +22,21 @@ from torch.nn.utils import prune
 
 from nnopt_cli.checks import need_choice, need_int, need_num
 from nnopt_cli.errors import ConfigError
+from nnopt_cli.post.compaction import PRUNABLE, compact, model_config_of, prunable_layers
+from nnopt_cli.post.measure import sparsity_report
+from nnopt_cli.post.stage import StageContext, StageResult
+
+OUTPUT_FILE = "model.pruned.pt"
 
 METHODS = ("layer", "global", "structured")
 SCHEDULES = ("cubic", "linear")
-PRUNABLE = (nn.Linear, nn.Conv2d)
-# modules that act on each unit (neuron/channel) separately, so a removed unit's constant output
-# can be followed through them
-PER_UNIT = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.MaxPool2d, nn.Flatten, nn.ReLU, nn.LeakyReLU,
-            nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh)
+def check(cfg: dict, model_cfg: dict) -> dict:
+    """Validate post.prune (ConfigError on the first problem); the next stage gets the same model."""
+    check_settings(cfg["post"]["prune"])
+    return model_cfg
 
 
-def check(s: dict) -> None:
-    """Validate the post.prune node (ConfigError on the first problem)."""
+def check_settings(s: dict) -> None:
     need_choice("post.prune.method", s["method"], METHODS)
     threshold = s.get("threshold")
     if (s["sparsity"] is None) == (threshold is None):
@@ -71,11 +74,6 @@ def sparsity_schedule(target: float, rounds: int, kind: str) -> list[float]:
     if kind == "cubic":
         return [target * (1 - (1 - f) ** 3) for f in fractions]
     return [target * f for f in fractions]
-
-
-def prunable_layers(model: nn.Module, include_last: bool = True) -> list[nn.Module]:
-    layers = [m for m in model.modules() if isinstance(m, PRUNABLE)]
-    return layers if include_last else layers[:-1]
 
 
 def _pruned(m: nn.Module, name: str = "weight") -> int:
@@ -201,108 +199,56 @@ def make_permanent(model: nn.Module) -> None:
                 prune.remove(m, name)
 
 
-def _layer_output_shapes(model: nn.Sequential, input_shape: Sequence[int]) -> dict[int, torch.Size]:
-    shapes, hooks = {}, []
-    for i, m in enumerate(model):
-        hooks.append(m.register_forward_hook(lambda _m, _i, out, i=i: shapes.__setitem__(i, out.shape[1:])))
-    p = next(model.parameters())
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
-
-
-def _slice_out(m: nn.Module, keep: torch.Tensor) -> nn.Module:
-    """A copy of a Linear/Conv2d/BatchNorm keeping only the output units in `keep` (bool)."""
-    idx = keep.nonzero().flatten()
-    if isinstance(m, nn.Linear):
-        new = nn.Linear(m.in_features, len(idx), bias=m.bias is not None)
-    elif isinstance(m, nn.Conv2d):
-        new = nn.Conv2d(m.in_channels, len(idx), m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                        bias=m.bias is not None, padding_mode=m.padding_mode)
-    else:  # BatchNorm
-        new = type(m)(len(idx), m.eps, m.momentum, m.affine, m.track_running_stats)
-    new = new.to(device=idx.device, dtype=next(m.parameters()).dtype)
-    state = {k: v[idx] if v.ndim >= 1 else v for k, v in m.state_dict().items()}
-    new.load_state_dict(state)
-    return new
-
-
-def _slice_in(m: nn.Module, keep: torch.Tensor) -> nn.Module:
-    """A copy of a Linear/Conv2d keeping only the input features/channels in `keep` (bool)."""
-    idx = keep.nonzero().flatten()
-    if isinstance(m, nn.Linear):
-        new = nn.Linear(len(idx), m.out_features, bias=True)
-    else:
-        if m.groups != 1:
-            raise ValueError("cannot compact a grouped convolution")
-        new = nn.Conv2d(len(idx), m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                        bias=True, padding_mode=m.padding_mode)
-    new = new.to(device=idx.device, dtype=m.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(m.weight[:, idx])
-        new.bias.copy_(m.bias if m.bias is not None else torch.zeros_like(new.bias))
-    return new
-
-
-@torch.no_grad()
-def compact(model: nn.Sequential, input_shape: Sequence[int]) -> nn.Sequential:
-    """Rebuild `model` without the hidden units whose incoming weights are all zero.
-
-    Such a unit outputs a constant (its bias, then the per-unit modules after it), so its
-    effect on the next layer is a constant too: it is added to that layer's bias, and the
-    compacted model computes the same function as the masked one (up to float rounding).
-    Returns a new model (eval mode); the input model is not changed.
-    """
-    if not isinstance(model, nn.Sequential):
-        raise ValueError("compaction needs an nn.Sequential model")
-    model = copy.deepcopy(model).eval()
-    shapes = _layer_output_shapes(model, input_shape)
-    mods = list(model)
-    weight_idx = [i for i, m in enumerate(mods) if isinstance(m, PRUNABLE)]
-    for a, b in zip(weight_idx, weight_idx[1:], strict=False):
-        layer, nxt, tail = mods[a], mods[b], mods[a + 1:b]
-        bad = [type(t).__name__ for t in tail if not isinstance(t, PER_UNIT)]
-        if bad:
-            raise ValueError(f"cannot compact across {', '.join(bad)}")
-        keep = layer.weight.flatten(1).ne(0).any(1)
-        if bool(keep.all()):
-            continue
-        if not bool(keep.any()):
-            keep[0] = True  # a layer keeps one unit so the model stays well formed
-        # what every unit feeds the next layer when its weights are zero: f(bias), through the tail
-        out_shape = shapes[a]
-        bias = layer.bias if layer.bias is not None else torch.zeros(out_shape[0], device=keep.device)
-        z = bias.view(1, -1, *([1] * (len(out_shape) - 1))).expand(1, *out_shape).clone()
-        for t in tail:
-            z = t(z)
-        spatial = z.numel() // out_shape[0] if isinstance(nxt, nn.Linear) else 1
-        keep_in = keep.repeat_interleave(spatial) if z.ndim == 2 and z.shape[1] != keep.numel() else keep
-        removed_in = ~keep_in
-        z_removed = z * removed_in.view(1, -1, *([1] * (z.ndim - 2))).to(z.dtype)
-        delta = nxt(z_removed) - nxt(torch.zeros_like(z_removed))
-        if delta.ndim > 2:  # conv: must be the same at every position (true without padding)
-            flat = delta.flatten(2)
-            if not torch.allclose(flat, flat[..., :1].expand_as(flat), atol=1e-5):
-                raise ValueError("cannot compact: removed channels feed a padded convolution")
-            delta = flat[..., 0]
-        new_nxt = _slice_in(nxt, keep_in)
-        new_nxt.bias += delta[0]
-        mods[b] = new_nxt
-        mods[a] = _slice_out(layer, keep)
-        for j in range(a + 1, b):
-            if isinstance(mods[j], (nn.BatchNorm1d, nn.BatchNorm2d)):
-                mods[j] = _slice_out(mods[j], keep)
-    return nn.Sequential(*mods).eval()
-
-
-def model_config_of(model: nn.Sequential, model_cfg: dict) -> dict:
-    """The conf/model entry that rebuilds `model`'s architecture (widths read from its layers)."""
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    convs = [m for m in model if isinstance(m, nn.Conv2d)]
-    if model_cfg["name"] == "mlp":
-        return {**model_cfg, "hidden": [m.out_features for m in linears[:-1]]}
-    return {**model_cfg, "channels": [m.out_channels for m in convs], "fc": [m.out_features for m in linears[:-1]]}
+def run(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
+    s = ctx.cfg["post"]["prune"]
+    work = copy.deepcopy(model)
+    rounds = []
+    by_threshold = s.get("threshold") is not None  # else by fraction (sparsity); check() wants one
+    # each round prunes up to the schedule's value: of the fraction, or of the threshold
+    goal = s["threshold"] if by_threshold else s["sparsity"]
+    for r, target in enumerate(sparsity_schedule(goal, s["rounds"], s["schedule"]), start=1):
+        if by_threshold:
+            prune_below(work, s["method"], target, norm=s["norm"], include_last=s["prune_output"])
+        else:
+            prune_to(work, s["method"], target, norm=s["norm"], include_last=s["prune_output"])
+        # read before fine-tuning moves the surviving weights: the values the masks were cut from
+        used = thresholds(work, s["method"], norm=s["norm"], used=target if by_threshold else None)
+        pruned = sparsity_report(work)["sparsity"]  # m.weight = weight_orig * mask, zeros counted
+        if s["finetune_epochs"] > 0:
+            ctx.fit(work, s["finetune_epochs"], {"stage": "prune", "round": r, "sparsity": pruned},
+                    lr_scale=s["lr_scale"])
+        goal_key = "threshold" if by_threshold else "target_sparsity"
+        rounds.append({"round": r, goal_key: target, "sparsity": pruned, "thresholds": used, **ctx.test(work)})
+    make_permanent(work)
+    score = "unit Ln norm" if s["method"] == "structured" else "|w|"
+    info: dict[str, Any] = {"rounds": rounds, "thresholds": rounds[-1]["thresholds"], "threshold_kind":
+                            f"{score} < threshold pruned" if by_threshold else
+                            f"{score}: threshold = the smallest kept, the one the fraction implied"}
+    out = work
+    if s["compact"]:
+        small = compact(work, ctx.data.input_shape)
+        with torch.no_grad():  # the compacted model must compute what the masked one does
+            work.eval()
+            a, b = work(ctx.data.test_x), small(ctx.data.test_x)
+        info["compaction"] = {
+            "max_abs_logit_diff": (a - b).abs().max().item(),
+            "same_predictions": (a.argmax(1) == b.argmax(1)).float().mean().item(),
+            "masked_params": sum(p.numel() for p in work.parameters()),
+            "compacted_params": sum(p.numel() for p in small.parameters()),
+        }
+        out = small
+    info["sparsity_before_compaction"] = sparsity_report(work)["sparsity"]
+    zeros_left = sparsity_report(out)["sparsity"]
+    compacted = sum(p.numel() for p in out.parameters()) < sum(p.numel() for p in model.parameters())
+    info["compacted"], info["masked_only"] = compacted, not compacted and zeros_left > 0
+    notes = []
+    if compacted:
+        units = [[m.weight.shape[0] for m in prunable_layers(x, include_last=False)] for x in (model, out)]
+        notes.append(f"compacted: hidden units {units[0]} -> {units[1]}, layers rebuilt without the removed "
+                     "ones (really smaller and faster)")
+    if zeros_left > 0:
+        notes.append(f"{'the remaining' if compacted else 'masked only:'} {zeros_left:.1%} zero weights sit inside "
+                     "dense tensors: no file-size or speed gain from them with dense kernels; size_zip_bytes / "
+                     "size_sparse_bytes show what an encoding that skips zeros saves")
+    info["note"] = "; ".join(notes) or "nothing pruned"
+    return StageResult(out, model_config_of(out, model_cfg), info, headline=f"prune: {info['note']}")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from nnopt_cli.post.quantize import import_torchao, intx_weight_config
+from nnopt_cli.post.torchao_api import import_torchao, intx_weight_config
 
 
 def prepare(model: nn.Module, bits: int) -> nn.Module:

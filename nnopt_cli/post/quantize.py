@@ -23,16 +23,24 @@ granularity  per_tensor: one scale per weight tensor; per_channel: one per outpu
 from __future__ import annotations
 
 import copy
-import logging
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
+from nnopt_cli import data as datasets
 from nnopt_cli.checks import need_choice, need_int, need_num
 from nnopt_cli.errors import ConfigError
+from nnopt_cli.models import make_model
+from nnopt_cli.post import fake_quant as F
+from nnopt_cli.post import qat
+from nnopt_cli.post.flops import forward_flops
+from nnopt_cli.post.stage import StageContext, StageResult
+from nnopt_cli.post.torchao_api import import_torchao, intx_weight_config
 
+OUTPUT_FILE = "model.quantized.pt"
 METHODS = ("dynamic", "static", "weight_only", "fake", "qat")
 BACKENDS = ("eager", "torchao")
 GRANULARITIES = ("per_tensor", "per_channel")
@@ -49,15 +57,6 @@ FUSE_PATTERNS = ((nn.Conv2d, nn.BatchNorm2d, nn.ReLU), (nn.Conv2d, nn.BatchNorm2
                  (nn.Linear, nn.BatchNorm1d), (nn.Linear, nn.ReLU))
 
 
-def import_torchao():
-    """Import torchao (ImportError if missing) without the warning torch logs when torchao registers
-    an Enum with its pytree."""
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    import torchao
-
-    return torchao
-
-
 def check_combination(method: str, backend: str) -> str | None:
     """Why `method` cannot run on `backend`, or None when it can (fake uses neither engine)."""
     if method == "weight_only" and backend == "eager":
@@ -69,9 +68,22 @@ def check_combination(method: str, backend: str) -> str | None:
     return None
 
 
-def check(s: dict, activation: str) -> None:
-    """Validate the post.quantize node (ConfigError on the first problem); the model check that
-    needs a built model is `quantizable_layers`."""
+def check(cfg: dict, model_cfg: dict) -> dict:
+    """Validate post.quantize against the model it will receive (built as a skeleton on the meta device)."""
+    s = cfg["post"]["quantize"]
+    check_settings(s, cfg["activation"]["name"])
+    with torch.device("meta"):
+        skeleton = make_model({**cfg, "model": model_cfg}, datasets.input_shape(cfg["dataset"]),
+                              datasets.num_classes(cfg["dataset"]))
+    if quantizable_layers(skeleton, s["method"]) == 0:
+        kinds = " or ".join(t.__name__ for t in QUANTIZABLE[s["method"]])
+        raise ConfigError("post.quantize.method", s["method"],
+                          f"a model with {kinds} layers (model {model_cfg.get('name')} has none)")
+    return model_cfg
+
+
+def check_settings(s: dict, activation: str) -> None:
+    """The post.quantize settings alone (ConfigError on the first problem)."""
     need_choice("post.quantize.method", s["method"], METHODS)
     need_choice("post.quantize.backend", s["backend"], BACKENDS)
     need_choice("post.quantize.granularity", s["granularity"], GRANULARITIES)
@@ -98,14 +110,6 @@ def check(s: dict, activation: str) -> None:
             import_torchao()
         except ImportError:
             raise ConfigError("post.quantize.backend", "torchao", "needs the torchao package (pip install torchao)") from None
-
-
-def intx_weight_config(bits: int):
-    """torchao's weight-only config for `bits` < 8 (per output unit, symmetric; runs on the CPU)."""
-    import_torchao()
-    from torchao.quantization import IntxWeightOnlyConfig, PerAxis
-
-    return IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=PerAxis(0))
 
 
 def quantizable_layers(model: nn.Module, method: str) -> int:
@@ -204,3 +208,46 @@ def rebuild_quantized(model: nn.Module, method: str, backend: str, granularity: 
     if method == "fake":
         return model
     return quantize_model(model, method, backend, granularity, calibration=[torch.randn(2, *input_shape)], bits=bits)
+
+
+def run(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
+    s = ctx.cfg["post"]["quantize"]
+    method, bits = s["method"], s.get("bits", 8)
+    if method == "fake":  # a float model on the weights' b-bit grid: stays on the run's device
+        q, layers = F.fake_quantize_model(model, bits, s["granularity"])
+        scales = sum(v["scales"] for v in layers.values())
+        info = {"engine": "torch.fake_quantize_per_tensor_affine / _per_channel_affine (simulated, float model)",
+                "bits": bits, "scale_rule": F.SCALE_RULE.format(granularity=s["granularity"].replace("_", " ")),
+                "fake_layers": layers}
+        extra = {"weight_bits": float(bits), "size_packed_bytes": F.packed_bytes(q, bits, scales)}
+        return StageResult(q, model_cfg, info, after_extra=extra,
+                           headline=f"quantize: {bits}-bit fake quantization ({s['granularity']}), float model")
+    info: dict[str, Any] = {"engine": "torch.ao.quantization (eager)" if s["backend"] == "eager" else "torchao.quantization"}
+    if method == "qat":
+        tag = {"stage": "quantize", "role": "qat", "bits": bits}
+        prepared, q = qat.quantization_aware_training(
+            model, bits, lambda m: ctx.fit(m, s["finetune_epochs"], tag, lr_scale=s["lr_scale"]))
+        info.update(engine="torchao.quantization.qat (QATConfig prepare/convert with IntxWeightOnlyConfig)",
+                    fake_quantized=ctx.test(prepared))  # the trained model before conversion
+    else:
+        g = torch.Generator(device=ctx.data.train_x.device).manual_seed(ctx.cfg["seed"])
+        perm = torch.randperm(len(ctx.data.train_x), device=ctx.data.train_x.device, generator=g)
+        bs = s["calibration_batch_size"]
+        calibration = (ctx.data.train_x[perm[i:i + bs]]
+                       for i in range(0, min(len(perm), bs * s["calibration_batches"]), bs))
+        q = quantize_model(model, method, s["backend"], s["granularity"],
+                             calibration if method == "static" else (), bits=bits)
+    extra: dict[str, Any] = {}
+    if method in ("qat", "weight_only") and (bits < 8 or method == "qat"):
+        info["bits"], info["scale_rule"] = bits, TORCHAO_SCALE_RULE
+        info["storage"] = (f"int{bits} values stored one per int8 byte (IntxUnpackedToInt8Tensor): the file is "
+                           f"int8-sized; size_packed_bytes counts {bits} bits per Linear weight")
+        channels = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+        extra["size_packed_bytes"] = F.packed_bytes(model, bits, channels, layers=(nn.Linear,))
+    if method in ("dynamic", "static"):  # int8 kernels are invisible to torch's flop counter
+        extra["flops"] = forward_flops(model, ctx.data.input_shape)
+        info["flops_note"] = "FLOPs of the float model: same operations in int8, which torch's counter does not see"
+    if ctx.device.type != "cpu":
+        info["note"] = f"quantized kernels run on the CPU: the quantized model was evaluated on the CPU (the run trained on {ctx.device})"
+    return StageResult(q, model_cfg, info, quantized=True, after_extra=extra,
+                       headline=f"quantize: {info.get('note', info['engine'])}")
