@@ -104,19 +104,36 @@ def folder_hparams(run_dir: Path, flat_cfg: dict[str, Any], choices: dict[str, A
     return run_hparams(flat_cfg, choices, overrides if isinstance(overrides, list) else [])
 
 
-def write_session_start(writer, hparams: dict[str, Any], started: float | None = None) -> None:
-    from tensorboard.plugins.hparams import summary as hp
+def _hparams_summary(tag: str, **plugin_data):
+    """A summary for the HParams plugin (tensorboard's own summary helpers need TensorFlow)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
-    writer.file_writer.add_summary(hp.session_start_pb(hparams, start_time_secs=started or time.time()))
+    content = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **plugin_data)
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
+                                                                  content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
+
+
+def write_session_start(writer, hparams: dict[str, Any]) -> None:
+    """The run's settings as an HParams session. No experiment summary: TensorBoard then builds
+    the table from every run's settings together, so runs of a sweep may differ in their keys."""
+    from tensorboard.plugins.hparams import metadata
+    from torch.utils.tensorboard.summary import hparams as torch_hparams
+
+    start = torch_hparams(hparams, {})[1].value[0].metadata.plugin_data.content
+    info = metadata.parse_session_start_info_plugin_data(start)
+    info.start_time_secs = time.time()
+    writer.file_writer.add_summary(_hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=info))
 
 
 def write_session_end(writer, status: str) -> None:
-    from tensorboard.plugins.hparams import api_pb2
-    from tensorboard.plugins.hparams import summary as hp
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
     code = {"completed": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE,
             "diverged": api_pb2.STATUS_FAILURE}.get(status, api_pb2.STATUS_UNKNOWN)
-    writer.file_writer.add_summary(hp.session_end_pb(code))
+    info = plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time())
+    writer.file_writer.add_summary(_hparams_summary(metadata.SESSION_END_INFO_TAG, session_end_info=info))
 
 
 def write_epoch(writer, row: dict[str, Any], step: int) -> None:
