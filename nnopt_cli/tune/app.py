@@ -170,6 +170,8 @@ def run_trial(study, trial, preset: Preset, base: list[str], settings: dict, fol
 
 
 def tune(preset_name: str, tune_overrides: list[tuple[str, Any]], cfg_overrides: list[str]) -> int:
+    import optuna
+
     from nnopt_cli.tune import study as S
     from nnopt_cli.tune.samplers import check_sampler, make_pruner, make_sampler, pruner_node
 
@@ -204,6 +206,8 @@ def tune(preset_name: str, tune_overrides: list[tuple[str, Any]], cfg_overrides:
                 break
             study.sampler = make_sampler(s["sampler"], len(trials), grid)
             trial = study.ask(preset.distributions)
+            if grid is not None:  # GridSampler's tell of the last point calls study.stop(), an error outside optimize()
+                study.sampler = optuna.samplers.RandomSampler()
             lock = folder.claim(trial.number)
             mine.add(trial.number)
         try:
