@@ -214,7 +214,7 @@ def test_dashboard_and_tensorboard_serve_the_study_on_localhost(tmp_path, monkey
     dash = serve([str(bin_dir / "optuna-dashboard"), str(study_dir / JOURNAL), "--host", "127.0.0.1",
                   "--port", str(port), "--quiet"])
     try:
-        studies = json.loads(get_when_up(f"http://127.0.0.1:{port}/api/studies", dash))["studies"]
+        studies = json.loads(get_when_up(f"http://127.0.0.1:{port}/api/studies", dash))["study_summaries"]
         assert [s["study_name"] for s in studies] == ["view"]
     finally:
         dash.kill()
