@@ -189,3 +189,24 @@ def test_export_back_fills_event_files_from_run_folders(cli, tmp_path):
     assert "already has TensorBoard event files" in again.stderr and "for 0 run(s)" in again.stdout
     copy = cli("export", "tensorboard", str(sweep), "--out", str(tmp_path / "tb"))
     assert copy.returncode == 0 and len(list((tmp_path / "tb").glob("*/events.out.tfevents.*"))) == 2
+
+
+def test_logger_in_a_real_run_matches_metrics_and_summary(tmp_path):
+    from nnopt_cli.runner import RunContext, train
+
+    # 320 training samples in batches of 64: 5 equal steps an epoch, so an epoch's train/loss is the
+    # mean of its step losses
+    cfg = compose_cfg("logger=tensorboard", "logger.every=1", "epochs=3")
+    hydra_files(tmp_path, {"optimizer": "adam"}, ["logger=tensorboard"])
+    summary = train(cfg, RunContext(run_dir=tmp_path, live_progress=False))
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    acc = read_events(tmp_path)
+    losses = scalar(acc, "step/loss")
+    assert [r["steps"] for r in rows] == [5, 5, 5] and [s for s, _ in losses] == list(range(1, 16))
+    for i, row in enumerate(rows):
+        assert sum(v for _, v in losses[5 * i:5 * i + 5]) / 5 == pytest.approx(row["train/loss"], rel=1e-5)
+    ends = [r["total_steps"] for r in rows]
+    assert same(scalar(acc, "val/acc"), [(s, r["val/acc"]) for s, r in zip(ends, rows, strict=True)])
+    assert same(scalar(acc, "samples_seen"), [(s, r["samples_seen"]) for s, r in zip(ends, rows, strict=True)])
+    assert same(scalar(acc, "test/acc"), [(15, summary["test/acc"])])
+    assert session_hparams(acc)["optimizer"] == "adam"

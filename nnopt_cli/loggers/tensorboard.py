@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nnopt_cli.checks import need_int
 from nnopt_cli.compare.discover import (
     SUMMARY_INFO_KEYS,
     SUMMARY_RENAME,
@@ -35,7 +36,6 @@ from nnopt_cli.compare.discover import (
     read_yaml,
     stage_metrics,
 )
-from nnopt_cli.config import need_int
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.observers import EpochInfo, Observer, RunInfo, StepInfo
 from nnopt_cli.optim import current_lr

@@ -100,7 +100,7 @@ def probe_values(preset: Preset) -> dict[str, Any]:
 
 def check_before_trials(preset: Preset, base: list[str], user_overrides: list[str]) -> dict:
     """Everything that needs no data, once, before any trial: a typo costs one line, no trial."""
-    from nnopt_cli.config import validate
+    from nnopt_cli.validate import validate
 
     searched = set(preset.params)
     for o in user_overrides:
