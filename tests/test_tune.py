@@ -231,3 +231,23 @@ def test_dashboard_and_tensorboard_serve_the_study_on_localhost(tmp_path, monkey
     finally:
         tb.kill()
         tb.communicate()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["epochs=1"], "nnopt tune needs hparams_search=<preset> (conf/hparams_search: mnist_optuna)"),
+    (["hparams_search=nope"], "invalid config: hparams_search='nope': one of mnist_optuna, or the path"),
+    (["hparams_search=mnist_optuna", "--multirun"], "unexpected argument '--multirun'"),
+    (["hparams_search=mnist_optuna", "hydra/launcher=joblib"], "invalid config: hydra/launcher='joblib': nnopt tune"),
+    (["hparams_search=mnist_optuna", "optimizer.lrr=0.1"], "invalid config: optimizer.lrr='0.1': no such key"),
+    (["hparams_search=mnist_optuna", "optimizer.lr=0.1"], "invalid config: optimizer.lr='0.1': is searched"),
+    (["hparams_search=mnist_optuna", "tune.sampler=annealing"], "invalid config: tune.sampler.name='annealing'"),
+])
+def test_command_line_mistakes_are_one_line(args, message, tmp_path, monkeypatch, capsys):
+    from nnopt_cli.tune import run
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        run(args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith(f"nnopt: error: {message}") and "\n" not in err, err
+    assert not (tmp_path / "outputs").exists()  # refused before any study or trial
