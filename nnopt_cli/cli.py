@@ -1,4 +1,4 @@
-"""The `nnopt` command: dispatches to subcommands (train, compare)."""
+"""The `nnopt` command: dispatches to subcommands (train, tune, compare, export)."""
 
 from __future__ import annotations
 
@@ -12,20 +12,25 @@ commands:
   train     train a model with the techniques chosen by config (Hydra overrides)
             nnopt train optimizer=adam scheduler=exp
             nnopt train --multirun optimizer=sgd,momentum,adam seed=0,1,2
-            nnopt train --multirun hparams_search=mnist_optuna     Optuna search
+            nnopt train logger=tensorboard   live TensorBoard event files in the run folder
             torchrun --standalone --nproc_per_node=4 -m nnopt_cli train   DDP, one GPU each
             nnopt train --help        config groups, their options and Hydra flags
+  tune      hyper-parameter search with Optuna (ask/tell, pruning, a journal file per study)
+            nnopt tune hparams_search=mnist_optuna tune.n_trials=12 epochs=3
+            nnopt tune --help         samplers, pruners, continuing and sharing a study
   compare   tables, seed averages and plots over run folders
             nnopt compare outputs/ --group-by optimizer --sort test/acc
             nnopt compare outputs/ --plot curves.png --format csv
             nnopt compare --help      sorting, filtering, formats and plot kinds
+  export    write run folders into another tool's format
+            nnopt export tensorboard outputs/multirun/...    then: tensorboard --logdir ...
 
 options:
   -h, --help     show this message
   --version      print nnopt's version
 """
 
-COMMANDS = ("train", "compare")
+COMMANDS = ("train", "tune", "compare", "export")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,6 +46,16 @@ def main(argv: list[str] | None = None) -> None:
         from nnopt_cli.train_app import run
 
         run(rest)
+        return
+    if command == "tune":
+        from nnopt_cli.tune import run as tune
+
+        tune(rest)
+        return
+    if command == "export":
+        from nnopt_cli.export import run as export
+
+        export(rest)
         return
     if command == "compare":
         from nnopt_cli.compare import run as compare

@@ -1,0 +1,206 @@
+"""logger=tensorboard: a run's numbers as TensorBoard event files in its own run folder, live.
+
+    tensorboard --logdir outputs/multirun/<date>/<time>-...    every run of a sweep, by folder
+
+One x-axis for everything, the optimizer step (as Lightning does), so that a resumed run can
+drop the events written after its checkpoint (SummaryWriter's purge_step) and curves of runs
+with different batch sizes stay honest about the work done:
+
+    step/loss, step/lr   every `every` optimizer steps: the only place the logger reads loss.item()
+    <metrics row>        every number of the epoch's row (train/loss, val/acc, lr, grad_norm, the
+                         diagnostics when on, ...) and `epoch`, at the step the epoch ended
+    <summary>            test/acc, best/val/acc, ... and <stage>/<metric> for post-training stages
+    HParams              the run's Hydra choices and overridden keys (at the start, so a running
+                         or pruned run is in the table too) and its status (at the end)
+
+Only rank 0 writes (RunInfo.write). `nnopt export tensorboard` (export.py) writes the same events,
+but the per-step ones, from finished run folders with the functions below.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from nnopt_cli.checks import need_int
+from nnopt_cli.compare.discover import (
+    SUMMARY_INFO_KEYS,
+    SUMMARY_RENAME,
+    Stage,
+    flatten,
+    hydra_choices,
+    is_number,
+    read_yaml,
+    stage_metrics,
+)
+from nnopt_cli.errors import NnoptError
+from nnopt_cli.observers import EpochInfo, Observer, RunInfo, StepInfo
+from nnopt_cli.optim import current_lr
+
+INSTALL_HINT = ("needs the tensorboard package, which is not installed: pip install tensorboard "
+                "(make install brings it)")
+# config keys shown in the HParams table even when no override set them
+ALWAYS_HPARAMS = ("optimizer.lr", "seed", "epochs")
+
+
+def summary_writer_class(what: str = "logger=tensorboard"):
+    """torch's SummaryWriter, or one line saying how to install TensorBoard."""
+    try:
+        import tensorboard  # noqa: F401  (torch's own message for a missing package is a paragraph)
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise NnoptError(f"{what} {INSTALL_HINT}") from None
+    return SummaryWriter
+
+
+# ---------------------------------------------------------------------------- what gets written
+
+
+def scalars(values: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, float]:
+    """The finite numbers of a (nested) row, by slash-joined name: {"diag": {"x": 1}} -> diag/x."""
+    flat = flatten({k: v for k, v in values.items() if k not in skip})
+    return {k.replace(".", "/"): float(v) for k, v in flat.items() if is_number(v) and math.isfinite(v)}
+
+
+def final_scalars(summary: dict[str, Any]) -> dict[str, float]:
+    """A summary's numbers under the names `nnopt compare` gives them, stage results included."""
+    out = {SUMMARY_RENAME.get(k, k): v for k, v in summary.items() if k not in SUMMARY_INFO_KEYS}
+    for i, st in enumerate(summary.get("stages") or []):
+        if isinstance(st, dict):
+            stage = Stage(str(st.get("name") or f"stage{i + 1}"), {}, {}, st.get("after") or {})
+            out.update(stage_metrics(stage))
+    return scalars(out)
+
+
+def hparam_value(v: Any) -> bool | int | float | str:
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    return "null" if v is None else json.dumps(v)
+
+
+def run_hparams(flat_cfg: dict[str, Any], choices: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The settings that tell a sweep's runs apart: each config group's choice, every key an
+    override set (what a sweep varies) and a few always-interesting keys."""
+    out = {str(g): hparam_value(v) for g, v in choices.items() if v is not None}
+    keys = list(ALWAYS_HPARAMS)
+    for o in overrides:
+        key = str(o).split("=", 1)[0].lstrip("~+").split("@")[0].replace("/", ".")
+        if not key.startswith("hydra"):
+            keys.append(key)
+    for k in keys:
+        if k in flat_cfg and k not in out:
+            out[k] = hparam_value(flat_cfg[k])
+    return out
+
+
+def folder_hparams(run_dir: Path, flat_cfg: dict[str, Any], choices: dict[str, Any] | None = None) -> dict:
+    """run_hparams from a run folder's .hydra/ files (hydra.yaml's choices, overrides.yaml)."""
+    if choices is None:
+        choices = hydra_choices(run_dir / ".hydra" / "hydra.yaml")
+    overrides, _ = read_yaml(run_dir / ".hydra" / "overrides.yaml")
+    return run_hparams(flat_cfg, choices, overrides if isinstance(overrides, list) else [])
+
+
+def _hparams_summary(tag: str, **plugin_data):
+    """A summary for the HParams plugin (tensorboard's own summary helpers need TensorFlow)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    content = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **plugin_data)
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
+                                                                  content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
+
+
+def write_session_start(writer, hparams: dict[str, Any]) -> None:
+    """The run's settings as an HParams session. No experiment summary: TensorBoard then builds
+    the table from every run's settings together, so runs of a sweep may differ in their keys."""
+    from tensorboard.plugins.hparams import metadata
+    from torch.utils.tensorboard.summary import hparams as torch_hparams
+
+    start = torch_hparams(hparams, {})[1].value[0].metadata.plugin_data.content
+    info = metadata.parse_session_start_info_plugin_data(start)
+    info.start_time_secs = time.time()
+    writer.file_writer.add_summary(_hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=info))
+
+
+def write_session_end(writer, status: str) -> None:
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    code = {"completed": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE,
+            "diverged": api_pb2.STATUS_FAILURE}.get(status, api_pb2.STATUS_UNKNOWN)
+    info = plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time())
+    writer.file_writer.add_summary(_hparams_summary(metadata.SESSION_END_INFO_TAG, session_end_info=info))
+
+
+def write_epoch(writer, row: dict[str, Any], step: int) -> None:
+    for tag, value in scalars(row, skip=("stage",)).items():
+        writer.add_scalar(tag, value, step)
+
+
+def write_final(writer, summary: dict[str, Any], step: int) -> None:
+    for tag, value in final_scalars(summary).items():
+        writer.add_scalar(tag, value, step)
+    writer.add_text("status", str(summary.get("status", "unknown")), step)
+    write_session_end(writer, str(summary.get("status", "unknown")))
+
+
+# ---------------------------------------------------------------------------- the live logger
+
+
+class TensorBoardLogger(Observer):
+    """Writes the run's numbers as they come (see the module docstring)."""
+
+    def __init__(self, every: int | None = None, flush_secs: int = 10):
+        if every is not None:
+            need_int("logger.every", every, 1)
+        need_int("logger.flush_secs", flush_secs, 1)
+        self.writer_class = summary_writer_class()  # a missing package fails here, before any data
+        self.every, self.flush_secs = every, flush_secs
+        self.writer = None
+        self.step = 0  # the last optimizer step seen; in the checkpoint, so a resume drops later events
+
+    def on_run_start(self, run: RunInfo) -> None:
+        if not run.write:  # DDP ranks other than 0
+            return
+        if self.every is None:
+            self.every = run.cfg.get("log_every", 50)
+        # after a resume, events past the checkpoint (a killed run wrote them) are dropped by readers
+        purge = self.step + 1 if run.resumed_epoch or self.step else None
+        self.writer = self.writer_class(log_dir=str(run.run_dir), purge_step=purge, flush_secs=self.flush_secs)
+        write_session_start(self.writer, folder_hparams(run.run_dir, flatten(run.cfg)))
+
+    def after_step(self, step: StepInfo) -> None:
+        if self.writer is None:
+            return
+        self.step = step.step
+        if step.step % self.every == 0:
+            self.writer.add_scalar("step/loss", step.loss.item(), step.step)  # the one device sync
+            self.writer.add_scalar("step/lr", current_lr(step.optimizer), step.step)
+
+    def on_epoch_end(self, epoch: EpochInfo) -> None:
+        if self.writer is None:
+            return
+        self.step = epoch.step
+        write_epoch(self.writer, epoch.row, epoch.step)
+        self.writer.flush()  # a live view sees every epoch as it ends
+
+    def on_run_end(self, summary: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        write_final(self.writer, summary, self.step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state.get("step", 0))

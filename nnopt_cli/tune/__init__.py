@@ -1,0 +1,13 @@
+"""`nnopt tune`: hyper-parameter search on Optuna (>= 4) through its ask/tell API, around nnopt's
+own config composition and runner: no Hydra sweeper, no subprocess per trial.
+
+    space.py     the preset (conf/hparams_search/<name>.yaml) -> distributions and overrides
+    samplers.py  samplers and pruners by name
+    pruning.py   the observer that reports each epoch to the trial and stops a pruned run
+    study.py     the study folder: journal file, locks, dead-trial recovery, best.yaml
+    app.py       the command line and the trial loop
+"""
+
+from nnopt_cli.tune.app import run
+
+__all__ = ["run"]

@@ -1,0 +1,165 @@
+"""One `nnopt tune` process working on a study: ask -> compose -> train -> tell, until the study
+holds n_trials finished trials.
+
+    <study folder>/study.journal     the Optuna study (JournalStorage; optuna-dashboard reads it)
+    <study folder>/<trial number>/   one ordinary run folder per trial (`nnopt compare` reads them)
+    <study folder>/best.yaml, .json  the best trial so far: value, params, overrides, run folder
+    <study folder>/.locks/           who works on what (flock; the OS drops a dead process's locks)
+
+Several processes may work on one study at once (a second terminal, Slurm jobs on a shared
+disk). A process takes the study lock to count, to recover dead trials and to ask for a new one,
+so no two of them overshoot n_trials, and holds its trial's lock while the trial trains. A RUNNING
+trial whose lock is free belongs to a dead process (SIGKILL, a lost node): it is marked failed,
+its run folder says so, and its parameters are queued again, so it is redone once and counted
+once. Trials that finish count: completed, pruned (diverged runs are told as pruned: stopped
+early, worse than any completed one) and failed with an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from nnopt_cli.errors import NnoptError
+from nnopt_cli.run_dir import write_json
+from nnopt_cli.tune.pruning import JOURNAL, journal_storage
+
+log = logging.getLogger("nnopt")
+
+
+class StudyFolder:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        (self.path / ".locks").mkdir(parents=True, exist_ok=True)
+        self.journal = self.path / JOURNAL
+
+    @contextlib.contextmanager
+    def locked(self):
+        """The study lock: one process at a time counts, recovers and asks."""
+        with open(self.path / ".locks" / "study.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def claim(self, number: int):
+        """Hold trial `number`'s lock for as long as the returned file stays open."""
+        f = open(self.path / ".locks" / f"trial-{number}.lock", "a")
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return f
+
+    def owner_alive(self, number: int) -> bool:
+        try:
+            with open(self.path / ".locks" / f"trial-{number}.lock", "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+                return False
+        except BlockingIOError:
+            return True
+
+    def run_dir(self, number: int) -> Path:
+        return self.path / str(number)
+
+
+def counted(t) -> bool:
+    """A finished trial that counts toward n_trials (a trial cut by a dead process does not: it is
+    queued again)."""
+    return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        t.state == TrialState.FAIL and "error" in t.user_attrs)
+
+
+def requeue(study: optuna.Study, t, folder: StudyFolder, why: str) -> None:
+    """Mark a trial cut short failed (not counted) and queue its parameters again."""
+    from nnopt_cli.train_app import record_failure
+
+    study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+    run_dir = folder.run_dir(t.number)
+    summary = run_dir / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("status") not in ("completed", "pruned"):
+        record_failure(run_dir, NnoptError(f"{why}; the trial was queued again"), status="failed")
+    log.warning("trial %d: %s; queued again", t.number, why)
+
+
+def recover_dead(study: optuna.Study, folder: StudyFolder, mine: set[int]) -> int:
+    """Fail and re-queue RUNNING trials whose process is gone. Call with the study lock held."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number not in mine and not folder.owner_alive(t.number):
+            requeue(study, t, folder, f"the process running trial {t.number} died")
+            n += 1
+    return n
+
+
+def finished_counts(trials) -> dict[str, int]:
+    out = {"completed": 0, "pruned": 0, "failed": 0, "requeued": 0, "running": 0, "waiting": 0}
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            out["completed"] += 1
+        elif t.state == TrialState.PRUNED:
+            out["pruned"] += 1
+        elif t.state == TrialState.FAIL:
+            out["failed" if counted(t) else "requeued"] += 1
+        elif t.state == TrialState.RUNNING:
+            out["running"] += 1
+        elif t.state == TrialState.WAITING:
+            out["waiting"] += 1
+    return out
+
+
+def best_record(study: optuna.Study, preset, base: list[str], objective: str, folder: StudyFolder) -> dict | None:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return None
+    best = study.best_trial
+    overrides = [*base, *preset.trial_overrides(best.params)]
+    return {
+        "study": study.study_name,
+        "direction": study.direction.name.lower(),
+        "objective": objective,
+        "best_value": best.value,
+        "best_params": dict(best.params),
+        "best_trial": best.number,
+        "run_dir": str(folder.run_dir(best.number)),
+        "overrides": overrides,
+        "retrain": "nnopt train " + " ".join(overrides),
+        "trials": finished_counts(study.get_trials(deepcopy=False)),
+    }
+
+
+def write_best(folder: StudyFolder, record: dict) -> None:
+    write_json(folder.path / "best.json", record)
+    tmp = folder.path / f".best.yaml.tmp{os.getpid()}"
+    tmp.write_text(yaml.safe_dump(record, sort_keys=False))
+    os.replace(tmp, folder.path / "best.yaml")
+
+
+def trial_line(t, status: str, value: Any, seconds: float, params: dict) -> str:
+    shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    v = f" {value:.4f}" if isinstance(value, (int, float)) else ""
+    return f"trial {t.number:>3}: {status:<9}{v} ({seconds:.1f} s) {shown}"
+
+
+def open_study(folder: StudyFolder, settings: dict, pruner, identity: dict) -> optuna.Study:
+    """Create the study, or load it and check that it searches the same space on the same config."""
+    study = optuna.create_study(study_name=settings["study_name"], storage=journal_storage(folder.journal),
+                                direction=settings["direction"], pruner=pruner, load_if_exists=True)
+    had = study.user_attrs.get("nnopt")
+    if had is None:
+        study.set_user_attr("nnopt", identity)
+    elif had != identity:
+        keys = [k for k in identity if had.get(k) != identity[k]]
+        raise NnoptError(f"the study in {folder.path} was made with another {' and '.join(keys)} "
+                         f"({json.dumps(had.get(keys[0]))[:150]}); rerun it as it was made, or use another tune.dir")
+    return study
+
+
+def report_pace(start: float, n: int) -> str:
+    return f"{n} trial(s) in {time.perf_counter() - start:.1f} s"
