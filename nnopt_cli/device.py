@@ -54,5 +54,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    else:
+    elif torch.are_deterministic_algorithms_enabled():
+        # only when an earlier run of this process switched it on: the call imports a large part
+        # of torch that training never uses (1.3 s of a short run's start-up)
         torch.use_deterministic_algorithms(False)

@@ -12,7 +12,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from nnopt_cli.compare.discover import config_groups, discover
 from nnopt_cli.errors import NnoptError
+from nnopt_cli.loggers.tensorboard import (
+    folder_hparams,
+    summary_writer_class,
+    write_epoch,
+    write_final,
+    write_session_start,
+)
 
 TARGETS = ("tensorboard",)
 EVENTS_GLOB = "events.out.tfevents.*"
@@ -20,15 +28,6 @@ EVENTS_GLOB = "events.out.tfevents.*"
 
 def export_tensorboard(paths: list[Path], out: Path | None = None) -> tuple[list[Path], list[str]]:
     """Write one event file per run found below `paths`; returns (folders written, notes)."""
-    from nnopt_cli.compare.discover import config_groups, discover
-    from nnopt_cli.loggers.tensorboard import (
-        folder_hparams,
-        summary_writer_class,
-        write_epoch,
-        write_final,
-        write_session_start,
-    )
-
     writer_class = summary_writer_class("nnopt export tensorboard")
     written: list[Path] = []
     notes: list[str] = []

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnopt_cli.checkpoint import config_diff, config_fingerprint, experiment_config, load_checkpoint
 from nnopt_cli.errors import NnoptError
+from nnopt_cli.run_dir import write_json
 
 log = logging.getLogger("nnopt")
 
@@ -119,7 +120,6 @@ def format_report(sweep_dir: Path, jobs: list[dict]) -> str:
 
 class SweepReport(Callback):
     """Hydra callback: at the end of a multirun, print and save every job's status."""
-
     def __init__(self) -> None:
         self.started = 0.0
 
@@ -134,7 +134,6 @@ class SweepReport(Callback):
         failed = [j for j in jobs if j["status"] not in OK]
         LAST_REPORT = {"sweep_dir": str(sweep_dir), "jobs": jobs, "failed": len(failed)}
         if sweep_dir.is_dir():
-            from nnopt_cli.run_dir import write_json
 
             write_json(sweep_dir / "report.json", LAST_REPORT)
         print(format_report(sweep_dir, jobs), flush=True)

@@ -17,7 +17,13 @@ import yaml
 
 from nnopt_cli.config import conf_dir
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
+from nnopt_cli.runner import RunContext, train
+from nnopt_cli.train_app import check_keys, check_overrides, record_failure
+from nnopt_cli.tune import study as S
+from nnopt_cli.tune.samplers import check_sampler, make_pruner, make_sampler, pruner_node
 from nnopt_cli.tune.space import LEGACY_IGNORED, Preset, load_preset, monitor_of
+from nnopt_cli.tune.study import requeue, trial_line
+from nnopt_cli.validate import validate
 
 log = logging.getLogger("nnopt")
 
@@ -100,8 +106,6 @@ def probe_values(preset: Preset) -> dict[str, Any]:
 
 def check_before_trials(preset: Preset, base: list[str], user_overrides: list[str]) -> dict:
     """Everything that needs no data, once, before any trial: a typo costs one line, no trial."""
-    from nnopt_cli.validate import validate
-
     searched = set(preset.params)
     for o in user_overrides:
         key = o.split("=", 1)[0].lstrip("~+")
@@ -116,10 +120,6 @@ def check_before_trials(preset: Preset, base: list[str], user_overrides: list[st
 def run_trial(study, trial, preset: Preset, base: list[str], settings: dict, folder, pruner_cfg: dict) -> str:
     """Train one trial in this process and tell the study how it went; returns the run's status."""
     import optuna
-
-    from nnopt_cli.runner import RunContext, train
-    from nnopt_cli.train_app import record_failure
-    from nnopt_cli.tune.study import requeue, trial_line
 
     params = dict(trial.params)
     overrides = [*base, *preset.trial_overrides(params)]
@@ -171,9 +171,6 @@ def run_trial(study, trial, preset: Preset, base: list[str], settings: dict, fol
 
 def tune(preset_name: str, tune_overrides: list[tuple[str, Any]], cfg_overrides: list[str]) -> int:
     import optuna
-
-    from nnopt_cli.tune import study as S
-    from nnopt_cli.tune.samplers import check_sampler, make_pruner, make_sampler, pruner_node
 
     preset = load_preset(preset_name, tune_overrides)
     s = preset.settings
@@ -264,8 +261,6 @@ def run(args: list[str]) -> None:
     import warnings
 
     import optuna
-
-    from nnopt_cli.train_app import check_keys, check_overrides
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -16,6 +16,7 @@ from typing import Any
 
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.observers import EpochInfo, Observer, RunInfo, StopRun
+from nnopt_cli.tune.samplers import make_pruner
 
 JOURNAL = "study.journal"  # in the study folder: `optuna-dashboard <study folder>/study.journal`
 
@@ -41,8 +42,6 @@ class TrialPruner(Observer):
 
     def on_run_start(self, run: RunInfo) -> None:
         import optuna
-
-        from nnopt_cli.tune.samplers import make_pruner
 
         if not run.run_dir.name.isdigit():
             raise NnoptError(f"observers.tune prunes nnopt tune trials: {run.run_dir} is not a trial folder "

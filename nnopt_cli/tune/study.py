@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.run_dir import write_json
+from nnopt_cli.train_app import record_failure
 from nnopt_cli.tune.pruning import JOURNAL, journal_storage
 
 log = logging.getLogger("nnopt")
@@ -77,8 +78,6 @@ def counted(t) -> bool:
 
 def requeue(study: optuna.Study, t, folder: StudyFolder, why: str) -> None:
     """Mark a trial cut short failed (not counted) and queue its parameters again."""
-    from nnopt_cli.train_app import record_failure
-
     study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
     run_dir = folder.run_dir(t.number)
