@@ -19,13 +19,17 @@ commands:
             nnopt compare outputs/ --group-by optimizer --sort test/acc
             nnopt compare outputs/ --plot curves.png --format csv
             nnopt compare --help      sorting, filtering, formats and plot kinds
+  lr-find   LR range test: ramp the LR, plot the loss, suggest optimizer.lr (Hydra overrides)
+            nnopt lr-find optimizer=sgd model=cnn
+  landscape loss along the line init -> final weights (or to another run) and a 2-D slice
+            nnopt landscape outputs/2026-11-23/10-00-00 --to outputs/2026-11-23/11-00-00
 
 options:
   -h, --help     show this message
   --version      print nnopt's version
 """
 
-COMMANDS = ("train", "compare")
+COMMANDS = ("train", "compare", "lr-find", "landscape")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,6 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         from nnopt_cli.compare import run as compare
 
         compare(rest)
+        return
+    if command in ("lr-find", "landscape"):
+        from importlib import import_module
+
+        import_module(f"nnopt_cli.diagnostics.{command.replace('-', '_')}").run(rest)
         return
     print(f"nnopt: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see nnopt --help)",
           file=sys.stderr)

@@ -1,0 +1,78 @@
+"""nnopt lr-find and nnopt landscape: on problems whose answer is known."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nnopt_cli.diagnostics import lr_find
+from nnopt_cli.errors import NnoptError
+from tests.conftest import TINY, compose_cfg
+
+# softmax regression on overlapping classes (n >> d, so not separable: a too large LR blows the loss up)
+LOGISTIC = [*TINY, "model.hidden=[]", "optimizer=sgd", "batch_size.size=64", "dataset.n_train=4096",
+            "dataset.noise=2.0"]
+
+
+def smoothness_bound(overrides) -> float:
+    """4 / lambda_max(X~'X~ / n): softmax regression's cross-entropy has Hessian <= lambda/2 (Boehning's
+    bound on diag(p) - pp'), so gradient descent converges for every LR below this."""
+    from nnopt_cli.diagnostics.runs import load_data
+
+    data = load_data(compose_cfg(*overrides, tiny=False)["dataset"])
+    x = data.train_x.reshape(len(data.train_x), -1).double().numpy()
+    x = np.hstack([x, np.ones((len(x), 1))])
+    return 4 / np.linalg.eigvalsh(x.T @ x / len(x))[-1]
+
+
+def test_lr_find_suggests_an_lr_below_divergence_and_above_a_tiny_one(tmp_path, capsys):
+    args = argparse.Namespace(overrides=LOGISTIC, start_lr=1e-6, end_lr=100.0, steps=100, stop_factor=4.0,
+                              out=tmp_path / "lrf")
+    result = lr_find.lr_find(args)
+    test, sugg = result["test"], result["suggestions"]
+    safe = smoothness_bound(LOGISTIC)
+    assert test.stopped != "end of the ramp"  # it found the blow-up
+    assert 1e-4 < sugg["min/10"] < safe < test.lrs[-1]
+    assert 1e-4 < sugg["steepest"] < test.lrs[-1]
+    out = capsys.readouterr().out
+    assert f"optimizer.lr={sugg['min/10']:.3g}" in out and "min/10" in out and "steepest" in out
+    doc = json.loads((tmp_path / "lrf" / "lr_find.json").read_text())
+    assert doc["suggestion"] == {"rule": "min/10", "optimizer.lr": sugg["min/10"]}
+    assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 0
+    assert len((tmp_path / "lrf" / "lr_find.csv").read_text().splitlines()) == len(test.lrs) + 1
+
+
+def test_smoothing_is_fastais_debiased_average_and_the_rules_pick_by_hand():
+    t = lr_find.RangeTest(lrs=[10.0 ** (i / 10 - 3) for i in range(30)])
+    # a curve falling fastest at index 12 (0.016) with its minimum at index 20 (0.1)
+    t.smoothed = [3.0 - 0.01 * i for i in range(10)] + [2.9, 2.5, 1.5, 1.2, 1.1, 1.05, 1.0, 0.99, 0.98,
+                                                        0.97, 0.9, 1.0, 1.5, 2.0, 3.0, 4.0, 5, 6, 7, 8]
+    sugg = t.suggestions()
+    assert sugg["min/10"] == pytest.approx(10 ** (20 / 10 - 3) / 10)
+    assert sugg["steepest"] == pytest.approx(10 ** (11 / 10 - 3))  # the slope from 11 to 12 is the steepest
+
+
+def test_lr_find_never_writes_into_a_run_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    args = argparse.Namespace(overrides=LOGISTIC, start_lr=1e-6, end_lr=1.0, steps=20, stop_factor=4.0,
+                              out=tmp_path / "run" / "lrf")
+    with pytest.raises(NnoptError, match="inside run folder"):
+        lr_find.lr_find(args)
+    assert not (tmp_path / "run" / "lrf").exists()
+
+
+def test_lr_find_leaves_no_trace_in_the_global_state_it_was_given():
+    torch.manual_seed(1)
+    model = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(32, 3), torch.randint(0, 2, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rng = torch.get_rng_state()
+    lr_find.range_test(model, opt, x, y, 8, 1e-5, 1.0, 20)
+    assert torch.equal(rng, torch.get_rng_state())  # the batches come from its own generator
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it did train
