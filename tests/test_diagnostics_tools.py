@@ -76,3 +76,106 @@ def test_lr_find_leaves_no_trace_in_the_global_state_it_was_given():
     lr_find.range_test(model, opt, x, y, 8, 1e-5, 1.0, 20)
     assert torch.equal(rng, torch.get_rng_state())  # the batches come from its own generator
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it did train
+
+
+# ---------------------------------------------------------------------------- nnopt landscape
+
+
+def make_run(path, *overrides, init=True):
+    """A run folder as nnopt train leaves it: .hydra/config.yaml, model.pt and model.init.pt."""
+    import yaml
+
+    from nnopt_cli.diagnostics.runs import load_data, make_model
+    from nnopt_cli.runner import RunContext, train
+
+    cfg = compose_cfg("epochs=1", *overrides)
+    train(cfg, RunContext(path))
+    (path / ".hydra").mkdir(exist_ok=True)
+    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if init and not (path / "model.init.pt").exists():
+        torch.manual_seed(cfg["seed"])
+        data = load_data(cfg["dataset"])
+        torch.save(make_model(cfg, data.input_shape, data.num_classes).state_dict(), path / "model.init.pt")
+    return cfg
+
+
+def direct_loss(cfg, weights, samples, seed) -> float:
+    """The loss of a weight file on the subset, computed without landscape.py."""
+    from nnopt_cli.diagnostics.runs import load_data, make_model
+
+    data = load_data(cfg["dataset"])
+    model = make_model(cfg, data.input_shape, data.num_classes)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    idx = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(seed))[:samples]
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model(data.train_x[idx]), data.train_y[idx]).item()
+
+
+def landscape_args(run, tmp_path, **kw):
+    base = dict(run=run, to=None, range=(-0.5, 1.5), points=5, grid=3, span=1.0, samples=100, seed=0,
+                out=tmp_path / "land")
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_landscape_line_endpoints_are_the_losses_of_the_two_weight_sets(tmp_path):
+    from nnopt_cli.diagnostics import landscape
+
+    cfg = make_run(tmp_path / "a", "model.batch_norm=true")
+    doc = landscape.landscape(landscape_args(tmp_path / "a", tmp_path))
+    rows = {r["alpha"]: r["loss"] for r in doc["line"]["rows"]}
+    assert rows[0.0] == pytest.approx(direct_loss(cfg, tmp_path / "a" / "model.init.pt", 100, 0), rel=1e-6)
+    assert rows[1.0] == pytest.approx(direct_loss(cfg, tmp_path / "a" / "model.pt", 100, 0), rel=1e-6)
+    assert len(doc["surface"]["loss"]) == 3 and doc["surface"]["loss"][1][1] == pytest.approx(rows[1.0], rel=1e-6)
+    for name in ("landscape.json", "line.csv", "surface.csv", "landscape.png"):
+        assert (tmp_path / "land" / name).stat().st_size > 0
+
+    make_run(tmp_path / "b", "model.batch_norm=true", "seed=1", init=False)
+    doc = landscape.landscape(landscape_args(tmp_path / "a", tmp_path, to=tmp_path / "b", grid=0,
+                                             out=tmp_path / "land2"))
+    rows = {r["alpha"]: r["loss"] for r in doc["line"]["rows"]}
+    assert rows[0.0] == pytest.approx(direct_loss(cfg, tmp_path / "a" / "model.pt", 100, 0), rel=1e-6)
+    assert rows[1.0] == pytest.approx(direct_loss(cfg, tmp_path / "b" / "model.pt", 100, 0), rel=1e-6)
+
+
+def test_filter_normalized_directions_match_each_filters_norm():
+    from nnopt_cli.diagnostics.landscape import direction
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    center = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    d = direction(model, center, torch.Generator().manual_seed(0))
+    for k in ("0.weight", "2.weight"):
+        assert torch.allclose(d[k].flatten(1).norm(dim=1), center[k].flatten(1).norm(dim=1), rtol=1e-5)
+        assert not torch.allclose(d[k], center[k])
+    assert not d["0.bias"].any() and not d["2.bias"].any()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["model"].update(_target_="os.system"), "model._target_"),
+    (lambda c: c["activation"].update(name="${oc.env:HOME}"), "activation.name"),
+    (lambda c: c["model"].update(hidden=["${oc.env:HOME}"]), "model.hidden"),
+])
+def test_landscape_reads_a_run_folders_config_as_untrusted(tmp_path, edit, message):
+    import yaml
+
+    from nnopt_cli.diagnostics.runs import run_config
+
+    cfg = compose_cfg()
+    edit(cfg)
+    cfg["dataset"]["root"] = "/etc"
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(NnoptError, match=message.replace(".", r"\.")):
+        run_config(tmp_path)
+
+
+def test_run_config_drops_dataset_paths(tmp_path):
+    import yaml
+
+    from nnopt_cli.diagnostics.runs import run_config
+
+    cfg = compose_cfg()
+    cfg["dataset"]["root"] = "/etc"
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert "root" not in run_config(tmp_path)["dataset"]
