@@ -66,3 +66,14 @@ def test_diag_plot_refuses_runs_without_diagnostics_and_unknown_quantities(runs,
     with pytest.raises(SystemExit):
         compare_main([str(runs), "--plot", str(tmp_path / "x.png"), "--plot-kind", "diag"])
     assert "diagnostics=basic" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_heatmap_cells_are_log10_of_the_group_means_on_one_colour_scale(runs):
+    import numpy as np
+
+    found = {r.label: r for r in discover([runs])}
+    fig = diag_plots.heatmap_figure([plots.Series("sgd", [found["r0"], found["r1"]]),
+                                     plots.Series("adam", [found["r2"]])], "grad_norm")
+    sgd, adam = [ax.images[0] for ax in fig.axes if ax.images]
+    assert np.allclose(sgd.get_array(), np.log10([[2.0, 3.0, 4.0], [4.0, 6.0, 8.0]]))
+    assert sgd.get_clim() == adam.get_clim() == pytest.approx((np.log10(0.1), np.log10(8.0)))

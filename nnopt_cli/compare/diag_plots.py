@@ -110,7 +110,8 @@ def heatmap_figure(series: list, quantity: str):
     log = quantity in LOG_SCALE
     fig = Figure(figsize=(5.5 * min(len(maps), 2), 3.2 * math.ceil(len(maps) / 2) + 0.6), layout="constrained")
     axes = fig.subplots(math.ceil(len(maps) / 2), min(len(maps), 2), squeeze=False).ravel()
-    for ax, (s, c) in zip(axes, maps, strict=False):
+    grids = []
+    for s, c in maps:
         layers = list(c)
         steps = sorted({t for per in c.values() for t in per})
         z = np.full((len(layers), len(steps)), np.nan)
@@ -119,8 +120,13 @@ def heatmap_figure(series: list, quantity: str):
                 if t in c[layer]:
                     m = _mean_std(c[layer][t])[0]
                     z[i, j] = math.log10(m) if log and m > 0 else (np.nan if log else m)
-        im = ax.imshow(z, aspect="auto", interpolation="nearest", cmap="magma",
-                       extent=(steps[0], steps[-1], len(layers) - 0.5, -0.5))
+        grids.append((s, layers, steps, z))
+    # one colour scale for every panel, so runs compare by colour
+    finite_z = np.concatenate([z[np.isfinite(z)] for *_, z in grids])
+    vmin, vmax = (float(finite_z.min()), float(finite_z.max())) if finite_z.size else (None, None)
+    for ax, (s, layers, steps, z) in zip(axes, grids, strict=False):
+        im = ax.imshow(z, aspect="auto", interpolation="nearest", cmap="magma", vmin=vmin, vmax=vmax,
+                       extent=(steps[0] - 0.5, steps[-1] + 0.5, len(layers) - 0.5, -0.5))
         ax.set_yticks(range(len(layers)), layers, fontsize="small")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("layer")
