@@ -63,7 +63,7 @@ def shift(center: State, d1: State, d2: State, a: float, b: float) -> State:
 
 
 def loss_at(model: nn.Module, state: State, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    from nnopt_cli.runner import evaluate
+    from nnopt_cli.trainer import evaluate
 
     model.load_state_dict(state)
     return evaluate(model, x, y, batch_size)

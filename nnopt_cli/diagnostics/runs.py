@@ -24,8 +24,9 @@ def compose_config(overrides: list[str]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from nnopt_cli.config import conf_dir, validate
+    from nnopt_cli.config import conf_dir
     from nnopt_cli.train_app import check_keys, check_overrides
+    from nnopt_cli.validate import validate
 
     check_overrides(overrides)
     check_keys(overrides)
@@ -36,16 +37,16 @@ def compose_config(overrides: list[str]) -> dict[str, Any]:
 
 
 def load_data(dataset: dict[str, Any]):
-    from nnopt_cli.runner import load_splits
+    from nnopt_cli.data import load_splits
 
     try:
-        return load_splits({"dataset": dataset})
+        return load_splits(dataset)
     except TypeError as e:  # a setting load_dataset does not take
         raise ConfigError("dataset", dataset, str(e).splitlines()[0]) from None
 
 
 def make_model(cfg: dict[str, Any], input_shape, num_classes: int):
-    from nnopt_cli.runner import make_model as build
+    from nnopt_cli.models import make_model as build
 
     return build(cfg, input_shape, num_classes)
 
