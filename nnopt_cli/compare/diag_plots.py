@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from nnopt_cli import layout
 from nnopt_cli.compare.discover import Run, finite, read_jsonl
 from nnopt_cli.compare.table import CompareError
 
 KINDS = ("diag", "diag-heatmap")
 QUANTITIES = ("grad_norm", "weight_norm", "update_ratio", "out_mean", "out_std", "act_mean", "act_std",
               "dead", "saturated")
-FILE = "diagnostics.jsonl"
+FILE = layout.DIAGNOSTICS
 LOG_SCALE = ("grad_norm", "weight_norm", "update_ratio")
 
 

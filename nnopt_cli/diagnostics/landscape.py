@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnopt_cli import layout
 from nnopt_cli.errors import NnoptError, want_traceback
 
 State = dict[str, torch.Tensor]
@@ -101,14 +102,17 @@ def landscape(args: argparse.Namespace) -> dict:
     need_num("--range", hi, gt=lo)
     run = Path(args.run)
     model, data = build(run)
-    final = load_weights(run / "model.pt")
+    final = load_weights(run / layout.MODEL)
     if args.to is not None:
-        start, end = final, load_weights(Path(args.to) / "model.pt")
+        start, end = final, load_weights(Path(args.to) / layout.MODEL)
         check_same_shapes(start, end, f"--to {args.to}")
-        line_from, line_to = str(run / "model.pt"), str(Path(args.to) / "model.pt")
+        line_from, line_to = str(run / layout.MODEL), str(Path(args.to) / layout.MODEL)
     else:
-        start, end = load_weights(run / "model.init.pt"), final
-        line_from, line_to = str(run / "model.init.pt"), str(run / "model.pt")
+        if not (run / layout.INIT_MODEL).is_file():
+            raise NnoptError(f"{run} has no {layout.INIT_MODEL} (runs of older nnopt versions did not save their "
+                             "initial weights); compare two solutions with --to <other run> instead")
+        start, end = load_weights(run / layout.INIT_MODEL), final
+        line_from, line_to = str(run / layout.INIT_MODEL), str(run / layout.MODEL)
         check_same_shapes(start, end, str(run))
     try:
         model.load_state_dict(final)
@@ -128,7 +132,7 @@ def landscape(args: argparse.Namespace) -> dict:
         d1, d2 = direction(model, final, g), direction(model, final, g)
         coords = [-args.span + 2 * args.span * i / max(args.grid - 1, 1) for i in range(args.grid)]
         grid = [[loss_at(model, shift(final, d1, d2, a, b), x, y, bs)[0] for a in coords] for b in coords]
-        doc["surface"] = {"center": str(run / "model.pt"), "coords": coords, "loss": grid,
+        doc["surface"] = {"center": str(run / layout.MODEL), "coords": coords, "loss": grid,
                           "normalization": "filter (Li et al. 2018)"}
     write(out, doc)
     print(f"nnopt landscape: line {line_from} -> {line_to}: loss {line[0]['loss']:.4g} at alpha={alphas[0]:g}, "

@@ -26,15 +26,15 @@ from typing import Any
 
 import torch
 
+from nnopt_cli import layout
 from nnopt_cli.config import need_int, need_num
 from nnopt_cli.diagnostics import stats
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.observers import EpochInfo, Observer, RunInfo, StepInfo
-from nnopt_cli.run_dir import _clean, atomic_write_bytes
+from nnopt_cli.run_dir import RunDir, _clean
 
 log = logging.getLogger("nnopt")
 
-FILE = "diagnostics.jsonl"
 SHARPNESS_DEFAULTS = {"epochs": [], "every_epochs": 0, "at_end": True, "samples": 1024, "iters": 20,
                       "tol": 1e-3, "trace_samples": 10}
 # summary.json keys (compare shows them as columns)
@@ -99,7 +99,7 @@ class LayerDiagnostics(Observer):
         if self.sharpness:
             pick = order[:min(self.sharpness["samples"], n)]
             self.sharp_x, self.sharp_y = run.train_x[pick], run.train_y[pick]
-        self.path = Path(run.run_dir) / FILE
+        self.path = Path(run.run_dir) / layout.DIAGNOSTICS
         self._keep_rows_until(self.step)
         self.file = open(self.path, "a")  # noqa: SIM115 - open for the run, closed in close()
 
@@ -129,7 +129,7 @@ class LayerDiagnostics(Observer):
         self._sync()
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
-        if not self.active or summary.get("status") != "completed":
+        if not self.active or summary.get("status") != layout.COMPLETED:
             return
         end = {k: v.item() for k, v in stats.totals(self._probe()).items()}
         if self.sharpness.get("at_end"):
@@ -198,14 +198,4 @@ class LayerDiagnostics(Observer):
 
     def _keep_rows_until(self, step: int) -> None:
         """A resumed run redoes the steps after its checkpoint: drop their rows (and a torn last line)."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text(errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
-                kept.append(line + "\n")
-        atomic_write_bytes(self.path, "".join(kept).encode())
+        RunDir(self.path.parent).write_rows_kept(self.path, lambda r: isinstance(r.get("step"), int) and r["step"] <= step)

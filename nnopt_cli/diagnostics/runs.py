@@ -11,10 +11,11 @@ from typing import Any
 
 import yaml
 
+from nnopt_cli import layout
 from nnopt_cli.errors import ConfigError, NnoptError
 
 # files whose presence makes a folder a run folder (written by nnopt train)
-RUN_MARKERS = ("summary.json", "metrics.jsonl", "checkpoint.pt", ".hydra")
+RUN_MARKERS = (layout.SUMMARY, layout.METRICS, layout.CHECKPOINT, layout.HYDRA_DIR)
 # dataset keys a run folder's config may not set for us: they name places to read or write
 UNTRUSTED_DATASET_KEYS = ("root", "source_dir", "download")
 
@@ -81,7 +82,7 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     from nnopt_cli.data import DATASETS
     from nnopt_cli.models import MODELS
 
-    path = Path(run_dir) / ".hydra" / "config.yaml"
+    path = Path(run_dir) / layout.CONFIG
     if not path.is_file():
         raise NnoptError(f"{run_dir} is not a run folder of nnopt train (no .hydra/config.yaml)")
     try:
