@@ -10,10 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnopt_cli.checkpoint import config_fingerprint
+from nnopt_cli.config import conf_dir
 from nnopt_cli.diagnostics import sharpness, stats
 from nnopt_cli.diagnostics.layers import LayerDiagnostics
 from nnopt_cli.errors import ConfigError
-from nnopt_cli.observers import EpochInfo, RunInfo, StepInfo
+from nnopt_cli.observers import EpochInfo, RunInfo, StepInfo, build_observers
+from nnopt_cli.validate import validate
+from tests.conftest import compose_cfg
 
 
 def linear(w, b) -> nn.Linear:
@@ -210,3 +214,17 @@ def test_sharpness_leaves_grads_mode_and_global_rng_alone():
     sharpness.measure(model, x, y, iters=5, trace_samples=3)
     assert torch.equal(rng, torch.get_rng_state()) and model.training
     assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (conf_dir() / "diagnostics").glob("*.yaml")))
+def test_each_preset_composes_validates_and_builds(preset):
+    cfg = compose_cfg(f"diagnostics={preset}")
+    validate(cfg)
+    (obs,) = build_observers(cfg)
+    assert isinstance(obs, LayerDiagnostics) and bool(obs.sharpness) == (preset == "full")
+
+
+def test_diagnostics_are_off_by_default_and_keep_old_fingerprints():
+    cfg = compose_cfg()
+    assert cfg.get("diagnostics") is None and not build_observers(cfg)
+    assert config_fingerprint(cfg) == config_fingerprint({k: v for k, v in cfg.items() if k != "diagnostics"})

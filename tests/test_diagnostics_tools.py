@@ -179,3 +179,21 @@ def test_run_config_drops_dataset_paths(tmp_path):
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert "root" not in run_config(tmp_path)["dataset"]
+
+
+@pytest.mark.slow
+def test_cli_train_with_diagnostics_then_landscape_and_lr_find(tmp_path):
+    from tests.conftest import run_cli
+
+    done = run_cli("train", *TINY, "epochs=1", "diagnostics=basic", "hydra.run.dir=run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "diagnostics.jsonl").stat().st_size > 0
+    land = run_cli("landscape", "run", "--grid", "3", "--points", "3", "--samples", "64", "--out", "land",
+                   cwd=tmp_path)
+    assert land.returncode == 0, land.stderr
+    assert (tmp_path / "land" / "landscape.png").exists() and "wrote land/landscape.png" in land.stdout
+    bad = run_cli("lr-find", *TINY, "optimizer=nope", cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "optimizer" in bad.stderr
+    inside = run_cli("lr-find", *TINY, "--steps", "20", "--out", "run/lrf", cwd=tmp_path)
+    assert inside.returncode == 2 and "inside run folder" in inside.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["land", "run"]  # nothing else written
