@@ -167,7 +167,7 @@ def figure(doc: dict):
     ax.plot([r["alpha"] for r in rows], [r["loss"] for r in rows], marker="o", markersize=3)
     for a in (0.0, 1.0):
         ax.axvline(a, color="0.6", linestyle=":", linewidth=1)
-    ax.set_xlabel("alpha: (1 - alpha) from + alpha to")
+    ax.set_xlabel("alpha (0 = from, 1 = to)")
     ax.set_ylabel("training loss (subset)")
     ax.set_title(f"{Path(doc['line']['from']).name} -> {Path(doc['line']['to']).name}", fontsize="small")
     ax.grid(alpha=0.3)

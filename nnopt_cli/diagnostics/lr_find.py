@@ -104,8 +104,9 @@ def figure(test: RangeTest, sugg: dict[str, float]):
         ax.axvline(lr, color=color, linestyle="--", label=f"{rule}: {lr:.2g}")
     ax.set_xscale("log")
     finite = [v for v in test.smoothed if math.isfinite(v)]
-    if finite:
-        ax.set_ylim(min(finite) * 0.9, min(max(finite), 4 * min(finite)) * 1.1)
+    raw = [v for v in test.losses if math.isfinite(v)]
+    if finite:  # the blow-up would squash the curve: show up to 4x the smoothed minimum
+        ax.set_ylim(min(finite + raw) * 0.9, min(max(finite), 4 * min(finite)) * 1.1)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title("LR range test")
