@@ -58,3 +58,20 @@ def test_saturating_activations_show_in_the_summary(tmp_path):
     s = train(compose_cfg("activation=sigmoid", "diagnostics=basic", "epochs=1"), RunContext(tmp_path / "s"))
     assert 0 <= s["diag/saturated_share"] <= 1 and "diag/dead_share" not in s and "diag/sharpness" not in s
     assert torch.load(tmp_path / "s" / "model.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("reads", [5, 16])  # mid epoch 1, mid epoch 2 (10 steps per epoch)
+def test_interrupt_mid_epoch_then_resume_keeps_the_same_diagnostics(reads, tmp_path, monkeypatch):
+    import nnopt_cli.runner as runner
+    from tests.test_interrupt import StopAfter
+
+    cfg = compose_cfg("epochs=2", "batch_size.size=32", "model.dropout=0.3", "diagnostics=basic",
+                      "diagnostics.every=3")
+    train(cfg, RunContext(tmp_path / "alone"))
+    with monkeypatch.context() as m:
+        m.setattr(runner, "Interrupt", lambda: StopAfter(reads))
+        assert train(cfg, RunContext(tmp_path / "cut"))["status"] == "interrupted"
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["trainer"]["partial_epoch"] is not None
+    train(cfg, RunContext(tmp_path / "cut", resume=True))
+    assert_same_run(tmp_path / "alone", tmp_path / "cut")
+    assert rows(tmp_path / "alone") == rows(tmp_path / "cut")
