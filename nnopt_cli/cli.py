@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib import import_module
 
 from nnopt_cli import __version__
 
@@ -24,13 +25,25 @@ commands:
             nnopt compare --help      sorting, filtering, formats and plot kinds
   export    write run folders into another tool's format
             nnopt export tensorboard outputs/multirun/...    then: tensorboard --logdir ...
+  lr-find   LR range test: ramp the LR, plot the loss, suggest optimizer.lr (Hydra overrides)
+            nnopt lr-find optimizer=sgd model=cnn
+  landscape loss along the line init -> final weights (or to another run) and a 2-D slice
+            nnopt landscape outputs/2026-11-23/10-00-00 --to outputs/2026-11-23/11-00-00
 
 options:
   -h, --help     show this message
   --version      print nnopt's version
 """
 
-COMMANDS = ("train", "tune", "compare", "export")
+# command -> the module whose run(args) carries it out, imported only when used (fast start-up)
+COMMANDS = {
+    "train": "nnopt_cli.train_app",
+    "tune": "nnopt_cli.tune",
+    "compare": "nnopt_cli.compare",
+    "export": "nnopt_cli.export",
+    "lr-find": "nnopt_cli.diagnostics.lr_find",
+    "landscape": "nnopt_cli.diagnostics.landscape",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,25 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"nnopt {__version__}")
         return
     command, rest = args[0], args[1:]
-    if command == "train":
-        from nnopt_cli.train_app import run
-
-        run(rest)
-        return
-    if command == "tune":
-        from nnopt_cli.tune import run as tune
-
-        tune(rest)
-        return
-    if command == "export":
-        from nnopt_cli.export import run as export
-
-        export(rest)
-        return
-    if command == "compare":
-        from nnopt_cli.compare import run as compare
-
-        compare(rest)
+    if command in COMMANDS:
+        import_module(COMMANDS[command]).run(rest)
         return
     print(f"nnopt: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see nnopt --help)",
           file=sys.stderr)

@@ -63,7 +63,8 @@ def _list(values: list[str] | None) -> list[str]:
 
 
 # plot kinds and tradeoff x axes (plots.py imports matplotlib, which costs a second: only when plotting)
-PLOT_KINDS = ("curves", "schedule", "tradeoff", "lr", "target", "profile")
+PLOT_KINDS = ("curves", "schedule", "tradeoff", "lr", "target", "profile", "diag",
+              "diag-heatmap")  # diag*: diag_plots.py
 TRADEOFF_X = ("size", "size_zip", "size_sparse", "latency", "params", "nonzeros", "bits", "flops")
 
 
@@ -108,7 +109,8 @@ def parser() -> argparse.ArgumentParser:
                    help="curves: a metric per epoch; schedule: lr and batch size per epoch; "
                         "tradeoff: accuracy vs size/latency after post-training stages; lr: final metric vs "
                         "optimizer.lr per optimizer; target: time to --target per group with CI whiskers; "
-                        "profile: AlgoPerf performance profile over workloads (dataset x model) with scores "
+                        "profile: AlgoPerf performance profile over workloads (dataset x model) with scores; "
+                        "diag, diag-heatmap: a per-layer diagnostic (--plot-metric, default grad_norm) per step "
                         "(default: curves)")
     p.add_argument("--plot-metric", metavar="NAME",
                    help="per-epoch metric for --plot-kind curves (default: the first --metric logged per "
@@ -204,6 +206,10 @@ def check_plot(args, runs: list[Run], shown: list[Run], metrics: list[str]) -> s
         metric = args.plot_metric or (metrics[0] if metrics else "test/acc")
         check_names("--plot-metric", [metric], metric_names(shown))
         return metric
+    if args.plot_kind.startswith("diag"):
+        from nnopt_cli.compare import diag_plots
+
+        return diag_plots.check(shown, args.plot_metric)
     if args.plot_kind != "curves":
         return None
     epoch_metrics = sorted({k for r in shown for row in r.epochs for k in row if k not in ("epoch", "stage")})
@@ -240,6 +246,10 @@ def make_plot(args, shown: list[Run], table, group_by: list[str], metric: str | 
                       for row in table.rows]
         if args.plot_kind == "schedule":
             fig = plots.schedule_figure(series)
+        elif args.plot_kind.startswith("diag"):
+            from nnopt_cli.compare import diag_plots
+
+            fig = diag_plots.figure(args.plot_kind, series, metric)
         else:
             fig = plots.curves_figure(series, metric)
     plots.save(fig, args.plot)
