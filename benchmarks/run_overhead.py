@@ -1,0 +1,86 @@
+"""What a run and a sweep job cost besides training (`make bench`), each the median of repeats:
+
+  import torch      `python -c "import torch"`: the floor every command pays
+  one run           `nnopt train epochs=1` wall time minus its training time (summary train_time_s)
+  in-process sweep  `nnopt train -m epochs=1 seed=0..J-1` (basic launcher, one process): (wall minus the
+                    sum of the jobs' training times) / J, on MNIST and on MNIST-1D
+  joblib            the same sweep under hydra/launcher=joblib (2 workers): parallel / sequential wall
+
+Every command runs in a fresh process in a temporary folder, with the machine's normal environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], cwd: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(args)}\n{out.stderr[-2000:]}")
+    return wall
+
+
+def train_times(folder: Path) -> list[float]:
+    return [json.loads(p.read_text())["train_time_s"] for p in folder.rglob("summary.json")]
+
+
+def one_run(dataset: str) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        wall = run(["-m", "nnopt_cli", "train", f"dataset={dataset}", "epochs=1", "hydra.run.dir=run"], Path(tmp))
+        return wall, sum(train_times(Path(tmp) / "run"))
+
+
+def sweep(dataset: str, jobs: int, launcher: str | None = None) -> tuple[float, float]:
+    extra = [f"hydra/launcher={launcher}", "hydra.launcher.n_jobs=2"] if launcher else []
+    seeds = ",".join(map(str, range(jobs)))
+    with tempfile.TemporaryDirectory() as tmp:
+        wall = run(["-m", "nnopt_cli", "train", "-m", f"dataset={dataset}", "epochs=1", f"seed={seeds}",
+                    "hydra.sweep.dir=sweep", *extra], Path(tmp))
+        return wall, sum(train_times(Path(tmp) / "sweep"))
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--datasets", default="mnist,mnist1d")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        torch_import = median([run(["-c", "import torch"], Path(tmp)) for _ in range(args.repeats)])
+    print(f"import torch: {torch_import:.2f} s")
+    for dataset in args.datasets.split(","):
+        runs = [one_run(dataset) for _ in range(args.repeats)]
+        fixed = median([wall - trained for wall, trained in runs])
+        print(f"{dataset}: one run epochs=1: fixed cost {fixed:.2f} s = import torch + {fixed - torch_import:.2f} s "
+              f"(wall {median([w for w, _ in runs]):.2f} s)")
+        seq = [sweep(dataset, args.jobs) for _ in range(args.repeats)]
+        per_job = median([(wall - trained) / args.jobs for wall, trained in seq])
+        print(f"{dataset}: in-process sweep of {args.jobs} x epochs=1: {per_job:.3f} s per job besides training "
+              f"(wall {median([w for w, _ in seq]):.2f} s)")
+        par = [sweep(dataset, args.jobs, "joblib")[0] for _ in range(args.repeats)]
+        print(f"{dataset}: joblib (2 workers) / sequential wall: {median(par) / median([w for w, _ in seq]):.2f}")
+
+
+if __name__ == "__main__":
+    main()
