@@ -33,3 +33,18 @@ def fail(message: str, code: int = 2) -> None:
     """Print one line to stderr and exit."""
     print(f"nnopt: error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def report_errors(command: str, fn, *args):
+    """Run `fn(*args)` for `nnopt <command>`: an NnoptError becomes one line and its exit code
+    (a traceback only when asked for), a closed pipe (`| head`) a quiet exit."""
+    try:
+        return fn(*args)
+    except NnoptError as e:
+        if want_traceback():
+            raise
+        print(f"nnopt {command}: error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except BrokenPipeError:
+        sys.stderr.close()
+        raise SystemExit(0) from None

@@ -30,7 +30,7 @@ from nnopt_cli.compare.table import (
     parse_sort,
     parse_where,
 )
-from nnopt_cli.errors import want_traceback
+from nnopt_cli.errors import report_errors
 
 EXAMPLES = """examples:
   nnopt compare outputs/                                  every run below outputs/
@@ -259,13 +259,4 @@ def make_plot(args, shown: list[Run], table, group_by: list[str], metric: str | 
 def run(argv: list[str]) -> None:
     """Entry point for `nnopt compare ...`: errors are one line and a non-zero exit."""
     args = parser().parse_args(argv)
-    try:
-        compare(args)
-    except CompareError as e:
-        if want_traceback():
-            raise
-        print(f"nnopt compare: error: {e}", file=sys.stderr)
-        raise SystemExit(e.exit_code) from None
-    except BrokenPipeError:  # `nnopt compare ... | head`
-        sys.stderr.close()
-        raise SystemExit(0) from None
+    report_errors("compare", compare, args)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from nnopt_cli import layout
 from nnopt_cli.checkpoint import safe_load
 from nnopt_cli.config import need_int, need_num
 from nnopt_cli.diagnostics import runs
-from nnopt_cli.errors import NnoptError, want_traceback
+from nnopt_cli.errors import NnoptError, report_errors
 from nnopt_cli.trainer import evaluate
 
 State = dict[str, torch.Tensor]
@@ -204,10 +203,4 @@ def parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
-    try:
-        landscape(args)
-    except NnoptError as e:
-        if want_traceback():
-            raise
-        print(f"nnopt landscape: error: {e}", file=sys.stderr)
-        raise SystemExit(e.exit_code) from None
+    report_errors("landscape", landscape, args)

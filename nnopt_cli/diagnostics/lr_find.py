@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from torch import nn
 from nnopt_cli.config import need_int, need_num
 from nnopt_cli.device import configure_threads, resolve_device, seed_everything
 from nnopt_cli.diagnostics import runs
-from nnopt_cli.errors import NnoptError, want_traceback
+from nnopt_cli.errors import NnoptError, report_errors
 from nnopt_cli.optim import build_optimizer
 
 RULE = "min/10"
@@ -185,10 +184,4 @@ def lr_find(args: argparse.Namespace) -> dict:
 
 def run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
-    try:
-        lr_find(args)
-    except NnoptError as e:
-        if want_traceback():
-            raise
-        print(f"nnopt lr-find: error: {e}", file=sys.stderr)
-        raise SystemExit(e.exit_code) from None
+    report_errors("lr-find", lr_find, args)
