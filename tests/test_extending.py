@@ -77,8 +77,10 @@ class PruneAfterFirstEpoch(Observer):
         raise StopRun("pruned", f"trial pruned at epoch {epoch.epoch}")
 
 
-USER = ["model=custom", f"model._target_={__name__}.TinyNet", "+model.width=16",
-        f"+observers.count._target_={__name__}.CountingObserver", "epochs=3"]
+# importable by this dotted name in the test process and in a subprocess (PYTHONPATH = the repo)
+HERE = "tests.test_extending"
+USER = ["model=custom", f"model._target_={HERE}.TinyNet", "+model.width=16",
+        f"+observers.count._target_={HERE}.CountingObserver", "epochs=3"]
 
 
 def test_user_model_and_observer_run_end_to_end(tmp_path):
@@ -125,7 +127,7 @@ def test_user_model_and_observer_resume_bit_exact(tmp_path, monkeypatch):
 
 
 def test_an_observer_can_end_a_run_as_pruned(tmp_path):
-    cfg = compose_cfg(f"+observers.pruner._target_={__name__}.PruneAfterFirstEpoch", "epochs=3")
+    cfg = compose_cfg(f"+observers.pruner._target_={HERE}.PruneAfterFirstEpoch", "epochs=3")
     summary = train(cfg, RunContext(tmp_path))
     assert summary["status"] == "pruned" and summary["epochs"] == 1 and summary["test/acc"] is None
     assert len(read_metrics(tmp_path / "metrics.jsonl")) == 1
@@ -141,10 +143,10 @@ def test_no_observer_means_no_hook_calls(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("overrides", "key", "text"), [
     (["model=custom", "model._target_=tests.test_extending.Nope"], "model._target_", "an importable class"),
-    (["model=custom", f"model._target_={__name__}.TinyNet", "+model.depth=3"], "model", "depth"),
+    (["model=custom", f"model._target_={HERE}.TinyNet", "+model.depth=3"], "model", "depth"),
     (["model.name=resnet"], "model.name", "one of mlp, cnn"),
     (["+optimizer.betaz=[0.9,0.99]"], "optimizer", "betaz"),
-    ([f"+observers.bad._target_={__name__}.TinyNet"], "observers.bad._target_", "Observer"),
+    ([f"+observers.bad._target_={HERE}.TinyNet"], "observers.bad._target_", "Observer"),
     (["+observers.bad._target_=tests.test_extending.CountingObserver", "+observers.bad.nope=1"],
      "observers.bad", "nope"),
 ])
@@ -164,3 +166,15 @@ def test_a_key_the_code_reads_but_the_yaml_lacks_is_one_line():
     del cfg["epochs"]
     with pytest.raises(ConfigError, match=r"<config>.epochs"):
         validate(cfg)
+
+
+@pytest.mark.slow
+def test_user_classes_from_the_command_line(cli, tmp_path):
+    out = cli("train", *USER, "dataset=synthetic", "dataset.n_train=256", "dataset.n_test=64",
+              "dataset.val_size=32", "device=cpu", "threads=1", "hydra.run.dir=run")
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["observed"]["epochs"] == 3
+    assert (tmp_path / "run" / "counts.json").exists()
+    bad = cli("train", "model=custom", "model._target_=no_such_pkg.Net", "hydra.run.dir=bad")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "model._target_" in bad.stderr
