@@ -17,32 +17,38 @@ from nnopt_cli.errors import ConfigError
 POLICIES = ("fixed", "ramp", "double", "random")
 
 
-def check_batch_size(b: dict, scheduler: dict) -> None:
+MAX_BATCH = 2**31 - 1  # index tensors and sizes stay within int32
+
+
+def check_batch_size(b: dict, scheduler: dict, batch_norm: bool = False) -> None:
+    """batch_norm: BatchNorm cannot train on one sample, so every size is >= 2 (a one-sample last
+    batch is folded into the one before: BatchSizePolicy.min_batch)."""
+    least = 2 if batch_norm else 1
     need_choice("batch_size.policy", b.get("policy"), POLICIES)
     need_choice("batch_size.lr_scaling", b.get("lr_scaling"), ("none", "linear", "sqrt"))
     if b["policy"] in ("fixed", "double"):
-        need_int("batch_size.size", b.get("size"), 1)
+        need_int("batch_size.size", b.get("size"), least, MAX_BATCH)
     if b["policy"] == "ramp":
-        need_int("batch_size.start", b.get("start"), 1)
-        need_int("batch_size.end", b.get("end"), 1)
+        need_int("batch_size.start", b.get("start"), least, MAX_BATCH)
+        need_int("batch_size.end", b.get("end"), least, MAX_BATCH)
     if b["policy"] == "double":
         need_int("batch_size.every", b.get("every"), 1)
         need_num("batch_size.factor", b.get("factor"), gt=1)
-        need_int("batch_size.max_size", b.get("max_size"), b["size"])
+        need_int("batch_size.max_size", b.get("max_size"), b["size"], MAX_BATCH)
         if b.get("instead_of_lr_decay") and scheduler.get("name") not in ("step", "multistep"):
             raise ConfigError("batch_size.instead_of_lr_decay", True, "needs scheduler=step or scheduler=multistep "
                               f"to take the decay epochs from (got scheduler={scheduler.get('name')})")
     if b["policy"] == "random":
-        need_int("batch_size.min_size", b.get("min_size"), 1)
-        need_int("batch_size.max_size", b.get("max_size"), b["min_size"])
-    need_int("batch_size.base_size", b.get("base_size"), 1)
+        need_int("batch_size.min_size", b.get("min_size"), least, MAX_BATCH)
+        need_int("batch_size.max_size", b.get("max_size"), b["min_size"], MAX_BATCH)
+    need_int("batch_size.base_size", b.get("base_size"), 1, MAX_BATCH)
 
 
 class BatchSizePolicy:
     def __init__(self, policy: str, size: int, *, epochs: int, seed: int = 0, start: int | None = None,
                  end: int | None = None, every: int = 1, factor: float = 2.0, max_size: int | None = None,
                  min_size: int | None = None, growth_epochs: list[int] | None = None,
-                 lr_scaling: str = "none", base_size: int | None = None):
+                 lr_scaling: str = "none", base_size: int | None = None, min_batch: int = 1):
         self.policy, self.size, self.epochs, self.seed = policy, size, epochs, seed
         self.start, self.end = start, end
         self.every, self.factor, self.max_size, self.min_size = every, factor, max_size, min_size
@@ -50,9 +56,13 @@ class BatchSizePolicy:
         self.growth_epochs = sorted(growth_epochs) if growth_epochs else None
         self.lr_scaling = lr_scaling
         self.base_size = base_size or size
+        # the smallest batch a step may get: a shorter last batch joins the one before it
+        # (BatchNorm needs 2 samples to train; 1 keeps every batch as it always was)
+        self.min_batch = min_batch
 
     @classmethod
-    def from_config(cls, b: dict, scheduler: dict, epochs: int, seed: int) -> BatchSizePolicy:
+    def from_config(cls, b: dict, scheduler: dict, epochs: int, seed: int, min_batch: int = 1) -> BatchSizePolicy:
+        """min_batch: 2 for a model with batch norm (see __init__)."""
         growth = None
         if b["policy"] == "double" and b.get("instead_of_lr_decay"):
             # Smith et al. 2018: grow the batch at the epochs where the step schedule would decay the LR
@@ -62,7 +72,7 @@ class BatchSizePolicy:
             b["policy"], b.get("size"), epochs=epochs, seed=seed, start=b.get("start"), end=b.get("end"),
             every=b.get("every", 1), factor=(1 / scheduler["gamma"]) if growth is not None else b.get("factor", 2.0),
             max_size=b.get("max_size"), min_size=b.get("min_size"), growth_epochs=growth,
-            lr_scaling=b["lr_scaling"], base_size=b["base_size"],
+            lr_scaling=b["lr_scaling"], base_size=b["base_size"], min_batch=min_batch,
         )
 
     def epoch_size(self, epoch: int) -> int:
@@ -78,6 +88,8 @@ class BatchSizePolicy:
                 grows = sum(1 for m in self.growth_epochs if m <= epoch)
             else:
                 grows = epoch // self.every
+            if self.max_size and grows * math.log(self.factor) >= math.log(self.max_size / self.size):
+                return self.max_size  # also keeps factor**grows from overflowing a float
             size = int(round(self.size * self.factor**grows))
             return min(size, self.max_size) if self.max_size else size
         raise ValueError(f"policy {self.policy!r} has no single size per epoch")
@@ -91,13 +103,30 @@ class BatchSizePolicy:
                 b = int(rng.integers(self.min_size, self.max_size + 1))
                 sizes.append(min(b, left))
                 left -= b
-            return sizes
-        b = self.epoch_size(epoch)
-        full, rest = divmod(n, b)
-        return [b] * full + ([rest] if rest else [])
+        else:
+            b = self.epoch_size(epoch)
+            full, rest = divmod(n, b)
+            sizes = [b] * full + ([rest] if rest else [])
+        if len(sizes) > 1 and sizes[-1] < getattr(self, "min_batch", 1):
+            last = sizes.pop()
+            sizes[-1] += last
+        return sizes
 
     def total_steps(self, n: int) -> int:
-        return sum(len(self.epoch_sizes(e, n)) for e in range(self.epochs))
+        """Optimizer steps of the whole run (per-step LR schedules need it up front); epochs with
+        the same batch size are counted once, so epochs=10**6 with a fixed size costs nothing."""
+        if self.policy == "random":
+            return sum(len(self.epoch_sizes(e, n)) for e in range(self.epochs))
+        if self.policy == "fixed":
+            return len(self.epoch_sizes(0, n)) * self.epochs
+        steps: dict[int, int] = {}  # batch size -> steps of an epoch at that size
+        total = 0
+        for e in range(self.epochs):
+            b = self.epoch_size(e)
+            if b not in steps:
+                steps[b] = len(self.epoch_sizes(e, n))
+            total += steps[b]
+        return total
 
     def lr_factor(self, batch_size: int) -> float:
         """How much to scale the LR for this batch size: none, linear (Goyal et al.) or sqrt."""

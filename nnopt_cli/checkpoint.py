@@ -36,11 +36,35 @@ class CheckpointError(NnoptError):
 # ---------------------------------------------------------------------------- safe loading
 
 
+def verify_checksum(path: Path, what: str = "file") -> None:
+    """Compare `path` with the sha256 nnopt wrote beside it (`<file>.sha256`, run_dir.save_state_dict):
+    flipped bytes anywhere, tensor data included, are a one-line CheckpointError. A file written
+    before nnopt wrote checksums has none and is not checked."""
+    from nnopt_cli.run_dir import checksum_path, file_sha256
+    from nnopt_cli.untrusted import UntrustedFileError, read_text
+
+    sidecar = checksum_path(Path(path))
+    try:
+        listed = read_text(sidecar, 4096).split()
+    except FileNotFoundError:
+        return
+    except (OSError, UntrustedFileError) as e:
+        raise CheckpointError(f"cannot read the checksum of {what} {path} ({e})") from None
+    try:
+        actual = file_sha256(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {what} {path} ({e.strerror})") from None
+    if actual not in listed:
+        raise CheckpointError(f"{what} {path} is corrupt: its sha256 differs from the one written with it "
+                              f"({sidecar.name}); its bytes changed on disk")
+
+
 def safe_load(path: Path, what: str = "checkpoint") -> Any:
-    """torch.load(weights_only=True) with one-line errors naming the file."""
+    """torch.load(weights_only=True), after the checksum check, with one-line errors naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
+    verify_checksum(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -6,6 +6,7 @@ The range a YAML comment states ("# > 0") and the need_* call that checks it say
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from nnopt_cli.errors import ConfigError
@@ -27,13 +28,20 @@ def need_int(key: str, v: Any, lo: int | None = None, hi: int | None = None) -> 
 
 
 def need_num(key: str, v: Any, *, gt: float | None = None, ge: float | None = None,
-             lt: float | None = None, le: float | None = None) -> None:
+             lt: float | None = None, le: float | None = None, finite: bool = True) -> None:
+    """A number in the given bounds; NaN never, inf only with finite=False (an inf-norm)."""
     ok = is_num(v) and v == v  # v == v rejects NaN
+    try:
+        ok = ok and (not finite or math.isfinite(v))
+    except OverflowError:  # an int beyond float range
+        ok = False
     ok = ok and (gt is None or v > gt) and (ge is None or v >= ge) and (lt is None or v < lt) and (le is None or v <= le)
     if not ok:
         bounds = [f"> {gt}" if gt is not None else "", f">= {ge}" if ge is not None else "",
                   f"< {lt}" if lt is not None else "", f"<= {le}" if le is not None else ""]
-        raise ConfigError(key, v, "a number " + " and ".join(b for b in bounds if b))
+        infinite = is_num(v) and isinstance(v, float) and v in (math.inf, -math.inf)
+        what = "a finite number " if finite and infinite else "a number "
+        raise ConfigError(key, v, what + " and ".join(b for b in bounds if b))
 
 
 def need_choice(key: str, v: Any, choices: tuple | list) -> None:

@@ -23,7 +23,7 @@ def check_grad_clip(node: dict) -> None:
     if node["mode"] == "norm":
         need_keys("grad_clip", node, ("max_norm", "norm_type"))
         need_num("grad_clip.max_norm", node["max_norm"], gt=0)
-        need_num("grad_clip.norm_type", node["norm_type"], gt=0)
+        need_num("grad_clip.norm_type", node["norm_type"], gt=0, finite=False)  # inf: the max-norm
     if node["mode"] == "value":
         need_keys("grad_clip", node, ("clip_value",))
         need_num("grad_clip.clip_value", node["clip_value"], gt=0)

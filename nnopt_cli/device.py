@@ -37,8 +37,31 @@ def resolve_device(spec: str) -> torch.device:
     raise ConfigError("device", spec, f"one of {allowed}")
 
 
+# CPU threads per core beyond which nnopt refuses `threads` (100000 threads crash torch)
+THREADS_PER_CORE = 4
+_pinned_threads: int | None = None
+
+
+def max_threads() -> int:
+    return max(THREADS_PER_CORE, THREADS_PER_CORE * available_cores())
+
+
+def pin_threads(threads: int | None) -> None:
+    """Make `threads=null` mean this count (a resumed run keeps the count it was recorded with,
+    so its float sums stay bit-exact on a machine with another number of cores). None unpins."""
+    global _pinned_threads
+    _pinned_threads = None if threads is None else max(1, min(int(threads), max_threads()))
+    if threads is not None and _pinned_threads != threads:
+        import logging
+
+        logging.getLogger("nnopt").warning("the run used %d threads; this machine allows at most %d, so a "
+                                           "resumed run may not match bit for bit", threads, _pinned_threads)
+
+
 def configure_threads(threads: int | None, parallel_jobs: int = 1) -> int:
     """Set torch's intra-op threads; with N parallel jobs on this machine, jobs x threads <= cores."""
+    if threads is None and _pinned_threads is not None:
+        threads = _pinned_threads
     if threads is None:
         threads = max(1, available_cores() // max(1, parallel_jobs)) if parallel_jobs > 1 else torch.get_num_threads()
     torch.set_num_threads(threads)

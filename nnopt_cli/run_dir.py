@@ -8,6 +8,7 @@ checkpoint.pt  everything needed to resume (see checkpoint.py), replaced atomica
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -24,6 +25,22 @@ log = logging.getLogger("nnopt")
 
 class RunDirError(NnoptError):
     """A file of a run folder is missing or corrupt."""
+
+
+class RunWriteError(RunDirError, OSError):
+    """A file of a run folder could not be written (a full disk, a read-only folder): one line,
+    and still an OSError for code that handles those."""
+
+
+def _write_error(path: Path, e: BaseException) -> RunWriteError:
+    """The OSError behind a failed write (torch.save wraps it in a RuntimeError) as one line."""
+    cause = e
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__context__ or cause.__cause__
+    reason = cause.strerror or str(cause) if isinstance(cause, OSError) else str(e).splitlines()[0][:120]
+    err = RunWriteError(f"cannot write {path}: {reason}")
+    err.errno = getattr(cause, "errno", None)
+    return err
 
 
 def _clean(v: Any) -> Any:
@@ -51,13 +68,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` (tmp file, fsync, rename). On failure (a full disk) the old
+    file stays and the temporary one is removed."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise _write_error(path, e) from None
+    except BaseException:
+        _remove(tmp)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -65,12 +98,46 @@ def write_json(path: Path, obj: dict) -> None:
     atomic_write_bytes(path, (json.dumps(_clean(obj), indent=2) + "\n").encode())
 
 
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
 def save_state_dict(path: Path, state: dict) -> None:
+    """torch.save, replaced atomically, with the file's sha256 in `<file>.sha256` beside it.
+
+    The checksum file is replaced first and lists the new digest and the one of the file it
+    replaces, so a kill between the two renames leaves a pair that still verifies."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # a Python file: a full disk surfaces as the OSError behind torch's error
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        digests = [file_sha256(tmp)]
+        if path.is_file():
+            digests.append(file_sha256(path))
+        atomic_write_bytes(checksum_path(path), ("\n".join(digests) + "\n").encode())
+        os.replace(tmp, path)
+    except RunWriteError:
+        _remove(tmp)
+        raise
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        _remove(tmp)
+        raise _write_error(path, e) from None
+    except BaseException:
+        _remove(tmp)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -103,7 +170,12 @@ def read_metrics(path: Path) -> list[dict]:
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise RunDirError(f"run folder {self.path} is a file, not a folder") from None
+        except OSError as e:
+            raise RunDirError(f"cannot create run folder {self.path}: {e.strerror}") from None
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
         self.model_path = self.path / "model.pt"
@@ -113,12 +185,25 @@ class RunDir:
         self.append_jsonl(self.metrics_path, row)
 
     def append_jsonl(self, path: Path, row: dict) -> None:
-        """Append one whole line and fsync it: a kill leaves at most a torn last line, which readers skip."""
-        line = json.dumps(_clean(row)) + "\n"
-        with open(path, "a") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        """Append one whole line and fsync it: a kill leaves at most a torn last line, which readers
+        skip; a failed write (a full disk) cuts the file back to where it was: no half row stays."""
+        data = (json.dumps(_clean(row)) + "\n").encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as e:
+                try:
+                    os.ftruncate(fd, start)
+                except OSError:
+                    pass
+                raise _write_error(path, e) from None
+        finally:
+            os.close(fd)
 
     def write_rows_kept(self, path: Path, keep) -> None:
         """Drop the rows a killed run wrote after its last checkpoint (resume redoes them)."""
@@ -136,7 +221,129 @@ class RunDir:
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary_path, summary)
 
+    def lock(self, purpose: str = "nnopt train") -> RunLock:
+        """The folder's writer lock (a context manager): `with run.lock(): ...`."""
+        return RunLock(self.path, purpose)
+
     def save_model(self, model: torch.nn.Module, name: str = "model.pt") -> Path:
         path = self.path / name
         save_state_dict(path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         return path
+
+
+# ---------------------------------------------------------------------------- one writer per folder
+
+RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoint.pt", "model.pt")
+
+
+def run_files(folder: Path) -> list[str]:
+    """The files of a run that `folder` already holds (what a fresh run there would replace)."""
+    return [name for name in RUN_FILES if os.path.lexists(folder / name)]
+
+
+LOCK_FILE = ".nnopt.lock"
+_HELD: dict[str, int] = {}  # folders this process has locked -> nesting depth
+
+
+class RunLocked(RunDirError):
+    """Another live process is writing this run folder."""
+
+
+def remove_stale_temporaries(folder: Path) -> list[str]:
+    """Delete `.<file>.tmp<pid>` files a killed writer left (a checkpoint's can be megabytes).
+    Only call it holding the folder's lock: then no other process is writing one."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        name = e.name
+        if name.startswith(".") and ".tmp" in name and name.rpartition(".tmp")[2].isdigit() and e.is_file(
+                follow_symlinks=False):
+            _remove(Path(e.path))
+            removed.append(name)
+    if removed:
+        log.info("removed %d temporary file(s) a killed run left in %s: %s", len(removed), folder, ", ".join(removed))
+    return removed
+
+
+class RunLock:
+    """An exclusive lock on a run folder: `<folder>/.nnopt.lock`, fcntl.flock'ed, holding who took it.
+
+    The kernel drops a flock when its process dies (kill -9 included), so a lock left by a killed
+    run is taken over at once; the file itself stays (removing it would let two processes lock
+    two different files). Where the file system has no flock (some network mounts) the run goes
+    on unlocked, with a warning.
+    """
+
+    def __init__(self, folder: Path, purpose: str = "nnopt train"):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self.purpose = purpose
+        self.fd: int | None = None
+        self.nested = False
+
+    def holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_bytes()[:4096] or b"{}")
+            return (f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')} "
+                    f"({str(info.get('purpose'))[:80]})")
+        except (OSError, ValueError, AttributeError):
+            return "another process"
+
+    def acquire(self) -> RunLock:
+        import fcntl
+        import socket
+        import time
+
+        key = os.path.realpath(self.folder)
+        if key in _HELD:  # this process holds it already (train_app, then runner.train): nested, no-op
+            _HELD[key] += 1
+            self.fd, self.nested = -1, True
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise RunDirError(f"cannot lock run folder {self.folder}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLocked(f"run folder {self.folder} is in use by {self.holder()}; refused to write it "
+                            "twice at once (wait for that run to end, or stop it)") from None
+        except OSError as e:  # ENOLCK / EOPNOTSUPP: no locks on this file system
+            log.warning("cannot lock %s (%s): two writers would not be detected", self.folder, e.strerror)
+        self.fd, self.nested = fd, False
+        _HELD[key] = 1
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "purpose": self.purpose}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError:  # a full disk: the lock holds without the note
+            pass
+        remove_stale_temporaries(self.folder)
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        key = os.path.realpath(self.folder)
+        _HELD[key] = _HELD.get(key, 1) - 1
+        if self.nested or _HELD[key] > 0:
+            self.fd = None
+            return
+        del _HELD[key]
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

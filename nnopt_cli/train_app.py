@@ -8,12 +8,13 @@ Under torchrun (`run`) every process runs this app on one shared run folder; ran
 
 from __future__ import annotations
 
-import functools
-import json
+import copy
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -26,14 +27,20 @@ from omegaconf.errors import OmegaConfBaseException
 from nnopt_cli import distributed, sweep
 from nnopt_cli.checkpoint import NON_EXPERIMENT_KEYS
 from nnopt_cli.config import conf_dir
-from nnopt_cli.device import available_cores
+from nnopt_cli.device import available_cores, pin_threads
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
-from nnopt_cli.run_dir import RunDirError, write_json
+from nnopt_cli.overrides import INFO_FLAGS, check_keys, check_overrides, group_options  # noqa: F401 (re-exported)
+from nnopt_cli.run_dir import RunDirError, RunLock, atomic_write_bytes, run_files, write_json
 from nnopt_cli.runner import RunContext, train
+from nnopt_cli.targets import check_config_targets, trusted_targets
+from nnopt_cli.untrusted import UntrustedFileError, load_config
 
 log = logging.getLogger("nnopt")
 sweep.register_resolvers()  # ${nnopt_uid:} in hydra.run.dir / hydra.sweep.dir
 
+
+# set by `run` when nnopt, not Hydra, writes .hydra/ (to this subfolder name): see write_hydra_files
+HYDRA_SUBDIR_ENV = "NNOPT_HYDRA_SUBDIR"
 
 # What a sweep's objective gets from a job: the run's best val/acc (the Optuna preset maximizes
 # it), and for a job that failed or diverged the worst accuracy there is, so that a bad trial
@@ -52,16 +59,62 @@ def parallel_jobs(hc) -> int:
 
 
 def record_failure(run_dir: Path, exc: BaseException, status: str = "failed") -> None:
-    """Keep what the run wrote so far and mark it failed, with the reason, in summary.json."""
+    """Keep what the run wrote so far and mark it failed, with the reason, in summary.json.
+    Never raises: on a full disk the summary may stay as it was, and the error is still printed."""
     path = run_dir / "summary.json"
-    try:
-        summary = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, json.JSONDecodeError):
-        summary = {}
+    summary = sweep.read_summary(run_dir) or {}
     summary.update(status=status, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if not isinstance(exc, NnoptError):
         summary["traceback"] = "".join(traceback.format_exception(exc))
-    write_json(path, summary)
+    try:
+        write_json(path, summary)
+    except OSError as e:
+        try:  # the short form may still fit where the traceback did not
+            write_json(path, {k: v for k, v in summary.items() if k != "traceback"})
+        except OSError:
+            print(f"nnopt: could not mark {path} {status} ({e})", file=sys.stderr)
+
+
+def _objective(summary: dict) -> float:
+    v = summary.get("best/val/acc")
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else FAILED_OBJECTIVE
+
+
+def keep_recorded_threads(plain: dict, previous: dict) -> None:
+    """A resumed run with threads=null keeps the thread count it ran with (a different count
+    changes float sums, so the resumed run would not be bit-exact): summary.json records it."""
+    recorded = previous.get("threads")
+    if plain.get("threads") is None and isinstance(recorded, int) and not isinstance(recorded, bool):
+        pin_threads(recorded)
+
+
+class SetupSignals:
+    """SIGTERM as KeyboardInterrupt outside the training loop (setup, test, post-training stages),
+    so that the run is marked interrupted instead of dying with status running / post_training.
+    The runner's own handler (interrupt.py) replaces this one during the epochs."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def install(self) -> SetupSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        self.previous.clear()
+
+
+# keys every run's config has had: a config without them was cut short (an empty file on a full disk)
+RECORDED_KEYS = ("epochs", "seed", "dataset", "model", "optimizer")
 
 
 def _lookup(cfg: dict, dotted: str):
@@ -91,15 +144,19 @@ def resume_config(run_dir: Path, current: dict, overrides: list[str]) -> dict:
     path = run_dir / ".hydra" / "config.yaml"
     if not run_dir.is_dir():
         raise ConfigError("resume", str(run_dir), "an existing run folder made by nnopt train")
-    if not path.is_file():
-        raise RunDirError(f"{path} is missing: {run_dir} is not a run folder made by nnopt train")
     try:
-        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        if not isinstance(saved, dict):
-            raise ValueError("not a mapping")
-    except Exception as e:  # yaml.YAMLError, OmegaConf errors, ValueError
-        first = (str(e).splitlines() or [""])[0]
-        raise RunDirError(f"{path} is corrupt ({type(e).__name__}: {first[:120]})") from None
+        saved = load_config(path)
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is missing: {run_dir} is not a run folder made by nnopt train") from None
+    except UntrustedFileError as e:
+        raise RunDirError(str(e)) from None
+    except (ValueError, OSError) as e:
+        raise RunDirError(f"{path} is corrupt ({str(e).removeprefix(str(path) + ': ')[:160]})") from None
+    missing = [k for k in RECORDED_KEYS if k not in saved]
+    if missing:  # e.g. a disk that filled while Hydra wrote it: never train the defaults instead
+        raise RunDirError(f"{path} is corrupt (it lacks {', '.join(missing)}): the run's experiment is unknown")
+    # the run folder may come from anywhere: build nothing it names that this command did not
+    check_config_targets(saved, trusted_targets(current, overrides=overrides), f"{path}")
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("~+").split("@")[0].replace("/", ".")
         if key.split(".")[0] in NON_EXPERIMENT_KEYS:
@@ -126,6 +183,33 @@ def interrupted_exit(summary: dict, multirun: bool, sweep_dir: str) -> float:
     raise SystemExit(summary["exit_code"])
 
 
+def write_hydra_files(run_dir: Path, cfg: DictConfig, subdir: str) -> None:
+    """What Hydra writes to <run>/.hydra/ (config, hydra, overrides), written by nnopt once the
+    folder is locked and known to be this job's: Hydra would rewrite .hydra/ of a folder nnopt
+    then refuses or skips. Atomic, so a full disk never leaves an empty config.yaml."""
+    from omegaconf import open_dict, read_write
+
+    hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+    with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
+        hydra_cfg.hydra.output_subdir = subdir  # as if Hydra had written it
+    out = run_dir / subdir
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+    atomic_write_bytes(out / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg).encode())
+    atomic_write_bytes(out / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task).encode())
+
+
+def refuse_reuse(run_dir: Path, multirun: bool) -> None:
+    """A fresh run never replaces another run's files (a fixed hydra.run.dir / hydra.sweep.dir reused)."""
+    held = run_files(run_dir)
+    if held:
+        status = (sweep.read_summary(run_dir) or {}).get("status", "unknown")
+        how = ("rerun the sweep with skip_completed=true, or use a new hydra.sweep.dir" if multirun else
+               f"continue it with resume={run_dir}, or choose another hydra.run.dir")
+        raise RunDirError(f"{run_dir} already holds a run ({', '.join(held)}; status {status}); nothing in it "
+                          f"was changed: {how}")
+
+
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="train")
 def train_app(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
@@ -133,7 +217,9 @@ def train_app(cfg: DictConfig) -> float:
     multirun = hc.mode == RunMode.MULTIRUN
     if distributed.world_size() > 1 and distributed.is_rank0():
         distributed.broadcast_from_rank0(str(run_dir))  # the other ranks wait for it in run()
-    record = True  # whether an error is written to run_dir/summary.json (never into a folder we may not own)
+    record = False  # whether an error is written to run_dir/summary.json (never into a folder we may not own)
+    lock = None
+    signals = SetupSignals().install()  # SIGTERM outside the training loop: an interrupt, not a silent death
     try:
         try:
             plain = OmegaConf.to_container(cfg, resolve=True)
@@ -141,34 +227,58 @@ def train_app(cfg: DictConfig) -> float:
             raise NnoptError(f"invalid config: {getattr(e, 'full_key', '') or ''}: {str(e).splitlines()[0]}") from None
         resume = False
         if plain["resume"] is not None:
-            record = False
             if multirun:
                 raise ConfigError("resume", plain["resume"], "one run folder; to continue a sweep, rerun it with "
                                                              "the same hydra.sweep.dir and skip_completed=true")
+            if not isinstance(plain["resume"], str) or not plain["resume"]:
+                raise ConfigError("resume", plain["resume"], "the path of a run folder")
             run_dir = Path(plain["resume"])
+            if not run_dir.is_dir():
+                raise ConfigError("resume", str(run_dir), "an existing run folder made by nnopt train")
+        if distributed.is_rank0():  # one writer per folder; under torchrun rank 0 is the writer
+            lock = RunLock(run_dir, "nnopt train " + " ".join(hc.overrides.task)).acquire()
+        hydra_subdir = os.environ.get(HYDRA_SUBDIR_ENV) if distributed.is_rank0() else None
+        if plain["resume"] is not None:
             plain = resume_config(run_dir, plain, list(hc.overrides.task))
             previous = sweep.read_summary(run_dir) or {}
             if previous.get("status") == "completed":
                 print(f"nnopt: {run_dir} has already completed; nothing to resume", file=sys.stderr)
-                return previous.get("best/val/acc", FAILED_OBJECTIVE)
+                return _objective(previous)
+            keep_recorded_threads(plain, previous)
             record, resume = True, True
         elif multirun and plain["skip_completed"]:
-            record = False
             action = sweep.job_action(run_dir, plain)
             if action == "skip":
                 log.info("job %s: already done in %s, skipped (skip_completed=true)", hc.job.num, run_dir)
-                return (sweep.read_summary(run_dir) or {}).get("best/val/acc", FAILED_OBJECTIVE)
+                sweep.note_job(hc.sweep.dir, hc.job.num, "skipped", "completed by an earlier run of this sweep",
+                               list(hc.overrides.task))
+                return _objective(sweep.read_summary(run_dir) or {})
+            if action == "resume":
+                keep_recorded_threads(plain, sweep.read_summary(run_dir) or {})
+            if hydra_subdir:  # the folder's checkpoint is of this very experiment (job_action checked)
+                write_hydra_files(run_dir, cfg, hydra_subdir)
             record, resume = True, action == "resume"
+        else:
+            refuse_reuse(run_dir, multirun)
+            if hydra_subdir:
+                write_hydra_files(run_dir, cfg, hydra_subdir)
+            record = True
         jobs = parallel_jobs(hc)
         if multirun and jobs > 1:  # several jobs at once on one machine: one GPU each
             plain["device"] = distributed.sweep_device(plain["device"], hc.job.num)
         live = None if distributed.is_rank0() else False  # rank 0 alone shows progress
         summary = train(plain, RunContext(run_dir=run_dir, parallel_jobs=jobs, live_progress=live, resume=resume))
-    except KeyboardInterrupt as e:  # Ctrl-C outside the training loop (which handles it itself)
+    except KeyboardInterrupt:  # a signal outside the training loop (which handles them itself)
+        code = 128 + (signals.signum or signal.SIGINT)
+        name = signal.Signals(code - 128).name
+        kept = (run_dir / "checkpoint.pt").is_file()
+        where = (f"the last checkpoint in {run_dir} is kept; continue with: nnopt train resume={run_dir}" if kept
+                 else "no checkpoint was written yet")
         if record and distributed.is_rank0() and (run_dir / "summary.json").exists():
+            e = NnoptError(f"interrupted by {name} outside the training loop; {where}")
             record_failure(run_dir, e, status="interrupted")
-        print(f"nnopt: interrupted; the last checkpoint in {run_dir} is kept", file=sys.stderr)
-        raise SystemExit(130) from None
+        print(f"nnopt: interrupted by {name}; {where}", file=sys.stderr)
+        raise SystemExit(code) from None
     except Exception as e:
         if record and distributed.is_rank0():
             record_failure(run_dir, e)
@@ -179,11 +289,17 @@ def train_app(cfg: DictConfig) -> float:
         print(f"nnopt: error: {message}", file=sys.stderr)
         if multirun:
             log.error("job %s failed: %s", hc.job.num, message)
-            sweep.JOB_ERRORS[str(hc.job.num)] = message  # the end-of-sweep report lists it
+            # the end-of-sweep report lists it, also when the job ran in another process (joblib)
+            sweep.note_job(hc.sweep.dir, hc.job.num, "failed", message, list(hc.overrides.task))
             return FAILED_OBJECTIVE  # the sweep goes on; the job's summary.json says failed
         if not isinstance(e, NnoptError):
             print("nnopt: the full traceback is in summary.json; set NNOPT_DEBUG=1 to print it", file=sys.stderr)
         raise SystemExit(e.exit_code if isinstance(e, NnoptError) else 1) from None
+    finally:
+        signals.restore()
+        pin_threads(None)  # the next job of a sweep in this process chooses its own
+        if lock is not None:
+            lock.release()
     if summary["status"] == "interrupted":
         return interrupted_exit(summary, multirun, hc.sweep.dir if multirun else "")
     if summary["status"] == "diverged":
@@ -191,109 +307,6 @@ def train_app(cfg: DictConfig) -> float:
             raise SystemExit(3)
         return FAILED_OBJECTIVE
     return summary.get("best/val/acc", FAILED_OBJECTIVE)
-
-
-# flags with which Hydra prints something and exits without running the job
-INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
-
-
-@functools.cache
-def group_options() -> dict[str, tuple[list[str], bool]]:
-    """Each config group -> (its options, whether `group=null` is allowed: its default is null)."""
-    root = conf_dir()
-    null_default = set()
-    for entry in OmegaConf.load(root / "train.yaml").get("defaults", []):
-        if isinstance(entry, (dict, DictConfig)):
-            null_default |= {str(k) for k, v in entry.items() if v is None}
-    return {str(d.relative_to(root)): (sorted(f.stem for f in d.glob("*.yaml")), str(d.relative_to(root)) in null_default)
-            for d in root.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))}
-
-
-def check_overrides(args: list[str]) -> None:
-    """Catch unparsable overrides and unknown group options before Hydra does: one line
-    (key, value, what is allowed) instead of Hydra's multi-line report, and no run folder."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser, groups = OverridesParser.create(), None
-    for a in args:
-        if a.startswith("-") or "=" not in a:  # flags and their values (-m, --cfg job, -cn train)
-            continue
-        try:
-            override = parser.parse_override(a)
-        except HydraException as e:
-            first = (str(e).strip().splitlines() or [""])[0]
-            raise NnoptError(f"cannot parse the override {a!r}: {first[:150]}") from None
-        key = override.key_or_group
-        if key.startswith("hydra") or override.package is not None or override.is_delete():
-            continue
-        groups = groups if groups is not None else group_options()
-        if key not in groups:
-            continue
-        options, null_ok = groups[key]
-        if override.is_sweep_override():
-            if not override.is_choice_sweep():
-                continue  # range / interval / glob: Hydra expands and checks them
-            values = list(override.sweep_string_iterator())
-        else:
-            value = override.value()
-            values = value if isinstance(value, list) else [value]
-        for v in values:
-            if v is None and null_ok:
-                continue
-            if not isinstance(v, str) or v not in options:
-                raise ConfigError(key, v, "one of " + ", ".join(options) + (" or null" if null_ok else ""))
-
-
-def check_keys(args: list[str]) -> None:
-    """An override of a key the config does not have (`optimizer.lrr=0.1`, `foo=1`): one line
-    naming the key and the keys that do exist there, instead of Hydra's multi-line report.
-
-    Composes the config once with the overrides (a sweep's first value for each swept key);
-    any other composition problem is left to Hydra to report as it does."""
-    import re
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import ConfigCompositionException
-
-    parser, plain = OverridesParser.create(), []
-    for a in args:
-        if a.startswith("-") or "=" not in a:
-            continue
-        o = parser.parse_override(a)  # check_overrides has parsed every one already
-        if o.key_or_group.startswith("hydra"):
-            continue
-        if o.is_sweep_override():
-            if not o.is_choice_sweep():
-                continue
-            a = f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
-        plain.append(a)
-
-    def compose_with(overrides: list[str]):
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            return compose(config_name="train", overrides=overrides)
-
-    try:
-        compose_with(plain)
-    except ConfigCompositionException as e:
-        m = re.match(r"Could not override '([^']+)'", str(e))
-        if m is None:
-            return
-        key = m.group(1)
-        given = next((a for a in plain if a.split("=", 1)[0] == key), f"{key}=...")
-        parent, _, _ = key.rpartition(".")
-        try:
-            node = compose_with([a for a in plain if a != given])
-            node = OmegaConf.select(node, parent) if parent else node
-            known = ", ".join(sorted(map(str, node.keys()))) if isinstance(node, DictConfig) else ""
-        except Exception:
-            known = ""
-        where = f"keys of {parent}" if parent else "top-level keys"
-        raise ConfigError(key, given.split("=", 1)[1], f"no such key ({where}: {known or '?'}); "
-                                                       f"to add a new key write +{given}") from None
-    except Exception:
-        return
 
 
 def resume_args(args: list[str]) -> list[str]:
@@ -319,6 +332,16 @@ def exit_on_failed_jobs() -> None:
         raise SystemExit(1)
 
 
+def own_hydra_subdir(args: list[str]) -> list[str]:
+    """Let nnopt write .hydra/ (write_hydra_files) instead of Hydra, unless the user set
+    hydra.output_subdir or only asked Hydra to print something."""
+    if any(a.split("=")[0] in INFO_FLAGS for a in args) or any(
+            a.lstrip("+~").startswith("hydra.output_subdir") for a in args) or int(os.environ.get("RANK", "0")):
+        return args  # (under torchrun the other ranks write nothing: see `run`)
+    os.environ[HYDRA_SUBDIR_ENV] = ".hydra"  # inherited by joblib / submitit workers
+    return [*args, "hydra.output_subdir=null"]
+
+
 def run(args: list[str]) -> None:
     """Run the Hydra app on `args` (everything after `nnopt train`)."""
     try:
@@ -327,14 +350,20 @@ def run(args: list[str]) -> None:
     except NnoptError as e:
         print(f"nnopt: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
-    args = resume_args(args)
+    args = own_hydra_subdir(resume_args(args))
     sys.argv = ["nnopt train", *args]
     if not distributed.launched_by_torchrun():
         try:
             train_app()
         except KeyboardInterrupt:  # before or between jobs: nothing is half-written
+            sweep.report_aborted_sweep("interrupted")
             print("nnopt: interrupted", file=sys.stderr)
             raise SystemExit(130) from None
+        except SystemExit as e:  # Hydra's own error exit, e.g. a launcher whose worker was killed
+            sweep.report_aborted_sweep(f"the launcher stopped (exit status {e.code})")
+            if sweep.LAST_REPORT and e.code in (0, None):
+                exit_on_failed_jobs()
+            raise
         exit_on_failed_jobs()
         return
     # under torchrun: N processes run the same job; the process group spans the whole run

@@ -8,10 +8,11 @@ one line of output and no training time. Post-training stages are checked by pos
 from __future__ import annotations
 
 from nnopt_cli import data, models
-from nnopt_cli.batch_size import check_batch_size
+from nnopt_cli.batch_size import MAX_BATCH, check_batch_size
 from nnopt_cli.checks import need_bool, need_int, need_keys
 from nnopt_cli.clip import check_grad_clip
 from nnopt_cli.data import check_dataset
+from nnopt_cli.device import max_threads
 from nnopt_cli.early_stopping import check_early_stopping
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.observers import check_observers
@@ -19,6 +20,9 @@ from nnopt_cli.optim import check_optimizer, check_scheduler
 from nnopt_cli.post import validate_post
 from nnopt_cli.precision import check_precision
 from nnopt_cli.regularizer import check_regularizer
+
+MAX_EPOCHS = 1_000_000      # more is a typo; the whole batch schedule is planned up front
+MAX_SEED = 2**63 - 1        # torch.Generator takes 64-bit seeds; DDP adds the rank to it
 
 # keys every run config has (conf/train.yaml); a hand-written or truncated config lacks some
 TOP_LEVEL_KEYS = ("dataset", "model", "activation", "init", "optimizer", "scheduler", "regularizer", "batch_size",
@@ -31,11 +35,11 @@ def validate(cfg: dict) -> None:
     module's check. Raises ConfigError on the first problem found. Post-training stages are
     checked by post.validate_post (the runner calls both)."""
     need_keys("<config>", cfg, TOP_LEVEL_KEYS)
-    need_int("epochs", cfg["epochs"], 1)
-    need_int("seed", cfg["seed"], 0)
+    need_int("epochs", cfg["epochs"], 1, MAX_EPOCHS)
+    need_int("seed", cfg["seed"], 0, MAX_SEED)
     if cfg["threads"] is not None:
-        need_int("threads", cfg["threads"], 1)
-    need_int("eval_batch_size", cfg["eval_batch_size"], 1)
+        need_int("threads", cfg["threads"], 1, max_threads())  # 100000 threads crash torch
+    need_int("eval_batch_size", cfg["eval_batch_size"], 1, MAX_BATCH)
     need_int("log_every", cfg["log_every"], 1)
     if cfg.get("eval_every_steps") is not None:
         need_int("eval_every_steps", cfg["eval_every_steps"], 1)
@@ -51,7 +55,7 @@ def validate(cfg: dict) -> None:
     check_optimizer(cfg["optimizer"])
     check_scheduler(cfg["scheduler"])
     check_regularizer(cfg["regularizer"])
-    check_batch_size(cfg["batch_size"], cfg["scheduler"])
+    check_batch_size(cfg["batch_size"], cfg["scheduler"], batch_norm=bool(cfg["model"].get("batch_norm")))
     check_grad_clip(cfg["grad_clip"])
     check_early_stopping(cfg["early_stopping"])
     check_observers(cfg)

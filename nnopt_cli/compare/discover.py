@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
+from nnopt_cli import untrusted
 from nnopt_cli.config import conf_dir
+from nnopt_cli.untrusted import CONFIG_MAX_BYTES, METRICS_MAX_BYTES, SUMMARY_MAX_BYTES
 
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser is ~10x faster per run
 
@@ -128,14 +130,24 @@ def find_run_dirs(root: Path) -> list[Path]:
 # ---------------------------------------------------------------------------- reading files
 
 
-def read_text(path: Path) -> tuple[str | None, str | None]:
-    """(text, None), or (None, why not): 'missing' or a short reason."""
+def read_text(path: Path, cap: int = SUMMARY_MAX_BYTES) -> tuple[str | None, str | None]:
+    """(text, None), or (None, why not): 'missing' or a short reason. Regular files of at most
+    `cap` bytes only (a FIFO or a link to /dev/zero is refused, not read); bytes that are not
+    UTF-8 become U+FFFD."""
     try:
-        return path.read_text(), None
+        return untrusted.read_text(path, cap), None
     except FileNotFoundError:
         return None, "missing"
+    except untrusted.UntrustedFileError as e:
+        return None, str(e).removeprefix(f"{path} ")
     except OSError as e:
         return None, f"cannot read it ({e.strerror})"
+
+
+def _parse_int(text: str) -> int | float:
+    """JSON integers of any size: beyond 18 digits a float (inf past float range), so a
+    hand-edited 10**400 is a value compare can show and skip, never an exception."""
+    return int(text) if len(text) <= 19 else float(text)
 
 
 def read_json(path: Path) -> tuple[dict | None, str | None]:
@@ -144,9 +156,11 @@ def read_json(path: Path) -> tuple[dict | None, str | None]:
     if text is None:
         return None, why
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as e:
         return None, f"not valid JSON ({'truncated' if e.pos >= len(text.rstrip()) else e.msg} at byte {e.pos})"
+    except (ValueError, RecursionError) as e:  # an integer of more than 4300 digits, nesting too deep
+        return None, f"not readable JSON ({type(e).__name__}: {str(e)[:80]})"
     if not isinstance(obj, dict):
         return None, "not a JSON object"
     return obj, None
@@ -154,7 +168,7 @@ def read_json(path: Path) -> tuple[dict | None, str | None]:
 
 def read_jsonl(path: Path) -> tuple[list[dict], str | None]:
     """The rows before the first unreadable line, and a note when there was one."""
-    text, why = read_text(path)
+    text, why = read_text(path, METRICS_MAX_BYTES)
     if text is None:
         return [], None if why == "missing" else f"metrics.jsonl: {why}"
     rows: list[dict] = []
@@ -163,10 +177,10 @@ def read_jsonl(path: Path) -> tuple[list[dict], str | None]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, parse_int=_parse_int)
             if not isinstance(row, dict):
                 raise ValueError
-        except ValueError:
+        except (ValueError, RecursionError):
             where = "last line is torn" if i == len(lines) - 1 else f"line {i + 1} is not JSON"
             return rows, f"metrics.jsonl: {where}, kept the {len(rows)} row(s) before it"
         rows.append(row)
@@ -174,16 +188,18 @@ def read_jsonl(path: Path) -> tuple[list[dict], str | None]:
 
 
 def read_yaml(path: Path) -> tuple[Any, str | None]:
-    text, why = read_text(path)
+    text, why = read_text(path, CONFIG_MAX_BYTES)
     if text is None:
         return None, why
     try:
-        return yaml.load(text, Loader=Loader), None
+        return untrusted.load_yaml(text, str(path), Loader), None
     except yaml.YAMLError as e:
         return None, f"not valid YAML ({str(e).splitlines()[0]})"
+    except untrusted.UntrustedFileError as e:
+        return None, str(e).removeprefix(f"{path}: ")
+    except (ValueError, RecursionError) as e:  # an integer of more than 4300 digits, nesting too deep
+        return None, f"not readable YAML ({type(e).__name__}: {str(e)[:80]})"
 
-
-# ---------------------------------------------------------------------------- config values
 
 _INTERP = re.compile(r"\$\{([^}]*)\}")
 
@@ -195,20 +211,15 @@ class Unresolvable(Exception):
 def resolve(cfg: dict) -> dict:
     """Resolve `${key}` / `${.key}` interpolations the way OmegaConf does, without OmegaConf
     (building an OmegaConf object per run is what would make 1,000 runs slow). Anything else
-    (custom resolvers such as `${now:...}`) goes through OmegaConf; if that fails too, the text
-    stays as written."""
+    (resolver calls such as `${now:...}` or `${oc.env:VAR}`) stays as written: a run folder is
+    untrusted, and compare never looks values up in the environment."""
     try:
         return _resolve_node(cfg, cfg, [], 0)
     except Unresolvable:
-        try:
-            from omegaconf import OmegaConf
-
-            return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
-        except Exception:
-            return cfg
+        return _resolve_node(cfg, cfg, [], 0, lenient=True)
 
 
-def _lookup(root: dict, node_path: list[str], ref: str, depth: int) -> Any:
+def _lookup(root: dict, node_path: list[str], ref: str, depth: int, lenient: bool = False) -> Any:
     if ":" in ref or depth > 20:
         raise Unresolvable(ref)
     dots = len(ref) - len(ref.lstrip("."))
@@ -224,21 +235,31 @@ def _lookup(root: dict, node_path: list[str], ref: str, depth: int) -> Any:
             value = value[int(p)]
         else:
             raise Unresolvable(ref)
-    return _resolve_node(value, root, [*base, *parts], depth + 1)
+    return _resolve_node(value, root, [*base, *parts], depth + 1, lenient)
 
 
-def _resolve_node(v: Any, root: dict, node_path: list[str], depth: int) -> Any:
+def _resolve_node(v: Any, root: dict, node_path: list[str], depth: int, lenient: bool = False) -> Any:
+    """lenient: an interpolation that cannot be resolved here stays as written."""
     if isinstance(v, dict):
-        return {k: _resolve_node(x, root, [*node_path, str(k)], depth) for k, x in v.items()}
+        return {k: _resolve_node(x, root, [*node_path, str(k)], depth, lenient) for k, x in v.items()}
     if isinstance(v, list):
-        return [_resolve_node(x, root, node_path, depth) for x in v]
+        return [_resolve_node(x, root, node_path, depth, lenient) for x in v]
     if isinstance(v, str) and "${" in v:
         # node_path ends with this value's own key; relative refs start from its parent node
         parent = node_path[:-1]
+
+        def one(m: re.Match) -> Any:
+            try:
+                return _lookup(root, parent, m.group(1), depth, lenient)
+            except Unresolvable:
+                if not lenient:
+                    raise
+                return m.group(0)
+
         m = _INTERP.fullmatch(v)
         if m:
-            return _lookup(root, parent, m.group(1), depth)
-        return _INTERP.sub(lambda m: str(_lookup(root, parent, m.group(1), depth)), v)
+            return one(m)
+        return _INTERP.sub(lambda m: str(one(m)), v)
     return v
 
 
@@ -288,9 +309,8 @@ def hydra_choices(path: Path) -> dict[str, str]:
 
     Only the choices block is parsed when it can be found: building the whole 4 kB document is
     what dominated reading a run."""
-    try:
-        text = path.read_text()
-    except OSError:
+    text, _ = read_text(path, CONFIG_MAX_BYTES)
+    if text is None:
         return {}
     choices: Any = None
     at = text.find(CHOICES_MARK)
@@ -301,13 +321,13 @@ def hydra_choices(path: Path) -> dict[str, str]:
                 break
             block.append(line[6:])
         try:
-            choices = yaml.load("\n".join(block), Loader=Loader) if block else {}
-        except yaml.YAMLError:
+            choices = untrusted.load_yaml("\n".join(block), str(path), Loader) if block else {}
+        except (yaml.YAMLError, untrusted.UntrustedFileError):
             choices = None
     if not isinstance(choices, dict):
         try:
-            choices = yaml.load(text, Loader=Loader)["hydra"]["runtime"]["choices"]
-        except (yaml.YAMLError, KeyError, TypeError):
+            choices = untrusted.load_yaml(text, str(path), Loader)["hydra"]["runtime"]["choices"]
+        except (yaml.YAMLError, untrusted.UntrustedFileError, KeyError, TypeError):
             return {}
     if not isinstance(choices, dict):
         return {}
@@ -354,7 +374,8 @@ def read_run(path: Path, label: str) -> Run:
     run.stage_epochs = [r for r in rows if "stage" in r]
 
     seen: dict[str, int] = {}
-    for i, st in enumerate(run.summary.get("stages") or []):
+    stages = run.summary.get("stages")
+    for i, st in enumerate(stages if isinstance(stages, list) else []):
         if not isinstance(st, dict):
             continue
         name = str(st.get("name") or f"stage{i + 1}")
@@ -388,4 +409,10 @@ def discover(paths: list[Path]) -> list[Run]:
 
 
 def finite(v: Any) -> bool:
-    return is_number(v) and math.isfinite(v)
+    """A number that is neither NaN nor infinite, and fits a float (JSON allows any integer)."""
+    if not is_number(v):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer beyond float range
+        return False

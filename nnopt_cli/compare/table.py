@@ -42,8 +42,12 @@ class Agg:
         n = len(values)
         if n == 0:
             return Agg(None, None, 0)
-        mean = math.fsum(values) / n
-        std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+        try:
+            mean = math.fsum(values) / n
+            std = math.sqrt(math.fsum((v - mean) * (v - mean) for v in values) / (n - 1)) if n > 1 else None
+        except (OverflowError, ValueError):  # values near float's limit: plain sums, which saturate to inf
+            mean = sum(values) / n
+            std = math.sqrt(sum((v - mean) * (v - mean) for v in values) / (n - 1)) if n > 1 else None
         return Agg(mean, std, n)
 
 
@@ -254,6 +258,7 @@ def _grouped(runs: list[Run], metrics: list[str], group_by: list[str]) -> Table:
         groups.setdefault(tuple(_hashable(r.config.get(k)) for k in group_by), []).append(r)
     rows = []
     any_left_out = False
+    nonfinite: list[str] = []
     for members in groups.values():
         done = [r for r in members if r.completed]
         left_out = len(members) - len(done)
@@ -263,7 +268,13 @@ def _grouped(runs: list[Run], metrics: list[str], group_by: list[str]) -> Table:
         row["left out"] = left_out
         row[MEMBERS] = members
         for m in metrics:
-            row[m] = Agg.of([v for v in (r.metrics().get(m) for r in done) if finite(v)])
+            values = [r.metrics().get(m) for r in done]
+            row[m] = Agg.of([v for v in values if finite(v)])
+            odd = sum(1 for v in values if is_number(v) and not finite(v))  # NaN, inf, beyond float range
+            if odd:  # never silently: the mean is over fewer runs than 'runs' says
+                label = ", ".join(f"{k}={row[k]}" for k in group_by)
+                nonfinite.append(f"{m}: {odd} of {len(done)} run(s) of {label} are NaN/inf, "
+                                 f"not in its mean ± std (over {row[m].n})")
         rows.append(row)
     cols = [*(Column(k, "config") for k in group_by), Column("runs", "count")]
     if any_left_out:
@@ -272,4 +283,4 @@ def _grouped(runs: list[Run], metrics: list[str], group_by: list[str]) -> Table:
     notes = ["metrics: mean ± sample std (n - 1) over each group's completed runs; 'runs' counts them"]
     if any_left_out:
         notes.append("'left out': runs of the group that did not complete (not in the averages)")
-    return Table(cols, rows, grouped=True, notes=notes)
+    return Table(cols, rows, grouped=True, notes=notes + nonfinite)

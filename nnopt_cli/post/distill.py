@@ -22,6 +22,7 @@ from nnopt_cli.errors import ConfigError
 from nnopt_cli.models import check_model, make_model
 from nnopt_cli.post.load import load_run_model
 from nnopt_cli.post.stage import StageContext, StageResult
+from nnopt_cli.targets import trusted_targets
 
 OUTPUT_FILE = "model.student.pt"
 
@@ -72,7 +73,8 @@ def check(cfg: dict, model_cfg: dict) -> dict:
         run_dir = Path(str(s["teacher_run"]))
         if not run_dir.is_dir():
             raise ConfigError("post.distill.teacher_run", str(run_dir), "an existing run folder (not found)")
-        _, run_cfg = load_run_model(run_dir, datasets.input_shape(cfg["dataset"]), datasets.num_classes(cfg["dataset"]))
+        _, run_cfg = load_run_model(run_dir, datasets.input_shape(cfg["dataset"]),
+                                    datasets.num_classes(cfg["dataset"]), trusted_targets(cfg))
         if run_cfg["dataset"]["name"] != cfg["dataset"]["name"]:
             raise ConfigError("post.distill.teacher_run", str(run_dir),
                               f"a run on this run's dataset {cfg['dataset']['name']} (it trained on {run_cfg['dataset']['name']})")
@@ -82,7 +84,8 @@ def check(cfg: dict, model_cfg: dict) -> dict:
 def run(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
     s, cfg, data = ctx.cfg["post"]["distill"], ctx.cfg, ctx.data
     if s["teacher_run"] is not None:
-        teacher, run_cfg = load_run_model(Path(str(s["teacher_run"])), data.input_shape, data.num_classes)
+        teacher, run_cfg = load_run_model(Path(str(s["teacher_run"])), data.input_shape, data.num_classes,
+                                          trusted_targets(ctx.cfg))
         teacher, source, teacher_cfg = teacher.to(ctx.device), f"run {s['teacher_run']}", run_cfg["model"]
     elif s.get("teacher") is not None:
         torch.manual_seed(cfg["seed"])

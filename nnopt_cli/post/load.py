@@ -1,6 +1,7 @@
 """Models from run folders: an earlier run's trained model (distillation teacher) and a stage's
-saved model (`load_stage_model`). Configs and weights come from disk: weights load with
-weights_only=True, and models are built only by nnopt's own builders.
+saved model (`load_stage_model`). A run folder is untrusted input: its config is read with limits
+and no resolvers (untrusted.py), every `_target_` in it must be allowed (targets.py) before anything
+is built, and weights load with weights_only=True after their checksum is verified.
 """
 
 from __future__ import annotations
@@ -8,51 +9,77 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from nnopt_cli.checkpoint import CheckpointError, safe_load, verify_checksum
 from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.models import make_model
 from nnopt_cli.post import quantize as Q
 from nnopt_cli.post.measure import load_state
+from nnopt_cli.targets import check_config_targets
+from nnopt_cli.untrusted import SUMMARY_MAX_BYTES, UntrustedFileError, load_config, read_text
 
 
-def load_run_model(run_dir: Path, input_shape: tuple[int, ...], num_classes: int) -> tuple[nn.Module, dict]:
-    """The trained model of an earlier run folder (its .hydra/config.yaml rebuilds it, model.pt fills it)."""
-    from omegaconf import OmegaConf
-
-    cfg_path, weights = run_dir / ".hydra" / "config.yaml", run_dir / "model.pt"
-    for f in (cfg_path, weights):
-        if not f.is_file():
-            raise ConfigError("post.distill.teacher_run", str(run_dir), f"a run folder holding {f.relative_to(run_dir)} (not found)")
+def read_run_config(run_dir: Path, key: str, trusted=()) -> dict:
+    """A run folder's .hydra/config.yaml, read as untrusted input: size-capped, no resolvers, and
+    every `_target_` in it allowed (targets.py) before anything is built from it."""
+    path = run_dir / ".hydra" / "config.yaml"
     try:
-        run_cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
+        cfg = load_config(path)
+    except FileNotFoundError:
+        raise ConfigError(key, str(run_dir), "a run folder holding .hydra/config.yaml (not found)") from None
+    except (ValueError, UntrustedFileError, OSError) as e:
+        raise ConfigError(key, str(run_dir), f"a run folder with a readable config ({path}: "
+                                             f"{str(e).removeprefix(str(path) + ': ')[:150]})") from None
+    check_config_targets(cfg, trusted, str(path))
+    return cfg
+
+
+def load_run_model(run_dir: Path, input_shape: tuple[int, ...], num_classes: int,
+                   trusted=()) -> tuple[nn.Module, dict]:
+    """The trained model of an earlier run folder (its .hydra/config.yaml rebuilds it, model.pt fills it).
+    `trusted`: `_target_` names this invocation itself gave (targets.trusted_targets)."""
+    key = "post.distill.teacher_run"
+    weights = run_dir / "model.pt"
+    run_cfg = read_run_config(run_dir, key, trusted)
+    if not weights.is_file():
+        raise ConfigError(key, str(run_dir), "a run folder holding model.pt (not found)")
+    try:
         model = make_model(run_cfg, input_shape, num_classes)
-        model.load_state_dict(torch.load(weights, weights_only=True))
+        model.load_state_dict(safe_load(weights, "model"))
+    except CheckpointError as e:  # corrupt, tampered with (checksum) or holding pickled code
+        raise ConfigError(key, str(run_dir), f"a run folder with a usable model ({e})") from None
     except NnoptError:
         raise
-    except Exception as e:  # a corrupt file, a state dict of another architecture...
+    except Exception as e:  # a config of another shape, a state dict of another architecture...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError("post.distill.teacher_run", str(run_dir),
-                          f"a run folder with a usable model ({type(e).__name__}: {first})") from None
+        raise ConfigError(key, str(run_dir), f"a run folder with a usable model ({type(e).__name__}: {first})") from None
     return model, run_cfg
 
 
-def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt") -> nn.Module:
+def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt", trusted=()) -> nn.Module:
     """Rebuild a stage's saved model from a run folder (config + summary.json + the weights file).
 
         model = load_stage_model("outputs/2026-01-01/12-00-00-000000", "model.quantized.pt")
-    """
-    from omegaconf import OmegaConf
 
+    The folder is untrusted input: its config may only name allowed classes (targets.py) unless
+    `trusted` lists them; a missing or corrupt file is one NnoptError line.
+    """
     run_dir = Path(run_dir)
-    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    stage = next(s for s in summary.get("stages", []) if s.get("file") == file)
-    shape = tuple(stage["input_shape"])
-    model = make_model({**cfg, "model": stage["model"]}, shape, stage["num_classes"])
+    cfg = read_run_config(run_dir, "run_dir", trusted)
+    try:
+        summary = json.loads(read_text(run_dir / "summary.json", SUMMARY_MAX_BYTES))
+        stage = next(s for s in summary.get("stages", []) if isinstance(s, dict) and s.get("file") == file)
+        shape = tuple(int(n) for n in stage["input_shape"])
+        model_cfg, num_classes = stage["model"], int(stage["num_classes"])
+    except (OSError, ValueError, UntrustedFileError, AttributeError, TypeError, KeyError, StopIteration) as e:
+        raise NnoptError(f"{run_dir}/summary.json has no usable stage entry for {file} "
+                         f"({type(e).__name__}: {str(e)[:120]})") from None
+    check_config_targets({"model": model_cfg}, trusted, f"{run_dir}/summary.json")
+    model = make_model({**cfg, "model": model_cfg}, shape, num_classes)
     if stage["name"] == "quantize":
         q = stage["settings"]
         model = Q.rebuild_quantized(model, q["method"], q["backend"], q["granularity"], shape, q.get("bits", 8))
+    verify_checksum(run_dir / file)
     model.load_state_dict(load_state(run_dir / file))
     return model.eval()

@@ -50,7 +50,7 @@ def check_settings(s: dict) -> None:
     need_choice("post.prune.schedule", s["schedule"], SCHEDULES)
     need_int("post.prune.finetune_epochs", s["finetune_epochs"], 0)
     need_num("post.prune.lr_scale", s["lr_scale"], gt=0)
-    need_num("post.prune.norm", s["norm"], gt=0)
+    need_num("post.prune.norm", s["norm"], gt=0, finite=False)  # inf: L-inf structured
     for key in ("prune_output", "compact"):
         if not isinstance(s[key], bool):
             raise ConfigError(f"post.prune.{key}", s[key], "true or false")

@@ -1,0 +1,167 @@
+"""Command-line overrides of `nnopt train`, checked before Hydra runs: one line naming the key,
+the value and what is allowed, instead of Hydra's multi-line report, and no run folder made.
+
+- check_overrides: unparsable overrides, unknown group options, an empty key, a run folder that is a file;
+- check_keys: an override of a key the config does not have, and `+key=value` that adds a key nnopt
+  would never read (`+post.prune.thresh=0.01`, `+loss=mse`): refused instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+from nnopt_cli.config import conf_dir
+from nnopt_cli.errors import ConfigError, NnoptError
+
+# flags with which Hydra prints something and exits without running the job
+INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
+
+
+@functools.cache
+def group_options() -> dict[str, tuple[list[str], bool]]:
+    """Each config group -> (its options, whether `group=null` is allowed: its default is null)."""
+    root = conf_dir()
+    null_default = set()
+    for entry in OmegaConf.load(root / "train.yaml").get("defaults", []):
+        if isinstance(entry, (dict, DictConfig)):
+            null_default |= {str(k) for k, v in entry.items() if v is None}
+    return {str(d.relative_to(root)): (sorted(f.stem for f in d.glob("*.yaml")), str(d.relative_to(root)) in null_default)
+            for d in root.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))}
+
+
+def check_overrides(args: list[str]) -> None:
+    """Catch unparsable overrides and unknown group options before Hydra does: one line
+    (key, value, what is allowed) instead of Hydra's multi-line report, and no run folder."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, groups = OverridesParser.create(), None
+    for a in args:
+        if a.startswith("-") or "=" not in a:  # flags and their values (-m, --cfg job, -cn train)
+            continue
+        try:
+            override = parser.parse_override(a)
+        except HydraException as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise NnoptError(f"cannot parse the override {a!r}: {first[:150]}") from None
+        key = override.key_or_group
+        if not key.strip():
+            raise NnoptError(f"the override {a!r} has no key: write key=value")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and not override.is_sweep_override():
+            folder = override.value()
+            if isinstance(folder, str) and "${" not in folder and os.path.lexists(folder) and not os.path.isdir(folder):
+                raise ConfigError(key, folder, "a folder (this path is a file)")
+        if key.startswith("hydra") or override.package is not None or override.is_delete():
+            continue
+        groups = groups if groups is not None else group_options()
+        if key not in groups:
+            continue
+        options, null_ok = groups[key]
+        if override.is_sweep_override():
+            if not override.is_choice_sweep():
+                continue  # range / interval / glob: Hydra expands and checks them
+            values = list(override.sweep_string_iterator())
+        else:
+            value = override.value()
+            values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is None and null_ok:
+                continue
+            if not isinstance(v, str) or v not in options:
+                raise ConfigError(key, v, "one of " + ", ".join(options) + (" or null" if null_ok else ""))
+
+
+def check_keys(args: list[str]) -> None:
+    """An override of a key the config does not have (`optimizer.lrr=0.1`, `foo=1`): one line
+    naming the key and the keys that do exist there, instead of Hydra's multi-line report.
+
+    Composes the config once with the overrides (a sweep's first value for each swept key);
+    any other composition problem is left to Hydra to report as it does."""
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+
+    parser, plain = OverridesParser.create(), []
+    for a in args:
+        if a.startswith("-") or "=" not in a:
+            continue
+        o = parser.parse_override(a)  # check_overrides has parsed every one already
+        if o.key_or_group.startswith("hydra"):
+            continue
+        if o.is_sweep_override():
+            if not o.is_choice_sweep():
+                continue
+            a = f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+        plain.append(a)
+
+    def compose_with(overrides: list[str]):
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            return compose(config_name="train", overrides=overrides)
+
+    try:
+        composed = compose_with(plain)
+        check_added_keys(plain, composed, compose_with)
+    except ConfigCompositionException as e:
+        m = re.match(r"Could not override '([^']+)'", str(e))
+        if m is None:
+            return
+        key = m.group(1)
+        given = next((a for a in plain if a.split("=", 1)[0] == key), f"{key}=...")
+        parent, _, _ = key.rpartition(".")
+        known, hint = "", ""
+        try:
+            node = compose_with([a for a in plain if a != given])
+            node = OmegaConf.select(node, parent) if parent else node
+            if isinstance(node, DictConfig):
+                known = ", ".join(sorted(map(str, node.keys())))
+                if "_target_" in node:  # new keys of a built class are its keyword arguments
+                    hint = f"; to pass another argument to {node['_target_']} write +{given}"
+        except Exception:
+            pass
+        where = f"keys of {parent}" if parent else "top-level keys"
+        raise ConfigError(key, given.split("=", 1)[1], f"no such key ({where}: {known or '?'}){hint}") from None
+    except NnoptError:
+        raise
+    except Exception:
+        return
+
+
+_MISSING = object()
+# top-level nodes where a user adds keys of their own (observers.<name> of user classes)
+USER_NODES = ("observers", "hydra")
+
+
+def check_added_keys(plain: list[str], composed, compose_with) -> None:
+    """`+key=value` / `++key=value` that adds a key nnopt would not read: one line, not a value
+    silently ignored (`+post.prune.threshold=0.01`, `+loss=mse`). New keys are fine in a node
+    built from `_target_` (they are its keyword arguments: `+optimizer.amsgrad=true`) and under
+    `observers`; a `+group=option` adds a config, not a key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, groups = OverridesParser.create(), group_options()
+    added = []
+    for a in plain:
+        o = parser.parse_override(a)
+        key = o.key_or_group
+        if (o.is_add() or o.is_force_add()) and key not in groups and key.split(".")[0] not in USER_NODES:
+            added.append((a, key))
+    if not added:
+        return
+    without = compose_with([a for a in plain if a not in {x[0] for x in added}])
+    for a, key in added:
+        if OmegaConf.select(without, key, default=_MISSING) is not _MISSING:
+            continue  # a key that exists (null included): an ordinary override
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(composed, parent) if parent else composed
+        if isinstance(node, DictConfig) and "_target_" in node:
+            continue
+        before = OmegaConf.select(without, parent) if parent else without
+        known = ", ".join(sorted(str(k) for k in before.keys())) if isinstance(before, DictConfig) else ""
+        where = f"keys of {parent}" if parent else "top-level keys"
+        raise ConfigError(key, a.split("=", 1)[1] if "=" in a else None,
+                          f"nnopt reads no such key, so it would be ignored ({where}: {known or '?'})")

@@ -1,0 +1,194 @@
+"""Reading files of a run folder as untrusted input: size caps, regular files only, safe YAML.
+
+A run folder may have been copied from anywhere (a colleague, a bug report, a download), so
+every file nnopt reads from one goes through here:
+
+- `read_bytes`: opens without blocking (a FIFO would hang `open`), refuses anything but a
+  regular file (a link to /dev/zero would never end) and reads at most a cap;
+- `load_yaml`: PyYAML's safe loader, refusing a document whose aliases expand to more nodes
+  than a config can have (a 342-byte "billion laughs" would take gigabytes);
+- `load_config`: a mapping whose `${key}` references are resolved among its own keys, and whose
+  resolver calls (`${oc.env:SECRET}`, `${oc.decode:...}`) are refused: values from disk are
+  never looked up in the environment.
+
+Torch-free on purpose: `nnopt compare` imports it and must start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nnopt_cli.errors import NnoptError
+
+MiB = 1 << 20
+CONFIG_MAX_BYTES = 4 * MiB      # a composed config is a few kB
+SUMMARY_MAX_BYTES = 64 * MiB    # summary.json with per-layer stage reports
+METRICS_MAX_BYTES = 256 * MiB   # metrics.jsonl: ~300 bytes per epoch row
+YAML_MAX_NODES = 200_000        # nodes after alias expansion (a config has a few hundred)
+
+
+class UntrustedFileError(NnoptError):
+    """A file of a run folder is not a regular file, too large, or shaped to exhaust memory."""
+
+
+def read_bytes(path: Path, cap: int) -> bytes:
+    """The bytes of a regular file of at most `cap` bytes; FileNotFoundError if missing, else
+    UntrustedFileError (one line) for a FIFO, device, socket, folder or an oversized file."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except IsADirectoryError:
+        raise UntrustedFileError(f"{path} is a folder, not a file") from None
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno in (6, 19):  # ENXIO / ENODEV: a FIFO without writer, a socket, a device
+            raise UntrustedFileError(f"{path} is not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)  # of what was opened: no race between a check and the open
+        if not stat.S_ISREG(st.st_mode):
+            raise UntrustedFileError(f"{path} is not a regular file (a device, pipe or socket); refused to read it")
+        if st.st_size > cap:
+            raise UntrustedFileError(f"{path} is {st.st_size} bytes, more than the {cap} a run file can have")
+        os.set_blocking(fd, True)
+        chunks, left = [], cap + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, MiB))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > cap:  # grew while we read it
+            raise UntrustedFileError(f"{path} is more than the {cap} bytes a run file can have")
+        return data
+    finally:
+        os.close(fd)
+
+
+def read_text(path: Path, cap: int) -> str:
+    """read_bytes decoded as UTF-8; bytes that are not UTF-8 become U+FFFD (readers then see a
+    value or a line that does not parse, never an exception)."""
+    return read_bytes(path, cap).decode("utf-8", errors="replace")
+
+
+# ---------------------------------------------------------------------------- YAML
+
+
+def _yaml_loader():
+    # OmegaConf's loader: reads numbers such as 1e-3 as floats, as OmegaConf.load does
+    from omegaconf._utils import get_yaml_loader
+
+    return get_yaml_loader()
+
+
+def expanded_size(node: yaml.Node, limit: int) -> int:
+    """Nodes in the document once every alias is expanded, stopping past `limit`; linear in
+    the distinct nodes (a shared node is sized once), so a bomb is measured, not expanded."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in active:  # a recursive alias: no config has one
+            return limit + 1
+        active.add(key)
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            for child in n.value:
+                total += size(child)
+                if total > limit:
+                    break
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                total += size(k) + size(v)
+                if total > limit:
+                    break
+        active.discard(key)
+        sizes[key] = min(total, limit + 1)
+        return sizes[key]
+
+    return size(node)
+
+
+def load_yaml(text: str, where: str, loader=None, max_nodes: int = YAML_MAX_NODES) -> Any:
+    """Parse YAML safely (no Python objects); UntrustedFileError for an alias bomb, yaml.YAMLError
+    for bad syntax. Text without '&' or '*' has no anchors: it skips the size walk."""
+    loader = loader or _yaml_loader()
+    if "&" in text or "*" in text:
+        node = yaml.compose(text, Loader=loader)
+        if node is not None and expanded_size(node, max_nodes) > max_nodes:
+            raise UntrustedFileError(f"{where}: its YAML aliases expand to more than {max_nodes} nodes "
+                                     "(an alias bomb?); refused to load it")
+    return yaml.load(text, Loader=loader)
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+def resolver_calls(value: str) -> list[str]:
+    """The resolver names called in an OmegaConf string (`${oc.env:X}` -> ['oc.env'])."""
+    from omegaconf import grammar_parser
+    from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser as G
+
+    try:
+        tree = grammar_parser.parse(value)
+    except Exception:  # not a valid interpolation: OmegaConf would refuse it too
+        return ["<unparsable>"]
+    found, stack = [], [tree]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, G.InterpolationResolverContext):
+            found.append(t.resolverName().getText())
+        stack.extend(getattr(t, "children", None) or [])
+    return found
+
+
+def _interpolations(node: Any, path: str = ""):
+    """(dotted key, string) for every string value that holds an interpolation."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _interpolations(v, f"{path}{k}.")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _interpolations(v, f"{path}{i}.")
+    elif isinstance(node, str) and "${" in node:
+        yield path.rstrip("."), node
+
+
+def refuse_resolvers(cfg: Any, where: str) -> None:
+    """UntrustedFileError when a string calls a resolver (`${oc.env:...}`): a config read from
+    disk may refer to its own keys, never to the environment or to code."""
+    for key, text in _interpolations(cfg):
+        calls = resolver_calls(text)
+        if calls:
+            raise UntrustedFileError(f"{where}: {key} calls the resolver {calls[0]!r} ({text[:60]!r}); a run "
+                                     "folder's config may only refer to its own keys, so it was not resolved")
+
+
+def load_config(path: Path, what: str = "config") -> dict:
+    """A run folder's .hydra/config.yaml as a plain dict, interpolations among its own keys
+    resolved. Raises FileNotFoundError, UntrustedFileError or ValueError (bad YAML/shape) with
+    a one-line message."""
+    from omegaconf import OmegaConf
+
+    text = read_text(path, CONFIG_MAX_BYTES)
+    try:
+        data = load_yaml(text, str(path))
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ValueError(f"not valid YAML ({(str(e).splitlines() or [''])[0][:120]})") from None
+    if not isinstance(data, dict):
+        raise ValueError("empty" if data is None else f"not a mapping (a {type(data).__name__})")
+    refuse_resolvers(data, str(path))
+    try:
+        return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+    except Exception as e:  # a reference to a key that does not exist, a cycle...
+        raise ValueError(f"cannot resolve it ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})") from None
