@@ -22,6 +22,8 @@ import torch
 
 import nnopt_cli
 from nnopt_cli.errors import NnoptError
+from nnopt_cli.run_dir import checksum_path, file_sha256
+from nnopt_cli.untrusted import UntrustedFileError, read_text
 
 FORMAT = 1
 # config keys that say how a run is driven, not what it computes: they may differ on resume
@@ -40,9 +42,6 @@ def verify_checksum(path: Path, what: str = "file") -> None:
     """Compare `path` with the sha256 nnopt wrote beside it (`<file>.sha256`, run_dir.save_state_dict):
     flipped bytes anywhere, tensor data included, are a one-line CheckpointError. A file written
     before nnopt wrote checksums has none and is not checked."""
-    from nnopt_cli.run_dir import checksum_path, file_sha256
-    from nnopt_cli.untrusted import UntrustedFileError, read_text
-
     sidecar = checksum_path(Path(path))
     try:
         listed = read_text(sidecar, 4096).split()

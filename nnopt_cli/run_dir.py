@@ -68,7 +68,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _remove(path: Path) -> None:
+def remove_file(path: Path) -> None:
     try:
         path.unlink()
     except OSError:
@@ -86,10 +86,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        _remove(tmp)
+        remove_file(tmp)
         raise _write_error(path, e) from None
     except BaseException:
-        _remove(tmp)
+        remove_file(tmp)
         raise
     _fsync_dir(path.parent)
 
@@ -130,13 +130,13 @@ def save_state_dict(path: Path, state: dict) -> None:
         atomic_write_bytes(checksum_path(path), ("\n".join(digests) + "\n").encode())
         os.replace(tmp, path)
     except RunWriteError:
-        _remove(tmp)
+        remove_file(tmp)
         raise
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        _remove(tmp)
+        remove_file(tmp)
         raise _write_error(path, e) from None
     except BaseException:
-        _remove(tmp)
+        remove_file(tmp)
         raise
     _fsync_dir(path.parent)
 
@@ -221,129 +221,7 @@ class RunDir:
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary_path, summary)
 
-    def lock(self, purpose: str = "nnopt train") -> RunLock:
-        """The folder's writer lock (a context manager): `with run.lock(): ...`."""
-        return RunLock(self.path, purpose)
-
     def save_model(self, model: torch.nn.Module, name: str = "model.pt") -> Path:
         path = self.path / name
         save_state_dict(path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         return path
-
-
-# ---------------------------------------------------------------------------- one writer per folder
-
-RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoint.pt", "model.pt")
-
-
-def run_files(folder: Path) -> list[str]:
-    """The files of a run that `folder` already holds (what a fresh run there would replace)."""
-    return [name for name in RUN_FILES if os.path.lexists(folder / name)]
-
-
-LOCK_FILE = ".nnopt.lock"
-_HELD: dict[str, int] = {}  # folders this process has locked -> nesting depth
-
-
-class RunLocked(RunDirError):
-    """Another live process is writing this run folder."""
-
-
-def remove_stale_temporaries(folder: Path) -> list[str]:
-    """Delete `.<file>.tmp<pid>` files a killed writer left (a checkpoint's can be megabytes).
-    Only call it holding the folder's lock: then no other process is writing one."""
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for e in entries:
-        name = e.name
-        if name.startswith(".") and ".tmp" in name and name.rpartition(".tmp")[2].isdigit() and e.is_file(
-                follow_symlinks=False):
-            _remove(Path(e.path))
-            removed.append(name)
-    if removed:
-        log.info("removed %d temporary file(s) a killed run left in %s: %s", len(removed), folder, ", ".join(removed))
-    return removed
-
-
-class RunLock:
-    """An exclusive lock on a run folder: `<folder>/.nnopt.lock`, fcntl.flock'ed, holding who took it.
-
-    The kernel drops a flock when its process dies (kill -9 included), so a lock left by a killed
-    run is taken over at once; the file itself stays (removing it would let two processes lock
-    two different files). Where the file system has no flock (some network mounts) the run goes
-    on unlocked, with a warning.
-    """
-
-    def __init__(self, folder: Path, purpose: str = "nnopt train"):
-        self.folder = Path(folder)
-        self.path = self.folder / LOCK_FILE
-        self.purpose = purpose
-        self.fd: int | None = None
-        self.nested = False
-
-    def holder(self) -> str:
-        try:
-            info = json.loads(self.path.read_bytes()[:4096] or b"{}")
-            return (f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')} "
-                    f"({str(info.get('purpose'))[:80]})")
-        except (OSError, ValueError, AttributeError):
-            return "another process"
-
-    def acquire(self) -> RunLock:
-        import fcntl
-        import socket
-        import time
-
-        key = os.path.realpath(self.folder)
-        if key in _HELD:  # this process holds it already (train_app, then runner.train): nested, no-op
-            _HELD[key] += 1
-            self.fd, self.nested = -1, True
-            return self
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as e:
-            raise RunDirError(f"cannot lock run folder {self.folder}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunLocked(f"run folder {self.folder} is in use by {self.holder()}; refused to write it "
-                            "twice at once (wait for that run to end, or stop it)") from None
-        except OSError as e:  # ENOLCK / EOPNOTSUPP: no locks on this file system
-            log.warning("cannot lock %s (%s): two writers would not be detected", self.folder, e.strerror)
-        self.fd, self.nested = fd, False
-        _HELD[key] = 1
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "purpose": self.purpose}
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
-        except OSError:  # a full disk: the lock holds without the note
-            pass
-        remove_stale_temporaries(self.folder)
-        return self
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        key = os.path.realpath(self.folder)
-        _HELD[key] = _HELD.get(key, 1) - 1
-        if self.nested or _HELD[key] > 0:
-            self.fd = None
-            return
-        del _HELD[key]
-        try:
-            os.ftruncate(self.fd, 0)
-        except OSError:
-            pass
-        os.close(self.fd)  # closing drops the flock
-        self.fd = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()

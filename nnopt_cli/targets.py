@@ -23,7 +23,11 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from hydra.utils import get_object
+
+from nnopt_cli.config import conf_dir
 from nnopt_cli.errors import NnoptError
+from nnopt_cli.observers import Observer
 
 ALLOWED_PREFIXES = ("torch.optim.", "torch.optim.lr_scheduler.", "torch.optim.swa_utils.",
                     "pytorch_optimizer.", "schedulefree.", "nnopt_cli.")
@@ -64,8 +68,6 @@ def trusted_targets(*configs: Any, overrides: Iterable[str] = ()) -> set[str]:
 @functools.cache
 def nnopt_targets() -> frozenset[str]:
     """The nnopt_cli objects nnopt's own conf/ instantiates (warmup_cosine, SweepReport, ...)."""
-    from nnopt_cli.config import conf_dir
-
     names = set()
     for f in conf_dir().rglob("*.yaml"):
         names.update(re.findall(r"_target_:\s*(nnopt_cli\.[\w.]+)", f.read_text()))
@@ -73,10 +75,6 @@ def nnopt_targets() -> frozenset[str]:
 
 
 def _is_observer(obj: Any) -> bool:
-    try:
-        from nnopt_cli.observers import Observer
-    except ImportError:
-        return False
     return inspect.isclass(obj) and issubclass(obj, Observer)
 
 
@@ -91,8 +89,6 @@ def why_refused(target: Any) -> str | None:
         return "a private name"
     if prefix == "nnopt_cli." and target in nnopt_targets():
         return None
-    from hydra.utils import get_object
-
     try:
         obj = get_object(target)  # imports modules under the allowed prefix only
     except Exception as e:

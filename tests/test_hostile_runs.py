@@ -23,7 +23,8 @@ from nnopt_cli.batch_size import BatchSizePolicy
 from nnopt_cli.checkpoint import CheckpointError, load_checkpoint
 from nnopt_cli.device import configure_threads, max_threads, pin_threads
 from nnopt_cli.errors import ConfigError, NnoptError
-from nnopt_cli.run_dir import RunDir, RunDirError, RunLock, RunLocked, save_state_dict
+from nnopt_cli.run_dir import RunDir, RunDirError, save_state_dict
+from nnopt_cli.run_lock import RunLock, RunLocked
 from nnopt_cli.runner import RunContext, train
 from nnopt_cli.sweep import collect_jobs, make_report
 from nnopt_cli.train_app import SetupSignals, check_keys, check_overrides, keep_recorded_threads
@@ -32,7 +33,7 @@ from tests.conftest import REPO, TINY, compose_cfg, run_cli
 
 HOLD = """
 import sys, time
-from nnopt_cli.run_dir import RunLock
+from nnopt_cli.run_lock import RunLock
 RunLock(sys.argv[1], "test holder").acquire()
 print("locked", flush=True)
 time.sleep(600)
@@ -64,7 +65,7 @@ def test_second_writer_is_refused_naming_the_holder_and_a_killed_holder_frees_it
     finally:
         holder.kill()  # kill -9: the kernel drops its flock
         holder.wait()
-    with RunDir(tmp_path).lock() as lock:  # the stale lock is taken over at once
+    with RunLock(tmp_path) as lock:  # the stale lock is taken over at once
         assert json.loads((tmp_path / ".nnopt.lock").read_text())["pid"] == os.getpid()
         assert lock.fd is not None
 
@@ -447,7 +448,7 @@ def test_resumed_run_keeps_its_recorded_thread_count():
 def test_the_lock_is_reentrant_within_one_process(tmp_path):
     """train_app locks the folder, and runner.train may lock it again: nested, not refused."""
     outer = RunLock(tmp_path).acquire()
-    inner = RunDir(tmp_path).lock().acquire()
+    inner = RunLock(tmp_path).acquire()
     inner.release()
     holder_probe = subprocess.run([sys.executable, "-c", HOLD, str(tmp_path)], capture_output=True, text=True,
                                   env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
