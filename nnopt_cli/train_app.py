@@ -73,7 +73,8 @@ def record_failure(run_dir: Path, exc: BaseException, status: str = "failed") ->
         try:  # the short form may still fit where the traceback did not
             write_json(path, {k: v for k, v in summary.items() if k != "traceback"})
         except OSError:
-            print(f"nnopt: could not mark {path} {status} ({e})", file=sys.stderr)
+            if not isinstance(exc, OSError):  # a failed write was already the error: one line is enough
+                print(f"nnopt: could not mark {path} {status} ({e})", file=sys.stderr)
 
 
 def _objective(summary: dict) -> float:

@@ -475,3 +475,32 @@ def test_a_killed_joblib_worker_still_gets_a_report_and_exit_1(tmp_path):
     report = json.loads((tmp_path / "sw" / "report.json").read_text())
     assert report["aborted"].startswith("the launcher stopped") and report["failed"] >= 1
     assert "crashed" in out and "sweep aborted" in out
+
+
+def test_a_folder_nnopt_may_not_write_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """As root permissions do not apply, so an unwritable folder is simulated at the system call."""
+    from nnopt_cli import run_lock
+    from nnopt_cli.run_dir import RunWriteError
+    from nnopt_cli.train_app import record_failure
+
+    real_open = os.open
+
+    def denied(path, flags, *a, **kw):
+        if flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(run_lock.os, "open", denied)
+    with pytest.raises(RunDirError, match=r"cannot lock run folder .*: Permission denied") as e:
+        RunLock(tmp_path).acquire()
+    assert "\n" not in str(e.value)
+    from nnopt_cli import run_dir
+
+    def denied_file(path, mode="r", *a, **kw):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(run_dir, "open", denied_file, raising=False)  # shadows the builtin there
+    with pytest.raises(RunWriteError, match=r"cannot write .*summary.json: Permission denied"):
+        RunDir(tmp_path).write_summary({"status": "running"})
+    record_failure(tmp_path, RunWriteError("cannot write x: Permission denied"))  # no second line
+    assert capsys.readouterr().err == ""
