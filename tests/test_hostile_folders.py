@@ -284,3 +284,21 @@ def test_grouped_means_say_when_values_are_nan_or_inf(good_run, tmp_path, capsys
     # the mean is over the two finite runs (0.6), and the table says two were not averaged
     assert "| Adam | 4 | 0.6 ± 0.14 |" in out, out  # stdev([0.5, 0.7]) = 0.1414
     assert "test/loss: 2 of 4 run(s) of optimizer=Adam are NaN/inf, not in its mean ± std (over 2)" in out
+
+
+@pytest.mark.slow
+def test_cli_resume_of_a_folder_naming_code_is_one_line_and_builds_nothing(good_run, tmp_path):
+    from tests.conftest import run_cli
+
+    run = copy_run(good_run, tmp_path / "run")
+    (run / "checkpoint.pt").unlink()
+    marker = tmp_path / "pwned"
+    cfg = compose_cfg("epochs=1")
+    cfg["optimizer"] = payload(marker)
+    write_cfg(run, cfg)
+    (run / "summary.json").write_text(json.dumps({"status": "running"}))
+    out = run_cli("train", f"resume={run}", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refused to build optimizer._target_=pathlib.Path.write_text" in lines[0]
+    assert not marker.exists() and json.loads((run / "summary.json").read_text())["status"] == "running"
