@@ -35,6 +35,7 @@ from nnopt_cli.post.flops import forward_flops
 from nnopt_cli.precision import check_precision
 from nnopt_cli.progress import Progress
 from nnopt_cli.run_dir import RunDir
+from nnopt_cli.run_lock import RunLock
 from nnopt_cli.trainer import Diverged, Trainer, evaluate
 from nnopt_cli.validate import validate
 
@@ -136,7 +137,18 @@ def _eval_logger(run: RunDir, cfg: dict, model, data, trainer: Trainer, epoch_of
 
 
 def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
-    """Run one experiment described by a resolved config dict; return the summary it wrote."""
+    """Run one experiment described by a resolved config dict; return the summary it wrote.
+
+    The run folder is locked for the whole run (re-entrant: `nnopt train` holds it already), so a
+    second writer of the same folder is refused; under DDP rank 0 holds it for all ranks."""
+    if not distributed.is_rank0():
+        return _train(cfg, ctx)
+    Path(ctx.run_dir).mkdir(parents=True, exist_ok=True)
+    with RunLock(ctx.run_dir):
+        return _train(cfg, ctx)
+
+
+def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     validate(cfg)
     device = distributed.device_for(resolve_device(cfg["device"]))
     check_precision(cfg["precision"], device)

@@ -89,5 +89,6 @@ def test_unknown_key_is_one_line_naming_the_keys_that_exist(cli, tmp_path, overr
     out = cli("train", *TINY, override)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert out.stderr.startswith(f"nnopt: error: invalid config: {key}=") and f" {known}," in out.stderr
-    assert f"+{override}" in out.stderr  # how to add a new key on purpose
+    if "." in key:  # how to add a key on purpose: only inside a _target_ node (elsewhere nnopt refuses +key)
+        assert f"+{override}" in out.stderr
     assert not (tmp_path / "outputs").exists()  # stopped before Hydra made a run folder

@@ -84,7 +84,7 @@ def _call(fn: Builder, input_shape, num_classes: int, act, params: dict) -> nn.M
             model = fn(input_shape, num_classes, act, **params)
         else:
             model = fn(input_shape, num_classes, **params)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch's own shape errors
         raise ConfigError("model", {"name": getattr(fn, "__name__", fn), **params},
                           f"{(str(e).splitlines() or [''])[0]} (input shape {tuple(input_shape)})") from None
     if not isinstance(model, nn.Module):
