@@ -149,3 +149,13 @@ def test_same_seed_same_result(tmp_path):
 def test_cuda_path(tmp_path, precision):
     _, summary, _ = run(tmp_path, "device=cuda", f"precision={precision}")
     assert summary["status"] == "completed" and summary["device"].startswith("cuda")
+
+
+def test_logged_lr_is_the_lr_the_steps_used_with_batch_size_scaling(tmp_path):
+    # size 64 against base_size 16 with linear scaling: every full step ran at 4x the optimizer's LR;
+    # 320 training samples = 5 full batches, so the epoch's mean factor is exactly 4
+    cfg = compose_cfg("optimizer=sgd", "optimizer.lr=0.01", "batch_size.lr_scaling=linear", "batch_size.base_size=16",
+                      "dataset.n_train=384", "dataset.val_size=64", "epochs=1")
+    train(cfg, RunContext(tmp_path))
+    (row,) = read_metrics(tmp_path / "metrics.jsonl")
+    assert row["lr"] == pytest.approx(0.04)
