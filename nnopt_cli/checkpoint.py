@@ -106,6 +106,7 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "post.quantize.bits": 8,
     "post.quantize.finetune_epochs": 1,
     "post.quantize.lr_scale": 1.0,
+    "averaging": {"name": "none"},
 }
 
 

@@ -1,120 +1,227 @@
-"""Optimizers and LR schedulers: torch's own classes, built from `_target_` configs.
+"""Optimizers (conf/optimizer/*.yaml): a class named by `_target_`, its keyword arguments, and the
+protocol the training step follows for it.
 
-conf/optimizer/*.yaml and conf/scheduler/*.yaml name torch.optim classes with `_partial_: true`;
-values known only at run time (the parameters, the optimizer, the number of steps) are passed
-here, at the call site. Any other torch.optim class works by overriding `_target_`.
+An optimizer node holds the class's arguments plus these protocol keys (absent = the default):
+  step: plain            plain: backward, then step()
+                         closure: step(closure), the optimizer evaluates every loss and gradient
+                           it needs through the closure, the first one included (L-BFGS)
+                         backward_closure: backward, then step(closure) for the extra gradients
+                           (SAM: the closure re-evaluates at the perturbed weights)
+                         create_graph: backward(create_graph=True), then step() (Hessian methods)
+  train_eval: false      true: optimizer.eval() before every evaluation and checkpoint,
+                         optimizer.train() after (schedule-free methods)
+  bn_batches: 0          with train_eval, BatchNorm running statistics are recomputed from this many
+                         training batches at the evaluation weights (schedule-free's recipe)
+  param_groups: null     rules routing 2-D hidden weights / biases and norms (param_groups.py)
+  wrapper: null          an optimizer wrapped around this one, e.g. Lookahead (conf/optimizer/wrapper)
+A `base_optimizer` key (SAM) names the inner class; the remaining keys are its arguments.
+
+Arguments are bound against the class signature before any data are loaded. A key the class does
+not take stops the run with one line naming the keys to remove: after `optimizer._target_=X` the
+preset's own keys (betas, momentum, ...) may not fit X, and nnopt will not guess which ones to drop.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import hydra.utils
 import torch
-from hydra.errors import InstantiationException
+from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
-from nnopt_cli.build import bind, locate, settings
-from nnopt_cli.checks import need_choice, need_int, need_int_list, need_num
+from nnopt_cli import param_groups
+from nnopt_cli.checks import need_bool, need_int, need_num
 from nnopt_cli.errors import ConfigError
+from nnopt_cli.schedulers import (  # noqa: F401  (re-exported: conf/scheduler names nnopt_cli.optim.*)
+    SCHEDULER_META_KEYS,
+    build_scheduler,
+    check_scheduler,
+    warmup_cosine,
+)
 
-# keys of conf/scheduler/*.yaml that describe how the runner drives the scheduler, not its arguments
-SCHEDULER_META_KEYS = ("interval", "monitor")
+STEP_KINDS = ("plain", "closure", "backward_closure", "create_graph")
+META_KEYS = ("step", "train_eval", "bn_batches", "param_groups", "wrapper")
 
 
-def _instantiate(group: str, cfg: dict[str, Any], *args, **kwargs):
+@dataclass(frozen=True)
+class Protocol:
+    """How the training step drives this optimizer (see the module docstring)."""
+
+    step: str = "plain"
+    train_eval: bool = False
+    bn_batches: int = 0
+
+    @classmethod
+    def from_config(cls, node: dict) -> Protocol:
+        return cls(node.get("step", "plain"), node.get("train_eval", False), node.get("bn_batches", 0))
+
+    @property
+    def passes_closure(self) -> bool:
+        return self.step in ("closure", "backward_closure")
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def resolve(key: str, target: Any) -> type:
+    """The class a `_target_` names, or one line saying it is not an optimizer class."""
     try:
-        return hydra.utils.instantiate(cfg)(*args, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__ or e
-        raise ConfigError(f"{group}._target_", cfg.get("_target_"), f"could not build it: {cause}".splitlines()[0]) from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(group, {k: v for k, v in cfg.items() if not k.startswith("_")}, str(e).splitlines()[0]) from None
+        cls = hydra.utils.get_class(str(target))
+    except Exception:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+        raise ConfigError(key, target, "a torch.optim.Optimizer class such as torch.optim.AdamW "
+                                       "(torch.optim, pytorch_optimizer, schedulefree)")
+    return cls
 
 
-def build_optimizer(cfg: dict[str, Any], params) -> Optimizer:
-    opt = _instantiate("optimizer", cfg, params)
-    if not isinstance(opt, Optimizer):
-        raise ConfigError("optimizer._target_", cfg.get("_target_"), "a torch.optim.Optimizer class")
+def _named(cls: type, skip: tuple[str, ...]) -> list[str]:
+    ps = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in ps if p.name not in ("self", *skip)
+            and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+
+
+def check_kwargs(key: str, cls: type, kwargs: dict, first: str = "params") -> None:
+    """Every key must be a named argument of cls (pytorch_optimizer classes swallow unknown
+    **kwargs silently, so a named argument is the only proof a key does something)."""
+    takes = _named(cls, (first,))
+    base = kwargs.get("base_optimizer")
+    if isinstance(base, type):  # SAM passes its other keyword arguments on to the base class
+        takes += _named(base, ("params",))
+    extra = [k for k in kwargs if k not in takes]
+    if extra:
+        fix = " ".join(f"~{key}.{k}" for k in extra)
+        raise ConfigError(f"{key}._target_", f"{cls.__module__}.{cls.__name__}",
+                          f"takes no {', '.join(extra)}: remove with {fix} (it takes {', '.join(takes)})")
+
+
+def class_kwargs(key: str, node: dict) -> tuple[type, dict]:
+    """The class and checked keyword arguments of an optimizer node (protocol keys left out)."""
+    if "_target_" not in node:
+        raise ConfigError(f"{key}._target_", None, "a torch.optim class such as torch.optim.AdamW")
+    cls = resolve(f"{key}._target_", node["_target_"])
+    kwargs = {k: v for k, v in node.items() if not k.startswith("_") and k not in META_KEYS}
+    if "base_optimizer" in kwargs:
+        kwargs["base_optimizer"] = resolve(f"{key}.base_optimizer", kwargs["base_optimizer"])
+    check_kwargs(key, cls, kwargs)
+    return cls, kwargs
+
+
+def check_optimizer(node: dict, precision: str = "fp32", distributed: bool = False) -> Protocol:
+    """Everything about `optimizer` that needs no data: classes, arguments, protocol keys."""
+    class_kwargs("optimizer", node)
+    need_num("optimizer.lr", node.get("lr"), gt=0)
+    if "weight_decay" in node:
+        need_num("optimizer.weight_decay", node["weight_decay"], ge=0)
+    if "momentum" in node:
+        need_num("optimizer.momentum", node["momentum"], ge=0, lt=1)
+    proto = Protocol.from_config(node)
+    if proto.step not in STEP_KINDS:
+        raise ConfigError("optimizer.step", proto.step, "one of " + ", ".join(STEP_KINDS))
+    need_bool("optimizer.train_eval", proto.train_eval)
+    need_int("optimizer.bn_batches", proto.bn_batches, 0)
+    pg = node.get("param_groups")
+    param_groups.check(pg)
+    if pg and pg.get("matrices") is not None:
+        class_kwargs("optimizer.param_groups.matrices", pg["matrices"])
+    w = node.get("wrapper")
+    if w is not None:
+        if not isinstance(w, dict) or "_target_" not in w:
+            raise ConfigError("optimizer.wrapper", w, "null or a node with _target_ (optimizer/wrapper=lookahead)")
+        cls = resolve("optimizer.wrapper._target_", w["_target_"])
+        check_kwargs("optimizer.wrapper", cls, {k: v for k, v in w.items() if not k.startswith("_")},
+                     first="optimizer")
+    if proto.passes_closure and precision == "fp16":
+        raise ConfigError("optimizer.step", proto.step, "a closure cannot run under fp16's GradScaler "
+                                                        "(torch refuses it); use precision=bf16 or fp32")
+    if distributed and proto.step in ("closure", "create_graph"):
+        why = ("L-BFGS-style closures run a rank-dependent number of passes" if proto.step == "closure"
+               else "DDP does not average the Hessian-vector products of a create_graph backward")
+        raise ConfigError("optimizer.step", proto.step, f"cannot run under torchrun/DDP: {why}; "
+                                                        "train in one process")
+    return proto
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def _make(key: str, node: dict, params) -> Optimizer:
+    cls, kwargs = class_kwargs(key, node)
+    try:
+        return cls(params, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(key, {k: v for k, v in node.items() if not k.startswith("_")}, first) from None
+
+
+def build_optimizer(cfg: dict[str, Any], model: nn.Module | Any) -> Optimizer:
+    """The optimizer an `optimizer` node describes, over `model`'s parameters (or an iterable of
+    parameters when the node has no param_groups), wrapped when it names a wrapper."""
+    pg = cfg.get("param_groups")
+    if pg:
+        if not isinstance(model, nn.Module):
+            raise ConfigError("optimizer.param_groups", pg, "needs the model, not a parameter list")
+        opt = param_groups.build(model, pg, cfg["lr"], _make, cfg)
+    else:
+        params = model.parameters() if isinstance(model, nn.Module) else model
+        opt = _make("optimizer", cfg, params)
+    w = cfg.get("wrapper")
+    if w is not None:
+        cls = resolve("optimizer.wrapper._target_", w["_target_"])
+        opt = cls(opt, **{k: v for k, v in w.items() if not k.startswith("_")})
     return opt
 
 
-def build_scheduler(cfg: dict[str, Any], optimizer: Optimizer, total_steps: int):
-    """Return (scheduler or None, interval 'epoch'|'step', monitored metric or None)."""
-    cfg = dict(cfg)
-    interval = cfg.pop("interval", "epoch")
-    monitor = cfg.pop("monitor", None)
-    cfg.pop("name", None)
-    if "_target_" not in cfg:
-        return None, interval, None
-    target = hydra.utils.get_method(cfg["_target_"]) if "." in str(cfg["_target_"]) else None
-    kwargs = {}
-    if interval == "step" and target is not None and "total_steps" in inspect.signature(target).parameters:
-        kwargs["total_steps"] = total_steps
-    sched = _instantiate("scheduler", cfg, optimizer, **kwargs)
-    return sched, interval, monitor
+# ---------------------------------------------------------------------------- the protocol
 
 
-def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05,
-                  start_factor: float = 0.01, eta_min: float = 0.0) -> LRScheduler:
-    """Linear warm-up from start_factor*lr to lr, then cosine annealing to eta_min (per step).
+def optimizer_step(optimizer: Optimizer, kind: str, closure: Callable[..., torch.Tensor]) -> None:
+    """One optimizer step the way `kind` says. closure(create_graph=False) zeroes the gradients,
+    runs forward + loss + backward (+ unscaling and clipping) and returns the loss."""
+    if kind == "closure":
+        optimizer.step(closure)  # the optimizer calls it for every gradient, the first one too
+        return
+    if kind == "create_graph":
+        with warnings.catch_warnings():  # the grad <-> graph cycle it warns about is what Sophia needs;
+            warnings.filterwarnings("ignore", "Using backward\\(\\) with create_graph=True")
+            closure(create_graph=True)  # zero_grad(set_to_none=True) breaks it at the next step
+    else:
+        closure()
+    if kind == "backward_closure":
+        optimizer.step(closure)
+    else:
+        optimizer.step()
 
-    Built from torch's LinearLR, CosineAnnealingLR and SequentialLR, so its state_dict is torch's.
-    """
-    warmup = max(1, int(round(total_steps * warmup_fraction)))
-    return SequentialLR(
-        optimizer,
-        [LinearLR(optimizer, start_factor=start_factor, end_factor=1.0, total_iters=warmup),
-         CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup), eta_min=eta_min)],
-        milestones=[warmup],
-    )
+
+def _innermost_with(optimizer: Optimizer, name: str):
+    """The optimizer (this one or one it wraps) that has a method `name`, or None."""
+    seen = optimizer
+    while seen is not None:
+        if callable(getattr(seen, name, None)):
+            return seen
+        seen = getattr(seen, "optimizer", None) or getattr(seen, "base_optimizer", None)
+    return None
 
 
-def _parameters(fn) -> tuple[str, ...]:
-    try:
-        return tuple(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return ()
+def set_eval(optimizer: Optimizer) -> None:
+    """Schedule-free: put the evaluation weights (the average x) into the model."""
+    o = _innermost_with(optimizer, "eval")
+    if o is not None:
+        o.eval()
+
+
+def set_train(optimizer: Optimizer) -> None:
+    """Schedule-free: put the training weights (the interpolation y) back into the model."""
+    o = _innermost_with(optimizer, "train")
+    if o is not None:
+        o.train()
 
 
 def current_lr(optimizer: Optimizer) -> float:
     lr = optimizer.param_groups[0]["lr"]
     return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
-
-
-def check_optimizer(opt: dict) -> None:
-    if "_target_" not in opt:
-        raise ConfigError("optimizer._target_", None, "a torch.optim class such as torch.optim.Adam")
-    need_num("optimizer.lr", opt.get("lr"), gt=0)
-    # the class and its settings, before any data is loaded: a typo is one line, not a TypeError later
-    cls = locate("optimizer._target_", opt["_target_"], Optimizer)
-    bind("optimizer", cls, ([torch.zeros(1, requires_grad=True)],), settings(opt))
-    if "weight_decay" in opt:
-        need_num("optimizer.weight_decay", opt["weight_decay"], ge=0)
-    if "momentum" in opt:
-        need_num("optimizer.momentum", opt["momentum"], ge=0, lt=1)
-
-
-def check_scheduler(s: dict) -> None:
-    if "_target_" not in s:
-        return
-    need_choice("scheduler.interval", s.get("interval", "epoch"), ("epoch", "step"))
-    fn = locate("scheduler._target_", s["_target_"])
-    kwargs = {k: v for k, v in settings(s).items() if k not in (*SCHEDULER_META_KEYS, "name")}
-    if s.get("interval") == "step" and "total_steps" in _parameters(fn):
-        kwargs["total_steps"] = 1
-    bind("scheduler", fn, (torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),), kwargs)
-    if "gamma" in s:
-        need_num("scheduler.gamma", s["gamma"], gt=0, le=1)
-    if "step_size" in s:
-        need_int("scheduler.step_size", s["step_size"], 1)
-    if "milestones" in s:
-        need_int_list("scheduler.milestones", s["milestones"])
-    if "warmup_fraction" in s:
-        need_num("scheduler.warmup_fraction", s["warmup_fraction"], ge=0, lt=1)
-    if "monitor" in s:
-        need_choice("scheduler.monitor", s["monitor"], ("val/loss", "val/acc"))
-    if "eta_min" in s:
-        need_num("scheduler.eta_min", s["eta_min"], ge=0)

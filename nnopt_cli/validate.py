@@ -7,7 +7,8 @@ one line of output and no training time. Post-training stages are checked by pos
 
 from __future__ import annotations
 
-from nnopt_cli import data, models
+from nnopt_cli import data, distributed, models
+from nnopt_cli.averaging import check as check_averaging
 from nnopt_cli.batch_size import MAX_BATCH, check_batch_size
 from nnopt_cli.checks import need_bool, need_int, need_keys
 from nnopt_cli.clip import check_grad_clip
@@ -52,11 +53,12 @@ def validate(cfg: dict) -> None:
 
     check_dataset(cfg["dataset"])
     models.check(cfg, data.input_shape(cfg["dataset"]), data.num_classes(cfg["dataset"]))
-    check_optimizer(cfg["optimizer"])
+    check_optimizer(cfg["optimizer"], cfg["precision"], distributed.launched_by_torchrun())
     check_scheduler(cfg["scheduler"])
     check_regularizer(cfg["regularizer"])
     check_batch_size(cfg["batch_size"], cfg["scheduler"], batch_norm=bool(cfg["model"].get("batch_norm")))
     check_grad_clip(cfg["grad_clip"])
+    check_averaging(cfg.get("averaging"))
     check_early_stopping(cfg["early_stopping"])
     check_observers(cfg)
     validate_post(cfg)  # post-training stages: checked before training starts
