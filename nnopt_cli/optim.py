@@ -136,9 +136,9 @@ def check_optimizer(node: dict, precision: str = "fp32", distributed: bool = Fal
         cls = resolve("optimizer.wrapper._target_", w["_target_"])
         check_kwargs("optimizer.wrapper", cls, {k: v for k, v in w.items() if not k.startswith("_")},
                      first="optimizer")
-    if proto.passes_closure and precision == "fp16":
-        raise ConfigError("optimizer.step", proto.step, "a closure cannot run under fp16's GradScaler "
-                                                        "(torch refuses it); use precision=bf16 or fp32")
+    if proto.step != "plain" and precision == "fp16":
+        raise ConfigError("optimizer.step", proto.step, "needs unscaled gradients, and fp16's GradScaler "
+                                                        "scales them (no closures either); use bf16 or fp32")
     if distributed and proto.step in ("closure", "create_graph"):
         why = ("L-BFGS-style closures run a rank-dependent number of passes" if proto.step == "closure"
                else "DDP does not average the Hessian-vector products of a create_graph backward")

@@ -116,6 +116,7 @@ BAD = [
      "optimizer.param_groups.matrices._target_", "takes no betas"),
     (["optimizer=sam", "optimizer.base_optimizer=torch.optim.AdamW"], "optimizer._target_", "takes no momentum"),
     (["optimizer=lbfgs", "precision=fp16"], "optimizer.step", "GradScaler"),
+    (["optimizer=sophia", "precision=fp16"], "optimizer.step", "use bf16 or fp32"),
     (["optimizer/wrapper=lookahead", "+optimizer.wrapper.kk=3"], "optimizer.wrapper._target_", "takes no kk"),
     (["scheduler=wsd", "scheduler.decay_fraction=0.9", "scheduler.warmup_fraction=0.5"], "scheduler.decay_fraction",
      "warmup_fraction + decay_fraction <= 1"),
