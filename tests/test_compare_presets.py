@@ -32,7 +32,7 @@ def test_every_run_of_each_preset_sweep_is_valid(preset):
     params = sweep_params(preset)
     assert params, f"{preset} sweeps nothing"
     grid = list(itertools.product(*params.values()))
-    assert 2 <= len(grid) <= 12  # minutes on a laptop CPU, not hours
+    assert 2 <= len(grid) <= 16  # minutes on a laptop CPU, not hours (modern_optimizers: 16 runs)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         for values in grid:
             overrides = [f"{k}={v}" for k, v in zip(params, values, strict=True)]
