@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from nnopt_cli.averaging import Averager, recompute_bn
-from nnopt_cli.config import validate
 from nnopt_cli.errors import ConfigError
+from nnopt_cli.validate import validate
 from tests.conftest import compose_cfg
 
 
