@@ -7,6 +7,18 @@ clipping (clip.GradClip), batch-size LR scaling (_scaled_lr), DDP loss scaling (
 the resume of an epoch an interrupt cut short (EpochSums.resumed). Observers (observers.py) are
 called after clipping and after the step only when a run has any.
 
+The optimizer's protocol (optim.py) decides how the step gets its gradients: forward -> loss ->
+backward -> clip is one closure, `_step` calls it once (plain, create_graph), hands it to the
+optimizer (closure: L-BFGS calls it for every gradient it needs), or both (backward_closure: SAM's
+second pass). Every call counts a forward and a backward pass; the epoch's loss and accuracy are
+those of the first call, at the weights the step started from.
+
+Evaluation weights: train_epoch ends with the weights to evaluate in the model: schedule-free's
+average x (optimizer.eval(), BatchNorm statistics recomputed) and/or the EMA/SWA average
+(averaging.py; the raw weights kept aside in `raw`). The next train_epoch puts the training
+weights back first. So the runner's evaluate(model), checkpoint, early-stopping snapshot, test
+and model.pt all see the evaluation weights, and a checkpoint resumes bit for bit.
+
 Data are in-memory tensors on the training device, batched by index, and the loop syncs with
 the device only when it has to (divergence checks, progress updates), so the framework costs
 little over a hand-written loop (see `make bench`). Post-training stages reuse Trainer to
@@ -16,6 +28,7 @@ fine-tune a changed model with the run's own settings.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -27,11 +40,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnopt_cli import distributed
+from nnopt_cli.averaging import Averager, recompute_bn
 from nnopt_cli.batch_size import BatchSizePolicy
 from nnopt_cli.clip import GradClip
 from nnopt_cli.interrupt import Interrupted
 from nnopt_cli.observers import Observers, StepInfo
-from nnopt_cli.optim import build_optimizer, build_scheduler, current_lr
+from nnopt_cli.optim import Protocol, build_optimizer, build_scheduler, current_lr, set_eval, set_train
 from nnopt_cli.precision import LossScaler, autocast_context
 from nnopt_cli.progress import Progress
 from nnopt_cli.regularizer import Penalty
@@ -121,15 +135,21 @@ class Trainer:
         self.loss_fn = loss_fn  # (out, y, x) -> mean loss in place of cross-entropy (distillation)
         self.policy = BatchSizePolicy.from_config(cfg["batch_size"], cfg["scheduler"],
                                                   cfg["epochs"] if epochs is None else epochs, cfg["seed"])
-        self.optimizer = build_optimizer(cfg["optimizer"], model.parameters())
+        self.optimizer = build_optimizer(cfg["optimizer"], model)
+        self.protocol = Protocol.from_config(cfg["optimizer"])
         sched_cfg = cfg["scheduler"]
         if cfg["batch_size"].get("instead_of_lr_decay"):
             sched_cfg = {"name": "none"}  # the batch growth replaces the LR decay
-        self.scheduler, self.interval, self.monitor = build_scheduler(
-            sched_cfg, self.optimizer, self.policy.total_steps(n_train))
+        total_steps = self.policy.total_steps(n_train)
+        self.scheduler, self.interval, self.monitor = build_scheduler(sched_cfg, self.optimizer, total_steps)
+        # weight averaging belongs to the run: post-training fine-tunes (epochs given) train raw weights
+        self.averager = Averager.from_config(cfg.get("averaging"), model, total_steps) if epochs is None else None
+        self.swa_scheduler = self.averager.swa_scheduler(self.optimizer) if self.averager else None
+        self.raw: dict[str, torch.Tensor] | None = None  # the training weights while the average is in the model
+        self.epoch = 0  # the epoch being trained (SWALR takes over the LR from averaging.start_epoch)
         self.penalty = Penalty.from_config(cfg["regularizer"])
         self.penalized = Penalty.penalized(model) if self.penalty else []
-        self.clip = GradClip.from_config(cfg["grad_clip"])
+        self.clip = GradClip.from_config(cfg["grad_clip"], model)
         self.precision = cfg["precision"]
         self.scaler = LossScaler(self.precision)
         # on CPU a sync per step is nearly free, so divergence is caught at the very step;
@@ -164,6 +184,9 @@ class Trainer:
             "partial_epoch": self.partial,
             "counters": self.counters.as_row(),
             "observers": self.observers.state_dict(),
+            "averaging": self.averager.state_dict() if self.averager is not None else None,
+            "swa_scheduler": self.swa_scheduler.state_dict() if self.swa_scheduler is not None else None,
+            "raw_weights": self.raw,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -177,6 +200,11 @@ class Trainer:
         if state.get("counters") is not None:  # checkpoints of nnopt before the counters: see runner
             self.counters = Counters(**state["counters"])
         self.observers.load_state_dict(state.get("observers"))
+        if self.averager is not None:
+            self.averager.load_state_dict(state["averaging"])
+        if self.swa_scheduler is not None:
+            self.swa_scheduler.load_state_dict(state["swa_scheduler"])
+        self.raw = state.get("raw_weights")
 
     # ------------------------------------------------------------------ the step's helpers
 
@@ -205,8 +233,87 @@ class Trainer:
                 g["lr"] = g["lr"] / factor
 
     def _schedule_step(self) -> None:
-        if self.scheduler is not None and self.interval == "step":
+        if self.scheduler is not None and self.interval == "step" and not self._swa_lr():
             self.scheduler.step()
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, share: float, first: dict[str, Any],
+                          measure: bool, epoch: int, bs: int, create_graph: bool = False) -> torch.Tensor:
+        """The step's closure: forward -> loss (+ penalty) -> backward (+ unscale) -> clip. Counts its
+        passes; the first call also keeps out/loss/penalty/norm for the epoch's sums and calls the
+        observers' before_step (gradients ready, weights not yet changed)."""
+        with autocast_context(self.precision, self.device):
+            out = self.net(x)
+            loss = self._batch_loss(out, y, x, share)
+        reg = self.penalty(self.penalized) if self.penalty is not None else None
+        total = loss if reg is None else loss + reg
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.backward(total, self.optimizer, **({"create_graph": True} if create_graph else {}))
+        norm = self.clip(self.model.parameters(), measure and not first)
+        self.counters.forward_passes += 1
+        self.counters.backward_passes += 1
+        if not first:
+            first.update(out=out, loss=loss, reg=reg, norm=norm)
+            if self.observers:
+                first["info"] = StepInfo(epoch, self.counters.total_steps + 1, self.model, self.optimizer, loss, bs)
+                self.observers.before_step(first["info"])
+        return total
+
+    def _swa_lr(self) -> bool:
+        """Whether SWALR drives the LR now (averaging=swa with swa_lr, from its start epoch on)."""
+        return self.averager is not None and self.averager.schedule_taken_over(self.epoch)
+
+    def _step(self, closure: Callable[..., torch.Tensor]) -> None:
+        """One optimizer step the way its protocol says (optim.py). fp16 (GradScaler) is refused at
+        validation for every protocol but plain, so only plain steps go through the scaler."""
+        kind = self.protocol.step
+        if kind in ("plain", "create_graph"):
+            closure(create_graph=kind == "create_graph")
+            self.scaler.step(self.optimizer)
+        elif kind == "backward_closure":
+            closure()
+            self.optimizer.step(closure)
+        else:
+            self.optimizer.step(closure)
+
+    # ------------------------------------------------------------------ training vs evaluation weights
+
+    def _training_weights(self) -> None:
+        """Put back what training steps from: the raw weights (averaging) and schedule-free's y."""
+        if self.raw is not None:
+            with torch.no_grad():
+                for k, v in self.model.state_dict().items():
+                    v.copy_(self.raw[k])
+            self.raw = None
+        if self.protocol.train_eval:
+            set_train(self.optimizer)
+
+    def _evaluation_weights(self, x_all: torch.Tensor, batch_size: int) -> None:
+        """Put in the weights to evaluate: schedule-free's x (its BatchNorm statistics recomputed
+        from the first bn_batches training batches) and/or the weight average."""
+        if self.protocol.train_eval:
+            set_eval(self.optimizer)
+            recompute_bn(self.model, x_all, batch_size, self.protocol.bn_batches)
+        if self.averager is not None and self.averager.started:
+            avg = self.averager.eval_model(self.model, x_all, batch_size)
+            with torch.no_grad():
+                self.raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                for k, v in self.model.state_dict().items():
+                    v.copy_(avg.state_dict()[k])
+
+    def raw_metrics(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, precision: str) -> dict[str, float]:
+        """With averaging: the raw (training) weights' loss and accuracy on (x, y), recorded beside
+        the average's as raw/val/loss, raw/val/acc. Empty without averaging."""
+        if self.raw is None:
+            return {}
+        avg = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(self.raw[k])
+        loss, acc = evaluate(self.model, x, y, batch_size, precision, sharded=True)
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(avg[k])
+        return {"raw/val/loss": loss, "raw/val/acc": acc}
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int, last: int) -> None:
         if step % self.check_every == 0 or step == last:
@@ -229,6 +336,8 @@ class Trainer:
         """One pass over (x_all, y_all) in a fresh random order; returns the epoch's train metrics."""
         t_start, eval_s = time.perf_counter(), 0.0
         model, optimizer, observers, n = self.model, self.optimizer, self.observers, len(x_all)
+        self.epoch = epoch
+        self._training_weights()
         model.train()
         sizes = self.policy.epoch_sizes(epoch - 1, n)
         part = self.partial if self.partial and self.partial["epoch"] == epoch else None
@@ -252,44 +361,37 @@ class Trainer:
                 raise Interrupted(f"epoch {epoch}, step {step - 1}")
             x, y = x_all[idx], y_all[idx]
             share = bs / self.world  # this rank's part of the global batch
-            # forward -> loss (+ penalty)
-            with autocast_context(self.precision, self.device):
-                out = self.net(x)
-                loss = self._batch_loss(out, y, x, share)
-            total = loss
-            if self.penalty is not None:
-                reg = self.penalty(self.penalized)
-                total = loss + reg
-                sums.penalty.add_(reg.detach(), alpha=share)
-            # backward -> clip (the gradient norm is sampled every log_every steps: it costs time)
-            optimizer.zero_grad(set_to_none=True)
-            self.scaler.backward(total, optimizer)
-            measure = (step - 1) % self.log_every == 0
-            norm = self.clip(model.parameters(), measure)
-            if measure:
-                sums.grad_norms.append(norm)
-            info = StepInfo(epoch, self.counters.total_steps + 1, model, optimizer, loss, bs) if observers else None
-            if info is not None:
-                observers.before_step(info)
+            first: dict[str, Any] = {}  # the first evaluation: at the weights the step starts from
+            measure = (step - 1) % self.log_every == 0  # the gradient norm is sampled: it costs time
+            closure = functools.partial(self._forward_backward, x, y, share, first, measure, epoch, bs)
             # step -> schedule
             with self._scaled_lr(bs):
-                self.scaler.step(optimizer)
+                self._step(closure)
             self._schedule_step()
+            out, loss = first["out"], first["loss"]
+            if self.penalty is not None:
+                sums.penalty.add_(first["reg"].detach(), alpha=share)
+            if measure:
+                sums.grad_norms.append(first["norm"])
+            info = first.get("info")
             # accumulate -> check
             c = self.counters
             c.total_steps += 1
             c.samples_seen += bs
-            c.forward_passes += 1
-            c.backward_passes += 1
+            if self.averager is not None:
+                self.averager.after_step(model, c.total_steps)
             sums.loss.add_(loss.detach().float(), alpha=share)  # in place, no host sync
             sums.correct.add_((out.argmax(1) == y).sum())
             self._check_finite(loss, epoch, step, len(sizes))
             if info is not None:
                 observers.after_step(info)
             if self.on_eval is not None:
-                eval_s += self._maybe_evaluate_at(t_start, eval_s)
+                eval_s += self._maybe_evaluate_at(t_start, eval_s, x_all, sizes[0])
             if progress is not None and progress.live and step % self.log_every == 0:
                 progress.update(step, sums.loss.item() / seen, sums.correct.item() / seen, current_lr(optimizer))
+        if self.averager is not None:
+            self.averager.end_epoch(model, epoch)  # SWA: the end-of-epoch weights join the average
+        self._evaluation_weights(x_all, sizes[0])
         self.counters.train_s += time.perf_counter() - t_start - eval_s
         if self.world > 1:  # the epoch's metrics count every rank's samples
             sums.loss, sums.penalty, sums.correct = distributed.sum_over_ranks(sums.loss, sums.penalty, sums.correct)
@@ -306,18 +408,24 @@ class Trainer:
             row["train/penalty"] = sums.penalty.item() / n
         return row
 
-    def _maybe_evaluate_at(self, t_start: float, eval_s: float) -> float:
-        """The step-interval evaluation sees train_s up to this step (evaluations excluded)."""
+    def _maybe_evaluate_at(self, t_start: float, eval_s: float, x_all: torch.Tensor, batch_size: int) -> float:
+        """The step-interval evaluation sees train_s up to this step (evaluations excluded), and the
+        evaluation weights (schedule-free's x, the average), like the epoch-end one."""
         if self.eval_every is None or self.counters.total_steps % self.eval_every:
             return 0.0
         elapsed = self.counters.train_s + (time.perf_counter() - t_start - eval_s)
         t0 = time.perf_counter()
+        self._evaluation_weights(x_all, batch_size)
         self.on_eval(elapsed)
+        self._training_weights()
+        self.model.train()
         return time.perf_counter() - t0
 
     def end_epoch(self, row: dict) -> None:
         """Advance epoch-level schedules (plateau schedulers read the monitored metric)."""
-        if self.scheduler is not None and self.interval == "epoch":
+        if self._swa_lr():
+            self.swa_scheduler.step()
+        elif self.scheduler is not None and self.interval == "epoch":
             if self.monitor is not None:
                 self.scheduler.step(row[self.monitor])
             else:
