@@ -23,6 +23,7 @@ preset's own keys (betas, momentum, ...) may not fit X, and nnopt will not guess
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from collections.abc import Callable
@@ -180,6 +181,15 @@ def build_optimizer(cfg: dict[str, Any], model: nn.Module | Any) -> Optimizer:
 # ---------------------------------------------------------------------------- the protocol
 
 
+@contextlib.contextmanager
+def create_graph_backward():
+    """backward(create_graph=True) warns of a grad <-> graph reference cycle: it is what Hessian
+    methods need, and zero_grad(set_to_none=True) at the next step breaks it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Using backward\\(\\) with create_graph=True")
+        yield
+
+
 def optimizer_step(optimizer: Optimizer, kind: str, closure: Callable[..., torch.Tensor]) -> None:
     """One optimizer step the way `kind` says. closure(create_graph=False) zeroes the gradients,
     runs forward + loss + backward (+ unscaling and clipping) and returns the loss."""
@@ -187,9 +197,8 @@ def optimizer_step(optimizer: Optimizer, kind: str, closure: Callable[..., torch
         optimizer.step(closure)  # the optimizer calls it for every gradient, the first one too
         return
     if kind == "create_graph":
-        with warnings.catch_warnings():  # the grad <-> graph cycle it warns about is what Sophia needs;
-            warnings.filterwarnings("ignore", "Using backward\\(\\) with create_graph=True")
-            closure(create_graph=True)  # zero_grad(set_to_none=True) breaks it at the next step
+        with create_graph_backward():
+            closure(create_graph=True)
     else:
         closure()
     if kind == "backward_closure":

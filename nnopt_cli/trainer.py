@@ -45,7 +45,15 @@ from nnopt_cli.batch_size import BatchSizePolicy
 from nnopt_cli.clip import GradClip
 from nnopt_cli.interrupt import Interrupted
 from nnopt_cli.observers import Observers, StepInfo
-from nnopt_cli.optim import Protocol, build_optimizer, build_scheduler, current_lr, set_eval, set_train
+from nnopt_cli.optim import (
+    Protocol,
+    build_optimizer,
+    build_scheduler,
+    create_graph_backward,
+    current_lr,
+    set_eval,
+    set_train,
+)
 from nnopt_cli.precision import LossScaler, autocast_context
 from nnopt_cli.progress import Progress
 from nnopt_cli.regularizer import Penalty
@@ -266,8 +274,12 @@ class Trainer:
         """One optimizer step the way its protocol says (optim.py). fp16 (GradScaler) is refused at
         validation for every protocol but plain, so only plain steps go through the scaler."""
         kind = self.protocol.step
-        if kind in ("plain", "create_graph"):
-            closure(create_graph=kind == "create_graph")
+        if kind == "plain":
+            closure()
+            self.scaler.step(self.optimizer)
+        elif kind == "create_graph":
+            with create_graph_backward():
+                closure(create_graph=True)
             self.scaler.step(self.optimizer)
         elif kind == "backward_closure":
             closure()

@@ -298,3 +298,83 @@ def test_new_schedulers_follow_their_formula(sched):
         assert lrs[399 // 2] == pytest.approx(0.1 * math.sqrt(100 / 200))
     else:  # T_0=2, T_mult=2: restarts at epochs 2 and 6
         assert lrs[0] == lrs[2] == lrs[6] == 0.1 and lrs[1] == pytest.approx(0.05) and lrs[4] == pytest.approx(0.05)
+
+
+# ---------------------------------------------------------------------------- through the real run
+
+# one optimizer of each protocol kind, the wrapper and parameter groups, and the evaluation-weight
+# modes (schedule-free x with BatchNorm recomputed, EMA, SWA with SWALR): crash after epoch 2, resume
+RESUME = {
+    "plain-muon-lookahead": ["optimizer=muon", "optimizer/wrapper=lookahead", "optimizer.wrapper.k=3"],
+    "closure-lbfgs": ["optimizer=lbfgs", "optimizer.max_iter=4"],
+    "backward_closure-sam-agc": ["optimizer=sam", "grad_clip=agc", "model.batch_norm=true"],
+    "create_graph-sophia": ["optimizer=sophia", "optimizer.update_period=2"],
+    "train_eval-schedulefree-bn": ["optimizer=schedulefree_adamw", "model.batch_norm=true",
+                                   "optimizer.bn_batches=2"],
+    "ema-bn": ["averaging=ema", "averaging.decay=0.9", "model.batch_norm=true"],
+    "swa-swalr-bn": ["optimizer=momentum", "averaging=swa", "averaging.swa_lr=0.01", "averaging.bn_batches=2",
+                     "model.batch_norm=true"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME))
+def test_crash_then_resume_is_bit_exact_for_every_protocol_kind(case, tmp_path, monkeypatch):
+    from nnopt_cli.checkpoint import load_checkpoint
+    from nnopt_cli.runner import RunContext, train
+    from tests.test_resume import Crash, assert_same_run, crash_after
+
+    cfg = compose_cfg(*RESUME[case], "epochs=4")
+    assert train(cfg, RunContext(tmp_path / "alone"))["status"] == "completed"
+    with monkeypatch.context() as m:
+        crash_after(m, 2)
+        with pytest.raises(Crash):
+            train(cfg, RunContext(tmp_path / "cut"))
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 2
+    assert train(cfg, RunContext(tmp_path / "cut", resume=True))["resumed_from_epoch"] == 2
+    assert_same_run(tmp_path / "alone", tmp_path / "cut")
+
+
+def test_the_run_counts_every_pass_a_protocol_makes(tmp_path):
+    from nnopt_cli.run_dir import read_metrics
+    from nnopt_cli.runner import RunContext, train
+
+    rows = {}
+    for name, opt in (("adam", "optimizer=adam"), ("sam", "optimizer=sam"), ("lbfgs", "optimizer=lbfgs")):
+        train(compose_cfg(opt, "epochs=1"), RunContext(tmp_path / name))
+        rows[name] = read_metrics(tmp_path / name / "metrics.jsonl")[-1]
+    steps = rows["adam"]["total_steps"]
+    assert steps == 5 and rows["adam"]["forward_passes"] == rows["adam"]["backward_passes"] == steps
+    assert rows["sam"]["forward_passes"] == rows["sam"]["backward_passes"] == 2 * steps
+    assert rows["lbfgs"]["total_steps"] == steps and rows["lbfgs"]["forward_passes"] > 2 * steps
+
+
+def test_lbfgs_run_reaches_a_training_loss_the_closure_less_presets_do_not(tmp_path):
+    from nnopt_cli.runner import RunContext, train
+
+    def final_train_loss(*overrides: str) -> float:
+        from nnopt_cli.run_dir import read_metrics
+
+        run = tmp_path / "-".join(overrides).replace("/", "_")
+        # noisy classes, full batch (320 samples): 3 optimizer steps for every optimizer
+        cfg = compose_cfg(*overrides, "epochs=3", "dataset.noise=3.0", "batch_size.size=320")
+        assert train(cfg, RunContext(run))["status"] == "completed"
+        return read_metrics(run / "metrics.jsonl")[-1]["train/loss"]
+
+    lbfgs = final_train_loss("optimizer=lbfgs")
+    others = [final_train_loss(f"optimizer={o}") for o in ("adam", "momentum", "rprop")]
+    assert lbfgs < 1e-4 and min(others) > 0.05, (lbfgs, others)
+
+
+def test_averaged_weights_are_what_the_run_saves_and_the_raw_ones_resume_training(tmp_path):
+    from nnopt_cli.checkpoint import load_checkpoint
+    from nnopt_cli.runner import RunContext, train
+
+    cfg = compose_cfg("averaging=swa", "averaging.start_epoch=1", "epochs=2")
+    train(cfg, RunContext(tmp_path))
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in ckpt["trainer"]["averaging"]["averaged"].items()}
+    for k, v in saved.items():
+        assert torch.equal(v, averaged[k]) and torch.equal(ckpt["model"][k], v), k
+    raw = ckpt["trainer"]["raw_weights"]
+    assert any(not torch.equal(raw[k], saved[k]) for k in saved)  # training resumes from the raw weights
