@@ -17,12 +17,17 @@ How the run uses it (the hooks, in loop order):
                                   (the raw model until the first average exists); the runner
                                   records the raw model's val metrics beside it as raw/val/loss ...
     checkpoint:                   avg.state_dict() / avg.load_state_dict(state)
+trainer.py does all of this itself through EvalWeights (below): train_epoch ends with the average
+in the model, the next one puts the raw weights back, so the runner's evaluate(model), checkpoint,
+test and model.pt see the average without a line of their own. The one thing left to the runner is
+recording the raw model's metrics: row.update(trainer.raw_metrics(val_x, val_y, batch_size, precision)).
 update_bn reads the first `bn_batches` training batches in order, so it draws no random number
 and a resumed run recomputes exactly the same statistics.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -31,6 +36,7 @@ from torch.optim import Optimizer
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn, update_bn
 
 from nnopt_cli.checks import need_choice, need_int, need_num
+from nnopt_cli.optim import Protocol, set_eval, set_train
 
 KINDS = ("none", "ema", "swa")
 
@@ -131,3 +137,48 @@ class Averager:
         self.averaged.load_state_dict(state["averaged"])
         self.bn_stale = state["bn_stale"]
 
+
+
+class EvalWeights:
+    """Which weights the model holds. During an epoch: the training weights. Between epochs (and
+    around step-interval evaluations): the weights to evaluate, test and save: schedule-free's
+    average x (optimizer.eval(), BatchNorm statistics recomputed from bn_batches training batches)
+    and/or the EMA/SWA average, with the raw training weights kept in `raw` (checkpointed)."""
+
+    def __init__(self, model: nn.Module, optimizer: Optimizer, protocol: Protocol, averager: Averager | None):
+        self.model, self.optimizer, self.protocol, self.averager = model, optimizer, protocol, averager
+        self.raw: dict[str, torch.Tensor] | None = None
+
+    def _load(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(state[k])
+
+    def to_training(self) -> None:
+        if self.raw is not None:
+            self._load(self.raw)
+            self.raw = None
+        if self.protocol.train_eval:
+            set_train(self.optimizer)
+
+    def to_evaluation(self, x_all: torch.Tensor, batch_size: int) -> None:
+        if self.protocol.train_eval:
+            set_eval(self.optimizer)
+            recompute_bn(self.model, x_all, batch_size, self.protocol.bn_batches)
+        if self.averager is not None and self.averager.started:
+            avg = self.averager.eval_model(self.model, x_all, batch_size).state_dict()
+            self.raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._load(avg)
+
+    @contextlib.contextmanager
+    def raw_in_model(self):
+        """The raw weights in the model for a moment (yields False when the model holds no average)."""
+        if self.raw is None:
+            yield False
+            return
+        held = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._load(self.raw)
+        try:
+            yield True
+        finally:
+            self._load(held)

@@ -97,7 +97,7 @@ def check_kwargs(key: str, cls: type, kwargs: dict, first: str = "params") -> No
     extra = [k for k in kwargs if k not in takes]
     if extra:
         fix = " ".join(f"~{key}.{k}" for k in extra)
-        raise ConfigError(f"{key}._target_", f"{cls.__module__}.{cls.__name__}",
+        raise ConfigError(key, f"{cls.__module__}.{cls.__name__}",
                           f"takes no {', '.join(extra)}: remove with {fix} (it takes {', '.join(takes)})")
 
 

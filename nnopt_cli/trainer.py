@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnopt_cli import distributed
-from nnopt_cli.averaging import Averager, recompute_bn
+from nnopt_cli.averaging import Averager, EvalWeights
 from nnopt_cli.batch_size import BatchSizePolicy
 from nnopt_cli.clip import GradClip
 from nnopt_cli.interrupt import Interrupted
@@ -51,8 +51,6 @@ from nnopt_cli.optim import (
     build_scheduler,
     create_graph_backward,
     current_lr,
-    set_eval,
-    set_train,
 )
 from nnopt_cli.precision import LossScaler, autocast_context
 from nnopt_cli.progress import Progress
@@ -153,7 +151,7 @@ class Trainer:
         # weight averaging belongs to the run: post-training fine-tunes (epochs given) train raw weights
         self.averager = Averager.from_config(cfg.get("averaging"), model, total_steps) if epochs is None else None
         self.swa_scheduler = self.averager.swa_scheduler(self.optimizer) if self.averager else None
-        self.raw: dict[str, torch.Tensor] | None = None  # the training weights while the average is in the model
+        self.weights = EvalWeights(model, self.optimizer, self.protocol, self.averager)
         self.epoch = 0  # the epoch being trained (SWALR takes over the LR from averaging.start_epoch)
         self.penalty = Penalty.from_config(cfg["regularizer"])
         self.penalized = Penalty.penalized(model) if self.penalty else []
@@ -194,7 +192,7 @@ class Trainer:
             "observers": self.observers.state_dict(),
             "averaging": self.averager.state_dict() if self.averager is not None else None,
             "swa_scheduler": self.swa_scheduler.state_dict() if self.swa_scheduler is not None else None,
-            "raw_weights": self.raw,
+            "raw_weights": self.weights.raw,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -212,7 +210,7 @@ class Trainer:
             self.averager.load_state_dict(state["averaging"])
         if self.swa_scheduler is not None:
             self.swa_scheduler.load_state_dict(state["swa_scheduler"])
-        self.raw = state.get("raw_weights")
+        self.weights.raw = state.get("raw_weights")
 
     # ------------------------------------------------------------------ the step's helpers
 
@@ -289,42 +287,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ training vs evaluation weights
 
-    def _training_weights(self) -> None:
-        """Put back what training steps from: the raw weights (averaging) and schedule-free's y."""
-        if self.raw is not None:
-            with torch.no_grad():
-                for k, v in self.model.state_dict().items():
-                    v.copy_(self.raw[k])
-            self.raw = None
-        if self.protocol.train_eval:
-            set_train(self.optimizer)
-
-    def _evaluation_weights(self, x_all: torch.Tensor, batch_size: int) -> None:
-        """Put in the weights to evaluate: schedule-free's x (its BatchNorm statistics recomputed
-        from the first bn_batches training batches) and/or the weight average."""
-        if self.protocol.train_eval:
-            set_eval(self.optimizer)
-            recompute_bn(self.model, x_all, batch_size, self.protocol.bn_batches)
-        if self.averager is not None and self.averager.started:
-            avg = self.averager.eval_model(self.model, x_all, batch_size)
-            with torch.no_grad():
-                self.raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                for k, v in self.model.state_dict().items():
-                    v.copy_(avg.state_dict()[k])
-
     def raw_metrics(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, precision: str) -> dict[str, float]:
-        """With averaging: the raw (training) weights' loss and accuracy on (x, y), recorded beside
-        the average's as raw/val/loss, raw/val/acc. Empty without averaging."""
-        if self.raw is None:
-            return {}
-        avg = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        with torch.no_grad():
-            for k, v in self.model.state_dict().items():
-                v.copy_(self.raw[k])
-        loss, acc = evaluate(self.model, x, y, batch_size, precision, sharded=True)
-        with torch.no_grad():
-            for k, v in self.model.state_dict().items():
-                v.copy_(avg[k])
+        """With averaging: the raw (training) weights' loss and accuracy on (x, y), to record beside
+        the average's as raw/val/loss, raw/val/acc. Empty while the model holds no average."""
+        with self.weights.raw_in_model() as raw:
+            if not raw:
+                return {}
+            loss, acc = evaluate(self.model, x, y, batch_size, precision, sharded=True)
         return {"raw/val/loss": loss, "raw/val/acc": acc}
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int, last: int) -> None:
@@ -349,7 +318,7 @@ class Trainer:
         t_start, eval_s = time.perf_counter(), 0.0
         model, optimizer, observers, n = self.model, self.optimizer, self.observers, len(x_all)
         self.epoch = epoch
-        self._training_weights()
+        self.weights.to_training()
         model.train()
         sizes = self.policy.epoch_sizes(epoch - 1, n)
         part = self.partial if self.partial and self.partial["epoch"] == epoch else None
@@ -403,7 +372,7 @@ class Trainer:
                 progress.update(step, sums.loss.item() / seen, sums.correct.item() / seen, current_lr(optimizer))
         if self.averager is not None:
             self.averager.end_epoch(model, epoch)  # SWA: the end-of-epoch weights join the average
-        self._evaluation_weights(x_all, sizes[0])
+        self.weights.to_evaluation(x_all, sizes[0])
         self.counters.train_s += time.perf_counter() - t_start - eval_s
         if self.world > 1:  # the epoch's metrics count every rank's samples
             sums.loss, sums.penalty, sums.correct = distributed.sum_over_ranks(sums.loss, sums.penalty, sums.correct)
@@ -427,9 +396,9 @@ class Trainer:
             return 0.0
         elapsed = self.counters.train_s + (time.perf_counter() - t_start - eval_s)
         t0 = time.perf_counter()
-        self._evaluation_weights(x_all, batch_size)
+        self.weights.to_evaluation(x_all, batch_size)
         self.on_eval(elapsed)
-        self._training_weights()
+        self.weights.to_training()
         self.model.train()
         return time.perf_counter() - t0
 

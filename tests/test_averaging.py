@@ -125,3 +125,27 @@ def test_none_builds_nothing_and_bad_values_are_one_line():
         with pytest.raises(ConfigError) as e:
             validate(compose_cfg(*overrides))
         assert e.value.key == key and "\n" not in str(e.value)
+
+
+def test_trainer_ends_an_epoch_with_the_average_in_the_model_and_reports_the_raw_weights():
+    import copy
+
+    from nnopt_cli.data import load_splits
+    from nnopt_cli.models import make_model
+    from nnopt_cli.trainer import Trainer, evaluate
+
+    cfg = compose_cfg("averaging=swa", "averaging.start_epoch=1", "epochs=2")
+    data = load_splits(cfg["dataset"])
+    model = make_model(cfg, data.input_shape, data.num_classes)
+    trainer = Trainer(cfg, model, len(data.train_x), torch.device("cpu"))
+    trainer.train_epoch(1, data.train_x, data.train_y)
+    average = trainer.averager.averaged.module.state_dict()
+    assert all(torch.equal(v, average[k]) for k, v in model.state_dict().items())
+    raw_model = copy.deepcopy(model)
+    raw_model.load_state_dict(trainer.weights.raw)
+    expected = evaluate(raw_model, data.val_x, data.val_y, 64)
+    got = trainer.raw_metrics(data.val_x, data.val_y, 64, "fp32")
+    assert got == {"raw/val/loss": expected[0], "raw/val/acc": expected[1]}
+    assert all(torch.equal(v, average[k]) for k, v in model.state_dict().items())  # the average is back
+    trainer.train_epoch(2, data.train_x, data.train_y)  # trains from the raw weights, then averages again
+    assert int(trainer.averager.averaged.n_averaged) == 2

@@ -104,7 +104,7 @@ def test_old_presets_carry_no_protocol_keys():
 
 
 BAD = [
-    (["optimizer._target_=torch.optim.Rprop"], "optimizer._target_", "takes no betas, weight_decay"),
+    (["optimizer._target_=torch.optim.Rprop"], "optimizer", "takes no betas, weight_decay"),
     (["optimizer._target_=torch.nn.Linear"], "optimizer._target_", "torch.optim.Optimizer class"),
     (["optimizer._target_=torch.optim.Nope"], "optimizer._target_", "torch.optim.Optimizer class"),
     (["+optimizer.step=twice"], "optimizer.step", "one of plain, closure"),
@@ -113,11 +113,11 @@ BAD = [
     (["optimizer=muon", "optimizer.param_groups.no_decay=[biases]"], "optimizer.param_groups.no_decay", "bias"),
     (["optimizer=muon", "+optimizer.param_groups.lr_scale={rest: 0}"], "optimizer.param_groups.lr_scale.rest", "> 0"),
     (["optimizer=muon", "+optimizer.param_groups.matrices.betas=[0.9,0.9]"],
-     "optimizer.param_groups.matrices._target_", "takes no betas"),
-    (["optimizer=sam", "optimizer.base_optimizer=torch.optim.AdamW"], "optimizer._target_", "takes no momentum"),
+     "optimizer.param_groups.matrices", "takes no betas"),
+    (["optimizer=sam", "optimizer.base_optimizer=torch.optim.AdamW"], "optimizer", "takes no momentum"),
     (["optimizer=lbfgs", "precision=fp16"], "optimizer.step", "GradScaler"),
     (["optimizer=sophia", "precision=fp16"], "optimizer.step", "use bf16 or fp32"),
-    (["optimizer/wrapper=lookahead", "+optimizer.wrapper.kk=3"], "optimizer.wrapper._target_", "takes no kk"),
+    (["optimizer/wrapper=lookahead", "+optimizer.wrapper.kk=3"], "optimizer.wrapper", "takes no kk"),
     (["scheduler=wsd", "scheduler.decay_fraction=0.9", "scheduler.warmup_fraction=0.5"], "scheduler.decay_fraction",
      "warmup_fraction + decay_fraction <= 1"),
     (["scheduler=wsd", "scheduler.shape=cubic"], "scheduler.shape", "one of linear, cosine, sqrt"),
