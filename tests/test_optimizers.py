@@ -378,3 +378,30 @@ def test_averaged_weights_are_what_the_run_saves_and_the_raw_ones_resume_trainin
         assert torch.equal(v, averaged[k]) and torch.equal(ckpt["model"][k], v), k
     raw = ckpt["trainer"]["raw_weights"]
     assert any(not torch.equal(raw[k], saved[k]) for k in saved)  # training resumes from the raw weights
+
+
+@pytest.mark.slow
+def test_sam_with_lookahead_and_ema_under_two_gloo_processes_trains_like_one_and_lbfgs_is_refused(tmp_path):
+    import json
+    import os
+
+    from nnopt_cli.run_dir import read_metrics
+    from nnopt_cli.runner import RunContext, train
+    from tests.conftest import REPO, TINY
+    from tests.test_distributed import torchrun
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("NNOPT_DEBUG", None)
+    args = ["dataset.noise=2.0", "epochs=2", "optimizer=sam", "optimizer/wrapper=lookahead", "averaging=ema",
+            "averaging.decay=0.9"]
+    out = torchrun([*TINY, *args, "hydra.run.dir=ddp"], tmp_path, env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
+    ddp = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    train(compose_cfg(*args), RunContext(tmp_path / "single", live_progress=False))
+    single = read_metrics(tmp_path / "single" / "metrics.jsonl")
+    for a, b in zip(ddp, single, strict=True):
+        assert a["forward_passes"] == b["forward_passes"] == 2 * a["total_steps"]
+        assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-3)
+    refused = torchrun([*TINY, "optimizer=lbfgs", "hydra.run.dir=lbfgs"], tmp_path, env)
+    assert refused.returncode != 0 and "optimizer.step='closure': cannot run under torchrun/DDP" in refused.stderr
