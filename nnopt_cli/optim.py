@@ -87,7 +87,7 @@ def _named(cls: type, skip: tuple[str, ...]) -> list[str]:
             and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
 
 
-def check_kwargs(key: str, cls: type, kwargs: dict, first: str = "params") -> None:
+def check_kwargs(key: str, cls: type, kwargs: dict, first: str = "params", name: str | None = None) -> None:
     """Every key must be a named argument of cls (pytorch_optimizer classes swallow unknown
     **kwargs silently, so a named argument is the only proof a key does something)."""
     takes = _named(cls, (first,))
@@ -97,7 +97,7 @@ def check_kwargs(key: str, cls: type, kwargs: dict, first: str = "params") -> No
     extra = [k for k in kwargs if k not in takes]
     if extra:
         fix = " ".join(f"~{key}.{k}" for k in extra)
-        raise ConfigError(key, f"{cls.__module__}.{cls.__name__}",
+        raise ConfigError(key, name or f"{cls.__module__}.{cls.__name__}",
                           f"takes no {', '.join(extra)}: remove with {fix} (it takes {', '.join(takes)})")
 
 
@@ -109,7 +109,7 @@ def class_kwargs(key: str, node: dict) -> tuple[type, dict]:
     kwargs = {k: v for k, v in node.items() if not k.startswith("_") and k not in META_KEYS}
     if "base_optimizer" in kwargs:
         kwargs["base_optimizer"] = resolve(f"{key}.base_optimizer", kwargs["base_optimizer"])
-    check_kwargs(key, cls, kwargs)
+    check_kwargs(key, cls, kwargs, name=str(node["_target_"]))
     return cls, kwargs
 
 
@@ -136,7 +136,7 @@ def check_optimizer(node: dict, precision: str = "fp32", distributed: bool = Fal
             raise ConfigError("optimizer.wrapper", w, "null or a node with _target_ (optimizer/wrapper=lookahead)")
         cls = resolve("optimizer.wrapper._target_", w["_target_"])
         check_kwargs("optimizer.wrapper", cls, {k: v for k, v in w.items() if not k.startswith("_")},
-                     first="optimizer")
+                     first="optimizer", name=str(w["_target_"]))
     if proto.step != "plain" and precision == "fp16":
         raise ConfigError("optimizer.step", proto.step, "needs unscaled gradients, and fp16's GradScaler "
                                                         "scales them (no closures either); use bf16 or fp32")
