@@ -149,3 +149,15 @@ def test_trainer_ends_an_epoch_with_the_average_in_the_model_and_reports_the_raw
     assert all(torch.equal(v, average[k]) for k, v in model.state_dict().items())  # the average is back
     trainer.train_epoch(2, data.train_x, data.train_y)  # trains from the raw weights, then averages again
     assert int(trainer.averager.averaged.n_averaged) == 2
+
+
+def test_averaging_none_and_no_wrapper_keep_the_fingerprint_of_folders_written_before_them():
+    from nnopt_cli.checkpoint import config_fingerprint
+
+    cfg = compose_cfg("optimizer=momentum")
+    before = {k: v for k, v in cfg.items() if k != "averaging"}  # a config from before the averaging group
+    assert "wrapper" not in cfg["optimizer"] and cfg["averaging"] == {"name": "none"}
+    assert config_fingerprint(cfg) == config_fingerprint(before)
+    assert config_fingerprint(compose_cfg("optimizer=momentum", "averaging=ema")) != config_fingerprint(before)
+    assert config_fingerprint(compose_cfg("optimizer=momentum", "optimizer/wrapper=lookahead")) != \
+        config_fingerprint(before)
