@@ -137,6 +137,7 @@ def check_optimizer(node: dict, precision: str = "fp32", distributed: bool = Fal
         cls = resolve("optimizer.wrapper._target_", w["_target_"])
         check_kwargs("optimizer.wrapper", cls, {k: v for k, v in w.items() if not k.startswith("_")},
                      first="optimizer", name=str(w["_target_"]))
+    trial_step(node, proto)
     if proto.step != "plain" and precision == "fp16":
         raise ConfigError("optimizer.step", proto.step, "needs unscaled gradients, and fp16's GradScaler "
                                                         "scales them (no closures either); use bf16 or fp32")
@@ -146,6 +147,38 @@ def check_optimizer(node: dict, precision: str = "fp32", distributed: bool = Fal
         raise ConfigError("optimizer.step", proto.step, f"cannot run under torchrun/DDP: {why}; "
                                                         "train in one process")
     return proto
+
+
+def trial_step(node: dict, proto: Protocol) -> None:
+    """Build the optimizer on a 3-layer toy model and take two steps by its protocol: a value the
+    class accepts but cannot use (lbfgs history_size=0, Muon ns_steps=500, a float max_iter) fails
+    here, in one line, before any data is loaded. Draws no number from the run's RNG streams."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 4), nn.Linear(4, 2))
+        x = torch.randn(8, 3)
+        try:
+            opt = build_optimizer(node, model)
+
+            def closure(create_graph: bool = False) -> torch.Tensor:
+                opt.zero_grad(set_to_none=True)
+                loss = model(x).pow(2).mean()
+                loss.backward(create_graph=create_graph)
+                return loss
+
+            if proto.train_eval:
+                set_train(opt)
+            for _ in range(2):
+                optimizer_step(opt, proto.step, closure)
+            if proto.train_eval:
+                set_eval(opt)
+        except ConfigError:
+            raise
+        except Exception as e:  # whatever the class raises on the values given
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError("optimizer", {k: v for k, v in node.items() if not str(k).startswith("_")},
+                              f"{node.get('_target_')} cannot take a step with these settings "
+                              f"({type(e).__name__}: {first})") from None
 
 
 # ---------------------------------------------------------------------------- building
