@@ -14,7 +14,8 @@ An optimizer node holds the class's arguments plus these protocol keys (absent =
                          training batches at the evaluation weights (schedule-free's recipe)
   param_groups: null     rules routing 2-D hidden weights / biases and norms (param_groups.py)
   wrapper: null          an optimizer wrapped around this one, e.g. Lookahead (conf/optimizer/wrapper)
-A `base_optimizer` key (SAM) names the inner class; the remaining keys are its arguments.
+A `base_optimizer: {_target_: ...}` node (SAM) names the inner class; the remaining keys are its
+arguments.
 
 Arguments are bound against the class signature before any data are loaded. A key the class does
 not take stops the run with one line naming the keys to remove: after `optimizer._target_=X` the
@@ -107,8 +108,11 @@ def class_kwargs(key: str, node: dict) -> tuple[type, dict]:
         raise ConfigError(f"{key}._target_", None, "a torch.optim class such as torch.optim.AdamW")
     cls = resolve(f"{key}._target_", node["_target_"])
     kwargs = {k: v for k, v in node.items() if not k.startswith("_") and k not in META_KEYS}
-    if "base_optimizer" in kwargs:
-        kwargs["base_optimizer"] = resolve(f"{key}.base_optimizer", kwargs["base_optimizer"])
+    if "base_optimizer" in kwargs:  # SAM's inner class, a {_target_: ...} node (run-folder allow-list)
+        base = kwargs["base_optimizer"]
+        if not (isinstance(base, dict) and set(base) == {"_target_"}):
+            raise ConfigError(f"{key}.base_optimizer", base, "a node {_target_: a torch.optim class}")
+        kwargs["base_optimizer"] = resolve(f"{key}.base_optimizer._target_", base["_target_"])
     check_kwargs(key, cls, kwargs, name=str(node["_target_"]))
     return cls, kwargs
 

@@ -114,7 +114,7 @@ BAD = [
     (["optimizer=muon", "+optimizer.param_groups.lr_scale={rest: 0}"], "optimizer.param_groups.lr_scale.rest", "> 0"),
     (["optimizer=muon", "+optimizer.param_groups.matrices.betas=[0.9,0.9]"],
      "optimizer.param_groups.matrices", "takes no betas"),
-    (["optimizer=sam", "optimizer.base_optimizer=torch.optim.AdamW"], "optimizer", "takes no momentum"),
+    (["optimizer=sam", "optimizer.base_optimizer._target_=torch.optim.AdamW"], "optimizer", "takes no momentum"),
     (["optimizer=lbfgs", "precision=fp16"], "optimizer.step", "GradScaler"),
     (["optimizer=lbfgs", "optimizer.history_size=0"], "optimizer", "cannot take a step"),
     (["optimizer=muon", "optimizer.param_groups.matrices.ns_steps=500"], "optimizer", "cannot take a step"),
