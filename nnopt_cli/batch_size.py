@@ -7,6 +7,7 @@ number of steps, and makes `random` reproducible from the seed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -134,3 +135,26 @@ class BatchSizePolicy:
             return 1.0
         ratio = batch_size / self.base_size
         return ratio if self.lr_scaling == "linear" else math.sqrt(ratio)
+
+    @contextlib.contextmanager
+    def scaled_lr(self, optimizer, batch_size: int):
+        """Scale the LR for one step of `batch_size`, so the scheduler's own state is untouched."""
+        factor = self.lr_factor(batch_size)
+        if factor == 1.0:
+            yield
+            return
+        groups = optimizer.param_groups
+        for g in groups:
+            g["lr"] = g["lr"] * factor
+        try:
+            yield
+        finally:
+            for g in groups:
+                g["lr"] = g["lr"] / factor
+
+    def epoch_lr(self, base_lr: float, sizes: list[int]) -> float:
+        """The LR an epoch's steps used: the scheduled LR times the LR factor (averaged over the steps
+        when their sizes differ), as metrics.jsonl records it."""
+        if self.lr_scaling == "none":
+            return base_lr
+        return base_lr * sum(self.lr_factor(b) for b in sizes) / len(sizes)

@@ -3,7 +3,7 @@
     for each batch:  forward -> loss (+ penalty) -> backward -> clip -> step -> schedule -> accumulate -> check
 
 Each mode is one small helper, not a branch in the loop: AMP loss scaling (precision.LossScaler),
-clipping (clip.GradClip), batch-size LR scaling (_scaled_lr), DDP loss scaling (_batch_loss) and
+clipping (clip.GradClip), batch-size LR scaling (BatchSizePolicy.scaled_lr), DDP loss scaling (_batch_loss) and
 the resume of an epoch an interrupt cut short (EpochSums.resumed). Observers (observers.py) are
 called after clipping and after the step only when a run has any.
 
@@ -27,12 +27,10 @@ fine-tune a changed model with the run's own settings.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,6 +42,7 @@ from nnopt_cli.averaging import Averager, EvalWeights
 from nnopt_cli.batch_size import BatchSizePolicy
 from nnopt_cli.clip import GradClip
 from nnopt_cli.interrupt import Interrupted
+from nnopt_cli.metrics import Counters, Diverged, EpochSums, evaluate
 from nnopt_cli.observers import Observers, StepInfo
 from nnopt_cli.optim import (
     Protocol,
@@ -57,80 +56,6 @@ from nnopt_cli.progress import Progress
 from nnopt_cli.regularizer import Penalty
 
 
-class Diverged(Exception):
-    def __init__(self, epoch: int, step: int, loss: float):
-        self.epoch, self.step, self.loss = epoch, step, loss
-        super().__init__(f"loss became {loss} at epoch {epoch}, step {step}")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             precision: str = "fp32", sharded: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y), in eval mode.
-
-    sharded: under DDP each rank scores every world_size-th sample and the sums are added over
-    the ranks, so every rank gets the numbers of the whole set (all ranks must call it).
-    """
-    n_all, world = len(x), distributed.world_size()
-    if sharded and world > 1:
-        x, y = x[distributed.rank()::world], y[distributed.rank()::world]
-    was_training = model.training
-    model.eval()
-    loss_sum = x.new_zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
-    with autocast_context(precision, x.device):
-        for i in range(0, len(x), batch_size):
-            out = model(x[i:i + batch_size]).float()
-            yb = y[i:i + batch_size]
-            loss_sum += F.cross_entropy(out, yb, reduction="sum").double()
-            correct += (out.argmax(1) == yb).sum()
-    model.train(was_training)
-    if sharded and world > 1:
-        loss_sum, correct = distributed.sum_over_ranks(loss_sum, correct)
-    n = max(n_all, 1)
-    return loss_sum.item() / n, correct.item() / n
-
-
-@dataclass
-class Counters:
-    """Cumulative work of the run, written into every metrics row (time-to-target needs them)."""
-
-    total_steps: int = 0  # optimizer steps
-    samples_seen: int = 0  # training samples over all ranks
-    forward_passes: int = 0  # forward passes over a batch (a closure optimizer makes several per step)
-    backward_passes: int = 0
-    train_s: float = 0.0  # seconds of training, evaluation excluded
-
-    def as_row(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-
-class EpochSums:
-    """Per-epoch sums kept on the device (no host sync per step): loss, penalty, correct, grad norms."""
-
-    def __init__(self, device: torch.device):
-        self.loss = torch.zeros((), device=device)
-        self.penalty = torch.zeros((), device=device)
-        self.correct = torch.zeros((), dtype=torch.long, device=device)
-        self.grad_norms: list[torch.Tensor] = []
-
-    @classmethod
-    def resumed(cls, part: dict, device: torch.device) -> EpochSums:
-        """The sums of an epoch an interrupt cut short, as its checkpoint saved them."""
-        sums = cls(device)
-        sums.loss = part["loss_sum"].to(device)
-        sums.penalty = part["reg_sum"].to(device)
-        sums.correct = part["correct"].to(device)
-        sums.grad_norms = list(part["grad_norms"].to(device).unbind())
-        return sums
-
-    def cut(self, epoch: int, step: int, order_state: torch.Tensor, base_lr: float) -> dict[str, Any]:
-        """What a checkpoint needs to finish this epoch later (same order, same sums so far)."""
-        return {"epoch": epoch, "step": step, "generator": order_state, "base_lr": base_lr,
-                "loss_sum": self.loss, "reg_sum": self.penalty, "correct": self.correct,
-                "grad_norms": torch.stack(self.grad_norms) if self.grad_norms else torch.zeros(0)}
-
-
 class Trainer:
     """Everything one optimization step needs, built from the config: model, optimizer,
     scheduler, batch-size policy, penalty, clipping, precision. `train_epoch` runs one epoch."""
@@ -139,8 +64,11 @@ class Trainer:
                  epochs: int | None = None, loss_fn=None, observers: Observers | None = None):
         self.cfg, self.model, self.n_train, self.device = cfg, model, n_train, device
         self.loss_fn = loss_fn  # (out, y, x) -> mean loss in place of cross-entropy (distillation)
+        # batch norm cannot train on a one-sample batch: the policy folds such a last batch into the one before
+        min_batch = 2 * distributed.world_size() if cfg["model"].get("batch_norm") else 1
         self.policy = BatchSizePolicy.from_config(cfg["batch_size"], cfg["scheduler"],
-                                                  cfg["epochs"] if epochs is None else epochs, cfg["seed"])
+                                                  cfg["epochs"] if epochs is None else epochs, cfg["seed"],
+                                                  min_batch=min_batch)
         self.optimizer = build_optimizer(cfg["optimizer"], model)
         self.protocol = Protocol.from_config(cfg["optimizer"])
         sched_cfg = cfg["scheduler"]
@@ -222,22 +150,6 @@ class Trainer:
         total = F.cross_entropy(out, y, reduction="sum") if self.loss_fn is None else self.loss_fn(out, y, x) * len(y)
         return total / share
 
-    @contextlib.contextmanager
-    def _scaled_lr(self, batch_size: int):
-        """Scale the LR by the batch-size policy for this step only, so the scheduler's state is untouched."""
-        factor = self.policy.lr_factor(batch_size)
-        if factor == 1.0:
-            yield
-            return
-        groups = self.optimizer.param_groups
-        for g in groups:
-            g["lr"] = g["lr"] * factor
-        try:
-            yield
-        finally:
-            for g in groups:
-                g["lr"] = g["lr"] / factor
-
     def _schedule_step(self) -> None:
         if self.scheduler is not None and self.interval == "step" and not self._swa_lr():
             self.scheduler.step()
@@ -303,13 +215,6 @@ class Trainer:
             if not math.isfinite(value):
                 raise Diverged(epoch, step, value)
 
-    def lr_for_row(self, base_lr: float, sizes: list[int]) -> float:
-        """The LR the epoch's steps used: the scheduled LR times the batch-size policy's LR factor
-        (averaged over the steps when their sizes differ)."""
-        if self.policy.lr_scaling == "none":
-            return base_lr
-        return base_lr * sum(self.policy.lr_factor(b) for b in sizes) / len(sizes)
-
     # ------------------------------------------------------------------ one epoch
 
     def train_epoch(self, epoch: int, x_all: torch.Tensor, y_all: torch.Tensor,
@@ -346,7 +251,7 @@ class Trainer:
             measure = (step - 1) % self.log_every == 0  # the gradient norm is sampled: it costs time
             closure = functools.partial(self._forward_backward, x, y, share, first, measure, epoch, bs)
             # step -> schedule
-            with self._scaled_lr(bs):
+            with self.policy.scaled_lr(self.optimizer, bs):
                 self._step(closure)
             self._schedule_step()
             out, loss = first["out"], first["loss"]
@@ -379,7 +284,7 @@ class Trainer:
         row = {
             "train/loss": sums.loss.item() / n,
             "train/acc": sums.correct.item() / n,
-            "lr": self.lr_for_row(base_lr, sizes),
+            "lr": self.policy.epoch_lr(base_lr, sizes),
             # the random policy has no single size: report the mean size of the epoch
             "batch_size": sizes[0] if self.policy.policy != "random" else round(n / len(sizes), 1),
             "steps": len(sizes),

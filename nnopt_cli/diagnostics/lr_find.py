@@ -31,7 +31,7 @@ from nnopt_cli.config import need_int, need_num
 from nnopt_cli.device import configure_threads, resolve_device, seed_everything
 from nnopt_cli.diagnostics import runs
 from nnopt_cli.errors import NnoptError, report_errors
-from nnopt_cli.optim import build_optimizer
+from nnopt_cli.optim import Protocol, build_optimizer, optimizer_step
 
 RULE = "min/10"
 
@@ -61,8 +61,10 @@ class RangeTest:
 
 def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                batch_size: int, start_lr: float, end_lr: float, steps: int, beta: float = 0.98,
-               stop_factor: float = 4.0, generator: torch.Generator | None = None) -> RangeTest:
-    """Run the exponential LR ramp on (x, y); returns the recorded curve."""
+               stop_factor: float = 4.0, generator: torch.Generator | None = None,
+               step_kind: str = "plain") -> RangeTest:
+    """Run the exponential LR ramp on (x, y); returns the recorded curve. step_kind: the optimizer's
+    protocol (optim.Protocol.step), so closure and Hessian-based optimizers step as in training."""
     out = RangeTest()
     g = generator or torch.Generator().manual_seed(0)
     order, pos = torch.randperm(len(x), generator=g), 0
@@ -76,11 +78,17 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
             order, pos = torch.randperm(len(x), generator=g), 0
         idx = order[pos:pos + batch_size].to(x.device)
         pos += batch_size
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()
+        xb, yb, losses = x[idx], y[idx], []
+
+        def closure(create_graph: bool = False, xb=xb, yb=yb, losses=losses) -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward(create_graph=create_graph)
+            losses.append(loss.detach())
+            return loss
+
+        optimizer_step(optimizer, step_kind, closure)
+        value = losses[0].item()  # the loss before the step, as for a plain optimizer
         avg = beta * avg + (1 - beta) * value
         smooth = avg / (1 - beta ** (i + 1))  # debiased: the average starts at 0
         out.lrs.append(lr)
@@ -161,11 +169,12 @@ def lr_find(args: argparse.Namespace) -> dict:
     seed_everything(cfg["seed"], cfg["deterministic"])
     data = runs.load_data(cfg["dataset"]).to(device)
     model = runs.make_model(cfg, data.input_shape, data.num_classes).to(device)
-    optimizer = build_optimizer(cfg["optimizer"], model.parameters())
+    optimizer = build_optimizer(cfg["optimizer"], model)
     bs = cfg["batch_size"].get("size") or cfg["batch_size"].get("base_size") or 128
     test = range_test(model, optimizer, data.train_x, data.train_y, int(bs), args.start_lr, args.end_lr,
                       args.steps, stop_factor=args.stop_factor,
-                      generator=torch.Generator().manual_seed(cfg["seed"]))
+                      generator=torch.Generator().manual_seed(cfg["seed"]),
+                      step_kind=Protocol.from_config(cfg["optimizer"]).step)
     sugg = test.suggestions()
     meta = {"overrides": list(args.overrides), "start_lr": args.start_lr, "end_lr": args.end_lr,
             "steps": args.steps, "beta": 0.98, "stop_factor": args.stop_factor, "batch_size": int(bs),
