@@ -15,6 +15,8 @@ import numpy as np
 from nnopt_cli.checks import need_choice, need_int, need_num
 from nnopt_cli.errors import ConfigError
 
+_NO_SCALING = contextlib.nullcontext()
+
 POLICIES = ("fixed", "ramp", "double", "random")
 
 
@@ -136,10 +138,14 @@ class BatchSizePolicy:
         ratio = batch_size / self.base_size
         return ratio if self.lr_scaling == "linear" else math.sqrt(ratio)
 
-    @contextlib.contextmanager
     def scaled_lr(self, optimizer, batch_size: int):
         """Scale the LR for one step of `batch_size`, so the scheduler's own state is untouched."""
-        factor = self.lr_factor(batch_size)
+        if self.lr_scaling == "none":
+            return _NO_SCALING  # the common step: no generator-based context manager to set up
+        return self._scaled_lr(optimizer, self.lr_factor(batch_size))
+
+    @contextlib.contextmanager
+    def _scaled_lr(self, optimizer, factor: float):
         if factor == 1.0:
             yield
             return

@@ -56,6 +56,8 @@ class GradClip:
 
     def __call__(self, params: Iterable[torch.Tensor], measure: bool) -> torch.Tensor | None:
         """Clip the gradients of `params` in place; their global L2 norm (before clipping) if `measure`."""
+        if self.mode == "none" and not measure:
+            return None  # the common step: nothing to do, not even listing the parameters
         params = list(params)
         if self.mode == "norm":
             return nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type).detach()
