@@ -102,6 +102,7 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "observers": {},
     "diagnostics": None,
     "eval_every_steps": None,
+    "loss": {"name": "cross_entropy"},
     "post.prune.threshold": None,
     "post.quantize.bits": 8,
     "post.quantize.finetune_epochs": 1,

@@ -34,7 +34,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nnopt_cli import distributed
@@ -42,6 +41,7 @@ from nnopt_cli.averaging import Averager, EvalWeights
 from nnopt_cli.batch_size import BatchSizePolicy
 from nnopt_cli.clip import GradClip
 from nnopt_cli.interrupt import Interrupted
+from nnopt_cli.loss import make_loss
 from nnopt_cli.metrics import Counters, Diverged, EpochSums, evaluate
 from nnopt_cli.observers import Observers, StepInfo
 from nnopt_cli.optim import (
@@ -63,7 +63,8 @@ class Trainer:
     def __init__(self, cfg: dict, model: nn.Module, n_train: int, device: torch.device,
                  epochs: int | None = None, loss_fn=None, observers: Observers | None = None):
         self.cfg, self.model, self.n_train, self.device = cfg, model, n_train, device
-        self.loss_fn = loss_fn  # (out, y, x) -> mean loss in place of cross-entropy (distillation)
+        self.criterion = make_loss(cfg.get("loss"))  # conf/loss: (logits, labels) -> batch mean
+        self.loss_fn = loss_fn  # (out, y, x) -> batch mean in place of the criterion (distillation)
         # batch norm cannot train on a one-sample batch: the policy folds such a last batch into the one before
         min_batch = 2 * distributed.world_size() if cfg["model"].get("batch_norm") else 1
         self.policy = BatchSizePolicy.from_config(cfg["batch_size"], cfg["scheduler"],
@@ -143,12 +144,12 @@ class Trainer:
     # ------------------------------------------------------------------ the step's helpers
 
     def _batch_loss(self, out: torch.Tensor, y: torch.Tensor, x: torch.Tensor, share: float) -> torch.Tensor:
+        mean = self.criterion(out, y) if self.loss_fn is None else self.loss_fn(out, y, x)
         if self.world == 1:
-            return F.cross_entropy(out, y) if self.loss_fn is None else self.loss_fn(out, y, x)
+            return mean
         # DDP averages gradients over the ranks, so sum / (bs / world) on each rank gives exactly
         # the gradient of the global batch mean, even for uneven shares
-        total = F.cross_entropy(out, y, reduction="sum") if self.loss_fn is None else self.loss_fn(out, y, x) * len(y)
-        return total / share
+        return mean * len(y) / share
 
     def _schedule_step(self) -> None:
         if self.scheduler is not None and self.interval == "step" and not self._swa_lr():

@@ -16,6 +16,7 @@ from nnopt_cli.data import check_dataset
 from nnopt_cli.device import max_threads
 from nnopt_cli.early_stopping import check_early_stopping
 from nnopt_cli.errors import ConfigError
+from nnopt_cli.loss import check_loss
 from nnopt_cli.observers import check_observers
 from nnopt_cli.optim import check_optimizer, check_scheduler
 from nnopt_cli.post import validate_post
@@ -56,6 +57,7 @@ def validate(cfg: dict) -> None:
     check_optimizer(cfg["optimizer"], cfg["precision"], distributed.launched_by_torchrun())
     check_scheduler(cfg["scheduler"])
     check_regularizer(cfg["regularizer"])
+    check_loss(cfg.get("loss"))
     check_batch_size(cfg["batch_size"], cfg["scheduler"], batch_norm=bool(cfg["model"].get("batch_norm")))
     check_grad_clip(cfg["grad_clip"])
     check_averaging(cfg.get("averaging"))

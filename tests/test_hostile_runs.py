@@ -360,8 +360,8 @@ def test_added_keys_on_nnopts_own_nodes_are_refused():
         check_keys(["post=prune", "+post.prune.thresh=0.01"])
     assert "\n" not in str(e.value) and "thresh," not in str(e.value).split("keys of post.prune:")[1]
     check_keys(["post=prune", "+post.prune.threshold=0.01"])  # a key nnopt has (null by default) is fine
-    with pytest.raises(ConfigError, match=r"loss='mse': nnopt reads no such key.*top-level keys"):
-        check_keys(["+loss=mse"])
+    with pytest.raises(ConfigError, match=r"criterion='mse': nnopt reads no such key.*top-level keys"):
+        check_keys(["+criterion=mse"])
     with pytest.raises(ConfigError, match=r"model.width"):
         check_keys(["+model.width=3"])
     # new keyword arguments of a class nnopt builds, observers, and ++ on an existing key are fine
