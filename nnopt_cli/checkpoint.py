@@ -103,6 +103,8 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "diagnostics": None,
     "eval_every_steps": None,
     "loss": {"name": "cross_entropy"},
+    "init_from": None,
+    "freeze": None,
     "post.prune.threshold": None,
     "post.quantize.bits": 8,
     "post.quantize.finetune_epochs": 1,

@@ -37,6 +37,7 @@ from nnopt_cli.progress import Progress
 from nnopt_cli.run_dir import RunDir
 from nnopt_cli.run_lock import RunLock
 from nnopt_cli.trainer import Diverged, Trainer, evaluate
+from nnopt_cli.transfer import freeze, load_into
 from nnopt_cli.validate import validate
 
 log = logging.getLogger("nnopt")
@@ -163,6 +164,9 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     data = load_splits(cfg["dataset"]).to(device)
     model = make_model(cfg, data.input_shape, data.num_classes).to(device)
     summary["params"] = count_params(model)
+    frozen = freeze(model, cfg.get("freeze"))  # before the optimizer sees the parameters
+    if frozen:
+        summary["frozen"] = frozen
     trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers)
     stopper = EarlyStopping.from_config(cfg["early_stopping"])
 
@@ -170,8 +174,10 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     state = LoopState()
     if ctx.resume and run.checkpoint_path.exists():
         state = _restore(run, cfg, model, trainer, stopper)
-    elif not ctx.resume or not (run.path / layout.INIT_MODEL).exists():
-        run.save_model(model, layout.INIT_MODEL)  # the starting point, for loss landscapes
+    else:  # a fresh start: the transferred weights (init_from) are the run's starting point
+        if cfg.get("init_from"):
+            summary["init_from"] = load_into(model, cfg["init_from"])
+        run.save_model(model, layout.INIT_MODEL)  # for loss landscapes
     if ctx.resume:
         summary["resumed_from_epoch"] = state.epoch
         log.info("resuming after epoch %d%s", state.epoch, " (mid-epoch)" if trainer.partial else "")

@@ -22,6 +22,7 @@ from nnopt_cli.optim import check_optimizer, check_scheduler
 from nnopt_cli.post import validate_post
 from nnopt_cli.precision import check_precision
 from nnopt_cli.regularizer import check_regularizer
+from nnopt_cli.transfer import check_transfer
 
 MAX_EPOCHS = 1_000_000      # more is a typo; the whole batch schedule is planned up front
 MAX_SEED = 2**63 - 1        # torch.Generator takes 64-bit seeds; DDP adds the rank to it
@@ -58,6 +59,7 @@ def validate(cfg: dict) -> None:
     check_scheduler(cfg["scheduler"])
     check_regularizer(cfg["regularizer"])
     check_loss(cfg.get("loss"))
+    check_transfer(cfg)
     check_batch_size(cfg["batch_size"], cfg["scheduler"], batch_norm=bool(cfg["model"].get("batch_norm")))
     check_grad_clip(cfg["grad_clip"])
     check_averaging(cfg.get("averaging"))
