@@ -19,13 +19,16 @@ commands:
             nnopt compare outputs/ --group-by optimizer --sort test/acc
             nnopt compare outputs/ --plot curves.png --format csv
             nnopt compare --help      sorting, filtering, formats and plot kinds
+  tune-lr   tune each optimizer's LR on a grid, rerun the best over seeds, beside the default LR
+            nnopt tune-lr dataset=mnist1d epochs=20 --optimizers sgd,adam --lrs 8 --seeds 3
+            nnopt tune-lr --help      grid, seeds, metric and study folder
 
 options:
   -h, --help     show this message
   --version      print nnopt's version
 """
 
-COMMANDS = ("train", "compare")
+COMMANDS = ("train", "compare", "tune-lr")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,6 +49,11 @@ def main(argv: list[str] | None = None) -> None:
         from nnopt_cli.compare import run as compare
 
         compare(rest)
+        return
+    if command == "tune-lr":
+        from nnopt_cli.tune_lr import main as tune_lr
+
+        tune_lr(rest)
         return
     print(f"nnopt: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see nnopt --help)",
           file=sys.stderr)

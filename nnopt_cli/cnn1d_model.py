@@ -24,7 +24,7 @@ def cnn1d(input_shape: Sequence[int], num_classes: int, act: Callable[[], nn.Mod
         raise ValueError("model.kernels and model.stride must be >= 1, model.padding >= 0")
     c_in, length = input_shape
     layers: list[nn.Module] = []
-    for c_out, k in zip(channels, kernels):
+    for c_out, k in zip(channels, kernels, strict=True):
         layers.append(nn.Conv1d(c_in, c_out, k, stride=stride, padding=padding))
         if batch_norm:
             layers.append(nn.BatchNorm1d(c_out))
