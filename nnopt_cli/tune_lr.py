@@ -36,7 +36,9 @@ EXAMPLES = """examples:
   nnopt compare outputs/tune_cnn1d --group-by optimizer,optimizer.lr     every run of the study
 
 The grid spans --span around each optimizer's default LR (100: default/10 .. default*10), or the
-same --lr-range for all. Rerun the same command (or the same --dir) to finish an interrupted study.
+same --lr-range for all. Rerun the same command (or the same --dir) to finish an interrupted study:
+finished runs are skipped, runs stopped by Ctrl-C / SIGTERM resume from their checkpoint (jobs save
+one only then, checkpoint.every=0, unless you override it), runs killed otherwise start again.
 """
 
 

@@ -79,14 +79,19 @@ def test_protocol_end_to_end_then_a_rerun_skips_every_finished_run(tmp_path, cap
     assert again["optimizers"] == result["optimizers"]
 
 
-def test_a_cut_run_is_resumed_by_the_rerun(tmp_path, capsys):
-    study(tmp_path)
+@pytest.mark.parametrize("every", [None, 1])
+def test_a_cut_run_is_resumed_or_redone_by_the_rerun(tmp_path, capsys, every):
+    extra = [] if every is None else [f"checkpoint.every={every}"]
+    study(tmp_path, *extra)
     run = tmp_path / "study" / "adam" / "lr=0.001" / "seed=1"
+    # jobs checkpoint only when stopped by a signal, unless checkpoint.every says otherwise
+    assert (run / "checkpoint.pt").exists() == (every is not None)
     summary = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))  # killed after its checkpoint
-    again = study(tmp_path)
-    assert again["jobs"]["run"] == 1
-    assert json.loads((run / "summary.json").read_text())["resumed_from_epoch"] == 1
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))  # killed mid-run
+    again = study(tmp_path, *extra)
+    assert again["jobs"]["run"] == 1 and again["optimizers"]["adam"]["default"]["status"] == ["completed"] * 2
+    resumed = json.loads((run / "summary.json").read_text()).get("resumed_from_epoch")
+    assert resumed == (1 if every else None)  # from its checkpoint, or from scratch without one
 
 
 def test_a_job_that_mutates_its_data_in_place_does_not_change_the_next(tmp_path, monkeypatch, capsys):
