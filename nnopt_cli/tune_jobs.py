@@ -62,8 +62,8 @@ class Study:
         """Compose and check every optimizer's config before any run starts (a bad one: one line)."""
         from hydra import compose, initialize_config_dir
 
-        from nnopt_cli.config import validate
         from nnopt_cli.errors import ConfigError
+        from nnopt_cli.validate import validate
 
         options = {p.stem for p in (conf_dir() / "optimizer").glob("*.yaml")}
         plans = []

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from nnopt_cli.cnn1d_model import cnn1d
-from nnopt_cli.config import validate
 from nnopt_cli.data import load_dataset, mnist1d
 from nnopt_cli.errors import ConfigError
+from nnopt_cli.models.cnn1d import cnn1d
+from nnopt_cli.validate import validate
 from tests.conftest import compose_cfg
 
 SMALL = {"num_samples": 300, "train_split": 0.8, "final_seq_length": 40, "shuffle_seq": False, "seed": 42}
@@ -150,3 +150,24 @@ def test_cnn1d_is_the_papers_cnn_and_trains():
 def test_cnn1d_refuses_settings_that_do_not_fit(kwargs, match):
     with pytest.raises(ValueError, match=match):
         cnn1d((1, 40), 10, nn.ReLU, **kwargs)
+
+
+def test_cnn1d_trains_through_the_runner(tmp_path):
+    from nnopt_cli.runner import RunContext, train
+
+    cfg = compose_cfg(*MNIST1D, "model=cnn1d", "dataset.num_samples=600", "dataset.val_size=60", tiny=False)
+    summary = train(cfg, RunContext(tmp_path / "run"))
+    assert summary["status"] == "completed" and summary["params"] == 5210
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["model=cnn1d", "dataset=synthetic"], "needs signals"),  # 28x28 images
+    (["model=cnn1d", "dataset=mnist1d", "model.kernels=[5,3]"], "2 entries for 3"),
+    (["model=cnn1d", "dataset=mnist1d", "model.channels=[9,9,9,9,9]", "model.kernels=[5,5,5,5,5]"], "too short"),
+    (["model=cnn", "dataset=mnist1d"], "needs images"),
+])
+def test_models_that_do_not_fit_the_data_are_one_line_errors_before_loading(overrides, match, monkeypatch):
+    monkeypatch.setattr(mnist1d, "load", lambda *a: pytest.fail("loaded data before checking the model"))
+    with pytest.raises(ConfigError, match=match) as e:
+        validate(compose_cfg(*overrides, "device=cpu", tiny=False))
+    assert "\n" not in str(e.value)

@@ -1,4 +1,4 @@
-"""A 1-D CNN for signals shaped (channels, length), e.g. MNIST-1D's (1, 40).
+"""A 1-D CNN for signals shaped (channels, length), e.g. MNIST-1D's (1, 40) (conf/model/cnn1d.yaml).
 
 The default is the CNN of the MNIST-1D paper (Greydanus 2020; greydanus/mnist1d notebooks/models.py
 ConvBase): three convolutions of 25 channels (kernels 5, 3, 3, stride 2, padding 1), each followed
@@ -17,7 +17,7 @@ def cnn1d(input_shape: Sequence[int], num_classes: int, act: Callable[[], nn.Mod
           padding: int = 1, dropout: float = 0.0, batch_norm: bool = False) -> nn.Sequential:
     """[Conv1d -> (BN) -> act] per entry of `channels` (kernel `kernels[i]`) -> Flatten -> (Dropout) -> Linear."""
     if len(input_shape) != 2:
-        raise ValueError(f"cnn1d needs samples shaped (channels, length), got {tuple(input_shape)}")
+        raise ValueError(f"model cnn1d needs signals (channels, length); this dataset gives {tuple(input_shape)}")
     if len(kernels) != len(channels):
         raise ValueError(f"model.kernels has {len(kernels)} entries for {len(channels)} model.channels")
     if any(k < 1 for k in kernels) or stride < 1 or padding < 0:
