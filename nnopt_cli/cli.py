@@ -29,6 +29,9 @@ commands:
             nnopt lr-find optimizer=sgd model=cnn
   landscape loss along the line init -> final weights (or to another run) and a 2-D slice
             nnopt landscape outputs/2026-11-23/10-00-00 --to outputs/2026-11-23/11-00-00
+  tune-lr   tune each optimizer's LR on a grid, rerun the best over seeds, beside the default LR
+            nnopt tune-lr dataset=mnist1d epochs=20 --optimizers sgd,adam --lrs 8 --seeds 3
+            nnopt tune-lr --help      grid, seeds, metric and study folder
 
 options:
   -h, --help     show this message
@@ -43,6 +46,7 @@ COMMANDS = {
     "export": "nnopt_cli.export",
     "lr-find": "nnopt_cli.diagnostics.lr_find",
     "landscape": "nnopt_cli.diagnostics.landscape",
+    "tune-lr": "nnopt_cli.tune_lr",
 }
 
 

@@ -74,8 +74,9 @@ def test_every_model_builds_with_every_activation(model, act):
     # model=custom names a class of the user's: the test module's TinyNet stands in for it
     user = ["model._target_=tests.test_extending.TinyNet"] if model == "custom" else []
     cfg = compose_cfg(f"model={model}", f"activation={act}", *user)
-    net = make_model(cfg, (1, 28, 28), 10)
-    assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    shape = (1, 40) if model == "cnn1d" else (1, 28, 28)  # cnn1d takes 1-D signals (MNIST-1D)
+    net = make_model(cfg, shape, 10)
+    assert net(torch.randn(3, *shape)).shape == (3, 10)
 
 
 def test_any_torch_optimizer_is_reachable_by_target():

@@ -24,6 +24,7 @@ from nnopt_cli.checks import need_int, need_int_list, need_num
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.init import check_init, init_weights
 from nnopt_cli.models.cnn import cnn
+from nnopt_cli.models.cnn1d import cnn1d
 from nnopt_cli.models.mlp import mlp
 
 Builder = Callable[..., nn.Module]
@@ -31,6 +32,7 @@ Builder = Callable[..., nn.Module]
 MODELS: dict[str, Builder] = {
     "mlp": mlp,
     "cnn": cnn,
+    "cnn1d": cnn1d,
 }
 
 
@@ -116,4 +118,4 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "check", "check_model", "cnn", "count_params", "make_model", "mlp"]
+__all__ = ["MODELS", "check", "check_model", "cnn", "cnn1d", "count_params", "make_model", "mlp"]
