@@ -11,7 +11,9 @@ is prepared once and every job trains on its own copy.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +25,34 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnopt_cli import data
 from nnopt_cli.config import conf_dir
-from nnopt_cli.errors import NnoptError, want_traceback
-from nnopt_cli.run_dir import write_json
+from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
+from nnopt_cli.run_dir import read_metrics, write_json
+from nnopt_cli.runner import RunContext, train
 from nnopt_cli.sweep import job_action, read_summary
+from nnopt_cli.train_app import record_failure
+from nnopt_cli.validate import validate
 
 log = logging.getLogger("nnopt")
 Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+STUDY_FILE = "tune_lr.json"
+
+
+def final_metric(run_dir: Path, summary: dict | None, metric: str) -> float | None:
+    """The last epoch's validation metric of a finished run; None for one that diverged or failed."""
+
+    if not summary or summary.get("status") != "completed":
+        return None
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "stage" not in r]
+    value = rows[-1].get(metric) if rows else None
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def stats(values: list) -> dict:
+    ok = [v for v in values if isinstance(v, (int, float))]
+    return {"mean": statistics.fmean(ok) if ok else None, "std": statistics.stdev(ok) if len(ok) > 1 else 0.0,
+            "n": len(ok), "values": values}
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -61,9 +85,6 @@ class Study:
     def plan(self, grid_fn: Callable[[float], list[float]]) -> list[Plan]:
         """Compose and check every optimizer's config before any run starts (a bad one: one line)."""
         from hydra import compose, initialize_config_dir
-
-        from nnopt_cli.errors import ConfigError
-        from nnopt_cli.validate import validate
 
         options = {p.stem for p in (conf_dir() / "optimizer").glob("*.yaml")}
         plans = []
@@ -101,9 +122,6 @@ class Study:
         """Run (or skip, or resume) one job; its record for the study summary."""
         if (lr, seed) in plan.done:
             return plan.done[(lr, seed)]
-        from nnopt_cli.runner import RunContext, train
-        from nnopt_cli.train_app import record_failure
-        from nnopt_cli.tune_lr import final_metric
 
         cfg = self.config(plan, lr, seed)
         run_dir = self.run_dir(plan, lr, seed)
@@ -155,7 +173,6 @@ class Study:
             os.replace(tmp, hydra_dir / name)
 
     def group(self, plan: Plan, lr: float, seeds: range) -> dict:
-        from nnopt_cli.tune_lr import stats
 
         records = [self.job(plan, lr, s) for s in seeds]
         return {"lr": lr, "runs": [r["dir"] for r in records], "status": [r["status"] for r in records],
@@ -163,7 +180,6 @@ class Study:
 
     def run(self, plans: list[Plan], protocol: dict[str, Any], pick_best: Callable) -> dict:
         """The protocol, optimizer by optimizer; writes and returns the study summary."""
-        from nnopt_cli.tune_lr import STUDY_FILE
 
         t0 = time.perf_counter()
         out: dict[str, Any] = {}

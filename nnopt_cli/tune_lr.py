@@ -18,17 +18,17 @@ import argparse
 import hashlib
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
 
 from nnopt_cli.errors import NnoptError, want_traceback
+from nnopt_cli.train_app import check_keys, check_overrides
+from nnopt_cli.tune_jobs import STUDY_FILE, Study, final_metric, stats  # noqa: F401 - part of this module's API
 
 METRICS = {"val/acc": "max", "val/loss": "min"}  # the final validation metric that picks the LR
 DEFAULT_OPTIMIZERS = "sgd,momentum,adam,adamw,rmsprop"
 # set by the protocol itself, or meaningless for it: refused as overrides
 RESERVED = ("optimizer", "optimizer.lr", "seed", "resume", "skip_completed")
-STUDY_FILE = "tune_lr.json"
 
 EXAMPLES = """examples:
   nnopt tune-lr dataset=mnist1d model=mlp epochs=20 --optimizers sgd,momentum,adam,adamw,rmsprop --lrs 8 --seeds 3
@@ -122,23 +122,6 @@ def study_dir(a: argparse.Namespace) -> Path:
     return Path("outputs") / "tune_lr" / hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:10]
 
 
-def final_metric(run_dir: Path, summary: dict | None, metric: str) -> float | None:
-    """The last epoch's validation metric of a finished run; None for one that diverged or failed."""
-    from nnopt_cli.run_dir import read_metrics
-
-    if not summary or summary.get("status") != "completed":
-        return None
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "stage" not in r]
-    value = rows[-1].get(metric) if rows else None
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def stats(values: list) -> dict:
-    ok = [v for v in values if isinstance(v, (int, float))]
-    return {"mean": statistics.fmean(ok) if ok else None, "std": statistics.stdev(ok) if len(ok) > 1 else 0.0,
-            "n": len(ok), "values": values}
-
-
 def pick_best(grid: list[dict], mode: str) -> float | None:
     """The grid LR with the best mean final metric (a diverged or failed run counts as the worst);
     on a tie the smaller LR. None when no grid run finished."""
@@ -177,11 +160,9 @@ def format_table(result: dict) -> str:
 def run(argv: list[str]) -> None:
     try:
         a = parse(argv)
-        from nnopt_cli.train_app import check_keys, check_overrides
 
         check_overrides(a.overrides)
         check_keys(a.overrides)
-        from nnopt_cli.tune_jobs import Study
 
         study = Study(study_dir(a), a.overrides, a.optimizers, a.metric)
         plans = study.plan(lambda default: lr_grid(default, a.lrs, a.span, a.lr_range))

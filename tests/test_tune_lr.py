@@ -12,7 +12,8 @@ import yaml
 
 from nnopt_cli import data
 from nnopt_cli.run_dir import RunDir
-from nnopt_cli.tune_lr import lr_grid, main, pick_best, stats
+from nnopt_cli.tune_lr import lr_grid, pick_best, stats
+from nnopt_cli.tune_lr import run as main
 from tests.conftest import TINY, compose_cfg, run_cli
 
 JOB = [o for o in TINY if not o.startswith("epochs")] + ["epochs=1"]
