@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nnopt_cli import distributed, sweep
+from nnopt_cli import data, distributed, sweep
 from nnopt_cli.config import conf_dir
 from nnopt_cli.device import available_cores, pin_threads
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
@@ -98,6 +98,8 @@ def train_app(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:  # the jobs a process runs (basic launcher, or a joblib worker) prepare each dataset once
+        data.keep_loaded_for_this_process()
     if distributed.world_size() > 1 and distributed.is_rank0():
         distributed.broadcast_from_rank0(str(run_dir))  # the other ranks wait for it in run()
     record = False  # whether an error is written to run_dir/summary.json (never into a folder we may not own)

@@ -146,6 +146,14 @@ def keep_loaded() -> Iterator[None]:
         _KEPT = outer
 
 
+def keep_loaded_for_this_process() -> None:
+    """keep_loaded() until the process ends: a sweep's jobs in one process (Hydra's basic launcher,
+    a joblib worker) then prepare each dataset once, each job still getting its own copy."""
+    global _KEPT
+    if _KEPT is None:
+        _KEPT = {}
+
+
 def load_dataset(name: str, **kwargs) -> Splits:
     """Load `name` into memory, normalize with training-set statistics, carve the validation split."""
     if _KEPT is None:
