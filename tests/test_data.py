@@ -80,3 +80,18 @@ def test_unknown_dataset_and_bad_val_size():
         load_dataset("cifar", val_size=10)
     with pytest.raises(ConfigError, match="dataset.val_size"):
         load_dataset("synthetic", val_size=2000, n_train=100, n_test=10)
+
+
+def test_idx_reader_matches_torchvision_and_refuses_a_cut_file(tmp_path):
+    import torchvision.datasets as tvd
+
+    from nnopt_cli.data import default_root, prepare_mnist_raw, read_idx
+
+    raw = prepare_mnist_raw(default_root())
+    ds = tvd.MNIST(str(default_root()), train=False)  # torchvision's own reading of the same files
+    assert torch.equal(read_idx(raw / "t10k-images-idx3-ubyte"), ds.data)
+    assert torch.equal(read_idx(raw / "t10k-labels-idx1-ubyte").long(), ds.targets)
+    cut = tmp_path / "cut"
+    cut.write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes()[:100])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(cut)

@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,6 +102,19 @@ def prepare_mnist_raw(root: Path, source_dir: Path = PACKAGED_MNIST) -> Path:
     return raw
 
 
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file of unsigned bytes (MNIST's format: magic 0x0000 08 <ndim>, big-endian int32 dims, data)."""
+    blob = path.read_bytes()
+    if len(blob) < 4 or blob[:3] != b"\x00\x00\x08":
+        raise DataError(f"not an IDX file of unsigned bytes: {path}")
+    ndim = blob[3]
+    dims = [int.from_bytes(blob[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = blob[4 + 4 * ndim:]
+    if len(data) != math.prod(dims):
+        raise DataError(f"IDX file is truncated: {path} ({len(data)} bytes for shape {dims})")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(dims)
+
+
 def _torchvision_split(name: str, root: Path, train: bool, download: bool):
     import torchvision.datasets as tvd
 
@@ -183,11 +197,14 @@ def _load(
     seed: int = 42,
 ) -> Splits:
     root = Path(root).expanduser() if root else default_root()
-    if name == "mnist":
-        prepare_mnist_raw(root, Path(source_dir).expanduser() if source_dir else PACKAGED_MNIST)
-    if name in ("mnist", "fashion_mnist", "kmnist"):
+    if name == "mnist":  # the shipped, md5-verified IDX files, read directly (importing torchvision costs ~1 s)
+        raw = prepare_mnist_raw(root, Path(source_dir).expanduser() if source_dir else PACKAGED_MNIST)
+        tx, ty = read_idx(raw / "train-images-idx3-ubyte"), read_idx(raw / "train-labels-idx1-ubyte")
+        sx, sy = read_idx(raw / "t10k-images-idx3-ubyte"), read_idx(raw / "t10k-labels-idx1-ubyte")
+    elif name in ("fashion_mnist", "kmnist"):
         tx, ty = _torchvision_split(name, root, True, download)
         sx, sy = _torchvision_split(name, root, False, download)
+    if name in ("mnist", "fashion_mnist", "kmnist"):
         tx, sx = tx.unsqueeze(1).float().div_(255), sx.unsqueeze(1).float().div_(255)
         num_classes = 10
     elif name == "mnist1d":
