@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from pytorch_optimizer import agc
 from torch import nn
 
 from nnopt_cli.checks import need_bool, need_choice, need_keys, need_num
@@ -65,6 +64,8 @@ class GradClip:
         if self.mode == "value":
             nn.utils.clip_grad_value_(params, self.clip_value)
         if self.mode == "agc":
+            from pytorch_optimizer import agc  # a heavy import (its whole optimizer zoo): only when used
+
             with torch.no_grad():
                 for p in params:
                     if p.grad is not None and id(p) not in self.skip:

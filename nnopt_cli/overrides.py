@@ -74,6 +74,20 @@ def check_overrides(args: list[str]) -> None:
                 raise ConfigError(key, v, "one of " + ", ".join(options) + (" or null" if null_ok else ""))
 
 
+@functools.cache
+def _top_level_scalars() -> frozenset[str]:
+    """The plain (non-group, non-mapping) keys train.yaml itself defines: epochs, seed, device, ..."""
+    import yaml
+
+    node = yaml.safe_load((conf_dir() / "train.yaml").read_text())
+    return frozenset(k for k, v in node.items() if k not in ("defaults", "hydra") and not isinstance(v, dict))
+
+
+def _plain_top_level_key(override: str) -> bool:
+    key = override.split("=", 1)[0]
+    return key in _top_level_scalars()
+
+
 def check_keys(args: list[str]) -> None:
     """An override of a key the config does not have (`optimizer.lrr=0.1`, `foo=1`): one line
     naming the key and the keys that do exist there, instead of Hydra's multi-line report.
@@ -98,6 +112,8 @@ def check_keys(args: list[str]) -> None:
                 continue
             a = f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
         plain.append(a)
+    if all(_plain_top_level_key(a) for a in plain):
+        return  # epochs=3 seed=1 ...: keys of train.yaml itself, nothing to compose (0.3 s saved per run)
 
     def compose_with(overrides: list[str]):
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
