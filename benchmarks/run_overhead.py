@@ -1,9 +1,11 @@
 """What a run and a sweep job cost besides training (`make bench`), each the median of repeats:
 
-  import torch      `python -c "import torch"`: the floor every command pays
+  import torch      `python -c "import torch"`: the floor every command pays (and with one torch
+                    optimizer built, which imports torch._dynamo: the floor of any training script)
   one run           `nnopt train epochs=1` wall time minus its training time (summary train_time_s)
   in-process sweep  `nnopt train -m epochs=1 seed=0..J-1` (basic launcher, one process): (wall minus the
-                    sum of the jobs' training times) / J, on MNIST and on MNIST-1D
+                    sum of the jobs' training times) / J, and what each job more adds (J jobs against 2),
+                    on MNIST and on MNIST-1D
   joblib            the same sweep under hydra/launcher=joblib (2 workers): parallel / sequential wall
 
 Every command runs in a fresh process in a temporary folder, with the machine's normal environment.
@@ -68,15 +70,22 @@ def main() -> None:
           f"python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         torch_import = median([run(["-c", "import torch"], Path(tmp)) for _ in range(args.repeats)])
-    print(f"import torch: {torch_import:.2f} s")
+        # torch's first optimizer imports torch._dynamo (~1 s): every PyTorch training script pays it
+        torch_adam = median([run(["-c", "import torch; torch.optim.Adam(torch.nn.Linear(2, 2).parameters())"],
+                                 Path(tmp)) for _ in range(args.repeats)])
+    print(f"import torch: {torch_import:.2f} s; import torch + build one Adam: {torch_adam:.2f} s")
     for dataset in args.datasets.split(","):
         runs = [one_run(dataset) for _ in range(args.repeats)]
         fixed = median([wall - trained for wall, trained in runs])
         print(f"{dataset}: one run epochs=1: fixed cost {fixed:.2f} s = import torch + {fixed - torch_import:.2f} s "
-              f"(wall {median([w for w, _ in runs]):.2f} s)")
+              f"= import torch and Adam + {fixed - torch_adam:.2f} s (wall {median([w for w, _ in runs]):.2f} s)")
         seq = [sweep(dataset, args.jobs) for _ in range(args.repeats)]
+        two = [sweep(dataset, 2) for _ in range(args.repeats)]
         per_job = median([(wall - trained) / args.jobs for wall, trained in seq])
+        # what one more job adds: the process start is paid once, so it cancels out
+        marginal = (median([w - t for w, t in seq]) - median([w - t for w, t in two])) / (args.jobs - 2)
         print(f"{dataset}: in-process sweep of {args.jobs} x epochs=1: {per_job:.3f} s per job besides training "
+              f"(the process start shared out), {marginal:.3f} s for each job more "
               f"(wall {median([w for w, _ in seq]):.2f} s)")
         par = [sweep(dataset, args.jobs, "joblib")[0] for _ in range(args.repeats)]
         print(f"{dataset}: joblib (2 workers) / sequential wall: {median(par) / median([w for w, _ in seq]):.2f}")
