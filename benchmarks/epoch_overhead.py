@@ -5,6 +5,7 @@ epoch (training + validation) of:
   plain       a plain PyTorch loop over preloaded tensors (the baseline)
   nnopt       nnopt's Trainer.train_epoch + evaluate + the epoch-end writes (metrics.jsonl line,
               checkpoint.pt, both fsynced), as `nnopt train` runs them
+  diag        (MLP only) nnopt's epoch with diagnostics=basic: the per-layer observer at its default interval
   dataloader  (MLP only, for context) the same loop fed by a DataLoader with ToTensor/Normalize
 Each is repeated, interleaved, and the median is reported with the ratio to the baseline.
 """
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from nnopt_cli.checkpoint import make_checkpoint
 from nnopt_cli.data import default_root, load_dataset
 from nnopt_cli.models import make_model
+from nnopt_cli.observers import EpochInfo, RunInfo, build_observers
 from nnopt_cli.run_dir import RunDir
 from nnopt_cli.trainer import Trainer, evaluate
 from tests.conftest import compose_cfg
@@ -85,6 +87,23 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
                                             progress={"epoch": epoch[0]}))
 
     runs = {"plain": [], "nnopt": []}
+    diag_epoch = None
+    if with_dataloader:  # the MLP row: also the cost of diagnostics=basic
+        dcfg = compose_cfg(f"model={model_name}", "device=cpu", "diagnostics=basic", tiny=False)
+        torch.manual_seed(0)
+        d_model = make_model(dcfg, data.input_shape, 10)
+        observers = build_observers(dcfg)
+        d_trainer = Trainer(dcfg, d_model, len(data.train_x), torch.device("cpu"), observers=observers)
+        d_dir = Path(tempfile.mkdtemp(prefix="nnopt-bench-diag-"))
+        observers.on_run_start(RunInfo(dcfg, d_dir, d_model, d_trainer.optimizer, data.train_x, data.train_y))
+
+        def diag_epoch(epoch=[0]):  # noqa: B006 - a counter across calls
+            epoch[0] += 1
+            row = {"epoch": epoch[0], **d_trainer.train_epoch(epoch[0], data.train_x, data.train_y)}
+            row["val/loss"], row["val/acc"] = evaluate(d_model, data.val_x, data.val_y, dcfg["eval_batch_size"])
+            observers.on_epoch_end(EpochInfo(epoch[0], row, d_model, d_trainer.optimizer, d_trainer.counters.total_steps))
+
+        runs["diag"] = []
     loader = None
     if with_dataloader:
         import torchvision
@@ -103,6 +122,8 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
         runs["plain"].append(timed(lambda: plain_epoch(plain_model, plain_opt, data.train_x, data.train_y,
                                                        data.val_x, data.val_y, bs, gen)))
         runs["nnopt"].append(timed(nnopt_epoch))
+        if diag_epoch is not None:
+            runs["diag"].append(timed(diag_epoch))
         if loader is not None and len(runs["dataloader"]) < 1:  # one epoch is enough to show the gap
             runs["dataloader"].append(timed(lambda: dataloader_epoch(dl_model, dl_opt, loader)))
     return {k: statistics.median(v) for k, v in runs.items()}
@@ -115,11 +136,13 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, MNIST 55,000 training images, batch 128, Adam")
-    print(f"{'model':6} {'plain s/epoch':>14} {'nnopt s/epoch':>14} {'nnopt/plain':>12} {'DataLoader s/epoch':>19}")
+    print(f"{'model':6} {'plain s/epoch':>14} {'nnopt s/epoch':>14} {'nnopt/plain':>12} {'diagnostics=basic':>18} "
+          f"{'DataLoader s/epoch':>19}")
     for name in args.models.split(","):
         r = bench(name, args.repeats, with_dataloader=(name == "mlp"))
         dl = f"{r['dataloader']:.2f} ({r['dataloader'] / r['plain']:.1f}x)" if "dataloader" in r else "-"
-        print(f"{name:6} {r['plain']:14.2f} {r['nnopt']:14.2f} {r['nnopt'] / r['plain']:12.3f} {dl:>19}")
+        diag = f"{r['diag']:.2f} ({r['diag'] / r['nnopt']:.3f}x)" if "diag" in r else "-"
+        print(f"{name:6} {r['plain']:14.2f} {r['nnopt']:14.2f} {r['nnopt'] / r['plain']:12.3f} {diag:>18} {dl:>19}")
 
 
 if __name__ == "__main__":
