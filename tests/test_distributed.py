@@ -31,6 +31,11 @@ DDP_ARGS = [*TINY, "dataset.noise=2.0", "epochs=3"]
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 
+def with_checksums(names: set[str]) -> set[str]:
+    """The files rank 0 may write: these, and the <file>.sha256 beside every .pt file."""
+    return names | {f"{n}.sha256" for n in names if n.endswith(".pt")}
+
+
 def torchrun(args, cwd, env):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nnopt_cli",
            "train", *args]
@@ -101,8 +106,8 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     outputs = tmp_path / "outputs"
     (folder,) = {p.parent for p in outputs.rglob("summary.json")}
     assert {p for p in outputs.rglob("*") if p.is_dir()} == {folder, folder / ".hydra", folder.parent}
-    written = {".hydra", "metrics.jsonl", "summary.json", "model.pt", "model.init.pt", "train.log"}
-    assert written <= {p.name for p in folder.iterdir()} <= written | {"checkpoint.pt"}
+    written = {".hydra", "metrics.jsonl", "summary.json", "model.pt", "model.init.pt", "train.log", ".nnopt.lock"}
+    assert written <= {p.name for p in folder.iterdir()} <= with_checksums(written | {"checkpoint.pt"})
     assert (folder / "train.log").read_text().count("test/acc=") == 1
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2
@@ -142,8 +147,9 @@ def test_post_training_stages_run_on_rank0_alone_after_ddp_training(tmp_path):
     outputs = tmp_path / "outputs"
     (folder,) = {p.parent for p in outputs.rglob("summary.json")}
     assert {p for p in outputs.rglob("*") if p.is_dir()} == {folder, folder / ".hydra", folder.parent}
-    written = {".hydra", "metrics.jsonl", "summary.json", "model.pt", "model.init.pt", "model.pruned.pt", "train.log"}
-    assert written <= {p.name for p in folder.iterdir()} <= written | {"checkpoint.pt"}
+    written = {".hydra", "metrics.jsonl", "summary.json", "model.pt", "model.init.pt", "model.pruned.pt", "train.log",
+               ".nnopt.lock"}
+    assert written <= {p.name for p in folder.iterdir()} <= with_checksums(written | {"checkpoint.pt"})
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2
     (stage,) = summary["stages"]
