@@ -113,6 +113,35 @@ def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
+class _HashingWriter:
+    """A file that hashes what torch.save writes into it: no second read of a checkpoint per epoch."""
+
+    def __init__(self, f):
+        self.f = f
+        self.sha = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _current_digests(path: Path) -> list[str]:
+    """Digests that may match the file `path` holds now: those its checksum file lists (a kill between
+    the two renames can leave either file), else the file hashed; none when there is no file."""
+    if not path.is_file():
+        return []
+    try:
+        listed = [d.strip() for d in checksum_path(path).read_text().splitlines() if len(d.strip()) == 64]
+        if listed:
+            return listed[:2]
+    except OSError:
+        pass
+    return [file_sha256(path)]
+
+
 def save_state_dict(path: Path, state: dict) -> None:
     """torch.save, replaced atomically, with the file's sha256 in `<file>.sha256` beside it.
 
@@ -121,12 +150,11 @@ def save_state_dict(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:  # a Python file: a full disk surfaces as the OSError behind torch's error
-            torch.save(state, f)
+            writer = _HashingWriter(f)
+            torch.save(state, writer)
             f.flush()
             os.fsync(f.fileno())
-        digests = [file_sha256(tmp)]
-        if path.is_file():
-            digests.append(file_sha256(path))
+        digests = [writer.sha.hexdigest(), *_current_digests(path)]
         atomic_write_bytes(checksum_path(path), ("\n".join(digests) + "\n").encode())
         os.replace(tmp, path)
     except RunWriteError:
