@@ -230,6 +230,10 @@ def own_hydra_subdir(args: list[str]) -> list[str]:
 def run(args: list[str]) -> None:
     """Run the Hydra app on `args` (everything after `nnopt train`)."""
     try:
+        search = next((a for a in args if a.split("=", 1)[0].lstrip("+") == "hparams_search"), None)
+        if search is not None:  # a search preset only means something to nnopt tune (Optuna)
+            raise ConfigError("hparams_search", search.split("=", 1)[1], "a search preset for nnopt tune: "
+                              f"nnopt tune {search} (nnopt train runs one config; -m sweeps a grid)")
         check_overrides(args)
         check_keys(args)
     except NnoptError as e:

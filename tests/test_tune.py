@@ -251,3 +251,9 @@ def test_command_line_mistakes_are_one_line(args, message, tmp_path, monkeypatch
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.startswith(f"nnopt: error: {message}") and "\n" not in err, err
     assert not (tmp_path / "outputs").exists()  # refused before any study or trial
+
+
+def test_nnopt_train_points_a_search_preset_to_nnopt_tune(cli, tmp_path):
+    out = cli("train", "-m", "hparams_search=mnist_optuna")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "nnopt tune hparams_search=mnist_optuna" in out.stderr
+    assert not (tmp_path / "outputs").exists()
