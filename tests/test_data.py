@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 
 import pytest
@@ -25,7 +26,7 @@ def test_mnist_loads_with_the_canonical_sizes(tmp_path):
     assert abs(d.train_x.mean().item()) < 1e-3 and abs(d.train_x.std().item() - 1) < 1e-3
     assert torch.bincount(d.test_y).tolist()[:2] == [980, 1135]  # the official test-set class counts
     # torchvision's layout: decompressed IDX files under <root>/MNIST/raw
-    assert {p.name for p in (tmp_path / "MNIST" / "raw").iterdir()} == set(MNIST_MD5)
+    assert {p.name for p in (tmp_path / "MNIST" / "raw").iterdir()} == {*MNIST_MD5, ".verified.json"}
 
 
 def test_validation_split_is_seeded_and_disjoint():
@@ -65,6 +66,26 @@ def test_corrupt_cache_is_healed_from_the_packaged_copy(tmp_path):
     prepare_mnist_raw(tmp_path)
     d = load_dataset("mnist", val_size=10, root=tmp_path)
     assert len(d.train_y) == 59990
+
+
+def test_verified_files_are_not_hashed_again_until_they_change(tmp_path, monkeypatch):
+    import nnopt_cli.data as data
+
+    raw = prepare_mnist_raw(tmp_path)
+    hashed = []
+    real_md5 = data._md5
+    monkeypatch.setattr(data, "_md5", lambda p: hashed.append(p.name) or real_md5(p))
+    prepare_mnist_raw(tmp_path)
+    assert hashed == []  # size and mtime as recorded: no 55 MB re-read
+    target = raw / "t10k-labels-idx1-ubyte"
+    blob = bytearray(target.read_bytes())
+    blob[100] ^= 0xFF  # same size, other content, a newer mtime
+    target.write_bytes(bytes(blob))
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    prepare_mnist_raw(tmp_path)
+    assert hashed == ["t10k-labels-idx1-ubyte"]
+    assert data._md5(target) == MNIST_MD5["t10k-labels-idx1-ubyte"]  # healed from the packaged copy
 
 
 def test_offline_torchvision_dataset_says_where_to_put_files(tmp_path, monkeypatch):
