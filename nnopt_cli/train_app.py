@@ -50,10 +50,10 @@ FAILED_OBJECTIVE = 0.0
 
 
 def parallel_jobs(hc) -> int:
-    """How many processes share the machine: the joblib launcher's n_jobs, or torchrun's
-    processes on this node (LOCAL_WORLD_SIZE)."""
+    """How many processes share the machine: a parallel launcher's n_jobs (joblib, parallel), or
+    torchrun's processes on this node (LOCAL_WORLD_SIZE)."""
     launcher = hc.launcher
-    if hc.mode == RunMode.MULTIRUN and "Joblib" in str(launcher.get("_target_", "")):
+    if hc.mode == RunMode.MULTIRUN and "n_jobs" in launcher:
         n = launcher.get("n_jobs", -1) or -1
         return available_cores() if n < 0 else n
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if distributed.launched_by_torchrun() else 1

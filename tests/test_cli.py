@@ -71,9 +71,10 @@ def test_multirun_sweeps_every_combination(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(cli, tmp_path):
+@pytest.mark.parametrize("launcher", ["joblib", "parallel"])
+def test_parallel_launchers_run_jobs_at_once_without_oversubscribing(cli, tmp_path, launcher):
     overrides = [o for o in TINY if not o.startswith("threads=")]  # let nnopt pick the thread count
-    out = cli("train", "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *overrides, "epochs=1",
+    out = cli("train", "--multirun", f"hydra/launcher={launcher}", "hydra.launcher.n_jobs=2", *overrides, "epochs=1",
               "optimizer=sgd,adam")
     assert out.returncode == 0, out.stderr
     summaries = [json.loads((f / "summary.json").read_text()) for f in run_folders(tmp_path / "outputs")]

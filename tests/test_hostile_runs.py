@@ -157,10 +157,11 @@ def test_refused_and_skipped_jobs_keep_their_hydra_files_and_fresh_runs_replace_
 
 
 @pytest.mark.slow
-def test_joblib_refusals_are_failures_not_skips(tmp_path):
+@pytest.mark.parametrize("launcher", ["joblib", "parallel"])
+def test_parallel_refusals_are_failures_not_skips(tmp_path, launcher):
     first = run_cli("train", "-m", *TINY, "epochs=1", "seed=0,1", "hydra.sweep.dir=sw", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    out = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "epochs=1", "seed=5,6",
+    out = run_cli("train", "-m", f"hydra/launcher={launcher}", "hydra.launcher.n_jobs=2", *TINY, "epochs=1", "seed=5,6",
                   "hydra.sweep.dir=sw", "skip_completed=true", cwd=tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     report = json.loads((tmp_path / "sw" / "report.json").read_text())
@@ -458,9 +459,10 @@ def test_the_lock_is_reentrant_within_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_joblib_worker_still_gets_a_report_and_exit_1(tmp_path):
+@pytest.mark.parametrize("launcher", ["joblib", "parallel"])
+def test_a_killed_parallel_worker_still_gets_a_report_and_exit_1(tmp_path, launcher):
     long_run = [o for o in TINY if not o.startswith(("epochs", "dataset.n_train", "batch_size.size"))]
-    proc = subprocess.Popen([sys.executable, "-m", "nnopt_cli", "train", "-m", "hydra/launcher=joblib",
+    proc = subprocess.Popen([sys.executable, "-m", "nnopt_cli", "train", "-m", f"hydra/launcher={launcher}",
                              "hydra.launcher.n_jobs=2", *long_run, "dataset.n_train=3000", "batch_size.size=8",
                              "epochs=200", "seed=0,1", "hydra.sweep.dir=sw"], cwd=tmp_path, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
