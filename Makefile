@@ -31,7 +31,7 @@ bench: $(STAMP) ## Time nnopt's epoch against a plain PyTorch loop (ratios), com
 	$(BIN)/python -m benchmarks.run_overhead
 
 lint: $(STAMP) ## ruff lint
-	$(BIN)/ruff check nnopt_cli tests benchmarks
+	$(BIN)/ruff check nnopt_cli hydra_plugins tests benchmarks
 
 clean: ## Remove the venv and caches (keeps outputs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -122,4 +122,4 @@ def test_a_worker_returns_what_pickle_can_send():
                                            _return_value=Unpicklable("boom")))
     back = pickle.loads(pickle.dumps(ret))
     with pytest.raises(RuntimeError, match="Unpicklable: boom"):
-        back.return_value
+        _ = back.return_value

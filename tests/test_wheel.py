@@ -24,6 +24,8 @@ def test_wheel_ships_conf_and_mnist_and_runs_from_site_packages(tmp_path):
         zf.extractall(site)
     assert "nnopt_cli/conf/train.yaml" in names and "nnopt_cli/conf/optimizer/adam.yaml" in names
     assert "nnopt_cli/data/mnist/train-images-idx3-ubyte.gz" in names
+    assert "hydra_plugins/nnopt_launcher/fork_launcher.py" in names  # hydra/launcher=parallel
+    assert "hydra_plugins/__init__.py" not in names  # a namespace shared with Hydra's own plugins
     # run from an unrelated folder with only the unpacked wheel on the path (no checkout)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(site)
