@@ -6,7 +6,11 @@
   in-process sweep  `nnopt train -m epochs=1 seed=0..J-1` (basic launcher, one process): (wall minus the
                     sum of the jobs' training times) / J, and what each job more adds (J jobs against 2),
                     on MNIST and on MNIST-1D
-  joblib            the same sweep under hydra/launcher=joblib (2 workers): parallel / sequential wall
+  parallel          the same sweep under hydra/launcher=parallel (nnopt's: workers forked after the
+                    imports) and hydra/launcher=joblib (loky: fresh Python workers), 2 workers each:
+                    parallel / sequential wall; also with 5-epoch jobs
+  study             the fair-tuning study of the README (`nnopt tune-lr` on MNIST-1D: 5 optimizers x
+                    8 LRs x 3 seeds = 120 grid runs + the default LR over 3 seeds), wall time, once
 
 Every command runs in a fresh process in a temporary folder, with the machine's normal environment.
 """
@@ -47,11 +51,11 @@ def one_run(dataset: str) -> tuple[float, float]:
         return wall, sum(train_times(Path(tmp) / "run"))
 
 
-def sweep(dataset: str, jobs: int, launcher: str | None = None) -> tuple[float, float]:
+def sweep(dataset: str, jobs: int, launcher: str | None = None, epochs: int = 1) -> tuple[float, float]:
     extra = [f"hydra/launcher={launcher}", "hydra.launcher.n_jobs=2"] if launcher else []
     seeds = ",".join(map(str, range(jobs)))
     with tempfile.TemporaryDirectory() as tmp:
-        wall = run(["-m", "nnopt_cli", "train", "-m", f"dataset={dataset}", "epochs=1", f"seed={seeds}",
+        wall = run(["-m", "nnopt_cli", "train", "-m", f"dataset={dataset}", f"epochs={epochs}", f"seed={seeds}",
                     "hydra.sweep.dir=sweep", *extra], Path(tmp))
         return wall, sum(train_times(Path(tmp) / "sweep"))
 
@@ -65,6 +69,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=6)
     parser.add_argument("--datasets", default="mnist,mnist1d")
+    parser.add_argument("--no-study", dest="study", action="store_false", help="skip the tune-lr study (~1 min)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
@@ -87,9 +92,22 @@ def main() -> None:
         print(f"{dataset}: in-process sweep of {args.jobs} x epochs=1: {per_job:.3f} s per job besides training "
               f"(the process start shared out), {marginal:.3f} s for each job more "
               f"(wall {median([w for w, _ in seq]):.2f} s)")
-        par = [sweep(dataset, args.jobs, "joblib")[0] for _ in range(args.repeats)]
-        print(f"{dataset}: joblib (2 workers) / sequential wall: {median(par) / median([w for w, _ in seq]):.2f}")
-
+        seq_wall = median([w for w, _ in seq])
+        for launcher in ("parallel", "joblib"):
+            par = median([sweep(dataset, args.jobs, launcher)[0] for _ in range(args.repeats)])
+            print(f"{dataset}: {launcher} (2 workers) / sequential wall, {args.jobs} x epochs=1: {par / seq_wall:.2f}")
+        seq5 = median([sweep(dataset, 4, epochs=5)[0] for _ in range(args.repeats)])
+        for launcher in ("parallel", "joblib"):
+            par = median([sweep(dataset, 4, launcher, epochs=5)[0] for _ in range(args.repeats)])
+            print(f"{dataset}: {launcher} (2 workers) / sequential wall, 4 x epochs=5: {par / seq5:.2f}")
+    if args.study:
+        with tempfile.TemporaryDirectory() as tmp:
+            wall = run(["-m", "nnopt_cli", "tune-lr", "dataset=mnist1d", "model=mlp", "epochs=20", "--optimizers",
+                        "sgd,momentum,adam,adamw,rmsprop", "--lrs", "8", "--seeds", "3", "--grid-seeds", "3",
+                        "--dir", "study"], Path(tmp))
+            runs = len(list((Path(tmp) / "study").rglob("summary.json")))
+        print(f"study: nnopt tune-lr on MNIST-1D, 5 optimizers x 8 LRs x 3 seeds (+ default LR x 3 seeds): "
+              f"{runs} runs in {wall:.0f} s wall")
 
 if __name__ == "__main__":
     main()
