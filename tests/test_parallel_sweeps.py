@@ -67,6 +67,14 @@ def test_parallel_jobs_run_at_once_in_forked_workers_one_thread_each(tmp_path):
                     cwd=tmp_path)
     assert alone.returncode == 0, alone.stderr
     assert metrics(tmp_path / "sw" / "3") == metrics(tmp_path / "alone")
+    # one job: one worker, every core's threads (as the sequential sweep gives it)
+    one = run_cli("train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *overrides, "seed=7",
+                  "hydra.sweep.dir=one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    seq = run_cli("train", "-m", *overrides, "seed=7", "hydra.sweep.dir=seq", cwd=tmp_path)
+    assert seq.returncode == 0, seq.stderr
+    threads = [json.loads((tmp_path / d / "0" / "summary.json").read_text())["threads"] for d in ("one", "seq")]
+    assert threads[0] == threads[1] >= min(cores, 2)
 
 
 LONG = [o for o in TINY if not o.startswith(("dataset.n_train", "epochs", "batch_size.size"))] + [

@@ -39,10 +39,12 @@ log = logging.getLogger(__name__)
 _SWEEP: dict[str, Any] = globals().get("_SWEEP", {})
 
 
-def _ignore_sigint_between_jobs() -> None:
+def _start_worker(workers: int) -> None:
     """A worker leaves Ctrl-C to its job (nnopt's training loop checkpoints and stops) and to the
-    sweep's process (which cancels the jobs not started): idle, it ignores it."""
+    sweep's process (which cancels the jobs not started): idle, it ignores it. Its jobs learn how
+    many run at once (a 1-job sweep on 2 cores gets both cores' threads, not half)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["NNOPT_SWEEP_WORKERS"] = str(workers)
 
 
 def _run_one(idx: int, overrides: Sequence[str]) -> JobReturn:
@@ -102,7 +104,8 @@ class ForkLauncher(Launcher):
             log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
         fork = multiprocessing.get_context("fork")
         _SWEEP.update(context=self.hydra_context, config=self.config, task=self.task_function, stop=fork.Event())
-        pool = ProcessPoolExecutor(max_workers=n, mp_context=fork, initializer=_ignore_sigint_between_jobs)
+        # each job's torch threads: cores / the jobs really running at once (nnopt_cli.train_app.parallel_jobs)
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=fork, initializer=_start_worker, initargs=(n,))
         previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM too: stop starting jobs, then exit
         futures: list = []
         try:
