@@ -5,6 +5,8 @@ In one process, on the same preloaded MNIST tensors, time one epoch (training + 
               torch.optim.Adam objects as nnopt's epochs (alternating with them)
   nnopt       nnopt's Trainer.train_epoch + evaluate + the epoch-end writes (metrics.jsonl line,
               checkpoint.pt, both fsynced), as `nnopt train` runs them
+  plain+sums  (MLP only) the plain loop plus the train loss/accuracy sums and divergence check nnopt
+              keeps each step: what of nnopt's overhead is those metrics
   diag        (MLP only) nnopt's epoch with diagnostics=basic: the per-layer observer at its default interval
   dataloader  (MLP only, for context) the same loop fed by a DataLoader with ToTensor/Normalize
 Each is repeated, interleaved, and the median is reported with the ratio to the baseline.
@@ -13,6 +15,7 @@ Each is repeated, interleaved, and the median is reported with the ratio to the 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import tempfile
@@ -31,15 +34,23 @@ from nnopt_cli.trainer import Trainer, evaluate
 from tests.conftest import compose_cfg
 
 
-def plain_epoch(model, opt, x, y, vx, vy, bs, gen):
+def plain_epoch(model, opt, x, y, vx, vy, bs, gen, sums=False):
+    """sums=True adds what nnopt's step adds to keep train/loss, train/acc and the divergence check."""
     model.train()
     perm = torch.randperm(len(x), generator=gen)
+    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
     for i in range(0, len(x), bs):
         idx = perm[i:i + bs]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        xb, yb = x[idx], y[idx]
+        out = model(xb)
+        loss = F.cross_entropy(out, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sums:
+            loss_sum.add_(loss.detach().float(), alpha=len(idx))
+            correct.add_((out.argmax(1) == yb).sum())
+            math.isfinite(loss.item())
     model.eval()
     with torch.no_grad():
         correct = sum((model(vx[i:i + 2048]).argmax(1) == vy[i:i + 2048]).sum().item() for i in range(0, len(vx), 2048))
@@ -105,6 +116,7 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
             observers.on_epoch_end(EpochInfo(epoch[0], row, d_model, d_trainer.optimizer, d_trainer.counters.total_steps))
 
         runs["diag"] = []
+        runs["plain+sums"] = []
     loader = None
     if with_dataloader:
         import torchvision
@@ -125,6 +137,8 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
         runs["nnopt"].append(timed(nnopt_epoch))
         if diag_epoch is not None:
             runs["diag"].append(timed(diag_epoch))
+            runs["plain+sums"].append(timed(lambda: plain_epoch(plain_model, plain_opt, data.train_x, data.train_y,
+                                                                data.val_x, data.val_y, bs, gen, sums=True)))
         if loader is not None and len(runs["dataloader"]) < 1:  # one epoch is enough to show the gap
             runs["dataloader"].append(timed(lambda: dataloader_epoch(dl_model, dl_opt, loader)))
     return {k: statistics.median(v) for k, v in runs.items()}
@@ -137,13 +151,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, MNIST 55,000 training images, batch 128, Adam")
-    print(f"{'model':6} {'plain s/epoch':>14} {'nnopt s/epoch':>14} {'nnopt/plain':>12} {'diagnostics=basic':>18} "
-          f"{'DataLoader s/epoch':>19}")
+    print(f"{'model':6} {'plain s/epoch':>14} {'nnopt s/epoch':>14} {'nnopt/plain':>12} {'plain+sums':>11} "
+          f"{'diagnostics=basic':>18} {'DataLoader s/epoch':>19}")
     for name in args.models.split(","):
         r = bench(name, args.repeats, with_dataloader=(name == "mlp"))
         dl = f"{r['dataloader']:.2f} ({r['dataloader'] / r['plain']:.1f}x)" if "dataloader" in r else "-"
         diag = f"{r['diag']:.2f} ({r['diag'] / r['nnopt']:.3f}x)" if "diag" in r else "-"
-        print(f"{name:6} {r['plain']:14.2f} {r['nnopt']:14.2f} {r['nnopt'] / r['plain']:12.3f} {diag:>18} {dl:>19}")
+        sums = f"{r['plain+sums'] / r['plain']:.3f}" if "plain+sums" in r else "-"
+        print(f"{name:6} {r['plain']:14.2f} {r['nnopt']:14.2f} {r['nnopt'] / r['plain']:12.3f} {sums:>11} {diag:>18} "
+              f"{dl:>19}")
 
 
 if __name__ == "__main__":
