@@ -59,8 +59,9 @@ class JobConfigs:
         parsed = OverridesParser.create().parse_overrides(hydra_overrides + list(sweep_overrides))
         if any(o.key_or_group.startswith("hydra.searchpath") for o in parsed):  # other groups may exist
             return self.loader.load_sweep_config(master_config, list(sweep_overrides))
-        values = [o for o in parsed if self._is_value(o)]
-        structure = (tuple(o.input_line for o in parsed if not self._is_value(o)),
+        is_value = [self._is_value(o) for o in parsed]
+        values = [o for o, v in zip(parsed, is_value, strict=True) if v]
+        structure = (tuple(o.input_line for o, v in zip(parsed, is_value, strict=True) if not v),
                      tuple(o.key_or_group for o in values))
         template = self.templates.get(structure)
         if template is None:

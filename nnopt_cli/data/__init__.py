@@ -88,9 +88,10 @@ def prepare_mnist_raw(root: Path, source_dir: Path = PACKAGED_MNIST) -> Path:
     changed = False
     for name, md5 in MNIST_MD5.items():
         target = raw / name
-        if target.exists() and (verified.get(name) == _stamp(target, md5) or _md5(target) == md5):
-            if verified.get(name) != _stamp(target, md5):
-                verified[name], changed = _stamp(target, md5), True
+        stamp = _stamp(target, md5) if target.exists() else None
+        if stamp is not None and (verified.get(name) == stamp or _md5(target) == md5):
+            if verified.get(name) != stamp:
+                verified[name], changed = stamp, True
             continue
         archive = source_dir / f"{name}.gz"
         if not archive.exists():
