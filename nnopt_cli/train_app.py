@@ -48,17 +48,12 @@ sweep.register_resolvers()  # ${nnopt_uid:} in hydra.run.dir / hydra.sweep.dir
 # steers the search away instead of ending the study (the sweeper stops on NaN or errors).
 FAILED_OBJECTIVE = 0.0
 
-# set by hydra/launcher=parallel in its workers: how many jobs run at once (n_jobs, or fewer jobs)
-SWEEP_WORKERS_ENV = "NNOPT_SWEEP_WORKERS"
-
 
 def parallel_jobs(hc) -> int:
     """How many processes share the machine: a parallel launcher's n_jobs (joblib, parallel), or
     torchrun's processes on this node (LOCAL_WORLD_SIZE)."""
     launcher = hc.launcher
     if hc.mode == RunMode.MULTIRUN and "n_jobs" in launcher:
-        if os.environ.get(SWEEP_WORKERS_ENV):  # hydra/launcher=parallel: its workers, never more than jobs
-            return int(os.environ[SWEEP_WORKERS_ENV])
         n = launcher.get("n_jobs", -1) or -1
         return available_cores() if n < 0 else n
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if distributed.launched_by_torchrun() else 1

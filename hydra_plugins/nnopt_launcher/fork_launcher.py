@@ -39,12 +39,10 @@ log = logging.getLogger(__name__)
 _SWEEP: dict[str, Any] = globals().get("_SWEEP", {})
 
 
-def _start_worker(workers: int) -> None:
+def _ignore_sigint_between_jobs() -> None:
     """A worker leaves Ctrl-C to its job (nnopt's training loop checkpoints and stops) and to the
-    sweep's process (which cancels the jobs not started): idle, it ignores it. Its jobs learn how
-    many run at once (a 1-job sweep on 2 cores gets both cores' threads, not half)."""
+    sweep's process (which cancels the jobs not started): idle, it ignores it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ["NNOPT_SWEEP_WORKERS"] = str(workers)
 
 
 def _run_one(idx: int, overrides: Sequence[str]) -> JobReturn:
@@ -58,6 +56,9 @@ def _run_one(idx: int, overrides: Sequence[str]) -> JobReturn:
     with open_dict(cfg):
         cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
         cfg.hydra.job.num = idx
+        # the jobs really running at once (n_jobs, or fewer jobs): nnopt gives each cores / that threads,
+        # so a one-job sweep keeps every core; hydra.yaml records it
+        cfg.hydra.launcher.n_jobs = _SWEEP["workers"]
     HydraConfig.instance().set_config(cfg)
     ret = run_job(hydra_context=context, config=cfg, task_function=_SWEEP["task"],
                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
@@ -103,9 +104,9 @@ class ForkLauncher(Launcher):
         for i, overrides in enumerate(job_overrides):
             log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
         fork = multiprocessing.get_context("fork")
-        _SWEEP.update(context=self.hydra_context, config=self.config, task=self.task_function, stop=fork.Event())
-        # each job's torch threads: cores / the jobs really running at once (nnopt_cli.train_app.parallel_jobs)
-        pool = ProcessPoolExecutor(max_workers=n, mp_context=fork, initializer=_start_worker, initargs=(n,))
+        _SWEEP.update(context=self.hydra_context, config=self.config, task=self.task_function, stop=fork.Event(),
+                      workers=n)
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=fork, initializer=_ignore_sigint_between_jobs)
         previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM too: stop starting jobs, then exit
         futures: list = []
         try:
