@@ -9,7 +9,9 @@ In one process, on the same preloaded MNIST tensors, time one epoch (training + 
               keeps each step: what of nnopt's overhead is those metrics
   diag        (MLP only) nnopt's epoch with diagnostics=basic: the per-layer observer at its default interval
   dataloader  (MLP only, for context) the same loop fed by a DataLoader with ToTensor/Normalize
-Each is repeated, interleaved, and the median is reported with the ratio to the baseline.
+Rounds run the variants as palindromes (plain, nnopt, ..., nnopt, plain); each ratio to the plain
+loop is taken within a round, and the medians over rounds are reported, with the plain loop against
+itself (A/A) as the noise floor of the machine.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -66,10 +69,19 @@ def dataloader_epoch(model, opt, loader):
         opt.step()
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
+FAULTS: dict[str, list[int]] = {}  # minor page faults per epoch, per variant
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(fn, name: str = "") -> float:
+    f0, t0 = minor_faults(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    took = time.perf_counter() - t0
+    FAULTS.setdefault(name, []).append(minor_faults() - f0)
+    return took
 
 
 def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
@@ -98,7 +110,6 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
         run.save_checkpoint(make_checkpoint(cfg, nn_model, trainer, None, torch.device("cpu"), metrics=rows,
                                             progress={"epoch": epoch[0]}))
 
-    runs = {"plain": [], "nnopt": []}
     diag_epoch = None
     if with_dataloader:  # the MLP row: also the cost of diagnostics=basic
         dcfg = compose_cfg(f"model={model_name}", "device=cpu", "diagnostics=basic", tiny=False)
@@ -115,14 +126,11 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
             row["val/loss"], row["val/acc"] = evaluate(d_model, data.val_x, data.val_y, dcfg["eval_batch_size"])
             observers.on_epoch_end(EpochInfo(epoch[0], row, d_model, d_trainer.optimizer, d_trainer.counters.total_steps))
 
-        runs["diag"] = []
-        runs["plain+sums"] = []
     loader = None
     if with_dataloader:
         import torchvision
         from torchvision import transforms
 
-        runs["dataloader"] = []
         tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
         ds = torchvision.datasets.MNIST(str(default_root()), train=True, transform=tf)
         loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True)
@@ -131,36 +139,66 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
         dl_opt = torch.optim.Adam(dl_model.parameters(), lr=cfg["optimizer"]["lr"])
     # warm-up (allocator, kernels) before timing
     plain_epoch(plain_model, plain_opt, data.train_x[:2048], data.train_y[:2048], data.val_x, data.val_y, bs, gen)
-    for _ in range(repeats):
-        runs["plain"].append(timed(lambda: plain_epoch(plain_model, plain_opt, data.train_x, data.train_y,
-                                                       data.val_x, data.val_y, bs, gen)))
-        runs["nnopt"].append(timed(nnopt_epoch))
-        if diag_epoch is not None:
-            runs["diag"].append(timed(diag_epoch))
-            runs["plain+sums"].append(timed(lambda: plain_epoch(plain_model, plain_opt, data.train_x, data.train_y,
-                                                                data.val_x, data.val_y, bs, gen, sums=True)))
-        if loader is not None and len(runs["dataloader"]) < 1:  # one epoch is enough to show the gap
-            runs["dataloader"].append(timed(lambda: dataloader_epoch(dl_model, dl_opt, loader)))
-    return {k: statistics.median(v) for k, v in runs.items()}
+    epochs = {
+        "plain": lambda: plain_epoch(plain_model, plain_opt, data.train_x, data.train_y, data.val_x, data.val_y, bs, gen),
+        "nnopt": nnopt_epoch,
+    }
+    # the plain loop once more: the A/A ratio is what this machine's noise alone makes of equal work
+    epochs["plain again"] = epochs["plain"]
+    if diag_epoch is not None:
+        epochs["plain+sums"] = lambda: plain_epoch(plain_model, plain_opt, data.train_x, data.train_y,
+                                                   data.val_x, data.val_y, bs, gen, sums=True)
+    # A round runs the variants as a palindrome (plain, nnopt, ..., nnopt, plain), so a drift of the
+    # machine's speed within a round falls on every variant alike; each ratio is taken within a round,
+    # then the median over rounds. The diagnostics run (another model) gets rounds of its own, since
+    # the epoch after another model's runs a few % slower here.
+    ratios = palindrome_rounds(epochs, repeats)
+    result = {k: statistics.median(t for t, _ in v) for k, v in ratios.items()}
+    result["ratio"] = {k: statistics.median(r for _, r in v) for k, v in ratios.items()}
+    if diag_epoch is not None:
+        diag = palindrome_rounds({"nnopt": nnopt_epoch, "diag": diag_epoch}, max(repeats // 2, 1))
+        result["diag"] = statistics.median(t for t, _ in diag["diag"])
+        result["ratio"]["diag/nnopt"] = statistics.median(r for _, r in diag["diag"])
+    if loader is not None:  # one epoch is enough to show the gap
+        result["dataloader"] = timed(lambda: dataloader_epoch(dl_model, dl_opt, loader))
+    return result
+
+
+def palindrome_rounds(epochs: dict, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Per variant and round: (mean seconds of its two epochs, its time / the first variant's time)."""
+    names = list(epochs)
+    out: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
+    for _ in range(rounds):
+        took = dict.fromkeys(names, 0.0)
+        for k in names + names[::-1]:
+            took[k] += timed(epochs[k], k)
+        for k in names:
+            out[k].append((took[k] / 2, took[k] / took[names[0]]))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10, help="rounds; each runs every variant once")
     parser.add_argument("--models", default="mlp,cnn")
     args = parser.parse_args()
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, MNIST 55,000 training images, batch 128, Adam")
-    print(f"{'model':6} {'plain s/epoch':>14} {'nnopt s/epoch':>14} {'nnopt/plain':>12} {'plain+sums':>11} "
+    print(f"{'model':6} {'plain s/epoch':>14} {'nnopt s/epoch':>14} {'nnopt/plain':>12} {'A/A':>6} {'plain+sums':>11} "
           f"{'diagnostics=basic':>18} {'DataLoader s/epoch':>19}")
     for name in args.models.split(","):
         r = bench(name, args.repeats, with_dataloader=(name == "mlp"))
+        ratio = r["ratio"]
         dl = f"{r['dataloader']:.2f} ({r['dataloader'] / r['plain']:.1f}x)" if "dataloader" in r else "-"
-        diag = f"{r['diag']:.2f} ({r['diag'] / r['nnopt']:.3f}x)" if "diag" in r else "-"
-        sums = f"{r['plain+sums'] / r['plain']:.3f}" if "plain+sums" in r else "-"
-        print(f"{name:6} {r['plain']:14.2f} {r['nnopt']:14.2f} {r['nnopt'] / r['plain']:12.3f} {sums:>11} {diag:>18} "
-              f"{dl:>19}")
-
+        diag = f"{r['diag']:.2f} ({ratio['diag/nnopt']:.3f}x)" if "diag" in r else "-"
+        sums = f"{ratio['plain+sums']:.3f}" if "plain+sums" in ratio else "-"
+        print(f"{name:6} {r['plain']:14.2f} {r['nnopt']:14.2f} {ratio['nnopt']:12.3f} {ratio['plain again']:6.3f} "
+              f"{sums:>11} {diag:>18} {dl:>19}")
+        faults = ", ".join(f"{k} {statistics.median(v):.0f}" for k, v in FAULTS.items() if k)
+        print(f"       minor page faults per epoch (median): {faults}")
+        FAULTS.clear()
+    print("nnopt/plain, A/A (the plain loop against itself: the noise floor) and plain+sums: medians of ratios "
+          "taken within each round; diagnostics=basic against nnopt's epoch")
 
 if __name__ == "__main__":
     main()

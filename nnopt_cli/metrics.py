@@ -63,13 +63,34 @@ class Counters:
 
 
 class EpochSums:
-    """Per-epoch sums kept on the device (no host sync per step): loss, penalty, correct, grad norms."""
+    """Per-epoch sums kept on the device (no host sync per step): loss, penalty, correct, grad norms.
+
+    A step adds its loss in place and keeps the argmax of its logits beside its labels; the correct
+    predictions are counted once, when asked (`correct()`: at the epoch's end, a progress update or an
+    interrupt). Each tensor operation costs a step ~10 us here (cold caches after the optimizer's
+    kernels), so a step makes two, not five.
+    """
 
     def __init__(self, device: torch.device):
         self.loss = torch.zeros((), device=device)
         self.penalty = torch.zeros((), device=device)
-        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self._correct = torch.zeros((), dtype=torch.long, device=device)
+        self._predicted: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
         self.grad_norms: list[torch.Tensor] = []
+
+    def add_step(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, share: float) -> None:
+        loss = loss.detach()
+        self.loss.add_(loss if loss.dtype == torch.float32 else loss.float(), alpha=share)
+        self._predicted.append(out.argmax(1))
+        self._labels.append(y)
+
+    def correct(self) -> torch.Tensor:
+        """The correct predictions of the epoch so far (a count: the same whenever it is taken)."""
+        if self._predicted:
+            self._correct += (torch.cat(self._predicted) == torch.cat(self._labels)).sum()
+            self._predicted, self._labels = [], []
+        return self._correct
 
     @classmethod
     def resumed(cls, part: dict, device: torch.device) -> EpochSums:
@@ -77,12 +98,12 @@ class EpochSums:
         sums = cls(device)
         sums.loss = part["loss_sum"].to(device)
         sums.penalty = part["reg_sum"].to(device)
-        sums.correct = part["correct"].to(device)
+        sums._correct = part["correct"].to(device)
         sums.grad_norms = list(part["grad_norms"].to(device).unbind())
         return sums
 
     def cut(self, epoch: int, step: int, order_state: torch.Tensor, base_lr: float) -> dict[str, Any]:
         """What a checkpoint needs to finish this epoch later (same order, same sums so far)."""
         return {"epoch": epoch, "step": step, "generator": order_state, "base_lr": base_lr,
-                "loss_sum": self.loss, "reg_sum": self.penalty, "correct": self.correct,
+                "loss_sum": self.loss, "reg_sum": self.penalty, "correct": self.correct(),
                 "grad_norms": torch.stack(self.grad_norms) if self.grad_norms else torch.zeros(0)}

@@ -267,24 +267,24 @@ class Trainer:
             c.samples_seen += bs
             if self.averager is not None:
                 self.averager.after_step(model, c.total_steps)
-            sums.loss.add_(loss.detach().float(), alpha=share)  # in place, no host sync
-            sums.correct.add_((out.argmax(1) == y).sum())
+            sums.add_step(out, y, loss, share)  # in place, no host sync
             self._check_finite(loss, epoch, step, len(sizes))
             if info is not None:
                 observers.after_step(info)
             if self.on_eval is not None:
                 eval_s += self._maybe_evaluate_at(t_start, eval_s, x_all, sizes[0])
             if progress is not None and progress.live and step % self.log_every == 0:
-                progress.update(step, sums.loss.item() / seen, sums.correct.item() / seen, current_lr(optimizer))
+                progress.update(step, sums.loss.item() / seen, sums.correct().item() / seen, current_lr(optimizer))
         if self.averager is not None:
             self.averager.end_epoch(model, epoch)  # SWA: the end-of-epoch weights join the average
         self.weights.to_evaluation(x_all, sizes[0])
         self.counters.train_s += time.perf_counter() - t_start - eval_s
+        correct = sums.correct()
         if self.world > 1:  # the epoch's metrics count every rank's samples
-            sums.loss, sums.penalty, sums.correct = distributed.sum_over_ranks(sums.loss, sums.penalty, sums.correct)
+            sums.loss, sums.penalty, correct = distributed.sum_over_ranks(sums.loss, sums.penalty, correct)
         row = {
             "train/loss": sums.loss.item() / n,
-            "train/acc": sums.correct.item() / n,
+            "train/acc": correct.item() / n,
             "lr": self.policy.epoch_lr(base_lr, sizes),
             # the random policy has no single size: report the mean size of the epoch
             "batch_size": sizes[0] if self.policy.policy != "random" else round(n / len(sizes), 1),
