@@ -9,9 +9,9 @@ In one process, on the same preloaded MNIST tensors, time one epoch (training + 
               keeps each step: what of nnopt's overhead is those metrics
   diag        (MLP only) nnopt's epoch with diagnostics=basic: the per-layer observer at its default interval
   dataloader  (MLP only, for context) the same loop fed by a DataLoader with ToTensor/Normalize
-Rounds run the variants as palindromes (plain, nnopt, ..., nnopt, plain); each ratio to the plain
-loop is taken within a round, and the medians over rounds are reported, with the plain loop against
-itself (A/A) as the noise floor of the machine.
+Rounds run the variants as palindromes (plain, nnopt, ..., nnopt, plain), each round starting with
+the next variant; each ratio to the plain loop is taken within a round, and the medians over rounds
+are reported, with the plain loop against itself (A/A) as the noise floor of the machine.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from nnopt_cli.checkpoint import make_checkpoint
 from nnopt_cli.data import default_root, load_dataset
+from nnopt_cli.metrics import EpochSums
 from nnopt_cli.models import make_model
 from nnopt_cli.observers import EpochInfo, RunInfo, build_observers
 from nnopt_cli.run_dir import RunDir
@@ -38,10 +39,11 @@ from tests.conftest import compose_cfg
 
 
 def plain_epoch(model, opt, x, y, vx, vy, bs, gen, sums=False):
-    """sums=True adds what nnopt's step adds to keep train/loss, train/acc and the divergence check."""
+    """sums=True adds what nnopt's step adds to keep train/loss, train/acc and the divergence check
+    (nnopt's own EpochSums, and a loss.item() per step)."""
     model.train()
     perm = torch.randperm(len(x), generator=gen)
-    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    epoch_sums = EpochSums(x.device) if sums else None
     for i in range(0, len(x), bs):
         idx = perm[i:i + bs]
         xb, yb = x[idx], y[idx]
@@ -50,10 +52,11 @@ def plain_epoch(model, opt, x, y, vx, vy, bs, gen, sums=False):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if sums:
-            loss_sum.add_(loss.detach().float(), alpha=len(idx))
-            correct.add_((out.argmax(1) == yb).sum())
+        if epoch_sums is not None:
+            epoch_sums.add_step(out, yb, loss, len(idx))
             math.isfinite(loss.item())
+    if epoch_sums is not None:
+        epoch_sums.correct()
     model.eval()
     with torch.no_grad():
         correct = sum((model(vx[i:i + 2048]).argmax(1) == vy[i:i + 2048]).sum().item() for i in range(0, len(vx), 2048))
@@ -168,9 +171,12 @@ def palindrome_rounds(epochs: dict, rounds: int) -> dict[str, list[tuple[float, 
     """Per variant and round: (mean seconds of its two epochs, its time / the first variant's time)."""
     names = list(epochs)
     out: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
-    for _ in range(rounds):
+    for r in range(rounds):
         took = dict.fromkeys(names, 0.0)
-        for k in names + names[::-1]:
+        # each round starts with the next variant, so none is always the one at the rounds' seams
+        # (two epochs of one variant back to back there)
+        order = names[r % len(names):] + names[:r % len(names)]
+        for k in order + order[::-1]:
             took[k] += timed(epochs[k], k)
         for k in names:
             out[k].append((took[k] / 2, took[k] / took[names[0]]))
