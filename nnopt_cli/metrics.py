@@ -66,10 +66,13 @@ class EpochSums:
     """Per-epoch sums kept on the device (no host sync per step): loss, penalty, correct, grad norms.
 
     A step adds its loss in place and keeps the argmax of its logits beside its labels; the correct
-    predictions are counted once, when asked (`correct()`: at the epoch's end, a progress update or an
-    interrupt). Each tensor operation costs a step ~10 us here (cold caches after the optimizer's
-    kernels), so a step makes two, not five.
+    predictions are counted when asked (`correct()`: at the epoch's end, a progress update or an
+    interrupt) or every KEEP_STEPS steps (so a long epoch holds few tensors): a count, the same
+    whenever it is taken. Each tensor operation costs a step ~10 us here (cold caches after the
+    optimizer's kernels), so a step makes three (detach, add_, argmax), not seven.
     """
+
+    KEEP_STEPS = 1024
 
     def __init__(self, device: torch.device):
         self.loss = torch.zeros((), device=device)
@@ -84,6 +87,8 @@ class EpochSums:
         self.loss.add_(loss if loss.dtype == torch.float32 else loss.float(), alpha=share)
         self._predicted.append(out.argmax(1))
         self._labels.append(y)
+        if len(self._predicted) >= self.KEEP_STEPS:
+            self.correct()
 
     def correct(self) -> torch.Tensor:
         """The correct predictions of the epoch so far (a count: the same whenever it is taken)."""

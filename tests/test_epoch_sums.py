@@ -13,7 +13,7 @@ BATCHES = [(0, 2), (2, 4), (4, 5)]  # sizes 2, 2, 1
 def _fill(sums: EpochSums, steps) -> None:
     for i in steps:
         lo, hi = BATCHES[i]
-        sums.add_step(LOGITS[lo:hi].requires_grad_(False), LABELS[lo:hi], LOSSES[i], hi - lo)
+        sums.add_step(LOGITS[lo:hi], LABELS[lo:hi], LOSSES[i], hi - lo)
 
 
 def test_loss_and_correct_match_a_hand_count():
@@ -36,3 +36,14 @@ def test_counting_midway_and_resuming_from_a_cut_give_the_same_sums():
     _fill(rest, range(1, 3))
     assert torch.equal(rest.loss, whole.loss)
     assert rest.correct().item() == whole.correct().item() == 3
+
+
+def test_a_long_epoch_is_counted_in_parts_and_keeps_few_tensors():
+    sums = EpochSums(torch.device("cpu"))
+    steps = 2 * EpochSums.KEEP_STEPS + 5
+    for i in range(steps):  # one sample a step, its label the argmax on every third step
+        logits = torch.tensor([[0.0, 1.0]])
+        sums.add_step(logits, torch.tensor([1 if i % 3 == 0 else 0]), torch.tensor(1.0), 1)
+        assert len(sums._predicted) < EpochSums.KEEP_STEPS
+    assert sums.correct().item() == len(range(0, steps, 3))
+    assert sums.loss.item() == steps
