@@ -153,8 +153,8 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
                                                    data.val_x, data.val_y, bs, gen, sums=True)
     # A round runs the variants as a palindrome (plain, nnopt, ..., nnopt, plain), so a drift of the
     # machine's speed within a round falls on every variant alike; each ratio is taken within a round,
-    # then the median over rounds. The diagnostics run (another model) gets rounds of its own, since
-    # the epoch after another model's runs a few % slower here.
+    # then the median over rounds. The diagnostics run trains another model: it gets rounds of its
+    # own, so no epoch of the main rounds follows another model's.
     ratios = palindrome_rounds(epochs, repeats)
     result = {k: statistics.median(t for t, _ in v) for k, v in ratios.items()}
     result["ratio"] = {k: statistics.median(r for _, r in v) for k, v in ratios.items()}
@@ -205,6 +205,7 @@ def main() -> None:
         FAULTS.clear()
     print("nnopt/plain, A/A (the plain loop against itself: the noise floor) and plain+sums: medians of ratios "
           "taken within each round; diagnostics=basic against nnopt's epoch")
+
 
 if __name__ == "__main__":
     main()
