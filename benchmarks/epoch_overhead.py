@@ -72,19 +72,14 @@ def dataloader_epoch(model, opt, loader):
         opt.step()
 
 
-FAULTS: dict[str, list[int]] = {}  # minor page faults per epoch, per variant
-
-
 def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def timed(fn, name: str = "") -> float:
-    f0, t0 = minor_faults(), time.perf_counter()
+def timed(fn) -> float:
+    t0 = time.perf_counter()
     fn()
-    took = time.perf_counter() - t0
-    FAULTS.setdefault(name, []).append(minor_faults() - f0)
-    return took
+    return time.perf_counter() - t0
 
 
 def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
@@ -155,31 +150,36 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
     # machine's speed within a round falls on every variant alike; each ratio is taken within a round,
     # then the median over rounds. The diagnostics run trains another model: it gets rounds of its
     # own, so no epoch of the main rounds follows another model's.
-    ratios = palindrome_rounds(epochs, repeats)
-    result = {k: statistics.median(t for t, _ in v) for k, v in ratios.items()}
-    result["ratio"] = {k: statistics.median(r for _, r in v) for k, v in ratios.items()}
+    rounds = palindrome_rounds(epochs, repeats)
+    result = {k: statistics.median(t for t, _, _ in v) for k, v in rounds.items()}
+    result["ratio"] = {k: statistics.median(r for _, r, _ in v) for k, v in rounds.items()}
+    result["faults"] = {k: statistics.median(f for _, _, f in v) for k, v in rounds.items()}
     if diag_epoch is not None:
-        diag = palindrome_rounds({"nnopt": nnopt_epoch, "diag": diag_epoch}, max(repeats // 2, 1))
-        result["diag"] = statistics.median(t for t, _ in diag["diag"])
-        result["ratio"]["diag/nnopt"] = statistics.median(r for _, r in diag["diag"])
+        diag = palindrome_rounds({"nnopt": nnopt_epoch, "diag": diag_epoch}, max(repeats // 2, 1))["diag"]
+        result["diag"] = statistics.median(t for t, _, _ in diag)
+        result["ratio"]["diag/nnopt"] = statistics.median(r for _, r, _ in diag)
+        result["faults"]["diag"] = statistics.median(f for _, _, f in diag)
     if loader is not None:  # one epoch is enough to show the gap
         result["dataloader"] = timed(lambda: dataloader_epoch(dl_model, dl_opt, loader))
     return result
 
 
-def palindrome_rounds(epochs: dict, rounds: int) -> dict[str, list[tuple[float, float]]]:
-    """Per variant and round: (mean seconds of its two epochs, its time / the first variant's time)."""
+def palindrome_rounds(epochs: dict, rounds: int) -> dict[str, list[tuple[float, float, float]]]:
+    """Per variant and round: (mean seconds of its two epochs, its time / the first variant's time,
+    mean minor page faults of its two epochs)."""
     names = list(epochs)
-    out: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
+    out: dict[str, list[tuple[float, float, float]]] = {k: [] for k in names}
     for r in range(rounds):
-        took = dict.fromkeys(names, 0.0)
+        took, faults = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
         # each round starts with the next variant, so none is always the one at the rounds' seams
         # (two epochs of one variant back to back there)
         order = names[r % len(names):] + names[:r % len(names)]
         for k in order + order[::-1]:
-            took[k] += timed(epochs[k], k)
+            f0 = minor_faults()
+            took[k] += timed(epochs[k])
+            faults[k] += minor_faults() - f0
         for k in names:
-            out[k].append((took[k] / 2, took[k] / took[names[0]]))
+            out[k].append((took[k] / 2, took[k] / took[names[0]], faults[k] / 2))
     return out
 
 
@@ -200,9 +200,8 @@ def main() -> None:
         sums = f"{ratio['plain+sums']:.3f}" if "plain+sums" in ratio else "-"
         print(f"{name:6} {r['plain']:14.2f} {r['nnopt']:14.2f} {ratio['nnopt']:12.3f} {ratio['plain again']:6.3f} "
               f"{sums:>11} {diag:>18} {dl:>19}")
-        faults = ", ".join(f"{k} {statistics.median(v):.0f}" for k, v in FAULTS.items() if k)
+        faults = ", ".join(f"{k} {v:.0f}" for k, v in r["faults"].items())
         print(f"       minor page faults per epoch (median): {faults}")
-        FAULTS.clear()
     print("nnopt/plain, A/A (the plain loop against itself: the noise floor) and plain+sums: medians of ratios "
           "taken within each round; diagnostics=basic against nnopt's epoch")
 
