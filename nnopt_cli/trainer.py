@@ -98,6 +98,7 @@ class Trainer:
         if self.world > 1:  # dropout masks: a stream per rank, or every shard would get the same ones
             torch.manual_seed(cfg["seed"] + 7919 * self.rank)
         self.observers = observers if observers is not None else Observers()
+        self.observed = bool(self.observers)  # none: the step makes no observer call at all
         self.counters = Counters()
         # evaluation every N optimizer steps (eval_every_steps): the runner's callback, timed apart
         self.eval_every: int | None = None
@@ -167,12 +168,14 @@ class Trainer:
         total = loss if reg is None else loss + reg
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.backward(total, self.optimizer, **({"create_graph": True} if create_graph else {}))
-        norm = self.clip(self.model.parameters(), measure and not first)
+        measure = measure and not first  # the norm of the step's first gradient
+        # the common step neither clips nor measures: not even the parameters are listed
+        norm = self.clip(self.model.parameters(), measure) if measure or self.clip.mode != "none" else None
         self.counters.forward_passes += 1
         self.counters.backward_passes += 1
         if not first:
             first.update(out=out, loss=loss, reg=reg, norm=norm)
-            if self.observers:
+            if self.observed:
                 first["info"] = StepInfo(epoch, self.counters.total_steps + 1, self.model, self.optimizer, loss, bs)
                 self.observers.before_step(first["info"])
         return total
@@ -181,14 +184,19 @@ class Trainer:
         """Whether SWALR drives the LR now (averaging=swa with swa_lr, from its start epoch on)."""
         return self.averager is not None and self.averager.schedule_taken_over(self.epoch)
 
-    def _step(self, closure: Callable[..., torch.Tensor]) -> None:
-        """One optimizer step the way its protocol says (optim.py). fp16 (GradScaler) is refused at
-        validation for every protocol but plain, so only plain steps go through the scaler."""
+    def _step(self, x: torch.Tensor, y: torch.Tensor, share: float, measure: bool, epoch: int,
+              bs: int) -> dict[str, Any]:
+        """One optimizer step the way its protocol says (optim.py); returns what the first call of
+        the closure kept (out, loss, reg, norm, info). fp16 (GradScaler) is refused at validation
+        for every protocol but plain, so only plain steps go through the scaler."""
+        first: dict[str, Any] = {}  # the first evaluation: at the weights the step starts from
         kind = self.protocol.step
-        if kind == "plain":
-            closure()
+        if kind == "plain":  # the common step calls the closure once itself: no partial to build
+            self._forward_backward(x, y, share, first, measure, epoch, bs)
             self.scaler.step(self.optimizer)
-        elif kind == "create_graph":
+            return first
+        closure = functools.partial(self._forward_backward, x, y, share, first, measure, epoch, bs)
+        if kind == "create_graph":
             with create_graph_backward():
                 closure(create_graph=True)
             self.scaler.step(self.optimizer)
@@ -197,6 +205,7 @@ class Trainer:
             self.optimizer.step(closure)
         else:
             self.optimizer.step(closure)
+        return first
 
     # ------------------------------------------------------------------ training vs evaluation weights
 
@@ -238,8 +247,9 @@ class Trainer:
         if progress is not None:
             progress.start_epoch(epoch, len(sizes))
         seen = 0  # samples this rank has trained on so far this epoch
+        step_schedule = self.scheduler is not None and self.interval == "step"
         for step, (bs, idx) in enumerate(batches, start=1):
-            seen += len(idx)
+            seen += idx.shape[0]
             if part is not None and step <= part["step"]:
                 continue  # trained before the interrupt
             if self.should_stop():
@@ -248,13 +258,12 @@ class Trainer:
                 raise Interrupted(f"epoch {epoch}, step {step - 1}")
             x, y = x_all[idx], y_all[idx]
             share = bs / self.world  # this rank's part of the global batch
-            first: dict[str, Any] = {}  # the first evaluation: at the weights the step starts from
             measure = (step - 1) % self.log_every == 0  # the gradient norm is sampled: it costs time
-            closure = functools.partial(self._forward_backward, x, y, share, first, measure, epoch, bs)
             # step -> schedule
-            with self.policy.scaled_lr(self.optimizer, bs):
-                self._step(closure)
-            self._schedule_step()
+            with self.policy.scaled_lr(optimizer, bs):
+                first = self._step(x, y, share, measure, epoch, bs)
+            if step_schedule:
+                self._schedule_step()
             out, loss = first["out"], first["loss"]
             if self.penalty is not None:
                 sums.penalty.add_(first["reg"].detach(), alpha=share)
@@ -267,23 +276,23 @@ class Trainer:
             c.samples_seen += bs
             if self.averager is not None:
                 self.averager.after_step(model, c.total_steps)
-            sums.add_step(out, y, loss, share)  # in place, no host sync
+            sums.add_step(out, y, loss, share)  # kept, summed later: no tensor operation, no host sync
             self._check_finite(loss, epoch, step, len(sizes))
             if info is not None:
                 observers.after_step(info)
             if self.on_eval is not None:
                 eval_s += self._maybe_evaluate_at(t_start, eval_s, x_all, sizes[0])
             if progress is not None and progress.live and step % self.log_every == 0:
-                progress.update(step, sums.loss.item() / seen, sums.correct().item() / seen, current_lr(optimizer))
+                progress.update(step, sums.loss_sum().item() / seen, sums.correct().item() / seen, current_lr(optimizer))
         if self.averager is not None:
             self.averager.end_epoch(model, epoch)  # SWA: the end-of-epoch weights join the average
         self.weights.to_evaluation(x_all, sizes[0])
         self.counters.train_s += time.perf_counter() - t_start - eval_s
-        correct = sums.correct()
+        loss_sum, penalty, correct = sums.loss_sum(), sums.penalty, sums.correct()
         if self.world > 1:  # the epoch's metrics count every rank's samples
-            sums.loss, sums.penalty, correct = distributed.sum_over_ranks(sums.loss, sums.penalty, correct)
+            loss_sum, penalty, correct = distributed.sum_over_ranks(loss_sum, penalty, correct)
         row = {
-            "train/loss": sums.loss.item() / n,
+            "train/loss": loss_sum.item() / n,
             "train/acc": correct.item() / n,
             "lr": self.policy.epoch_lr(base_lr, sizes),
             # the random policy has no single size: report the mean size of the epoch
@@ -292,7 +301,7 @@ class Trainer:
             "grad_norm": torch.stack(sums.grad_norms).mean().item() if sums.grad_norms else None,
         }
         if self.penalty is not None:
-            row["train/penalty"] = sums.penalty.item() / n
+            row["train/penalty"] = penalty.item() / n
         return row
 
     def _maybe_evaluate_at(self, t_start: float, eval_s: float, x_all: torch.Tensor, batch_size: int) -> float:
