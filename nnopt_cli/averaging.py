@@ -20,7 +20,7 @@ How the run uses it (the hooks, in loop order):
 trainer.py does all of this itself through EvalWeights (below): train_epoch ends with the average
 in the model, the next one puts the raw weights back, so the runner's evaluate(model), checkpoint,
 test and model.pt see the average without a line of their own. The one thing left to the runner is
-recording the raw model's metrics: row.update(trainer.raw_metrics(val_x, val_y, batch_size, precision)).
+recording the raw model's metrics: row.update(trainer.weights.raw_metrics(val_x, val_y, batch_size, precision)).
 update_bn reads the first `bn_batches` training batches in order, so it draws no random number
 and a resumed run recomputes exactly the same statistics.
 """
@@ -36,6 +36,7 @@ from torch.optim import Optimizer
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn, update_bn
 
 from nnopt_cli.checks import need_choice, need_int, need_num
+from nnopt_cli.metrics import evaluate
 from nnopt_cli.optim import Protocol, set_eval, set_train
 
 KINDS = ("none", "ema", "swa")
@@ -182,3 +183,12 @@ class EvalWeights:
             yield True
         finally:
             self._load(held)
+
+    def raw_metrics(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, precision: str) -> dict[str, float]:
+        """With averaging: the raw (training) weights' loss and accuracy on (x, y), to record beside
+        the average's as raw/val/loss, raw/val/acc. Empty while the model holds no average."""
+        with self.raw_in_model() as raw:
+            if not raw:
+                return {}
+            loss, acc = evaluate(self.model, x, y, batch_size, precision, sharded=True)
+        return {"raw/val/loss": loss, "raw/val/acc": acc}

@@ -212,7 +212,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
                                                            cfg["eval_batch_size"], cfg["precision"], sharded=True)
                 if not math.isfinite(row["val/loss"]):
                     raise Diverged(epoch, row["steps"], row["val/loss"])
-                row.update(trainer.raw_metrics(data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"]))
+                row.update(trainer.weights.raw_metrics(data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"]))
                 row.update(trainer.counters.as_row())
                 row["time_s"] = time.perf_counter() - t0  # train + validation; evaluate() synced with the device
                 _log_epoch_eval(run, cfg, row)

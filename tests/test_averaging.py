@@ -144,7 +144,7 @@ def test_trainer_ends_an_epoch_with_the_average_in_the_model_and_reports_the_raw
     raw_model = copy.deepcopy(model)
     raw_model.load_state_dict(trainer.weights.raw)
     expected = evaluate(raw_model, data.val_x, data.val_y, 64)
-    got = trainer.raw_metrics(data.val_x, data.val_y, 64, "fp32")
+    got = trainer.weights.raw_metrics(data.val_x, data.val_y, 64, "fp32")
     assert got == {"raw/val/loss": expected[0], "raw/val/acc": expected[1]}
     assert all(torch.equal(v, average[k]) for k, v in model.state_dict().items())  # the average is back
     trainer.train_epoch(2, data.train_x, data.train_y)  # trains from the raw weights, then averages again
