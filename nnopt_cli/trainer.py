@@ -2,27 +2,26 @@
 
     for each batch:  forward -> loss (+ penalty) -> backward -> clip -> step -> schedule -> accumulate -> check
 
-Each mode is one small helper, not a branch in the loop: AMP loss scaling (precision.LossScaler),
-clipping (clip.GradClip), batch-size LR scaling (BatchSizePolicy.scaled_lr), DDP loss scaling (_batch_loss) and
-the resume of an epoch an interrupt cut short (EpochSums.resumed). Observers (observers.py) are
-called after clipping and after the step only when a run has any.
+Each mode is one small helper, not a branch in the loop: AMP loss scaling (precision.LossScaler), clipping
+(clip.GradClip), batch-size LR scaling (BatchSizePolicy.scaled_lr), DDP loss scaling (_batch_loss) and the
+resume of an epoch an interrupt cut short (EpochSums.resumed). Observers (observers.py) are called after
+clipping and after the step only when a run has any. A step that uses none of them takes `_lean_step`.
 
-The optimizer's protocol (optim.py) decides how the step gets its gradients: forward -> loss ->
-backward -> clip is one closure, `_step` calls it once (plain, create_graph), hands it to the
-optimizer (closure: L-BFGS calls it for every gradient it needs), or both (backward_closure: SAM's
-second pass). Every call counts a forward and a backward pass; the epoch's loss and accuracy are
-those of the first call, at the weights the step started from.
+The optimizer's protocol (optim.py) decides how the step gets its gradients: forward -> loss -> backward ->
+clip is one closure, `_step` calls it once (plain, create_graph), hands it to the optimizer (closure: L-BFGS
+calls it for every gradient it needs), or both (backward_closure: SAM's second pass). Every call counts a
+forward and a backward pass; the epoch's loss and accuracy are those of the first call, at the weights the
+step started from.
 
-Evaluation weights: train_epoch ends with the weights to evaluate in the model: schedule-free's
-average x (optimizer.eval(), BatchNorm statistics recomputed) and/or the EMA/SWA average
-(averaging.py; the raw weights kept aside in `raw`). The next train_epoch puts the training
-weights back first. So the runner's evaluate(model), checkpoint, early-stopping snapshot, test
-and model.pt all see the evaluation weights, and a checkpoint resumes bit for bit.
+Evaluation weights: train_epoch ends with the weights to evaluate in the model: schedule-free's average x
+(optimizer.eval(), BatchNorm statistics recomputed) and/or the EMA/SWA average (averaging.py; the raw
+weights kept aside in `raw`). The next train_epoch puts the training weights back first. So the runner's
+evaluate(model), checkpoint, early-stopping snapshot, test and model.pt all see the evaluation weights,
+and a checkpoint resumes bit for bit.
 
-Data are in-memory tensors on the training device, batched by index, and the loop syncs with
-the device only when it has to (divergence checks, progress updates), so the framework costs
-little over a hand-written loop (see `make bench`). Post-training stages reuse Trainer to
-fine-tune a changed model with the run's own settings.
+Data are in-memory tensors on the training device, batched by index, and the loop syncs with the device
+only when it has to (divergence checks, progress updates), so the framework costs little over a
+hand-written loop (see `make bench`). Post-training stages reuse Trainer to fine-tune a changed model.
 """
 
 from __future__ import annotations
@@ -67,14 +66,12 @@ class Trainer:
         self.loss_fn = loss_fn  # (out, y, x) -> batch mean in place of the criterion (distillation)
         # batch norm cannot train on a one-sample batch: the policy folds such a last batch into the one before
         min_batch = 2 * distributed.world_size() if cfg["model"].get("batch_norm") else 1
-        self.policy = BatchSizePolicy.from_config(cfg["batch_size"], cfg["scheduler"],
-                                                  cfg["epochs"] if epochs is None else epochs, cfg["seed"],
-                                                  min_batch=min_batch)
+        self.policy = BatchSizePolicy.from_config(cfg["batch_size"], cfg["scheduler"], cfg["epochs"] if epochs is None
+                                                  else epochs, cfg["seed"], min_batch=min_batch)
         self.optimizer = build_optimizer(cfg["optimizer"], model)
         self.protocol = Protocol.from_config(cfg["optimizer"])
-        sched_cfg = cfg["scheduler"]
-        if cfg["batch_size"].get("instead_of_lr_decay"):
-            sched_cfg = {"name": "none"}  # the batch growth replaces the LR decay
+        # the batch growth replaces the LR decay
+        sched_cfg = {"name": "none"} if cfg["batch_size"].get("instead_of_lr_decay") else cfg["scheduler"]
         total_steps = self.policy.total_steps(n_train)
         self.scheduler, self.interval, self.monitor = build_scheduler(sched_cfg, self.optimizer, total_steps)
         # weight averaging belongs to the run: post-training fine-tunes (epochs given) train raw weights
@@ -87,8 +84,7 @@ class Trainer:
         self.clip = GradClip.from_config(cfg["grad_clip"], model)
         self.precision = cfg["precision"]
         self.scaler = LossScaler(self.precision)
-        # on CPU a sync per step is nearly free, so divergence is caught at the very step;
-        # on CUDA we check every log_every steps to keep the GPU queue full
+        # a sync per step is nearly free on CPU (divergence caught at its step); on CUDA it would drain the queue
         self.check_every = 1 if device.type == "cpu" else cfg["log_every"]
         self.log_every = cfg["log_every"]
         self.generator = torch.Generator(device=device).manual_seed(cfg["seed"])
@@ -190,9 +186,8 @@ class Trainer:
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, share: float, measure: bool, epoch: int,
               bs: int) -> dict[str, Any]:
-        """One optimizer step the way its protocol says (optim.py); returns what the first call of
-        the closure kept: (out, loss, reg, norm, info). fp16 (GradScaler) is refused at validation
-        for every protocol but plain, so only plain steps go through the scaler."""
+        """One optimizer step the way its protocol says (optim.py) -> the first call's (out, loss, reg, norm,
+        info). fp16 (GradScaler) is refused for every protocol but plain: only plain steps use the scaler."""
         first: dict[str, Any] = {}  # the first evaluation: at the weights the step starts from
         kind = self.protocol.step
         if kind == "plain":  # the common step calls the closure once itself: no partial to build
@@ -212,9 +207,8 @@ class Trainer:
         return first["out"], first["loss"], first["reg"], first["norm"], first.get("info")
 
     def _lean_step(self, x: torch.Tensor, y: torch.Tensor, measure: bool) -> tuple:
-        """_step in one frame for plain protocol, fp32, one process, no clipping, penalty, LR scaling
-        or observer: the same operations in the same order (bit-identical, tested) without the
-        general step's dozen Python calls, which cost a small model's epoch a few % (`make bench`)."""
+        """_step in one frame (plain protocol, fp32, one process, no clip/penalty/LR scaling/observer): the same
+        operations, bit-identical (tested), without the dozen Python calls that cost a small model a few %."""
         out = self.net(x)
         loss = self.criterion(out, y)
         self.optimizer.zero_grad(set_to_none=True)
