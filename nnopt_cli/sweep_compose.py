@@ -1,4 +1,9 @@
-"""Compose a sweep's job configs without re-reading every YAML file for every job.
+"""Compose a run's and a sweep's job configs without re-reading every YAML file for every job.
+
+Before anything runs, Hydra composes the whole config once only to read `hydra.mode` (Hydra.get_mode),
+~0.2 s. nnopt's own configs never set it (tested), so unless the command line can (see
+`_may_set_mode`) the answer is known without composing: unset, which Hydra turns into RUN or
+MULTIRUN from -m exactly as after composing. `mode_known` skips that composition.
 
 Hydra composes each job of a multirun from scratch, twice (the sweeper checks the whole batch, the
 launcher composes again): ~0.1 s each here, most of what a short sweep job costs besides training.
@@ -19,10 +24,13 @@ wrapper without its cache and builds its own.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 from hydra._internal.config_loader_impl import get_overrides_dirname
+from hydra._internal.hydra import Hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
@@ -92,3 +100,25 @@ class ComposeOnce(Callback):
         hydra_app = GlobalHydra.instance().hydra
         if hydra_app is not None and isinstance(hydra_app.config_loader, JobConfigs):
             hydra_app.config_loader = hydra_app.config_loader.loader
+
+
+def _may_set_mode(arg: str) -> bool:
+    """Could this command-line argument make the composed config set hydra.mode? Only nnopt's own
+    config groups are known not to: an added key or group (+), another config dir, name or search
+    path may bring a config that does."""
+    return arg.startswith(("+", "-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name")) or \
+        arg.lstrip("~").startswith(("hydra.mode", "hydra.searchpath"))
+
+
+@contextlib.contextmanager
+def mode_known(args: list[str]) -> Iterator[None]:
+    """Within: Hydra.get_mode answers None (hydra.mode unset) without composing, when `args` cannot set it."""
+    if any(_may_set_mode(a) for a in args):
+        yield
+        return
+    probe = Hydra.get_mode
+    Hydra.get_mode = lambda self, config_name, overrides: None
+    try:
+        yield
+    finally:
+        Hydra.get_mode = probe

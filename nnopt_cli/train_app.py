@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nnopt_cli import data, distributed, sweep
+from nnopt_cli import data, distributed, sweep, sweep_compose
 from nnopt_cli.config import conf_dir
 from nnopt_cli.device import available_cores, pin_threads
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
@@ -243,7 +243,8 @@ def run(args: list[str]) -> None:
     sys.argv = ["nnopt train", *args]
     if not distributed.launched_by_torchrun():
         try:
-            train_app()
+            with sweep_compose.mode_known(args):
+                train_app()
         except KeyboardInterrupt:  # before or between jobs: nothing is half-written
             sweep.report_aborted_sweep("interrupted")
             print("nnopt: interrupted", file=sys.stderr)

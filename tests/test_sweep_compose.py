@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hydra import initialize_config_dir
+from hydra._internal.hydra import Hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from nnopt_cli.cli import main
 from nnopt_cli.config import conf_dir
 from nnopt_cli.sweep_compose import JobConfigs
+from tests.conftest import TINY
 
 # each list is one sweep, in the order its jobs are composed: later jobs reuse earlier structures
 SWEEPS = [
@@ -69,3 +75,34 @@ def test_the_wrapper_travels_to_workers_without_its_cache(loader):
     assert copy.templates == {} and len(fast.templates) == 1
     assert OmegaConf.to_yaml(copy.load_sweep_config(master(loader), ["seed=3"])) == \
         OmegaConf.to_yaml(loader.load_sweep_config(master(loader), ["seed=3"]))
+
+
+def test_hydras_mode_probe_is_skipped_unless_the_command_line_could_set_hydra_mode(tmp_path, monkeypatch):
+    """Hydra's get_mode composes the whole config only to read hydra.mode; nnopt skips that
+    composition when the answer is known (unset) and keeps it when an override could set it."""
+    compose = Hydra.compose_config
+    composed: list[str] = []
+
+    def counted(self, *args, **kwargs):
+        composed.append(run)
+        return compose(self, *args, **kwargs)
+
+    monkeypatch.setattr(Hydra, "compose_config", counted)
+    monkeypatch.chdir(tmp_path)
+    for run, extra in (("known", []), ("probed", ["hydra.mode=RUN"])):
+        main(["train", *TINY, "epochs=1", f"hydra.run.dir={run}", *extra])
+        assert json.loads((tmp_path / run / "summary.json").read_text())["status"] == "completed"
+    assert composed.count("probed") == composed.count("known") + 1
+
+
+def test_no_config_nnopt_ships_sets_hydra_mode():
+    """What lets nnopt skip Hydra's mode probe (sweep_compose.mode_known): no YAML file sets hydra.mode,
+    neither as hydra.mode in a config nor as `mode` in a config of a hydra/ group."""
+    files = [*conf_dir().rglob("*.yaml"), *Path(__file__).parents[1].joinpath("hydra_plugins").rglob("*.yaml")]
+    assert len(files) > 50
+    for f in files:
+        node = OmegaConf.load(f)
+        hydra_node = node.get("hydra") if isinstance(node, DictConfig) else None
+        assert not (isinstance(hydra_node, DictConfig) and "mode" in hydra_node), f
+        if "hydra" in f.relative_to(f.parents[2]).parts[:-1]:
+            assert "mode" not in node, f
