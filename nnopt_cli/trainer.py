@@ -66,8 +66,9 @@ class Trainer:
         self.loss_fn = loss_fn  # (out, y, x) -> batch mean in place of the criterion (distillation)
         # batch norm cannot train on a one-sample batch: the policy folds such a last batch into the one before
         min_batch = 2 * distributed.world_size() if cfg["model"].get("batch_norm") else 1
-        self.policy = BatchSizePolicy.from_config(cfg["batch_size"], cfg["scheduler"], cfg["epochs"] if epochs is None
-                                                  else epochs, cfg["seed"], min_batch=min_batch)
+        n_epochs = cfg["epochs"] if epochs is None else epochs
+        self.policy = BatchSizePolicy.from_config(cfg["batch_size"], cfg["scheduler"], n_epochs, cfg["seed"],
+                                                  min_batch=min_batch)
         self.optimizer = build_optimizer(cfg["optimizer"], model)
         self.protocol = Protocol.from_config(cfg["optimizer"])
         # the batch growth replaces the LR decay
@@ -95,7 +96,6 @@ class Trainer:
             torch.manual_seed(cfg["seed"] + 7919 * self.rank)
         self.observers = observers if observers is not None else Observers()
         self.observed = bool(self.observers)  # none: the step makes no observer call at all
-        # the common step (see _lean_step) when nothing but forward -> loss -> backward -> step is asked for
         self.lean = (self.protocol.step == "plain" and self.precision == "fp32" and self.world == 1
                      and loss_fn is None and self.penalty is None and not self.observed
                      and self.clip.mode == "none" and self.policy.lr_scaling == "none")
@@ -185,7 +185,7 @@ class Trainer:
         return self.averager is not None and self.averager.schedule_taken_over(self.epoch)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, share: float, measure: bool, epoch: int,
-              bs: int) -> dict[str, Any]:
+              bs: int) -> tuple:
         """One optimizer step the way its protocol says (optim.py) -> the first call's (out, loss, reg, norm,
         info). fp16 (GradScaler) is refused for every protocol but plain: only plain steps use the scaler."""
         first: dict[str, Any] = {}  # the first evaluation: at the weights the step starts from
