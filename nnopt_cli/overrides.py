@@ -88,6 +88,11 @@ def _plain_top_level_key(override: str) -> bool:
     return key in _top_level_scalars()
 
 
+def _group_choice(override: str) -> bool:
+    """`optimizer=adam`: an option of a config group, which check_overrides has checked already."""
+    return not override.startswith(("+", "~")) and override.split("=", 1)[0] in group_options()
+
+
 def check_keys(args: list[str]) -> None:
     """An override of a key the config does not have (`optimizer.lrr=0.1`, `foo=1`): one line
     naming the key and the keys that do exist there, instead of Hydra's multi-line report.
@@ -112,8 +117,8 @@ def check_keys(args: list[str]) -> None:
                 continue
             a = f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
         plain.append(a)
-    if all(_plain_top_level_key(a) for a in plain):
-        return  # epochs=3 seed=1 ...: keys of train.yaml itself, nothing to compose (0.3 s saved per run)
+    if all(_plain_top_level_key(a) or _group_choice(a) for a in plain):
+        return  # epochs=3 optimizer=adam ...: no key below a group, nothing to compose (Hydra composes once)
 
     def compose_with(overrides: list[str]):
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):

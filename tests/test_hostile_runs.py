@@ -371,6 +371,17 @@ def test_added_keys_on_nnopts_own_nodes_are_refused():
         check_keys(["optimizer.lrr=0.1"])
 
 
+def test_group_choices_and_top_level_keys_are_checked_without_composing(monkeypatch):
+    """Only a key below a group (optimizer.lr) or an added one (+key) needs the composed config; group
+    options were checked by check_overrides, so a common command is composed once, by Hydra."""
+    import hydra
+
+    monkeypatch.setattr(hydra, "compose", lambda **kwargs: pytest.fail(f"composed for {kwargs['overrides']}"))
+    check_keys(["optimizer=sgd", "scheduler=exp", "regularizer=[l1,l2]", "epochs=3", "seed=0,1", "optimizer=adam,sgd"])
+    with pytest.raises(pytest.fail.Exception, match="optimizer.lr"):
+        check_keys(["optimizer=sgd", "optimizer.lr=0.1"])
+
+
 def test_empty_override_key_and_resume_not_a_path_are_one_line(tmp_path):
     with pytest.raises(NnoptError, match="has no key"):
         check_overrides(["=5"])
