@@ -53,11 +53,11 @@ class GradClip:
             skip = list(linears[-1].parameters()) if linears else []
         return cls(**node, skip=skip)
 
-    def __call__(self, params: Iterable[torch.Tensor], measure: bool) -> torch.Tensor | None:
-        """Clip the gradients of `params` in place; their global L2 norm (before clipping) if `measure`."""
+    def __call__(self, model: nn.Module, measure: bool) -> torch.Tensor | None:
+        """Clip the gradients of `model` in place; their global L2 norm (before clipping) if `measure`."""
         if self.mode == "none" and not measure:
             return None  # the common step: nothing to do, not even listing the parameters
-        params = list(params)
+        params = list(model.parameters())
         if self.mode == "norm":
             return nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type).detach()
         norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]) if measure else None

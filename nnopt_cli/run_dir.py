@@ -150,7 +150,7 @@ def save_state_dict(path: Path, state: dict) -> None:
     except RunWriteError:
         remove_file(tmp)
         raise
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+    except (OSError, RuntimeError) as e:  # a full disk: OSError from write/fsync; torch.save's own failures: RuntimeError
         remove_file(tmp)
         raise _write_error(path, e) from None
     except BaseException:

@@ -28,6 +28,7 @@ from nnopt_cli.data import load_splits
 from nnopt_cli.device import configure_threads, resolve_device, seed_everything
 from nnopt_cli.early_stopping import EarlyStopping
 from nnopt_cli.interrupt import Interrupt, Interrupted
+from nnopt_cli.metrics import Diverged, evaluate
 from nnopt_cli.models import count_params, make_model
 from nnopt_cli.observers import EpochInfo, RunInfo, StopRun, build_observers
 from nnopt_cli.post import run_stages, stage_names
@@ -36,7 +37,7 @@ from nnopt_cli.precision import check_precision
 from nnopt_cli.progress import Progress
 from nnopt_cli.run_dir import RunDir
 from nnopt_cli.run_lock import RunLock
-from nnopt_cli.trainer import Diverged, Trainer, evaluate
+from nnopt_cli.trainer import Trainer
 from nnopt_cli.transfer import freeze, load_into
 from nnopt_cli.validate import validate
 

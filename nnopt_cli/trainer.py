@@ -41,7 +41,7 @@ from nnopt_cli.batch_size import BatchSizePolicy
 from nnopt_cli.clip import GradClip
 from nnopt_cli.interrupt import Interrupted
 from nnopt_cli.loss import make_loss
-from nnopt_cli.metrics import Counters, Diverged, EpochSums, evaluate  # noqa: F401 - evaluate: imported from here
+from nnopt_cli.metrics import Counters, Diverged, EpochSums
 from nnopt_cli.observers import Observers, StepInfo
 from nnopt_cli.optim import (
     Protocol,
@@ -153,7 +153,8 @@ class Trainer:
         return mean * len(y) / share
 
     def _schedule_step(self) -> None:
-        if self.scheduler is not None and self.interval == "step" and not self._swa_lr():
+        """A per-step scheduler's step (train_epoch calls it only when there is one), unless SWALR drives the LR."""
+        if not self._swa_lr():
             self.scheduler.step()
 
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, share: float, first: dict[str, Any],
@@ -168,9 +169,7 @@ class Trainer:
         total = loss if reg is None else loss + reg
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.backward(total, self.optimizer, **({"create_graph": True} if create_graph else {}))
-        measure = measure and not first  # the norm of the step's first gradient
-        # the common step neither clips nor measures: not even the parameters are listed
-        norm = self.clip(self.model.parameters(), measure) if measure or self.clip.mode != "none" else None
+        norm = self.clip(self.model, measure and not first)  # the norm of the step's first gradient
         self.counters.forward_passes += 1
         self.counters.backward_passes += 1
         if not first:
@@ -213,7 +212,7 @@ class Trainer:
         loss = self.criterion(out, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = self.clip(self.model.parameters(), True) if measure else None
+        norm = self.clip(self.model, True) if measure else None
         self.optimizer.step()
         self.counters.forward_passes += 1
         self.counters.backward_passes += 1

@@ -131,8 +131,9 @@ def test_trainer_ends_an_epoch_with_the_average_in_the_model_and_reports_the_raw
     import copy
 
     from nnopt_cli.data import load_splits
+    from nnopt_cli.metrics import evaluate
     from nnopt_cli.models import make_model
-    from nnopt_cli.trainer import Trainer, evaluate
+    from nnopt_cli.trainer import Trainer
 
     cfg = compose_cfg("averaging=swa", "averaging.start_epoch=1", "epochs=2")
     data = load_splits(cfg["dataset"])

@@ -14,11 +14,11 @@ import torch
 
 from nnopt_cli import distributed
 from nnopt_cli.data import load_splits
+from nnopt_cli.metrics import evaluate
 from nnopt_cli.models import make_model
 from nnopt_cli.post import load_stage_model
 from nnopt_cli.run_dir import RunDir, read_metrics
 from nnopt_cli.runner import RunContext, train
-from nnopt_cli.trainer import evaluate
 from tests.conftest import REPO, TINY, compose_cfg
 
 # harder than TINY's default noise, so accuracies are not all 1.0 and a wrong count would show

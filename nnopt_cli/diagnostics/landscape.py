@@ -28,7 +28,7 @@ from nnopt_cli.checkpoint import safe_load
 from nnopt_cli.config import need_int, need_num
 from nnopt_cli.diagnostics import runs
 from nnopt_cli.errors import NnoptError, report_errors
-from nnopt_cli.trainer import evaluate
+from nnopt_cli.metrics import evaluate
 
 State = dict[str, torch.Tensor]
 

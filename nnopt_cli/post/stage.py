@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnopt_cli.metrics import evaluate
 from nnopt_cli.post.flops import forward_flops
 from nnopt_cli.post.measure import cpu_latency_ms, file_sizes, sparsity_report, weight_bits
 from nnopt_cli.run_dir import save_state_dict
-from nnopt_cli.trainer import Trainer, evaluate
+from nnopt_cli.trainer import Trainer
 
 
 @dataclass
