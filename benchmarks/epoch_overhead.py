@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nnopt_cli.checkpoint import make_checkpoint
 from nnopt_cli.data import default_root, load_dataset
-from nnopt_cli.metrics import EpochSums, evaluate
 from nnopt_cli.models import make_model
-from nnopt_cli.observers import EpochInfo, RunInfo, build_observers
-from nnopt_cli.run_dir import RunDir
-from nnopt_cli.trainer import Trainer
+from nnopt_cli.store.checkpoint import make_checkpoint
+from nnopt_cli.store.folder import RunDir
+from nnopt_cli.training.metrics import EpochSums, evaluate
+from nnopt_cli.training.observers import EpochInfo, RunInfo, build_observers
+from nnopt_cli.training.trainer import Trainer
 from tests.conftest import compose_cfg
 
 

@@ -1,11 +1,14 @@
-"""The module layout issue 9 asks for, checked from the source: no import circle, building blocks
-below the recipe, nnopt's own modules imported inside functions only where start-up time needs it,
-and every conf/ file has its home in the code."""
+"""The package's layers, checked from the source: imports point down the layers (docs/architecture.md),
+no import circle, no command imports another, compare runs without torch, nnopt's own modules are
+imported inside functions only where start-up time needs it, and every conf/ file has its home in
+the code."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,23 @@ from nnopt_cli.models import MODELS
 from nnopt_cli.post import STAGES
 
 PKG = Path(__file__).resolve().parents[1] / "nnopt_cli"
-BUILDING_BLOCKS = ("models", "trainer", "optim", "activation", "init", "batch_size", "regularizer", "clip",
-                   "precision", "early_stopping", "data", "observers", "checks", "build")
+# The layers, top to bottom. A module imports only from its own layer or the layers below it;
+# compare/ stands apart (it reads run folders without torch and is imported by no training code).
+LAYERS = [
+    {"cli"},                             # the commands, one module each
+    {"tune", "sweep"},                   # many runs: searches and Hydra sweeps
+    {"run"},                             # one run: its checks, folder, recipe
+    {"post", "diagnostics", "loggers"},  # what a run does around training
+    {"store"},                           # the run folder on disk: files, checkpoint, untrusted reading
+    {"training"},                        # the loop and what each step calls
+    {"optim", "models", "data"},         # what is trained, on what, by which update
+    {"config"},                          # conf/ and the value checks every group uses
+    {"errors"},
+]
+LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+TOP_LEVEL_FILES = {"__init__", "__main__"}  # nnopt_cli/__init__.py (the version) and `python -m nnopt_cli`
+# what compare may read a run folder with: file names and untrusted-file readers, both torch-free
+TORCH_FREE_STORE = {"nnopt_cli.store.layout", "nnopt_cli.store.untrusted"}
 # in-function imports that keep `nnopt --help` and `nnopt compare` fast to start
 LAZY_OK = {"cli", "compare"}
 
@@ -63,14 +81,45 @@ def test_no_import_circle():
         visit(m, [])
 
 
-@pytest.mark.parametrize("block", BUILDING_BLOCKS)
-def test_building_blocks_never_import_the_recipe_or_the_stages(block):
-    mods = [m for m in GRAPH if m == f"nnopt_cli.{block}" or m.startswith(f"nnopt_cli.{block}.")]
-    assert mods
-    for m in mods:
-        bad = {d for d in GRAPH[m] | LAZY[m] if d in ("nnopt_cli.runner", "nnopt_cli.train_app")
-               or d.startswith("nnopt_cli.post")}
-        assert not bad, f"{m} imports {bad}"
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_every_package_has_a_layer():
+    packages = {package_of(m) for m in GRAPH} - TOP_LEVEL_FILES
+    assert packages - {"compare"} == set(LAYER_OF), "add a new package to LAYERS"
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_imports_point_down_the_layers(module):
+    pkg = package_of(module)
+    if pkg in TOP_LEVEL_FILES:
+        return
+    for dep in GRAPH[module] | LAZY[module]:
+        dep_pkg = package_of(dep)
+        if dep_pkg == "__init__" or dep_pkg == pkg:
+            continue
+        if pkg == "compare":
+            assert dep_pkg in ("config", "errors") or dep in TORCH_FREE_STORE, \
+                f"compare imports {dep}: it reads run folders without torch"
+        elif dep_pkg == "compare":
+            continue  # anyone may read run folders the way compare does
+        else:
+            assert LAYER_OF[dep_pkg] >= LAYER_OF[pkg], f"{module} imports {dep}: {dep_pkg}/ is above {pkg}/"
+
+
+def test_no_command_imports_another():
+    for m in GRAPH:
+        if package_of(m) == "cli":
+            assert not {d for d in GRAPH[m] | LAZY[m] if package_of(d) == "cli" and d != m}, m
+
+
+def test_compare_starts_without_torch():
+    code = ("import sys, pkgutil, importlib, nnopt_cli.compare as c, nnopt_cli.cli.compare\n"
+            "for m in pkgutil.iter_modules(c.__path__): importlib.import_module('nnopt_cli.compare.' + m.name)\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_in_function_imports_only_where_start_up_time_needs_them():
@@ -93,11 +142,6 @@ def test_every_post_yaml_is_a_stage_module_with_check_run_and_output_file():
         assert callable(module.check) and callable(module.run), name
         assert module.OUTPUT_FILE.startswith("model.") and module.OUTPUT_FILE not in files
         files.add(module.OUTPUT_FILE)
-
-
-def test_no_module_is_far_over_300_lines():
-    long = {module_name(p): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 330}
-    assert not long
 
 
 def test_every_module_imports_on_its_own():

@@ -3,7 +3,7 @@
 Why not joblib (loky): a loky worker is a fresh Python that imports torch, Hydra and nnopt again
 (3-4 s here) before its first job, so on a small machine a sweep of short runs is slower in
 parallel than in one process. A worker forked after the imports starts in milliseconds, inherits
-the composed configs (nnopt_cli.sweep_compose), and keeps each job in its own process: a job that
+the composed configs (nnopt_cli.sweep.compose), and keeps each job in its own process: a job that
 corrupts memory or crashes cannot touch another job's data. The sweep's process never runs a
 torch operation before forking, so no thread pool is copied half-initialized (Linux, fork).
 

@@ -118,7 +118,7 @@ def _insert(table: Table, after: str | None, cols: list[Column]) -> None:
 def add_stats(table: Table, metrics: list[str], s: Settings) -> None:
     """Beside each metric's mean ± std: the IQM of the group's completed runs with a 95% percentile
     bootstrap CI (rliable)."""
-    from nnopt_cli import stats
+    from nnopt_cli.compare import stats
 
     for m in metrics:
         key = f"{m}_iqm"
@@ -145,7 +145,7 @@ def add_target(table: Table, targets: list[Target], s: Settings) -> dict[int, di
                                           for r in row[MEMBERS])]
     keys = [f"target_{n}" for n in shown]
     if table.grouped:
-        from nnopt_cli import stats
+        from nnopt_cli.compare import stats
 
         for row in table.rows:
             counted = [r for r in row[MEMBERS] if r.completed or r.status == "diverged"]
@@ -191,7 +191,7 @@ def add_baseline(table: Table, base: dict, metric: str, baseline_name: str, s: S
     """Against the baseline group on `metric` (its completed runs): P(a run of this group is better
     than a run of the baseline) with a bootstrap CI, the two-sided Mann-Whitney p-value and a
     permutation p-value on the difference of means, and a verdict."""
-    from nnopt_cli import stats
+    from nnopt_cli.compare import stats
 
     higher = descending_by_default(metric, True)
     sign = 1.0 if higher else -1.0

@@ -54,7 +54,7 @@ def target_bars(table, group_by: list[str], time_name: str, target_text: str) ->
 def profile(shown: list[Run], group_by: list[str], times: dict, time_name: str) -> Figure:
     import numpy as np
 
-    from nnopt_cli import stats
+    from nnopt_cli.compare import stats
 
     labels, workloads, matrix = profile_times(shown, group_by, times, time_name)
     ratios = stats.performance_ratios(np.array(matrix, dtype=float))

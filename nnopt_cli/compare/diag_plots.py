@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nnopt_cli import layout
-from nnopt_cli.compare.discover import Run, finite, read_jsonl
+from nnopt_cli.compare.discover import Run, finite
+from nnopt_cli.compare.files import read_jsonl
 from nnopt_cli.compare.table import CompareError
+from nnopt_cli.store import layout
 
 KINDS = ("diag", "diag-heatmap")
 QUANTITIES = ("grad_norm", "weight_norm", "update_ratio", "out_mean", "out_std", "act_mean", "act_std",

@@ -16,9 +16,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from nnopt_cli.compare.discover import Run, finite, read_jsonl
+from nnopt_cli.compare.discover import Run, finite
+from nnopt_cli.compare.files import read_jsonl
 from nnopt_cli.compare.table import CompareError, descending_by_default
-from nnopt_cli.layout import EVALS
+from nnopt_cli.store.layout import EVALS
 
 # --target-time name -> the cumulative counter in an evaluation row
 TIME_KEYS = {"epochs": "epoch", "steps": "total_steps", "samples": "samples_seen", "seconds": "train_s"}
@@ -91,7 +92,7 @@ def eval_rows(run: Run) -> list[dict[str, Any]]:
 def time_to_target(run: Run, target: Target) -> dict[str, float | None]:
     """{epochs, steps, samples, seconds} at the first evaluation reaching the target: inf if none
     did or the run diverged, None for a counter the run did not record."""
-    from nnopt_cli import stats
+    from nnopt_cli.compare import stats
 
     rows = eval_rows(run)
     out: dict[str, float | None] = {}

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from nnopt_cli import untrusted
-from nnopt_cli.untrusted import CONFIG_MAX_BYTES, METRICS_MAX_BYTES, SUMMARY_MAX_BYTES
+from nnopt_cli.store import untrusted
+from nnopt_cli.store.untrusted import CONFIG_MAX_BYTES, METRICS_MAX_BYTES, SUMMARY_MAX_BYTES
 
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser is ~10x faster per run
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from nnopt_cli.compare.discover import Loader, Run, finite, is_number
+from nnopt_cli.compare.discover import Run, finite, is_number
+from nnopt_cli.compare.files import Loader
 from nnopt_cli.errors import NnoptError
 
 # the final metrics shown when --metric is not given (those that no run has are dropped)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from nnopt_cli.checks import need_choice, need_int, need_num
+from nnopt_cli.config.checks import need_choice, need_int, need_num
 from nnopt_cli.data import mnist1d
 from nnopt_cli.errors import ConfigError, DataError
 

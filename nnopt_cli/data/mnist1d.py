@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnopt_cli.checks import need_int, need_num
+from nnopt_cli.config.checks import need_int, need_num
 from nnopt_cli.errors import ConfigError, DataError
 
 log = logging.getLogger("nnopt")

@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 
-from nnopt_cli import layout
-from nnopt_cli.config import need_int, need_num
+from nnopt_cli.config.checks import need_int, need_num
 from nnopt_cli.diagnostics import stats
 from nnopt_cli.diagnostics.sharpness import measure
 from nnopt_cli.errors import ConfigError
-from nnopt_cli.observers import EpochInfo, Observer, RunInfo, StepInfo
-from nnopt_cli.run_dir import RunDir, _clean
+from nnopt_cli.store import layout
+from nnopt_cli.store.folder import RunDir, _clean
+from nnopt_cli.training.observers import EpochInfo, Observer, RunInfo, StepInfo
 
 log = logging.getLogger("nnopt")
 

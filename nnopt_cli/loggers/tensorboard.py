@@ -25,20 +25,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nnopt_cli.checks import need_int
 from nnopt_cli.compare.discover import (
     SUMMARY_INFO_KEYS,
     SUMMARY_RENAME,
     Stage,
     flatten,
-    hydra_choices,
     is_number,
-    read_yaml,
     stage_metrics,
 )
+from nnopt_cli.compare.files import hydra_choices, read_yaml
+from nnopt_cli.config.checks import need_int
 from nnopt_cli.errors import NnoptError
-from nnopt_cli.observers import EpochInfo, Observer, RunInfo, StepInfo
-from nnopt_cli.optim import current_lr
+from nnopt_cli.optim.optimizers import current_lr
+from nnopt_cli.training.observers import EpochInfo, Observer, RunInfo, StepInfo
 
 INSTALL_HINT = ("needs the tensorboard package, which is not installed: pip install tensorboard "
                 "(make install brings it)")

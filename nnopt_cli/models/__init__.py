@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from nnopt_cli.activation import activation_factory, check_activation
-from nnopt_cli.build import bind, locate, settings
-from nnopt_cli.checks import need_int, need_int_list, need_num
+from nnopt_cli.config.build import bind, locate, settings
+from nnopt_cli.config.checks import need_int, need_int_list, need_num
 from nnopt_cli.errors import ConfigError
-from nnopt_cli.init import check_init, init_weights
+from nnopt_cli.models.activation import activation_factory, check_activation
 from nnopt_cli.models.cnn import cnn
 from nnopt_cli.models.cnn1d import cnn1d
+from nnopt_cli.models.init import check_init, init_weights
 from nnopt_cli.models.mlp import mlp
 
 Builder = Callable[..., nn.Module]

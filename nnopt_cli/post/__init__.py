@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnopt_cli.checks import need_int, need_int_list
+from nnopt_cli.config.checks import need_int, need_int_list
 from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.post import distill, prune, quantize
 from nnopt_cli.post.load import load_run_model, load_stage_model

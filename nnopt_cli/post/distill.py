@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnopt_cli import data as datasets
-from nnopt_cli.checks import need_bool, need_int, need_num
+from nnopt_cli.config.checks import need_bool, need_int, need_num
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.models import check_model, make_model
 from nnopt_cli.post.load import load_run_model
 from nnopt_cli.post.stage import StageContext, StageResult
-from nnopt_cli.targets import trusted_targets
+from nnopt_cli.store.targets import trusted_targets
 
 OUTPUT_FILE = "model.student.pt"
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from torch import nn
 
-from nnopt_cli.checkpoint import CheckpointError, safe_load, verify_checksum
 from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.models import make_model
 from nnopt_cli.post import quantize as Q
 from nnopt_cli.post.measure import load_state
-from nnopt_cli.targets import check_config_targets
-from nnopt_cli.untrusted import SUMMARY_MAX_BYTES, UntrustedFileError, load_config, read_text
+from nnopt_cli.store.checkpoint import CheckpointError, safe_load, verify_checksum
+from nnopt_cli.store.targets import check_config_targets
+from nnopt_cli.store.untrusted import SUMMARY_MAX_BYTES, UntrustedFileError, load_config, read_text
 
 
 def read_run_config(run_dir: Path, key: str, trusted=()) -> dict:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from nnopt_cli.checks import need_choice, need_int, need_num
+from nnopt_cli.config.checks import need_choice, need_int, need_num
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.post.compaction import PRUNABLE, compact, model_config_of, prunable_layers
 from nnopt_cli.post.measure import sparsity_report

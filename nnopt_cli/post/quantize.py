@@ -31,12 +31,12 @@ import torch
 from torch import nn
 
 from nnopt_cli import data as datasets
-from nnopt_cli.checks import need_choice, need_int, need_num
+from nnopt_cli.config.checks import need_choice, need_int, need_num
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.models import make_model
+from nnopt_cli.models.flops import forward_flops
 from nnopt_cli.post import fake_quant as F
 from nnopt_cli.post import qat
-from nnopt_cli.post.flops import forward_flops
 from nnopt_cli.post.stage import StageContext, StageResult
 from nnopt_cli.post.torchao_api import import_torchao, intx_weight_config
 

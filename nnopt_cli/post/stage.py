@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnopt_cli.metrics import evaluate
-from nnopt_cli.post.flops import forward_flops
+from nnopt_cli.models.flops import forward_flops
 from nnopt_cli.post.measure import cpu_latency_ms, file_sizes, sparsity_report, weight_bits
-from nnopt_cli.run_dir import save_state_dict
-from nnopt_cli.trainer import Trainer
+from nnopt_cli.store.folder import save_state_dict
+from nnopt_cli.training.metrics import evaluate
+from nnopt_cli.training.trainer import Trainer
 
 
 @dataclass
@@ -29,7 +29,7 @@ class StageContext:
 
     cfg: dict
     data: Any  # nnopt_cli.data.Splits on the run's device
-    run: Any  # nnopt_cli.run_dir.RunDir
+    run: Any  # nnopt_cli.store.folder.RunDir
     device: torch.device
 
     def fit(self, model: nn.Module, epochs: int, tag: dict, loss_fn=None, lr_scale: float = 1.0) -> None:

@@ -5,9 +5,7 @@ own config composition and runner: no Hydra sweeper, no subprocess per trial.
     samplers.py  samplers and pruners by name
     pruning.py   the observer that reports each epoch to the trial and stops a pruned run
     study.py     the study folder: journal file, locks, dead-trial recovery, best.yaml
-    app.py       the command line and the trial loop
+    lr_jobs.py   the LR grid jobs of `nnopt tune-lr` and their study file
+
+The command line and the trial loop are in cli/tune.py.
 """
-
-from nnopt_cli.tune.app import run
-
-__all__ = ["run"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nnopt_cli.errors import NnoptError
-from nnopt_cli.observers import EpochInfo, Observer, RunInfo, StopRun
+from nnopt_cli.training.observers import EpochInfo, Observer, RunInfo, StopRun
 from nnopt_cli.tune.samplers import make_pruner
 
 JOURNAL = "study.journal"  # in the study folder: `optuna-dashboard <study folder>/study.journal`

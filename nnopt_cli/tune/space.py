@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from nnopt_cli.checks import need_choice, need_int
 from nnopt_cli.config import conf_dir
+from nnopt_cli.config.checks import need_choice, need_int
 from nnopt_cli.errors import ConfigError, NnoptError
 
 DEFAULTS: dict[str, Any] = {

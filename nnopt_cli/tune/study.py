@@ -31,8 +31,7 @@ import yaml
 from optuna.trial import TrialState
 
 from nnopt_cli.errors import NnoptError
-from nnopt_cli.run_dir import write_json
-from nnopt_cli.train_app import record_failure
+from nnopt_cli.store.folder import record_failure, write_json
 from nnopt_cli.tune.pruning import JOURNAL, journal_storage
 
 log = logging.getLogger("nnopt")

@@ -1,0 +1,168 @@
+"""LR schedulers (conf/scheduler/*.yaml): torch.optim.lr_scheduler classes built from `_target_`.
+
+Values known only at run time are passed here: the optimizer, and the run's number of optimizer
+steps to a scheduler whose signature has `total_steps`, or whose config leaves `total_iters: null`
+(LinearLR over the whole run). The shapes torch lacks (warmup_cosine, wsd, inverse_sqrt) are
+torch's own SequentialLR / LambdaLR, so their state_dict is torch's and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import hydra.utils
+import torch
+from hydra.errors import InstantiationException
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, LRScheduler, SequentialLR
+
+from nnopt_cli.config.build import bind, locate, settings
+from nnopt_cli.config.checks import need_choice, need_int, need_int_list, need_num
+from nnopt_cli.errors import ConfigError
+
+# keys of conf/scheduler/*.yaml that describe how the runner drives the scheduler, not its arguments
+SCHEDULER_META_KEYS = ("interval", "monitor")
+WSD_SHAPES = ("linear", "cosine", "sqrt")
+
+
+def build_scheduler(cfg: dict[str, Any], optimizer: Optimizer, total_steps: int):
+    """Return (scheduler or None, interval 'epoch'|'step', monitored metric or None)."""
+    cfg = dict(cfg)
+    interval = cfg.pop("interval", "epoch")
+    monitor = cfg.pop("monitor", None)
+    cfg.pop("name", None)
+    if "_target_" not in cfg:
+        return None, interval, None
+    target = hydra.utils.get_method(cfg["_target_"]) if "." in str(cfg["_target_"]) else None
+    kwargs = {}
+    if interval == "step" and target is not None:
+        params = inspect.signature(target).parameters
+        if "total_steps" in params:
+            kwargs["total_steps"] = total_steps
+        if "total_iters" in params and cfg.get("total_iters", 0) is None:  # null: the whole run
+            cfg.pop("total_iters")
+            kwargs["total_iters"] = total_steps
+    try:
+        sched = hydra.utils.instantiate(cfg)(optimizer, **kwargs)
+    except InstantiationException as e:
+        cause = str(e.__cause__ or e).splitlines()[0]
+        raise ConfigError("scheduler._target_", cfg.get("_target_"), f"could not build it: {cause}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError("scheduler", {k: v for k, v in cfg.items() if not k.startswith("_")},
+                          str(e).splitlines()[0]) from None
+    return sched, interval, monitor
+
+
+def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05,
+                  start_factor: float = 0.01, eta_min: float = 0.0) -> LRScheduler:
+    """Linear warm-up from start_factor*lr to lr, then cosine annealing to eta_min (per step).
+
+    Built from torch's LinearLR, CosineAnnealingLR and SequentialLR, so its state_dict is torch's.
+    """
+    warmup = max(1, int(round(total_steps * warmup_fraction)))
+    return SequentialLR(
+        optimizer,
+        [LinearLR(optimizer, start_factor=start_factor, end_factor=1.0, total_iters=warmup),
+         CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup), eta_min=eta_min)],
+        milestones=[warmup],
+    )
+
+
+def wsd_factor(step: int, total_steps: int, warmup_fraction: float, decay_fraction: float, shape: str,
+               start_factor: float, min_factor: float) -> float:
+    """The LR multiplier of warmup-stable-decay at optimizer step `step` (0-based)."""
+    warmup = int(round(total_steps * warmup_fraction))
+    decay = int(round(total_steps * decay_fraction))
+    stable_end = total_steps - decay
+    if step < warmup:
+        return start_factor + (1.0 - start_factor) * step / warmup
+    if step < stable_end:
+        return 1.0
+    t = min(1.0, (step - stable_end) / max(1, decay))
+    if shape == "linear":
+        left = 1.0 - t
+    elif shape == "cosine":
+        left = 0.5 * (1.0 + math.cos(math.pi * t))
+    else:  # "1 - sqrt", the cooldown Hägele et al. 2024 found best
+        left = 1.0 - math.sqrt(t)
+    return min_factor + (1.0 - min_factor) * left
+
+
+def wsd(optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.0, decay_fraction: float = 0.2,
+        shape: str = "linear", start_factor: float = 0.0, min_factor: float = 0.0) -> LRScheduler:
+    """Warmup-stable-decay (Hu et al. 2024, MiniCPM; Hägele et al. 2024): a linear warm-up over
+    warmup_fraction of the steps, the peak LR, then a decay to min_factor*lr over the last
+    decay_fraction of the steps in the given shape (linear | cosine | sqrt). torch's LambdaLR."""
+    if shape not in WSD_SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(WSD_SHAPES)}, got {shape!r}")
+    if warmup_fraction + decay_fraction > 1:
+        raise ValueError("warmup_fraction + decay_fraction must be <= 1")
+
+    def factor(step: int) -> float:
+        return wsd_factor(step, total_steps, warmup_fraction, decay_fraction, shape, start_factor, min_factor)
+
+    return LambdaLR(optimizer, factor)
+
+
+def inverse_sqrt(optimizer: Optimizer, warmup_steps: int = 100) -> LRScheduler:
+    """Linear warm-up for warmup_steps, then lr * sqrt(warmup_steps / step) (Vaswani et al. 2017,
+    the Transformer's "Noam" schedule without the model-width factor). torch's LambdaLR."""
+    if warmup_steps < 1:
+        raise ValueError(f"warmup_steps must be >= 1, got {warmup_steps}")
+
+    def factor(step: int) -> float:
+        s = step + 1  # LambdaLR counts from 0; the first update runs at (step + 1) / warmup
+        return s / warmup_steps if s < warmup_steps else math.sqrt(warmup_steps / s)
+
+    return LambdaLR(optimizer, factor)
+
+
+
+def _parameters(fn) -> tuple[str, ...]:
+    try:
+        return tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return ()
+
+
+def check_scheduler(s: dict) -> None:
+    """The class and its settings, bound before any data are loaded, and the ranges of the keys."""
+    if "_target_" not in s:
+        return
+    need_choice("scheduler.interval", s.get("interval", "epoch"), ("epoch", "step"))
+    fn = locate("scheduler._target_", s["_target_"])
+    kwargs = {k: v for k, v in settings(s).items() if k not in (*SCHEDULER_META_KEYS, "name")}
+    if s.get("interval") == "step" and "total_steps" in _parameters(fn):
+        kwargs["total_steps"] = 1
+    bind("scheduler", fn, (torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),), kwargs)
+    if "gamma" in s:
+        need_num("scheduler.gamma", s["gamma"], gt=0, le=1)
+    if "step_size" in s:
+        need_int("scheduler.step_size", s["step_size"], 1)
+    if "milestones" in s:
+        need_int_list("scheduler.milestones", s["milestones"])
+    if "warmup_fraction" in s:
+        need_num("scheduler.warmup_fraction", s["warmup_fraction"], ge=0, lt=1)
+    if "monitor" in s:
+        need_choice("scheduler.monitor", s["monitor"], ("val/loss", "val/acc"))
+    if "eta_min" in s:
+        need_num("scheduler.eta_min", s["eta_min"], ge=0)
+    if "decay_fraction" in s:
+        need_num("scheduler.decay_fraction", s["decay_fraction"], gt=0, le=1)
+        if s.get("warmup_fraction", 0) + s["decay_fraction"] > 1:
+            raise ConfigError("scheduler.decay_fraction", s["decay_fraction"],
+                              f"warmup_fraction + decay_fraction <= 1 (warmup_fraction={s.get('warmup_fraction')})")
+    if "shape" in s:
+        need_choice("scheduler.shape", s["shape"], WSD_SHAPES)
+    for key in ("start_factor", "min_factor", "end_factor"):
+        if key in s:
+            need_num(f"scheduler.{key}", s[key], ge=0, le=1)
+    if "warmup_steps" in s:
+        need_int("scheduler.warmup_steps", s["warmup_steps"], 1)
+    if "T_0" in s:
+        need_int("scheduler.T_0", s["T_0"], 1)
+        need_int("scheduler.T_mult", s.get("T_mult", 1), 1)
+    if s.get("total_iters") is not None:
+        need_int("scheduler.total_iters", s["total_iters"], 1)

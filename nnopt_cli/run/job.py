@@ -1,0 +1,156 @@
+"""A job's run folder: the parts of `nnopt train` that make a folder the job's own before the run.
+
+- refuse_reuse: a fresh run never replaces another run's files (a fixed hydra.run.dir reused);
+- write_hydra_files: nnopt, not Hydra, writes .hydra/ once the folder is locked (run_lock.py) and
+  known to be the job's, so a job that is skipped or refused leaves the earlier .hydra/ as it was;
+- SetupSignals: SIGTERM / Ctrl-C outside the training loop become an interrupt the app records;
+- keep_recorded_threads: a resumed run keeps the thread count it ran with;
+- resume_config: `resume=`'s config, read from the folder as untrusted input.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import threading
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from nnopt_cli.errors import ConfigError
+from nnopt_cli.store import layout
+from nnopt_cli.store.checkpoint import NON_EXPERIMENT_KEYS
+from nnopt_cli.store.folder import RunDirError, atomic_write_bytes, read_summary
+from nnopt_cli.store.targets import check_config_targets, trusted_targets
+from nnopt_cli.store.untrusted import UntrustedFileError, load_config
+from nnopt_cli.training.device import pin_threads
+
+# what a fresh run would replace: a folder holding any of these holds a run
+RUN_FILES = (layout.SUMMARY, layout.METRICS, layout.CHECKPOINT, layout.MODEL)
+
+
+def run_files(folder: Path) -> list[str]:
+    """The files of a run that `folder` already holds."""
+    return [name for name in RUN_FILES if os.path.lexists(folder / name)]
+
+
+# set by `run` when nnopt, not Hydra, writes .hydra/ (to this subfolder name): see write_hydra_files
+HYDRA_SUBDIR_ENV = "NNOPT_HYDRA_SUBDIR"
+
+def keep_recorded_threads(plain: dict, previous: dict) -> None:
+    """A resumed run with threads=null keeps the thread count it ran with (a different count
+    changes float sums, so the resumed run would not be bit-exact): summary.json records it."""
+    recorded = previous.get("threads")
+    if plain.get("threads") is None and isinstance(recorded, int) and not isinstance(recorded, bool):
+        pin_threads(recorded)
+
+
+class SetupSignals:
+    """SIGTERM as KeyboardInterrupt outside the training loop (setup, test, post-training stages),
+    so that the run is marked interrupted instead of dying with status running / post_training.
+    The runner's own handler (interrupt.py) replaces this one during the epochs."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def install(self) -> SetupSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        self.previous.clear()
+
+
+def write_hydra_files(run_dir: Path, cfg: DictConfig, subdir: str) -> None:
+    """What Hydra writes to <run>/.hydra/ (config, hydra, overrides), written by nnopt once the
+    folder is locked and known to be this job's: Hydra would rewrite .hydra/ of a folder nnopt
+    then refuses or skips. Atomic, so a full disk never leaves an empty config.yaml."""
+    hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+    with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
+        hydra_cfg.hydra.output_subdir = subdir  # as if Hydra had written it
+    out = run_dir / subdir
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+    atomic_write_bytes(out / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg).encode())
+    atomic_write_bytes(out / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task).encode())
+
+
+def refuse_reuse(run_dir: Path, multirun: bool) -> None:
+    """A fresh run never replaces another run's files (a fixed hydra.run.dir / hydra.sweep.dir reused)."""
+    held = run_files(run_dir)
+    if held:
+        status = (read_summary(run_dir) or {}).get("status", "unknown")
+        how = ("rerun the sweep with skip_completed=true, or use a new hydra.sweep.dir" if multirun else
+               f"continue it with resume={run_dir}, or choose another hydra.run.dir")
+        raise RunDirError(f"{run_dir} already holds a run ({', '.join(held)}; status {status}); nothing in it "
+                          f"was changed: {how}")
+
+
+# keys every run's config has had: a config without them was cut short (an empty file on a full disk)
+RECORDED_KEYS = ("epochs", "seed", "dataset", "model", "optimizer")
+
+
+def _lookup(cfg: dict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "<missing>"
+        node = node[part]
+    return node
+
+
+def _short(v) -> str:
+    if isinstance(v, dict):
+        v = v.get("name", v.get("_target_", v))
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def resume_config(run_dir: Path, current: dict, overrides: list[str]) -> dict:
+    """The run's own config (<run>/.hydra/config.yaml), refusing overrides that would change it.
+
+    `current` is what this invocation composed (defaults + `overrides`): an override is fine
+    when it gives the value the run already has, or touches a key that does not change what
+    the run computes (NON_EXPERIMENT_KEYS). Top-level keys added to nnopt since the run was
+    made come from `current`.
+    """
+    path = run_dir / ".hydra" / "config.yaml"
+    if not run_dir.is_dir():
+        raise ConfigError("resume", str(run_dir), "an existing run folder made by nnopt train")
+    try:
+        saved = load_config(path)
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is missing: {run_dir} is not a run folder made by nnopt train") from None
+    except UntrustedFileError as e:
+        raise RunDirError(str(e)) from None
+    except (ValueError, OSError) as e:
+        raise RunDirError(f"{path} is corrupt ({str(e).removeprefix(str(path) + ': ')[:160]})") from None
+    missing = [k for k in RECORDED_KEYS if k not in saved]
+    if missing:  # e.g. a disk that filled while Hydra wrote it: never train the defaults instead
+        raise RunDirError(f"{path} is corrupt (it lacks {', '.join(missing)}): the run's experiment is unknown")
+    # the run folder may come from anywhere: build nothing it names that this command did not
+    check_config_targets(saved, trusted_targets(current, overrides=overrides), f"{path}")
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("~+").split("@")[0].replace("/", ".")
+        if key.split(".")[0] in NON_EXPERIMENT_KEYS:
+            continue
+        old, new = _lookup(saved, key), _lookup(current, key)
+        if old != new:
+            raise ConfigError("resume", str(run_dir), f"the override {o} would change the experiment (the run has "
+                                                      f"{key}={_short(old)}); a resumed run keeps its own config: "
+                                                      "drop the override, or start a new run")
+    for k, v in current.items():
+        if k not in saved or k in NON_EXPERIMENT_KEYS:
+            saved[k] = v
+    return saved

@@ -1,0 +1,332 @@
+"""The recipe of one run, top to bottom:
+
+    check config -> build (data, model, trainer, observers) -> restore a checkpoint (resume)
+    -> for each epoch: train (trainer.py) -> validate -> log -> checkpoint -> schedule / early stop
+    -> test once -> save model and summary -> post-training stages (post/)
+
+The step itself lives in trainer.py; every config group is built by its own module (models,
+optim, batch_size, clip, ...); observers (observers.py) watch without changing anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import nnopt_cli
+from nnopt_cli.data import load_splits
+from nnopt_cli.models import count_params, make_model
+from nnopt_cli.models.flops import forward_flops
+from nnopt_cli.post import run_stages, stage_names
+from nnopt_cli.run.transfer import freeze, load_into
+from nnopt_cli.run.validate import validate
+from nnopt_cli.store import layout
+from nnopt_cli.store.checkpoint import (
+    config_fingerprint,
+    load_checkpoint,
+    make_checkpoint,
+    restore_checkpoint,
+)
+from nnopt_cli.store.folder import RunDir
+from nnopt_cli.store.lock import RunLock
+from nnopt_cli.training import distributed
+from nnopt_cli.training.device import configure_threads, resolve_device, seed_everything
+from nnopt_cli.training.early_stopping import EarlyStopping
+from nnopt_cli.training.interrupt import Interrupt, Interrupted
+from nnopt_cli.training.metrics import Diverged, evaluate
+from nnopt_cli.training.observers import EpochInfo, RunInfo, StopRun, build_observers
+from nnopt_cli.training.precision import check_precision
+from nnopt_cli.training.progress import Progress
+from nnopt_cli.training.trainer import Trainer
+
+log = logging.getLogger("nnopt")
+
+
+
+@dataclass
+class RunContext:
+    """What the caller knows about where the run executes (Hydra job info, sweep width)."""
+
+    run_dir: Path
+    parallel_jobs: int = 1
+    live_progress: bool | None = None
+    resume: bool = False  # continue from run_dir/checkpoint.pt (from scratch if the run died before one)
+
+
+@dataclass
+class LoopState:
+    """The epoch loop's own counters: checkpointed as the checkpoint's `progress` entry."""
+
+    epoch: int = 0  # epochs finished
+    train_time_s: float = 0.0
+    stop_reason: str = "max_epochs"
+    best_val_acc: float = -1.0
+    best_val_epoch: int = 0
+    epoch_elapsed_s: float = 0.0  # seconds already spent in an epoch an interrupt cut short
+    rows: list[dict] = field(default_factory=list)  # metrics so far: resuming repeats none
+
+    def progress(self, epoch_elapsed: float = 0.0) -> dict[str, Any]:
+        return {"epoch": self.epoch, "best_val_acc": self.best_val_acc, "best_val_epoch": self.best_val_epoch,
+                "train_time_s": self.train_time_s, "stop_reason": self.stop_reason,
+                "epoch_elapsed_s": epoch_elapsed}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, progress: dict) -> LoopState:
+        return cls(epoch=progress["epoch"], train_time_s=progress["train_time_s"],
+                   stop_reason=progress["stop_reason"], best_val_acc=progress["best_val_acc"],
+                   best_val_epoch=progress["best_val_epoch"], epoch_elapsed_s=progress["epoch_elapsed_s"],
+                   rows=list(ckpt["metrics"]))
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(nnopt_cli.__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def base_summary(cfg: dict, device: torch.device, threads: int) -> dict[str, Any]:
+    return {
+        "status": layout.RUNNING,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": threads,
+        "world_size": distributed.world_size(),  # DDP processes (torchrun), 1 for a single process
+        "precision": cfg["precision"],
+        "versions": {"nnopt": nnopt_cli.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "git_sha": git_sha(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config_sha": config_fingerprint(cfg),  # what a sweep's skip_completed compares
+    }
+
+
+def stop_agreed(interrupt: Interrupt, device: torch.device) -> bool:
+    """Whether to stop at this epoch boundary; under DDP, when any rank was asked to."""
+    if distributed.world_size() == 1:
+        return interrupt.requested
+    flag = torch.tensor(float(interrupt.requested), device=device)
+    return distributed.sum_over_ranks(flag)[0].item() > 0
+
+
+def _restore(run: RunDir, cfg: dict, model, trainer: Trainer, stopper) -> LoopState:
+    ckpt = load_checkpoint(run.checkpoint_path)
+    state = LoopState.from_checkpoint(ckpt, restore_checkpoint(ckpt, cfg, model, trainer, stopper, run.checkpoint_path))
+    if ckpt["trainer"].get("counters") is None:  # a checkpoint from before the counters: rebuild them
+        c = trainer.counters
+        c.total_steps = sum(r["steps"] for r in state.rows)
+        c.samples_seen = trainer.n_train * state.epoch
+        c.forward_passes = c.backward_passes = c.total_steps
+        c.train_s = state.train_time_s
+    return state
+
+
+def _eval_logger(run: RunDir, cfg: dict, model, data, trainer: Trainer, epoch_of: list[int]):
+    """eval_every_steps: evaluate on the validation split every N optimizer steps into evals.jsonl."""
+    path = run.path / layout.EVALS
+
+    def on_eval(train_s: float) -> None:
+        val_loss, val_acc = evaluate(model, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"],
+                                     sharded=True)
+        row = {"epoch": epoch_of[0], **trainer.counters.as_row(), "train_s": train_s,
+               "val/loss": val_loss, "val/acc": val_acc}
+        run.append_jsonl(path, row)
+    return on_eval
+
+
+def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
+    """Run one experiment described by a resolved config dict; return the summary it wrote.
+
+    The run folder is locked for the whole run (re-entrant: `nnopt train` holds it already), so a
+    second writer of the same folder is refused; under DDP rank 0 holds it for all ranks."""
+    if not distributed.is_rank0():
+        return _train(cfg, ctx)
+    Path(ctx.run_dir).mkdir(parents=True, exist_ok=True)
+    with RunLock(ctx.run_dir):
+        return _train(cfg, ctx)
+
+
+def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
+    validate(cfg)
+    device = distributed.device_for(resolve_device(cfg["device"]))
+    check_precision(cfg["precision"], device)
+    threads = configure_threads(cfg["threads"], ctx.parallel_jobs)
+    seed_everything(cfg["seed"], cfg["deterministic"])
+
+    run = distributed.rank0_writes(RunDir(ctx.run_dir))  # under DDP only rank 0 writes the folder
+    summary = base_summary(cfg, device, threads)
+    run.write_summary(summary)
+
+    observers = build_observers(cfg)
+    data = load_splits(cfg["dataset"]).to(device)
+    model = make_model(cfg, data.input_shape, data.num_classes).to(device)
+    summary["params"] = count_params(model)
+    frozen = freeze(model, cfg.get("freeze"))  # before the optimizer sees the parameters
+    if frozen:
+        summary["frozen"] = frozen
+    trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers)
+    stopper = EarlyStopping.from_config(cfg["early_stopping"])
+
+    log.info("run dir %s | device %s | threads %d | params %d", run.path, device, threads, summary["params"])
+    state = LoopState()
+    if ctx.resume and run.checkpoint_path.exists():
+        state = _restore(run, cfg, model, trainer, stopper)
+    else:  # a fresh start: the transferred weights (init_from) are the run's starting point
+        if cfg.get("init_from"):
+            summary["init_from"] = load_into(model, cfg["init_from"])
+        run.save_model(model, layout.INIT_MODEL)  # for loss landscapes
+    if ctx.resume:
+        summary["resumed_from_epoch"] = state.epoch
+        log.info("resuming after epoch %d%s", state.epoch, " (mid-epoch)" if trainer.partial else "")
+    run.write_metrics(state.rows)  # drops rows a killed run wrote after its last checkpoint: they are redone
+    epoch_of = [state.epoch + 1]  # the epoch a step-interval evaluation falls in
+    if cfg.get("eval_every_steps"):
+        run.write_rows_kept(run.path / layout.EVALS, lambda r: r.get("total_steps", 0) <= trainer.counters.total_steps)
+        trainer.eval_every = cfg["eval_every_steps"]
+        trainer.on_eval = _eval_logger(run, cfg, model, data, trainer, epoch_of)
+    observers.on_run_start(RunInfo(cfg, run.path, model, trainer.optimizer, data.train_x, data.train_y,
+                                   write=distributed.is_rank0(), resumed_epoch=state.epoch))
+
+    def checkpoint(epoch_elapsed: float = 0.0) -> None:
+        run.save_checkpoint(make_checkpoint(cfg, model, trainer, stopper, device, metrics=state.rows,
+                                            progress=state.progress(epoch_elapsed)))
+
+    every = cfg["checkpoint"]["every"]
+    last_epoch = cfg["epochs"] if state.stop_reason == "max_epochs" else state.epoch  # early stopping ended it
+    interrupt = Interrupt().install()
+    if trainer.world == 1:  # under DDP the ranks must agree, so they stop at epoch boundaries only
+        trainer.should_stop = lambda: interrupt.requested
+    elapsed = state.epoch_elapsed_s
+    try:
+        with Progress(cfg["epochs"], live=ctx.live_progress) as progress:
+            for epoch in range(state.epoch + 1, last_epoch + 1):
+                t0, elapsed = time.perf_counter() - elapsed, 0.0
+                epoch_of[0] = epoch
+                if stop_agreed(interrupt, device):
+                    raise Interrupted(f"the end of epoch {epoch - 1}")
+                row = {"epoch": epoch, **trainer.train_epoch(epoch, data.train_x, data.train_y, progress)}
+                row["val/loss"], row["val/acc"] = evaluate(model, data.val_x, data.val_y,
+                                                           cfg["eval_batch_size"], cfg["precision"], sharded=True)
+                if not math.isfinite(row["val/loss"]):
+                    raise Diverged(epoch, row["steps"], row["val/loss"])
+                row.update(trainer.weights.raw_metrics(data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"]))
+                row.update(trainer.counters.as_row())
+                row["time_s"] = time.perf_counter() - t0  # train + validation; evaluate() synced with the device
+                _log_epoch_eval(run, cfg, row)
+                state.train_time_s += row["time_s"]
+                state.epoch = epoch
+                run.append_metrics(row)
+                state.rows.append(row)
+                progress.end_epoch(row)
+                if row["val/acc"] > state.best_val_acc:
+                    state.best_val_acc, state.best_val_epoch = row["val/acc"], epoch
+                trainer.end_epoch(row)
+                if stopper is not None and stopper.step(epoch, row, model):
+                    state.stop_reason = "early_stopping"
+                    log.info("early stopping: %s did not improve for %d epochs (best %.4g at epoch %d)",
+                             stopper.monitor, stopper.patience, stopper.best, stopper.best_epoch)
+                if observers:
+                    observers.on_epoch_end(EpochInfo(epoch, row, model, trainer.optimizer,
+                                                     trainer.counters.total_steps))
+                if every and (epoch % every == 0 or epoch == last_epoch or state.stop_reason != "max_epochs"):
+                    checkpoint()
+                if state.stop_reason != "max_epochs":
+                    break
+    except Diverged as d:
+        summary.update(status=layout.DIVERGED, epochs=state.epoch, train_time_s=state.train_time_s,
+                       diverged_at={"epoch": d.epoch, "step": d.step}, **{"test/loss": None, "test/acc": None},
+                       message=f"training diverged: {d}; metrics of the {state.epoch} finished epoch(s) are kept")
+        return _end(run, observers, summary, log.error)
+    except StopRun as s:
+        summary.update(status=s.status, epochs=state.epoch, train_time_s=state.train_time_s,
+                       **{"best/val/acc": state.best_val_acc, "best/val/epoch": state.best_val_epoch,
+                          "test/loss": None, "test/acc": None}, message=str(s))
+        return _end(run, observers, summary, log.info)
+    except Interrupted as i:
+        # a second signal here exits at once (the handlers stay until `finally`): files are atomic
+        checkpoint(time.perf_counter() - t0 if trainer.partial is not None else 0.0)
+        summary.update(status=layout.INTERRUPTED, signal=interrupt.name, exit_code=interrupt.exit_code,
+                       epochs=state.epoch, train_time_s=state.train_time_s, **{"test/loss": None, "test/acc": None},
+                       message=f"interrupted by {interrupt.name} at {i}; checkpoint saved, continue with: "
+                               f"nnopt train resume={run.path}")
+        observers.close()
+        run.write_summary(summary)
+        log.warning("%s", summary["message"])
+        return summary
+    except BaseException:
+        observers.close()
+        raise
+    finally:
+        interrupt.restore()
+        trainer.should_stop = lambda: False
+
+    if stopper is not None and stopper.restore_best and stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
+        summary["restored_epoch"] = stopper.best_epoch
+    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg["eval_batch_size"], cfg["precision"],
+                                   sharded=True)
+    run.save_model(model)
+    stages = stage_names(cfg)
+    summary.update({
+        # a run is completed only once its post-training stages are: a kill during them must not
+        # leave a folder that resume / skip_completed take for finished
+        "status": layout.POST_TRAINING if stages else layout.COMPLETED,
+        "test/loss": test_loss,
+        "test/acc": test_acc,
+        "flops": forward_flops(model, data.input_shape),  # forward FLOPs per sample (post/flops.py)
+        "best/val/acc": state.best_val_acc,
+        "best/val/epoch": state.best_val_epoch,
+        "epochs": state.epoch,
+        "stop_reason": state.stop_reason,
+        "train_time_s": state.train_time_s,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    run.write_summary(summary)
+    log.info("test/acc=%.4f test/loss=%.4f (%d epochs, %.1fs) -> %s", test_acc, test_loss, state.epoch,
+             state.train_time_s, run.path)
+    if stages:  # post-training stages (nnopt_cli/post), on the saved model
+        # under DDP the stages are single-process work on the trained model: the process group
+        # ends here, the other ranks finish, and rank 0 runs them with plain (non-DDP) training
+        if not distributed.leave_to_rank0():
+            observers.close()
+            return summary
+        try:
+            run_stages(cfg, model, data, run, summary, device)
+        except BaseException:
+            observers.close()
+            raise
+        summary["status"] = layout.COMPLETED
+    observers.on_run_end(summary)
+    observers.close()
+    run.write_summary(summary)
+    return summary
+
+
+def _log_epoch_eval(run: RunDir, cfg: dict, row: dict) -> None:
+    """With eval_every_steps, evals.jsonl also gets the epoch-end evaluation (unless a step-interval
+    evaluation fell on the same step)."""
+    if not cfg.get("eval_every_steps") or row["total_steps"] % cfg["eval_every_steps"] == 0:
+        return
+    keys = ("epoch", "total_steps", "samples_seen", "forward_passes", "backward_passes", "train_s",
+            "val/loss", "val/acc")
+    run.append_jsonl(run.path / layout.EVALS, {k: row[k] for k in keys})
+
+
+def _end(run: RunDir, observers, summary: dict, say) -> dict[str, Any]:
+    """A run that ended before its test evaluation (diverged, or stopped by an observer)."""
+    observers.on_run_end(summary)
+    observers.close()
+    run.write_summary(summary)
+    say("%s (status: %s)", summary["message"], summary["status"])
+    return summary
+

@@ -1,0 +1,220 @@
+"""Checkpoints: all a run needs to continue exactly where it stopped, as plain tensors and containers.
+
+checkpoint.pt holds the model, the trainer's state (optimizer, scheduler, GradScaler, the
+permutation Generator and, after an interrupt, the half-done epoch), the batch-size policy,
+early stopping, every RNG (torch, CUDA, numpy, python), the epoch, best-val tracking, the
+metrics so far and the resolved config. Nothing in it is a pickled Python object, so it loads
+with `torch.load(weights_only=True)`: a file crafted to run code when unpickled is refused.
+RunDir.save_checkpoint replaces it atomically (temporary file in the same folder, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import nnopt_cli
+from nnopt_cli.errors import NnoptError
+from nnopt_cli.store.folder import checksum_path, file_sha256
+from nnopt_cli.store.untrusted import UntrustedFileError, read_text
+
+FORMAT = 1
+# config keys that say how a run is driven, not what it computes: they may differ on resume
+NON_EXPERIMENT_KEYS = ("resume", "skip_completed", "checkpoint", "logger")
+REQUIRED_KEYS = ("format", "config", "epoch", "model", "trainer", "rng", "progress", "metrics")
+
+
+class CheckpointError(NnoptError):
+    """A checkpoint or model file is missing, corrupt, unsafe or from another experiment."""
+
+
+# ---------------------------------------------------------------------------- safe loading
+
+
+def verify_checksum(path: Path, what: str = "file") -> None:
+    """Compare `path` with the sha256 nnopt wrote beside it (`<file>.sha256`, run_dir.save_state_dict):
+    flipped bytes anywhere, tensor data included, are a one-line CheckpointError. A file written
+    before nnopt wrote checksums has none and is not checked."""
+    sidecar = checksum_path(Path(path))
+    try:
+        listed = read_text(sidecar, 4096).split()
+    except FileNotFoundError:
+        return
+    except (OSError, UntrustedFileError) as e:
+        raise CheckpointError(f"cannot read the checksum of {what} {path} ({e})") from None
+    try:
+        actual = file_sha256(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {what} {path} ({e.strerror})") from None
+    if actual not in listed:
+        raise CheckpointError(f"{what} {path} is corrupt: its sha256 differs from the one written with it "
+                              f"({sidecar.name}); its bytes changed on disk")
+
+
+def safe_load(path: Path, what: str = "checkpoint") -> Any:
+    """torch.load(weights_only=True), after the checksum check, with one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    verify_checksum(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = str(e).splitlines() or [""]
+        unsafe = next((ln.strip() for ln in lines if "Unsupported global" in ln or "GLOBAL " in ln), None)
+        if unsafe is not None:  # the file names a Python callable: what a code-running payload needs
+            raise CheckpointError(
+                f"refused to load {what} {path}: it holds pickled Python objects that could run code "
+                f"({unsafe[:120]}); nnopt files hold tensors and plain containers only") from None
+        detail = next((ln.strip() for ln in lines if "Unsupported" in ln), lines[0])
+        raise CheckpointError(f"{what} {path} is corrupt ({detail[:120]})") from None
+    except Exception as e:  # zip/stream errors: RuntimeError, EOFError, ValueError, OSError
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({type(e).__name__}: {first[:120]})") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load and check a checkpoint written by `save_checkpoint`."""
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not an nnopt checkpoint of format {FORMAT} (found {found!r})")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------- config identity
+
+
+# Keys added to nnopt after run folders existed, with the value that changes nothing. A key at
+# that value is left out of the fingerprint, so a folder written before the key existed keeps
+# its fingerprint and still resumes / skips. Add every new key here (dotted for nested keys).
+NEUTRAL_VALUES: dict[str, Any] = {
+    "observers": {},
+    "diagnostics": None,
+    "eval_every_steps": None,
+    "loss": {"name": "cross_entropy"},
+    "init_from": None,
+    "freeze": None,
+    "post.prune.threshold": None,
+    "post.quantize.bits": 8,
+    "post.quantize.finetune_epochs": 1,
+    "post.quantize.lr_scale": 1.0,
+    "averaging": {"name": "none"},
+}
+
+
+def _drop_neutral(cfg: dict) -> dict:
+    out = dict(cfg)
+    for dotted, neutral in NEUTRAL_VALUES.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            child = node.get(p) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                node = None
+                break
+            node[p] = child = dict(child)  # copy on the way down: the caller's dict stays as it is
+            node = child
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            del node[leaf]
+    return out
+
+
+def experiment_config(cfg: dict) -> dict:
+    """The part of a resolved config that decides what a run computes."""
+    return _drop_neutral({k: v for k, v in cfg.items() if k not in NON_EXPERIMENT_KEYS})
+
+
+def config_fingerprint(cfg: dict) -> str:
+    blob = json.dumps(experiment_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two plain configs differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += config_diff(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".") or "<root>"]
+
+
+# ---------------------------------------------------------------------------- RNG states
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every RNG a run draws from, as tensors and plain numbers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "cuda": None,
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss_next"]))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------- whole checkpoint
+
+
+def make_checkpoint(cfg: dict, model: torch.nn.Module, trainer, stopper, device: torch.device,
+                    progress: dict, metrics: list[dict]) -> dict:
+    """The checkpoint of a run at this instant. `progress` holds the loop's own counters
+    (epoch, best val, train time, stop reason); `trainer` and `stopper` have state_dict()."""
+    return {
+        "format": FORMAT,
+        "nnopt_version": nnopt_cli.__version__,
+        "config": cfg,
+        "epoch": progress["epoch"],
+        "model": {k: v.detach() for k, v in model.state_dict().items()},
+        "trainer": trainer.state_dict(),
+        "early_stopping": stopper.state_dict() if stopper is not None else None,
+        "rng": rng_state(device),
+        "progress": progress,
+        "metrics": metrics,
+    }
+
+
+def restore_checkpoint(ckpt: dict, cfg: dict, model: torch.nn.Module, trainer, stopper, path: Path) -> dict:
+    """Load a checkpoint into freshly built objects; RNGs last, so building them drew nothing
+    that matters. Returns the loop's counters (see make_checkpoint)."""
+    diff = config_diff(experiment_config(ckpt["config"]), experiment_config(cfg))
+    if diff:
+        raise CheckpointError(f"{path} was written by a different experiment (config differs at "
+                              f"{', '.join(diff[:5])}); start a new run instead of resuming")
+    try:
+        model.load_state_dict(ckpt["model"])
+        trainer.load_state_dict(ckpt["trainer"])
+        if stopper is not None and ckpt.get("early_stopping") is not None:
+            stopper.load_state_dict(ckpt["early_stopping"])
+        set_rng_state(ckpt["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {first[:150]})") from None
+    return dict(ckpt["progress"])

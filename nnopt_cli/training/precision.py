@@ -1,0 +1,58 @@
+"""Numeric precision of the forward pass (`precision=fp32|bf16|fp16`): autocast and loss scaling.
+
+bf16 needs no loss scaling; fp16 (CUDA only) uses torch's GradScaler. LossScaler wraps both so the
+training step has one code path: with fp32/bf16 the scaler is disabled and its calls are no-ops
+(timm's NativeScaler does the same).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from nnopt_cli.config.checks import need_choice
+from nnopt_cli.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def check_precision(precision: str, device: torch.device | None = None) -> None:
+    need_choice("precision", precision, PRECISIONS)
+    if precision == "fp16" and device is not None and device.type != "cuda":
+        raise ConfigError("precision", "fp16", f"fp16 needs a CUDA device (device is {device}); use fp32 or bf16")
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class LossScaler:
+    """backward() -> unscale (so clipping sees true gradients) -> step(): GradScaler for fp16."""
+
+    def __init__(self, precision: str):
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, **kwargs) -> None:
+        if self.scaler is None:
+            loss.backward(**kwargs)
+            return
+        self.scaler.scale(loss).backward(**kwargs)
+        self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer, closure=None) -> None:
+        if self.scaler is None:
+            optimizer.step() if closure is None else optimizer.step(closure)
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self):
+        return self.scaler.state_dict() if self.scaler is not None else None
+
+    def load_state_dict(self, state) -> None:
+        if self.scaler is not None and state is not None:
+            self.scaler.load_state_dict(state)

@@ -1,0 +1,325 @@
+"""The training step and epoch: what one optimization step does, for every combination of techniques.
+
+    for each batch:  forward -> loss (+ penalty) -> backward -> clip -> step -> schedule -> accumulate -> check
+
+Each mode is one small helper, not a branch in the loop: AMP loss scaling (precision.LossScaler), clipping
+(clip.GradClip), batch-size LR scaling (BatchSizePolicy.scaled_lr), DDP loss scaling (_batch_loss) and the
+resume of an epoch an interrupt cut short (EpochSums.resumed). Observers (observers.py) are called after
+clipping and after the step only when a run has any. A step that uses none of them takes `_lean_step`.
+
+The optimizer's protocol (optim.py) decides how the step gets its gradients: forward -> loss -> backward ->
+clip is one closure, `_step` calls it once (plain, create_graph), hands it to the optimizer (closure: L-BFGS
+calls it for every gradient it needs), or both (backward_closure: SAM's second pass). Every call counts a
+forward and a backward pass; the epoch's loss and accuracy are those of the first call, at the weights the
+step started from.
+
+Evaluation weights: train_epoch ends with the weights to evaluate in the model: schedule-free's average x
+(optimizer.eval(), BatchNorm statistics recomputed) and/or the EMA/SWA average (averaging.py; the raw
+weights kept aside in `raw`). The next train_epoch puts the training weights back first. So the runner's
+evaluate(model), checkpoint, early-stopping snapshot, test and model.pt all see the evaluation weights,
+and a checkpoint resumes bit for bit.
+
+Data are in-memory tensors on the training device, batched by index, and the loop syncs with the device
+only when it has to (divergence checks, progress updates), so the framework costs little over a
+hand-written loop (see `make bench`). Post-training stages reuse Trainer to fine-tune a changed model.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnopt_cli.optim.averaging import Averager
+from nnopt_cli.optim.batch_size import BatchSizePolicy
+from nnopt_cli.optim.optimizers import Protocol, build_optimizer, create_graph_backward, current_lr
+from nnopt_cli.optim.schedulers import build_scheduler
+from nnopt_cli.training import distributed
+from nnopt_cli.training.clip import GradClip
+from nnopt_cli.training.interrupt import Interrupted
+from nnopt_cli.training.loss import make_loss
+from nnopt_cli.training.metrics import Counters, Diverged, EpochSums
+from nnopt_cli.training.observers import Observers, StepInfo
+from nnopt_cli.training.precision import LossScaler, autocast_context
+from nnopt_cli.training.progress import Progress
+from nnopt_cli.training.regularizer import Penalty
+from nnopt_cli.training.weights import EvalWeights
+
+
+class Trainer:
+    """Everything one optimization step needs, built from the config: model, optimizer,
+    scheduler, batch-size policy, penalty, clipping, precision. `train_epoch` runs one epoch."""
+
+    def __init__(self, cfg: dict, model: nn.Module, n_train: int, device: torch.device,
+                 epochs: int | None = None, loss_fn=None, observers: Observers | None = None):
+        self.cfg, self.model, self.n_train, self.device = cfg, model, n_train, device
+        self.criterion = make_loss(cfg.get("loss"))  # conf/loss: (logits, labels) -> batch mean
+        self.loss_fn = loss_fn  # (out, y, x) -> batch mean in place of the criterion (distillation)
+        # batch norm cannot train on a one-sample batch: the policy folds such a last batch into the one before
+        min_batch = 2 * distributed.world_size() if cfg["model"].get("batch_norm") else 1
+        n_epochs = cfg["epochs"] if epochs is None else epochs
+        self.policy = BatchSizePolicy.from_config(cfg["batch_size"], cfg["scheduler"], n_epochs, cfg["seed"],
+                                                  min_batch=min_batch)
+        self.optimizer = build_optimizer(cfg["optimizer"], model)
+        self.protocol = Protocol.from_config(cfg["optimizer"])
+        # the batch growth replaces the LR decay
+        sched_cfg = {"name": "none"} if cfg["batch_size"].get("instead_of_lr_decay") else cfg["scheduler"]
+        total_steps = self.policy.total_steps(n_train)
+        self.scheduler, self.interval, self.monitor = build_scheduler(sched_cfg, self.optimizer, total_steps)
+        # weight averaging belongs to the run: post-training fine-tunes (epochs given) train raw weights
+        self.averager = Averager.from_config(cfg.get("averaging"), model, total_steps) if epochs is None else None
+        self.swa_scheduler = self.averager.swa_scheduler(self.optimizer) if self.averager else None
+        self.weights = EvalWeights(model, self.optimizer, self.protocol, self.averager)
+        self.epoch = 0  # the epoch being trained (SWALR takes over the LR from averaging.start_epoch)
+        self.penalty = Penalty.from_config(cfg["regularizer"])
+        self.penalized = Penalty.penalized(model) if self.penalty else []
+        self.clip = GradClip.from_config(cfg["grad_clip"], model)
+        self.precision = cfg["precision"]
+        self.scaler = LossScaler(self.precision)
+        # a sync per step is nearly free on CPU (divergence caught at its step); on CUDA it would drain the queue
+        self.check_every = 1 if device.type == "cpu" else cfg["log_every"]
+        self.log_every = cfg["log_every"]
+        self.generator = torch.Generator(device=device).manual_seed(cfg["seed"])
+        # under torchrun: DDP around the model, each rank trains on its share of every global batch
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.net = distributed.wrap(model, device)
+        if self.world > 1:  # dropout masks: a stream per rank, or every shard would get the same ones
+            torch.manual_seed(cfg["seed"] + 7919 * self.rank)
+        self.observers = observers if observers is not None else Observers()
+        self.observed = bool(self.observers)  # none: the step makes no observer call at all
+        self.lean = (self.protocol.step == "plain" and self.precision == "fp32" and self.world == 1
+                     and loss_fn is None and self.penalty is None and not self.observed
+                     and self.clip.mode == "none" and self.policy.lr_scaling == "none")
+        self.counters = Counters()
+        # evaluation every N optimizer steps (eval_every_steps): the runner's callback, timed apart
+        self.eval_every: int | None = None
+        self.on_eval: Callable[[float], None] | None = None  # receives the training seconds so far
+        # stop requests (Ctrl-C, SIGTERM) are honoured at step boundaries: see interrupt.py
+        self.should_stop: Callable[[], bool] = lambda: False
+        self.partial: dict[str, Any] | None = None  # the epoch an interrupt cut short, to finish on resume
+
+    # ------------------------------------------------------------------ checkpointed state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything here that training changes, as tensors and plain values (checkpoint.py)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "batch_size_policy": dict(vars(self.policy)),  # stateless per epoch today: its settings
+            "partial_epoch": self.partial,
+            "counters": self.counters.as_row(),
+            "observers": self.observers.state_dict(),
+            "averaging": self.averager.state_dict() if self.averager is not None else None,
+            "swa_scheduler": self.swa_scheduler.state_dict() if self.swa_scheduler is not None else None,
+            "raw_weights": self.weights.raw,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        vars(self.policy).update(state["batch_size_policy"])
+        self.partial = state["partial_epoch"]
+        if state.get("counters") is not None:  # checkpoints of nnopt before the counters: see runner
+            self.counters = Counters(**state["counters"])
+        self.observers.load_state_dict(state.get("observers"))
+        if self.averager is not None:
+            self.averager.load_state_dict(state["averaging"])
+        if self.swa_scheduler is not None:
+            self.swa_scheduler.load_state_dict(state["swa_scheduler"])
+        self.weights.raw = state.get("raw_weights")
+
+    # ------------------------------------------------------------------ the step's helpers
+
+    def _batch_loss(self, out: torch.Tensor, y: torch.Tensor, x: torch.Tensor, share: float) -> torch.Tensor:
+        mean = self.criterion(out, y) if self.loss_fn is None else self.loss_fn(out, y, x)
+        if self.world == 1:
+            return mean
+        # DDP averages gradients over the ranks, so sum / (bs / world) on each rank gives exactly
+        # the gradient of the global batch mean, even for uneven shares
+        return mean * len(y) / share
+
+    def _schedule_step(self) -> None:
+        """A per-step scheduler's step (train_epoch calls it only when there is one), unless SWALR drives the LR."""
+        if not self._swa_lr():
+            self.scheduler.step()
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, share: float, first: dict[str, Any],
+                          measure: bool, epoch: int, bs: int, create_graph: bool = False) -> torch.Tensor:
+        """The step's closure: forward -> loss (+ penalty) -> backward (+ unscale) -> clip. Counts its
+        passes; the first call also keeps out/loss/penalty/norm for the epoch's sums and calls the
+        observers' before_step (gradients ready, weights not yet changed)."""
+        with autocast_context(self.precision, self.device):
+            out = self.net(x)
+            loss = self._batch_loss(out, y, x, share)
+        reg = self.penalty(self.penalized) if self.penalty is not None else None
+        total = loss if reg is None else loss + reg
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.backward(total, self.optimizer, **({"create_graph": True} if create_graph else {}))
+        norm = self.clip(self.model, measure and not first)  # the norm of the step's first gradient
+        self.counters.forward_passes += 1
+        self.counters.backward_passes += 1
+        if not first:
+            first.update(out=out, loss=loss, reg=reg, norm=norm)
+            if self.observed:
+                first["info"] = StepInfo(epoch, self.counters.total_steps + 1, self.model, self.optimizer, loss, bs)
+                self.observers.before_step(first["info"])
+        return total
+
+    def _swa_lr(self) -> bool:
+        """Whether SWALR drives the LR now (averaging=swa with swa_lr, from its start epoch on)."""
+        return self.averager is not None and self.averager.schedule_taken_over(self.epoch)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, share: float, measure: bool, epoch: int,
+              bs: int) -> tuple:
+        """One optimizer step the way its protocol says (optim.py) -> the first call's (out, loss, reg, norm,
+        info). fp16 (GradScaler) is refused for every protocol but plain: only plain steps use the scaler."""
+        first: dict[str, Any] = {}  # the first evaluation: at the weights the step starts from
+        kind = self.protocol.step
+        if kind == "plain":  # the common step calls the closure once itself: no partial to build
+            self._forward_backward(x, y, share, first, measure, epoch, bs)
+            self.scaler.step(self.optimizer)
+            return first["out"], first["loss"], first["reg"], first["norm"], first.get("info")
+        closure = functools.partial(self._forward_backward, x, y, share, first, measure, epoch, bs)
+        if kind == "create_graph":
+            with create_graph_backward():
+                closure(create_graph=True)
+            self.scaler.step(self.optimizer)
+        elif kind == "backward_closure":
+            closure()
+            self.optimizer.step(closure)
+        else:
+            self.optimizer.step(closure)
+        return first["out"], first["loss"], first["reg"], first["norm"], first.get("info")
+
+    def _lean_step(self, x: torch.Tensor, y: torch.Tensor, measure: bool) -> tuple:
+        """_step in one frame (plain protocol, fp32, one process, no clip/penalty/LR scaling/observer): the same
+        operations, bit-identical (tested), without the dozen Python calls that cost a small model a few %."""
+        out = self.net(x)
+        loss = self.criterion(out, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = self.clip(self.model, True) if measure else None
+        self.optimizer.step()
+        self.counters.forward_passes += 1
+        self.counters.backward_passes += 1
+        return out, loss, None, norm, None
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int, last: int) -> None:
+        if step % self.check_every == 0 or step == last:
+            # under DDP all ranks must agree to stop, so they check the loss summed over ranks
+            value = (loss if self.world == 1 else distributed.sum_over_ranks(loss)[0] / self.world).item()
+            if not math.isfinite(value):
+                raise Diverged(epoch, step, value)
+
+    # ------------------------------------------------------------------ one epoch
+
+    def train_epoch(self, epoch: int, x_all: torch.Tensor, y_all: torch.Tensor,
+                    progress: Progress | None = None) -> dict[str, Any]:
+        """One pass over (x_all, y_all) in a fresh random order; returns the epoch's train metrics."""
+        t_start, eval_s = time.perf_counter(), 0.0
+        model, optimizer, observers, n = self.model, self.optimizer, self.observers, len(x_all)
+        self.epoch = epoch
+        self.weights.to_training()
+        model.train()
+        sizes = self.policy.epoch_sizes(epoch - 1, n)
+        part = self.partial if self.partial and self.partial["epoch"] == epoch else None
+        self.partial = None
+        if part is not None:  # finish an epoch an interrupt cut short: same order, same sums so far
+            self.generator.set_state(part["generator"])
+        order_state = self.generator.get_state()
+        batches = distributed.epoch_batches(n, sizes, self.generator, self.rank, self.world)
+        base_lr = current_lr(optimizer) if part is None else part["base_lr"]
+        sums = EpochSums(self.device) if part is None else EpochSums.resumed(part, self.device)
+        if progress is not None:
+            progress.start_epoch(epoch, len(sizes))
+        seen = 0  # samples this rank has trained on so far this epoch
+        step_schedule = self.scheduler is not None and self.interval == "step"
+        for step, (bs, idx) in enumerate(batches, start=1):
+            seen += idx.shape[0]
+            if part is not None and step <= part["step"]:
+                continue  # trained before the interrupt
+            if self.should_stop():
+                self.partial = sums.cut(epoch, step - 1, order_state, base_lr)
+                self.counters.train_s += time.perf_counter() - t_start - eval_s
+                raise Interrupted(f"epoch {epoch}, step {step - 1}")
+            x, y = x_all[idx], y_all[idx]
+            share = bs / self.world  # this rank's part of the global batch
+            measure = (step - 1) % self.log_every == 0  # the gradient norm is sampled: it costs time
+            # step -> schedule
+            if self.lean:
+                out, loss, reg, norm, info = self._lean_step(x, y, measure)
+            else:
+                with self.policy.scaled_lr(optimizer, bs):
+                    out, loss, reg, norm, info = self._step(x, y, share, measure, epoch, bs)
+            if step_schedule:
+                self._schedule_step()
+            if reg is not None:
+                sums.penalty.add_(reg.detach(), alpha=share)
+            if measure:
+                sums.grad_norms.append(norm)
+            # accumulate -> check
+            c = self.counters
+            c.total_steps += 1
+            c.samples_seen += bs
+            if self.averager is not None:
+                self.averager.after_step(model, c.total_steps)
+            sums.add_step(out, y, loss, share)  # kept, summed later: no tensor operation, no host sync
+            self._check_finite(loss, epoch, step, len(sizes))
+            if info is not None:
+                observers.after_step(info)
+            if self.on_eval is not None:
+                eval_s += self._maybe_evaluate_at(t_start, eval_s, x_all, sizes[0])
+            if progress is not None and progress.live and step % self.log_every == 0:
+                progress.update(step, sums.loss_sum().item() / seen, sums.correct().item() / seen, current_lr(optimizer))
+        if self.averager is not None:
+            self.averager.end_epoch(model, epoch)  # SWA: the end-of-epoch weights join the average
+        self.weights.to_evaluation(x_all, sizes[0])
+        self.counters.train_s += time.perf_counter() - t_start - eval_s
+        loss_sum, penalty, correct = sums.loss_sum(), sums.penalty, sums.correct()
+        if self.world > 1:  # the epoch's metrics count every rank's samples
+            loss_sum, penalty, correct = distributed.sum_over_ranks(loss_sum, penalty, correct)
+        row = {
+            "train/loss": loss_sum.item() / n,
+            "train/acc": correct.item() / n,
+            "lr": self.policy.epoch_lr(base_lr, sizes),
+            # the random policy has no single size: report the mean size of the epoch
+            "batch_size": sizes[0] if self.policy.policy != "random" else round(n / len(sizes), 1),
+            "steps": len(sizes),
+            "grad_norm": torch.stack(sums.grad_norms).mean().item() if sums.grad_norms else None,
+        }
+        if self.penalty is not None:
+            row["train/penalty"] = penalty.item() / n
+        return row
+
+    def _maybe_evaluate_at(self, t_start: float, eval_s: float, x_all: torch.Tensor, batch_size: int) -> float:
+        """The step-interval evaluation sees train_s up to this step (evaluations excluded), and the
+        evaluation weights (schedule-free's x, the average), like the epoch-end one."""
+        if self.eval_every is None or self.counters.total_steps % self.eval_every:
+            return 0.0
+        elapsed = self.counters.train_s + (time.perf_counter() - t_start - eval_s)
+        t0 = time.perf_counter()
+        self.weights.to_evaluation(x_all, batch_size)
+        self.on_eval(elapsed)
+        self.weights.to_training()
+        self.model.train()
+        return time.perf_counter() - t0
+
+    def end_epoch(self, row: dict) -> None:
+        """Advance epoch-level schedules (plateau schedulers read the monitored metric)."""
+        if self._swa_lr():
+            self.swa_scheduler.step()
+        elif self.scheduler is not None and self.interval == "epoch":
+            if self.monitor is not None:
+                self.scheduler.step(row[self.monitor])
+            else:
+                self.scheduler.step()

@@ -1,0 +1,210 @@
+"""The jobs of `nnopt tune-lr` (tune_lr.py): composed, run and read back in this process.
+
+Each optimizer's config is composed once with Hydra's compose API (as `nnopt train` would with the
+same overrides); a job sets optimizer.lr and seed on it, so a config that interpolates them
+(scheduler=onecycle's max_lr: ${optimizer.lr}) resolves as in a separate run. A job's folder gets
+the .hydra/ files `nnopt train` writes (config.yaml, overrides.yaml, the group choices in
+hydra.yaml) before runner.train runs in it. All jobs run inside data.keep_loaded(): the dataset
+is prepared once and every job trains on its own copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nnopt_cli import data
+from nnopt_cli.config import conf_dir
+from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
+from nnopt_cli.run.recipe import RunContext, train
+from nnopt_cli.run.validate import validate
+from nnopt_cli.store.folder import read_metrics, read_summary, record_failure, write_json
+from nnopt_cli.sweep.report import job_action
+
+log = logging.getLogger("nnopt")
+Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+STUDY_FILE = "tune_lr.json"
+
+
+def final_metric(run_dir: Path, summary: dict | None, metric: str) -> float | None:
+    """The last epoch's validation metric of a finished run; None for one that diverged or failed."""
+
+    if not summary or summary.get("status") != "completed":
+        return None
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "stage" not in r]
+    value = rows[-1].get(metric) if rows else None
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def stats(values: list) -> dict:
+    ok = [v for v in values if isinstance(v, (int, float))]
+    return {"mean": statistics.fmean(ok) if ok else None, "std": statistics.stdev(ok) if len(ok) > 1 else 0.0,
+            "n": len(ok), "values": values}
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """A job was stopped by Ctrl-C / SIGTERM; its checkpoint is kept for the rerun."""
+
+
+@dataclass
+class Plan:
+    """One optimizer's part of the study: its composed config, default LR and LR grid."""
+
+    optimizer: str
+    base: DictConfig
+    choices: dict[str, str]
+    default_lr: float
+    grid: list[float]
+    done: dict[tuple[float, int], dict] = field(default_factory=dict)  # (lr, seed) -> job record
+
+
+class Study:
+    def __init__(self, root: Path, overrides: list[str], optimizers: list[str], metric: str):
+        self.root, self.optimizers, self.metric = Path(root), optimizers, metric
+        # a run of seconds is cheaper to redo than to checkpoint every epoch (3 fsyncs, ~25 ms on a
+        # plain disk): jobs checkpoint on Ctrl-C / SIGTERM only, unless the command says otherwise
+        given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+        self.overrides = list(overrides) + ([] if given & {"checkpoint", "checkpoint.every"} else ["checkpoint.every=0"])
+        self.trained, self.skipped, self.failed, self.train_s = 0, 0, 0, 0.0
+
+    # ------------------------------------------------------------------ building the configs
+
+    def plan(self, grid_fn: Callable[[float], list[float]]) -> list[Plan]:
+        """Compose and check every optimizer's config before any run starts (a bad one: one line)."""
+        from hydra import compose, initialize_config_dir
+
+        options = {p.stem for p in (conf_dir() / "optimizer").glob("*.yaml")}
+        plans = []
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            for opt in self.optimizers:
+                if opt not in options:
+                    raise ConfigError("--optimizers", opt, "optimizer presets: one of " + ", ".join(sorted(options)))
+                cfg = compose(config_name="train", overrides=[*self.overrides, f"optimizer={opt}"],
+                              return_hydra_config=True)
+                choices = {str(k): v for k, v in cfg.hydra.runtime.choices.items()
+                           if not str(k).startswith("hydra/") and v is not None}
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                default_lr = float(cfg.optimizer.lr)
+                plan = Plan(opt, cfg, choices, default_lr, grid_fn(default_lr))
+                validate(self.config(plan, plan.grid[0], 0))
+                plans.append(plan)
+        return plans
+
+    def config(self, plan: Plan, lr: float, seed: int) -> dict:
+        """The resolved config of one job (the base is shared: every job sets both values)."""
+        plan.base.optimizer.lr = lr
+        plan.base.seed = seed
+        return OmegaConf.to_container(plan.base, resolve=True)
+
+    def overrides_of(self, plan: Plan, lr: float, seed: int) -> list[str]:
+        return [*self.overrides, f"optimizer={plan.optimizer}", f"optimizer.lr={lr!r}", f"seed={seed}"]
+
+    def run_dir(self, plan: Plan, lr: float, seed: int) -> Path:
+        return self.root / plan.optimizer / f"lr={lr:g}" / f"seed={seed}"
+
+    # ------------------------------------------------------------------ running
+
+    def job(self, plan: Plan, lr: float, seed: int) -> dict:
+        """Run (or skip, or resume) one job; its record for the study summary."""
+        if (lr, seed) in plan.done:
+            return plan.done[(lr, seed)]
+
+        cfg = self.config(plan, lr, seed)
+        run_dir = self.run_dir(plan, lr, seed)
+        action = job_action(run_dir, cfg)  # a folder of another experiment: SweepFolderError, one line
+        label = f"{plan.optimizer} lr={lr:g} seed={seed}"
+        if action == "skip":
+            self.skipped += 1
+        else:
+            self.write_hydra(run_dir, plan, lr, seed)
+            try:
+                train(cfg, RunContext(run_dir=run_dir, live_progress=False, resume=action == "resume"))
+            except KeyboardInterrupt:
+                raise StudyInterrupted() from None
+            except Exception as e:  # the study goes on; the job's summary.json says failed, and why
+                record_failure(run_dir, e)
+                if want_traceback() or isinstance(e, NnoptError):
+                    raise  # a data or checkpoint error would fail every job alike: stop with its one line
+        summary = read_summary(run_dir) or {"status": "failed"}
+        status = summary.get("status")
+        if status == "interrupted":
+            raise StudyInterrupted()
+        if action != "skip":
+            self.trained += 1
+            self.train_s += summary.get("train_time_s") or 0.0
+            self.failed += status not in ("completed", "diverged")
+        record = {"lr": lr, "seed": seed, "dir": str(run_dir.relative_to(self.root)), "status": status,
+                  self.metric: final_metric(run_dir, summary, self.metric),
+                  "test/acc": summary.get("test/acc"), "test/loss": summary.get("test/loss")}
+        value = record[self.metric]
+        shown = f"{self.metric}={value:.4f}" if value is not None else ""
+        note = "done before, skipped" if action == "skip" else f"{summary.get('train_time_s') or 0:.1f} s"
+        print(f"  {label:<34} {status:<10} {shown:<16} ({note})", flush=True)
+        plan.done[(lr, seed)] = record
+        return record
+
+    def write_hydra(self, run_dir: Path, plan: Plan, lr: float, seed: int) -> None:
+        """The .hydra/ files `nnopt train` writes: nnopt compare and resume read them."""
+        hydra_dir = run_dir / ".hydra"
+        hydra_dir.mkdir(parents=True, exist_ok=True)
+        # unresolved, as Hydra saves it; libyaml's dumper: OmegaConf.to_yaml costs ~10 ms a job
+        files = {"config.yaml": OmegaConf.to_container(plan.base, resolve=False),
+                 "overrides.yaml": self.overrides_of(plan, lr, seed),
+                 "hydra.yaml": {"hydra": {"runtime": {"choices": plan.choices}}}}
+        for name, content in files.items():
+            # whole or absent, like Hydra's own .hydra/ (no fsync: ~8 ms each here, and the run's
+            # summary.json, not these, is what a rerun trusts)
+            tmp = hydra_dir / f".{name}.tmp"
+            tmp.write_text(yaml.dump(content, Dumper=Dumper, default_flow_style=False, sort_keys=False))
+            os.replace(tmp, hydra_dir / name)
+
+    def group(self, plan: Plan, lr: float, seeds: range) -> dict:
+
+        records = [self.job(plan, lr, s) for s in seeds]
+        return {"lr": lr, "runs": [r["dir"] for r in records], "status": [r["status"] for r in records],
+                **{k: stats([r[k] for r in records]) for k in (self.metric, "test/acc", "test/loss")}}
+
+    def run(self, plans: list[Plan], protocol: dict[str, Any], pick_best: Callable) -> dict:
+        """The protocol, optimizer by optimizer; writes and returns the study summary."""
+
+        t0 = time.perf_counter()
+        out: dict[str, Any] = {}
+        with data.keep_loaded():
+            for plan in plans:
+                print(f"{plan.optimizer}: grid {', '.join(f'{lr:g}' for lr in plan.grid)} "
+                      f"(default {plan.default_lr:g})", flush=True)
+                grid = [self.group(plan, lr, range(protocol["grid_seeds"])) for lr in plan.grid]
+                for g in grid:
+                    g["metric"] = g[self.metric]
+                best = pick_best(grid, protocol["mode"])
+                tuned = self.group(plan, best, range(protocol["seeds"])) if best is not None else None
+                default = self.group(plan, plan.default_lr, range(protocol["seeds"]))
+                out[plan.optimizer] = {
+                    "default_lr": plan.default_lr, "best_lr": best,
+                    "grid": [{"lr": g["lr"], "runs": g["runs"], "status": g["status"], self.metric: g[self.metric]}
+                             for g in grid],
+                    "tuned": tuned, "default": default,
+                    "runs_tuning": len(plan.grid) * protocol["grid_seeds"],  # what picking the LR cost
+                    "runs_all": len(plan.done),  # distinct runs of this optimizer, tuning included
+                }
+        wall = time.perf_counter() - t0
+        result = {"protocol": protocol, "optimizers": out, "wall_s": wall, "jobs": {
+            "run": self.trained, "skipped": self.skipped, "failed": self.failed, "train_s": self.train_s,
+            # what a trained job cost beyond its training epochs (compose, data copy, build, test, writes)
+            "overhead_per_job_s": (wall - self.train_s) / self.trained if self.trained else 0.0}}
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(self.root / STUDY_FILE, result)
+        return result
