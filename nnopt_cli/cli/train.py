@@ -25,6 +25,7 @@ from nnopt_cli import data
 from nnopt_cli.config import conf_dir
 from nnopt_cli.config.overrides import INFO_FLAGS, check_keys, check_overrides, group_options  # noqa: F401 (re-exported)
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
+from nnopt_cli.run.continuation import continue_config, write_hydra_config
 from nnopt_cli.run.job import (
     HYDRA_SUBDIR_ENV,
     SetupSignals,
@@ -95,6 +96,12 @@ def train_app(cfg: DictConfig) -> float:
         except OmegaConfBaseException as e:
             raise NnoptError(f"invalid config: {getattr(e, 'full_key', '') or ''}: {str(e).splitlines()[0]}") from None
         resume = False
+        written = cfg  # the config .hydra/config.yaml records
+        if plain.get("continue_from") is not None and plain["resume"] is None:
+            plain = continue_config(plain["continue_from"], plain, list(hc.overrides.task))
+            written = OmegaConf.create(plain)  # the parent's config with the new total, not the defaults
+            if not os.environ.get(HYDRA_SUBDIR_ENV) and hc.output_subdir and distributed.is_rank0():
+                write_hydra_config(run_dir / hc.output_subdir, written)  # Hydra wrote the composed one
         if plain["resume"] is not None:
             if multirun:
                 raise ConfigError("resume", plain["resume"], "one run folder; to continue a sweep, rerun it with "
@@ -125,12 +132,12 @@ def train_app(cfg: DictConfig) -> float:
             if action == "resume":
                 keep_recorded_threads(plain, read_summary(run_dir) or {})
             if hydra_subdir:  # the folder's checkpoint is of this very experiment (job_action checked)
-                write_hydra_files(run_dir, cfg, hydra_subdir)
+                write_hydra_files(run_dir, written, hydra_subdir)
             record, resume = True, action == "resume"
         else:
             refuse_reuse(run_dir, multirun)
             if hydra_subdir:
-                write_hydra_files(run_dir, cfg, hydra_subdir)
+                write_hydra_files(run_dir, written, hydra_subdir)
             record = True
         jobs = parallel_jobs(hc)
         if multirun and jobs > 1:  # several jobs at once on one machine: one GPU each

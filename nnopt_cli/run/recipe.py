@@ -26,6 +26,7 @@ from nnopt_cli.data import load_splits
 from nnopt_cli.models import count_params, make_model
 from nnopt_cli.models.flops import forward_flops
 from nnopt_cli.post import run_stages, stage_names
+from nnopt_cli.run.continuation import Continuation
 from nnopt_cli.run.transfer import freeze, load_into
 from nnopt_cli.run.validate import validate
 from nnopt_cli.store import layout
@@ -119,9 +120,14 @@ def stop_agreed(interrupt: Interrupt, device: torch.device) -> bool:
     return distributed.sum_over_ranks(flag)[0].item() > 0
 
 
-def _restore(run: RunDir, cfg: dict, model, trainer: Trainer, stopper) -> LoopState:
-    ckpt = load_checkpoint(run.checkpoint_path)
-    state = LoopState.from_checkpoint(ckpt, restore_checkpoint(ckpt, cfg, model, trainer, stopper, run.checkpoint_path))
+def _restore(run: RunDir, cfg: dict, model, trainer: Trainer, stopper, parent: Continuation | None = None) -> LoopState:
+    """From the run's own checkpoint, or (continue_from) from its parent's final one."""
+    if parent is not None:
+        ckpt, progress = parent.restore(cfg, model, trainer, stopper)
+    else:
+        ckpt = load_checkpoint(run.checkpoint_path)
+        progress = restore_checkpoint(ckpt, cfg, model, trainer, stopper, run.checkpoint_path)
+    state = LoopState.from_checkpoint(ckpt, progress)
     if ckpt["trainer"].get("counters") is None:  # a checkpoint from before the counters: rebuild them
         c = trainer.counters
         c.total_steps = sum(r["steps"] for r in state.rows)
@@ -164,7 +170,10 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     seed_everything(cfg["seed"], cfg["deterministic"])
 
     run = distributed.rank0_writes(RunDir(ctx.run_dir))  # under DDP only rank 0 writes the folder
+    parent = Continuation.of(cfg, run.path, ctx.resume)  # continue_from: a finished run goes on
     summary = base_summary(cfg, device, threads)
+    if parent is not None:
+        summary["continued_from"] = parent.record
     run.write_summary(summary)
 
     observers = build_observers(cfg)
@@ -176,11 +185,17 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         summary["frozen"] = frozen
     trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers)
     stopper = EarlyStopping.from_config(cfg["early_stopping"])
+    if parent is not None:
+        parent.keep_plan(cfg, trainer)  # before any state is loaded: a schedule made for the parent's length
 
     log.info("run dir %s | device %s | threads %d | params %d", run.path, device, threads, summary["params"])
     state = LoopState()
     if ctx.resume and run.checkpoint_path.exists():
         state = _restore(run, cfg, model, trainer, stopper)
+    elif parent is not None:
+        state = _restore(run, cfg, model, trainer, stopper, parent)
+        if distributed.is_rank0():
+            parent.copy_init_model(run.path)
     else:  # a fresh start: the transferred weights (init_from) are the run's starting point
         if cfg.get("init_from"):
             summary["init_from"] = load_into(model, cfg["init_from"])

@@ -52,6 +52,8 @@ def validate(cfg: dict) -> None:
     need_bool("skip_completed", cfg["skip_completed"])
     if cfg["resume"] is not None and not isinstance(cfg["resume"], str):
         raise ConfigError("resume", cfg["resume"], "the path of a run folder")
+    if cfg.get("continue_from") is not None and (not isinstance(cfg["continue_from"], str) or not cfg["continue_from"]):
+        raise ConfigError("continue_from", cfg["continue_from"], "the path of a completed run folder")
     check_precision(cfg["precision"])
     need_bool("deterministic", cfg["deterministic"])
 

@@ -104,6 +104,7 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "eval_every_steps": None,
     "loss": {"name": "cross_entropy"},
     "init_from": None,
+    "continue_from": None,
     "freeze": None,
     "post.prune.threshold": None,
     "post.quantize.bits": 8,
