@@ -14,7 +14,7 @@ import torch
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.run.continuation import continue_config
 from nnopt_cli.run.recipe import RunContext, train
-from nnopt_cli.store.checkpoint import CheckpointError, load_checkpoint
+from nnopt_cli.store.checkpoint import CheckpointError, config_fingerprint, load_checkpoint
 from nnopt_cli.store.folder import RunDirError, read_metrics
 from nnopt_cli.store.targets import UntrustedTargetError
 from tests.conftest import TINY, compose_cfg, run_cli
@@ -231,3 +231,11 @@ def test_cli_continues_into_a_new_folder_and_refuses_in_one_line(tmp_path):
     assert refused.stderr.strip().splitlines() == [
         "nnopt: error: invalid config: epochs=1: more than the 1 epochs of parent (continue_from trains to "
         "this many epochs in total)"]
+
+
+def test_folders_written_before_continue_from_keep_their_fingerprint():
+    cfg = compose_cfg()
+    assert cfg["continue_from"] is None
+    old = {k: v for k, v in cfg.items() if k != "continue_from"}
+    assert config_fingerprint(old) == config_fingerprint(cfg)
+    assert config_fingerprint({**cfg, "continue_from": "/runs/a"}) != config_fingerprint(cfg)
