@@ -4,5 +4,6 @@
     recipe.py    train(): the recipe of one run (data, model, trainer, stages, summary)
     job.py       the job's folder under Hydra: fresh, resumed or skipped; threads; Ctrl-C
     transfer.py  init_from: start from another run's weights (frozen layers, knowledge transfer)
+    continuation.py  continue_from: a new run from a completed run's final checkpoint, to N epochs
     tools.py     what lr-find and landscape share: a config composed like `nnopt train` does
 """
