@@ -23,7 +23,7 @@ import torch
 import nnopt_cli
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.store.folder import checksum_path, file_sha256
-from nnopt_cli.store.layout import NEUTRAL_VALUES, NON_EXPERIMENT_KEYS, experiment_config  # noqa: F401
+from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS, experiment_config  # noqa: F401 (run/job.py reads the keys here)
 from nnopt_cli.store.untrusted import UntrustedFileError, read_text
 
 FORMAT = 1
