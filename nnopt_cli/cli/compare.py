@@ -189,9 +189,9 @@ def compare(args: argparse.Namespace) -> None:
     table = build_table(shown, metrics, keys_grouped, args.sort)
     added = [k for k in keys_grouped if k not in group_by]
     if added:
-        table.notes.insert(0, f"groups are formed within each workload: {', '.join(added)} differ between the "
-                              "runs and were added to --group-by (runs on different workloads are never averaged "
-                              "together)")
+        table.notes.insert(0, "groups are formed within each workload (dataset, model, their settings, epochs): "
+                              f"{', '.join(added)} added to --group-by, as the runs differ in "
+                              f"{'it' if len(added) == 1 else 'them'} (never averaged across workloads)")
     times = decide.columns(args, table, group_by, metrics, targets, wkeys)  # may refuse: before any output
     if group_by:
         skipped = [r for r in shown if not r.completed]

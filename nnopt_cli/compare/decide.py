@@ -250,7 +250,7 @@ def add_baseline(table: Table, bases: dict[tuple, dict], metric: str, baseline_n
         table.notes.append(
             f"{SEEDS}: for a difference not resolved, the fewest seeds per group (of {counts}) at which the "
             f"Mann-Whitney test at {ALPHA} rejects in >= {stats.POWER:.0%} of {s.reps} resamples drawn from each "
-            f"group's runs (bootstrap, seed {s.seed}): the observed difference and spread, more seeds")
+            f"group's runs (bootstrap, seed {s.seed}): more seeds at the observed difference and spread")
 
 
 SEEDS = "seeds to resolve"

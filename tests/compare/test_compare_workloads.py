@@ -126,7 +126,7 @@ def test_group_by_over_two_workloads_groups_within_each(tmp_path, capsys):
         assert r["test/acc_mean"] == pytest.approx(np.mean(values))
         assert r["test/acc_std"] == pytest.approx(np.std(values, ddof=1))
     code, out, _ = compare(capsys, str(runs), "--group-by", "optimizer", "--metric", "test/acc", "--format", "markdown")
-    assert code == 0 and "groups are formed within each workload: dataset differ" in out
+    assert code == 0 and "within each workload (dataset, model, their settings, epochs): dataset added to --group-by" in out
     rows, _ = compare_json(capsys, str(runs), "--metric", "test/acc")  # ungrouped: one row per run
     assert len(rows) == 12 and list(rows[0])[:4] == ["run", "dataset", "optimizer", "seed"]
 
