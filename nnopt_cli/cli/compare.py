@@ -14,8 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnopt_cli.compare import decide
+from nnopt_cli.compare import decide, workload
 from nnopt_cli.compare.discover import Run, discover
+from nnopt_cli.compare.duplicates import drop_duplicates
 from nnopt_cli.compare.evals import TIME_KEYS, Target
 from nnopt_cli.compare.render import FORMATS, fmt, render
 from nnopt_cli.compare.table import (
@@ -48,7 +49,10 @@ EXAMPLES = """examples:
   nnopt compare outputs/ --group-by optimizer --target val/acc=0.97 --plot p.png --plot-kind profile
 
 Runs that are incomplete, failed, diverged or have corrupt files are listed with their status
-(and a warning line) but never averaged. Names for --sort/--where/--group-by are config keys
+(and a warning line) but never averaged. A run found twice (same config and seed in two folders)
+counts once: the most recent is kept, with a warning line per duplicate set. --group-by groups
+within each workload (dataset, model and their settings, epochs): the workload keys that differ
+are added to the groups, so runs on different workloads are never averaged or compared together. Names for --sort/--where/--group-by are config keys
 (optimizer, optimizer.lr, seed, ...), metrics (test/acc, val/loss, <stage>/size_bytes, ...)
 and status.
 """
@@ -165,19 +169,30 @@ def compare(args: argparse.Namespace) -> None:
     check_names("--metric", metrics, metrics_all)
     if args.sort:
         check_names("--sort", [parse_sort(args.sort)[0]],  # a grouped table has only its group keys
-                    [*metrics_all, *group_by, "runs"] if group_by else [*metrics_all, *keys, "status", "run"])
+                    [*metrics_all, *group_by, *filter(workload.is_workload_key, keys), "runs"] if group_by
+                    else [*metrics_all, *keys, "status", "run"])
 
     shown = filter_runs(runs, where)
     if not shown:
         raise NoRuns(f"none of the {len(runs)} runs under {where_txt} match "
                      + " and ".join(f"{k}={v}" for k, v in where))
+    shown, duplicates = drop_duplicates(shown)  # before anything counts them
+    for d in duplicates:
+        print(f"nnopt compare: warning: {d.warning()}", file=sys.stderr)
+    wkeys = workload.columns(shown)
+    keys_grouped = [*(k for k in wkeys if k not in group_by), *group_by] if group_by else []
     metrics = metrics or default_metrics(shown)
     if args.sort and parse_sort(args.sort)[0] not in metrics and parse_sort(args.sort)[0] in metrics_all:
         metrics.append(parse_sort(args.sort)[0])  # sorting by a metric shows it
-    targets = decide.check(args, shown, group_by, keys)
+    targets = decide.check(args, shown, group_by, keys, wkeys)
     plot_metric = check_plot(args, runs, shown, metrics) if args.plot else None  # before any output
-    table = build_table(shown, metrics, group_by, args.sort)
-    times = decide.columns(args, table, group_by, metrics, targets)  # may still refuse: before any output
+    table = build_table(shown, metrics, keys_grouped, args.sort)
+    added = [k for k in keys_grouped if k not in group_by]
+    if added:
+        table.notes.insert(0, "groups are formed within each workload (dataset, model, their settings, epochs): "
+                              f"{', '.join(added)} added to --group-by, as the runs differ in "
+                              f"{'it' if len(added) == 1 else 'them'} (never averaged across workloads)")
+    times = decide.columns(args, table, group_by, metrics, targets, wkeys)  # may refuse: before any output
     if group_by:
         skipped = [r for r in shown if not r.completed]
         if skipped:
@@ -188,7 +203,7 @@ def compare(args: argparse.Namespace) -> None:
     render(table, args.format)
 
     if args.plot:
-        make_plot(args, shown, table, group_by, plot_metric, times, targets)
+        make_plot(args, shown, table, keys_grouped, plot_metric, times, targets)
 
 
 def check_plot(args, runs: list[Run], shown: list[Run], metrics: list[str]) -> str | None:
@@ -229,7 +244,8 @@ def make_plot(args, shown: list[Run], table, group_by: list[str], metric: str | 
     elif args.plot_kind == "tradeoff":
         done = [r for r in shown if r.completed]
         diff = differing_keys(done)
-        fig = plots.tradeoff_figure(done, args.plot_x, labels={r.label: series_label(r, diff) for r in done})
+        fig = plots.tradeoff_figure(done, args.plot_x, labels={r.label: series_label(r, diff) for r in done},
+                                    workloads=workload.columns(done))
     else:
         if group_by:
             groups: dict[tuple, list[Run]] = {}

@@ -3,10 +3,13 @@
     build_table (mean ± std per group) -> add_stats (IQM [95% CI]) -> add_target (steps/samples/
     seconds to a target per run, or median [95% CI] and how many reached it per group)
     -> add_baseline (P(better than the baseline) [95% CI], Mann-Whitney and permutation p-values,
-    a verdict that says "not resolved" when the seeds cannot tell the two apart)
+    a verdict that says "not resolved" when the seeds cannot tell the two apart, and then how many
+    seeds per group would)
 
 Groups average completed runs, as the plain table does; for time to target a diverged run also
-counts, as one that never reached the target. The formulas and their sources are in stats.py.
+counts, as one that never reached the target. Every row lies within one workload (workload.py: the
+grouped table's keys include the workload keys that differ), and a group is compared only with the
+baseline of its own workload. The formulas and their sources are in stats.py.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import sys
 from dataclasses import dataclass
 
+from nnopt_cli.compare import workload
 from nnopt_cli.compare.discover import Run, finite
 from nnopt_cli.compare.evals import TIME_KEYS, Target, eval_metrics, parse_target, target_for, time_to_target
 from nnopt_cli.compare.render import DASH, fmt
@@ -28,7 +32,6 @@ from nnopt_cli.compare.table import (
     descending_by_default,
 )
 
-WORKLOAD_KEYS = ("dataset", "model")  # AlgoPerf: a workload is a dataset and a model
 ALPHA = 0.05  # a difference is "resolved" when p < ALPHA and the CI of P(better) excludes 1/2
 
 
@@ -38,7 +41,7 @@ class Settings:
     seed: int = 0        # seeds every resampling: the same runs always give the same intervals
 
 
-def check(args, shown: list[Run], group_by: list[str], keys: list[str]) -> list[Target]:
+def check(args, shown: list[Run], group_by: list[str], keys: list[str], wkeys: list[str]) -> list[Target]:
     """Refuse bad statistics options before anything is computed; returns the parsed targets."""
     for option, needs in (("--stats", args.stats), ("--baseline", args.baseline),
                           ("--plot-kind profile", args.plot and args.plot_kind == "profile")):
@@ -54,20 +57,29 @@ def check(args, shown: list[Run], group_by: list[str], keys: list[str]) -> list[
         raise CompareError(f"--plot-kind {args.plot_kind} needs a --target, e.g. --target val/acc=0.97")
     if args.plot and args.plot_kind == "lr" and "optimizer.lr" not in keys:
         raise CompareError("--plot-kind lr plots against optimizer.lr, which none of the runs has")
+    if args.plot and args.plot_kind == "profile":
+        found = {workload.of(r, wkeys) for r in shown if r.completed or r.status == "diverged"}
+        if len(found) < 2:
+            raise CompareError("--plot-kind profile ranks groups across workloads (dataset, model and their "
+                               f"settings, epochs) and needs runs on at least 2; these are on {len(found)}: "
+                               "use --plot-kind target for one workload")
     return targets
 
 
-def columns(args, table, group_by: list[str], metrics: list[str], targets: list[Target]) -> dict:
+def columns(args, table, group_by: list[str], metrics: list[str], targets: list[Target],
+            wkeys: list[str]) -> dict:
     """The --stats/--target/--baseline columns and the budget warning (scipy is imported only when a
-    statistic is asked for: plain `nnopt compare` stays fast)."""
+    statistic is asked for: plain `nnopt compare` stays fast). group_by: the user's keys; the
+    table's rows are grouped by the differing workload keys `wkeys` too."""
+    keys = [*(k for k in wkeys if k not in group_by), *group_by]
     if group_by:
-        warning = budget_warning(table, group_by)
+        warning = budget_warning(table, keys, wkeys)
         if warning:
             print(f"nnopt compare: warning: {warning}", file=sys.stderr)
     if not (args.stats or targets or args.baseline):
         return {}
     settings = Settings(args.bootstrap, args.stats_seed)
-    base = find_baseline(table, group_by, args.baseline) if args.baseline else None
+    base = find_baselines(table, group_by, wkeys, args.baseline) if args.baseline else None
     if base is not None and not metrics:
         raise CompareError("--baseline compares the first --metric; none is shown")
     if args.stats:
@@ -78,7 +90,8 @@ def columns(args, table, group_by: list[str], metrics: list[str], targets: list[
         raise CompareError(f"--target-time {args.target_time}: none of the runs recorded it; try "
                            "--target-time epochs (runs written before the step counters existed)")
     if base is not None:
-        add_baseline(table, base, metrics[0], group_name(base, group_by), settings)
+        name = group_name(next(iter(base.values())), group_by)
+        add_baseline(table, base, metrics[0], name, wkeys, settings)
     return times
 
 
@@ -86,27 +99,30 @@ def group_name(row: dict, group_by: list[str]) -> str:
     return " ".join(f"{k}={fmt(row.get(k))}" for k in group_by)
 
 
-def find_baseline(table: Table, group_by: list[str], wanted: str) -> dict:
-    """The grouped row named by --baseline: its group values, comma separated in --group-by order
-    (`adam`, or `adam,cosine` for --group-by optimizer,scheduler), or as `optimizer=adam ...`."""
+def row_workload(row: dict, wkeys: list[str]) -> tuple:
+    """The workload of a table row (all of a grouped row's runs share it)."""
+    return workload.of(row[MEMBERS][0], wkeys) if row[MEMBERS] else ()
+
+
+def find_baselines(table: Table, group_by: list[str], wkeys: list[str], wanted: str) -> dict[tuple, dict]:
+    """The grouped rows named by --baseline, one per workload that has it: its group values, comma
+    separated in --group-by order (`adam`, or `adam,cosine` for --group-by optimizer,scheduler), or
+    as `optimizer=adam ...`."""
     parts = [p.strip() for p in wanted.split(",")]
+    found: dict[tuple, dict] = {}
     for row in table.rows:
         values = [fmt(row.get(k)) for k in group_by]
         if parts == values or wanted.strip() == group_name(row, group_by):
-            return row
-    valid = ", ".join(",".join(fmt(row.get(k)) for k in group_by) for row in table.rows)
+            found.setdefault(row_workload(row, wkeys), row)
+    if found:
+        return found
+    valid = ", ".join(dict.fromkeys(",".join(fmt(row.get(k)) for k in group_by) for row in table.rows))
     raise CompareError(f"--baseline {wanted!r} is not one of the groups; valid: {valid}")
 
 
-def _done_values(row: dict, metric: str) -> tuple[list[float], list[tuple]]:
-    """The metric over the group's completed runs, and each run's workload (its bootstrap stratum)."""
-    pairs = [(float(v), workload(r)) for r in row[MEMBERS]
-             if r.completed and finite(v := r.metrics().get(metric))]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def workload(r: Run) -> tuple:
-    return tuple(fmt(r.config.get(k)) for k in WORKLOAD_KEYS)
+def _done_values(row: dict, metric: str) -> list[float]:
+    """The metric over the group's completed runs."""
+    return [float(v) for r in row[MEMBERS] if r.completed and finite(v := r.metrics().get(metric))]
 
 
 def _insert(table: Table, after: str | None, cols: list[Column]) -> None:
@@ -123,14 +139,12 @@ def add_stats(table: Table, metrics: list[str], s: Settings) -> None:
     for m in metrics:
         key = f"{m}_iqm"
         for row in table.rows:
-            xs, strata = _done_values(row, m)
-            strata_ids = [sorted(set(strata)).index(w) for w in strata]
-            ci = stats.bootstrap_ci(xs, "iqm", s.reps, s.seed, strata=strata_ids) if xs else None
+            xs = _done_values(row, m)
+            ci = stats.bootstrap_ci(xs, "iqm", s.reps, s.seed) if xs else None
             row[key] = Interval(stats.iqm(xs), *ci) if xs else None
         _insert(table, m, [Column(key, "interval")])
     table.notes.append(f"<metric>_iqm: interquartile mean [95% percentile bootstrap CI, {s.reps} resamples, "
-                       f"seed {s.seed}] over the completed runs, resampled within each workload "
-                       "(rliable, Agarwal et al. 2021)")
+                       f"seed {s.seed}] over the completed runs (rliable, Agarwal et al. 2021)")
 
 
 def add_target(table: Table, targets: list[Target], s: Settings) -> dict[int, dict]:
@@ -187,23 +201,24 @@ def _median(xs: list[float]) -> float:
     return ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2  # inf + inf stays inf
 
 
-def add_baseline(table: Table, base: dict, metric: str, baseline_name: str, s: Settings) -> None:
-    """Against the baseline group on `metric` (its completed runs): P(a run of this group is better
-    than a run of the baseline) with a bootstrap CI, the two-sided Mann-Whitney p-value and a
-    permutation p-value on the difference of means, and a verdict."""
+def add_baseline(table: Table, bases: dict[tuple, dict], metric: str, baseline_name: str, wkeys: list[str],
+                 s: Settings) -> None:
+    """Against the baseline group of the row's workload on `metric` (completed runs): P(a run of this
+    group is better than a run of the baseline) with a bootstrap CI, the two-sided Mann-Whitney
+    p-value and a permutation p-value on the difference of means, a verdict, and for a difference
+    not resolved, the seeds per group that would resolve it."""
     from nnopt_cli.compare import stats
 
     higher = descending_by_default(metric, True)
     sign = 1.0 if higher else -1.0
-    ys, base_workloads = _done_values(base, metric)
-    y = [sign * v for v in ys]
     for row in table.rows:
-        xs, workloads = _done_values(row, metric)
-        x = [sign * v for v in xs]
-        verdict = ("baseline" if row is base else "no runs" if not x or not y
-                   else "other workload" if len(set(workloads) | set(base_workloads)) > 1 else None)
-        if verdict:  # runs on different datasets or models are not draws of one distribution
-            row.update({"P(better)": None, "p_mw": None, "p_perm": None, "verdict": verdict})
+        base = bases.get(row_workload(row, wkeys))
+        x = [sign * v for v in _done_values(row, metric)]
+        y = [sign * v for v in _done_values(base, metric)] if base is not None else []
+        verdict = ("baseline" if row is base else "other workload" if base is None
+                   else "no runs" if not x or not y else None)
+        if verdict:  # runs on different workloads are not draws of one distribution
+            row.update({"P(better)": None, "p_mw": None, "p_perm": None, "verdict": verdict, SEEDS: None})
             continue
         p_better = stats.prob_improvement(x, y)
         lo, hi = stats.prob_improvement_ci(x, y, s.reps, s.seed)
@@ -211,49 +226,70 @@ def add_baseline(table: Table, base: dict, metric: str, baseline_name: str, s: S
         row["P(better)"] = Interval(p_better, lo, hi)
         row["p_mw"] = p_mw
         row["p_perm"] = stats.permutation_p(x, y, s.reps, s.seed)
+        row[SEEDS] = None
         if p_mw >= ALPHA or lo <= 0.5 <= hi:
             row["verdict"] = "not resolved"
+            row[SEEDS] = seeds_needed(x, y, p_better, s)
         else:
             row["verdict"] = "better" if p_better > 0.5 else "worse"
-    _insert(table, None, [Column("P(better)", "interval"), Column("p_mw", "metric"),
-                          Column("p_perm", "metric"), Column("verdict", "verdict")])
+    cols = [Column("P(better)", "interval"), Column("p_mw", "metric"), Column("p_perm", "metric"),
+            Column("verdict", "verdict")]
+    if any(row.get(SEEDS) is not None for row in table.rows):
+        cols.append(Column(SEEDS, "text"))
+    _insert(table, None, cols)
     direction = "higher" if higher else "lower"
+    counts = ", ".join(map(str, stats.SEED_COUNTS))
     table.notes.append(
         f"P(better): chance that a run of the group has a {direction} {metric} than a run of {baseline_name} "
         f"(Mann-Whitney U / (n m), ties 1/2; rliable) [95% bootstrap CI]; p_mw: two-sided Mann-Whitney "
         f"test; p_perm: two-sided permutation test on the difference of means; verdict 'not resolved': "
         f"p_mw >= {ALPHA} or the CI of P(better) contains 0.5, i.e. these seeds cannot tell the two apart; "
-        "'other workload': the two groups' runs are not all on one dataset and model (add --group-by dataset "
-        "or --where dataset=...)")
+        f"'other workload': no {baseline_name} runs on this row's workload (groups are compared only within "
+        "one)")
+    if SEEDS in (c.key for c in table.columns):
+        table.notes.append(
+            f"{SEEDS}: for a difference not resolved, the fewest seeds per group (of {counts}) at which the "
+            f"Mann-Whitney test at {ALPHA} rejects in >= {stats.POWER:.0%} of {s.reps} resamples drawn from each "
+            f"group's runs (bootstrap, seed {s.seed}): more seeds at the observed difference and spread")
 
 
-def budget_warning(table: Table, group_by: list[str]) -> str | None:
-    """A line when the compared groups' completed runs ran different budgets (epochs, or optimizer
-    steps for runs that ran all their epochs), unless the budget is itself a --group-by key."""
-    if "epochs" in group_by:
-        return None
+SEEDS = "seeds to resolve"
+# |P(better) - 1/2| below this, with no seed count enough: the groups barely differ at all
+NO_DIFFERENCE = 0.05
+
+
+def seeds_needed(x: list[float], y: list[float], p_better: float, s: Settings) -> str:
+    from nnopt_cli.compare import stats
+
+    n, _ = stats.seeds_to_resolve(x, y, s.reps, s.seed, ALPHA)
+    if n is not None:
+        return str(n)
+    if abs(p_better - 0.5) < NO_DIFFERENCE:
+        return "difference ~0: more seeds will not resolve it"
+    return f"more than {stats.SEED_COUNTS[-1]}"
+
+
+def budget_warning(table: Table, keys: list[str], wkeys: list[str]) -> str | None:
+    """A line when the compared groups' completed runs on one workload ran different numbers of
+    optimizer steps (equal epochs at different batch sizes); runs that stopped early are not counted.
+    Different epochs are different workloads (workload.py), in separate rows already."""
+    per_workload: dict[tuple, dict[str, list]] = {}
+    for row in table.rows:
+        vals = sorted({v for r in row[MEMBERS] if r.completed and (v := _total_steps(r)) is not None})
+        if vals:
+            name = group_name(row, keys) if table.grouped else row.get("run")
+            per_workload.setdefault(row_workload(row, wkeys), {})[name] = vals
     parts = []
-    for label, value in (("epochs", _epochs), ("total_steps", _total_steps)):
-        per_group = {}
-        for row in table.rows:
-            vals = sorted({v for r in row[MEMBERS] if r.completed and (v := value(r)) is not None})
-            if vals:
-                per_group[group_name(row, group_by) if table.grouped else row.get("run")] = vals
+    for per_group in per_workload.values():
         if len({v for vals in per_group.values() for v in vals}) > 1:
             first = list(per_group.items())[:6]
             shown = ", ".join(f"{g} {'/'.join(fmt(v) for v in vals)}" for g, vals in first)
             more = f" and {len(per_group) - 6} more" if len(per_group) > 6 else ""
-            parts.append(f"{label}: {shown}{more}")
-            break  # different epochs already imply different steps
+            parts.append(f"{shown}{more}")
     if not parts:
         return None
-    return ("the compared runs ran different budgets (" + "; ".join(parts) + "): compare at the end of equal "
-            "budgets (Wen et al. 2025), or by time to a target with --target")
-
-
-def _epochs(r: Run) -> int | None:
-    v = r.config.get("epochs")
-    return v if isinstance(v, int) else None
+    return ("the compared runs ran different budgets (total_steps: " + "; ".join(parts) + "): compare at the "
+            "end of equal budgets (Wen et al. 2025), or by time to a target with --target")
 
 
 def _total_steps(r: Run) -> float | None:
@@ -265,24 +301,26 @@ def _total_steps(r: Run) -> float | None:
 
 def profile_times(runs: list[Run], group_by: list[str], times: dict[int, dict], time_name: str):
     """(submission labels, workload labels, times[s, w]) for a performance profile: a submission
-    is a group (its --group-by values other than dataset and model), and its time on a workload
-    is the median over its completed and diverged runs there (AlgoPerf self-tuning ruleset: the
-    median over the runs; a run that never reached the target counts as inf; a workload the
-    submission has no run on also counts as inf)."""
-    keys = [k for k in group_by if k not in WORKLOAD_KEYS]
+    is a group (its --group-by values other than workload keys), and its time on a workload (the
+    runs' differing workload keys) is the median over its completed and diverged runs there
+    (AlgoPerf self-tuning ruleset: the median over the runs; a run that never reached the target
+    counts as inf; a workload the submission has no run on also counts as inf). The ratios then
+    take each workload's best within that workload."""
+    wkeys = workload.columns([r for r in runs if r.completed or r.status == "diverged"])
+    keys = [k for k in group_by if not workload.is_workload_key(k)]
     cells: dict[tuple, dict[tuple, list[float]]] = {}
-    workloads: dict[tuple, None] = {}
+    workloads: dict[tuple, str] = {}
     for r in runs:
         if not (r.completed or r.status == "diverged"):
             continue
         t = times.get(id(r), {}).get(time_name)
         if t is None:
             continue
-        w = workload(r)
-        workloads.setdefault(w, None)
+        w = workload.of(r, wkeys)
+        workloads.setdefault(w, workload.label(r, wkeys))
         cells.setdefault(tuple(fmt(r.config.get(k)) for k in keys), {}).setdefault(w, []).append(t)
     subs = list(cells)
     wl = list(workloads)
     matrix = [[_median(cells[s][w]) if w in cells[s] else math.inf for w in wl] for s in subs]
     labels = [" ".join(f"{k}={v}" for k, v in zip(keys, s, strict=True)) or "all runs" for s in subs]
-    return labels, ["/".join(w) for w in wl], matrix
+    return labels, [workloads[w] for w in wl], matrix

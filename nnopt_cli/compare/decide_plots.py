@@ -6,7 +6,7 @@ import sys
 
 from matplotlib.figure import Figure
 
-from nnopt_cli.compare import plots
+from nnopt_cli.compare import plots, workload
 from nnopt_cli.compare.decide import group_name, profile_times
 from nnopt_cli.compare.discover import Run, finite
 from nnopt_cli.compare.evals import Target
@@ -25,12 +25,17 @@ def figure(args, shown: list[Run], table, group_by: list[str], metric: str | Non
 
 
 def lr(shown: list[Run], group_by: list[str], metric: str) -> Figure:
-    """One line per optimizer (or per --group-by group, the LR aside) over the completed runs."""
-    keys = [k for k in group_by if k != "optimizer.lr"] or ["optimizer"]
+    """One line per optimizer (or per --group-by group, the LR aside) and workload, over the
+    completed runs: runs on different workloads never share a line."""
+    done = [r for r in shown if r.completed]
+    wkeys = workload.columns(done)
+    keys = [*wkeys, *(k for k in group_by if k != "optimizer.lr" and k not in wkeys)]
+    if not group_by:
+        keys.append("optimizer")
     series: dict[str, list[tuple[float, float]]] = {}
-    for r in shown:
+    for r in done:
         lr_, v = r.config.get("optimizer.lr"), r.metrics().get(metric)
-        if r.completed and finite(lr_) and lr_ > 0 and finite(v):
+        if finite(lr_) and lr_ > 0 and finite(v):
             label = " ".join(f"{k}={fmt(r.config.get(k))}" for k in keys)
             series.setdefault(label, []).append((float(lr_), float(v)))
     return plots.lr_figure(dict(sorted(series.items())), metric)

@@ -9,6 +9,7 @@ a status that says so (`incomplete`, `corrupt`) and a one-line note for the user
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 from nnopt_cli.compare.files import Loader, hydra_choices, read_json, read_jsonl, read_text, read_yaml  # noqa: F401
 from nnopt_cli.config import conf_dir
+from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS, PLACE_KEYS, experiment_config
 
 # summary.json keys that describe the run rather than measure it
 SUMMARY_INFO_KEYS = {"status", "device", "device_name", "precision", "versions", "git_sha", "started_at",
@@ -52,6 +54,7 @@ class Run:
     stage_epochs: list[dict[str, Any]] = field(default_factory=list)  # rows tagged with "stage"
     stages: list[Stage] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    identity: str | None = None  # the experiment its config computes (same text: a duplicate run)
     _metrics: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -250,6 +253,7 @@ def read_run(path: Path, label: str) -> Run:
                     choices[g] = label_
         # a group's choice sits under the group's own name: `optimizer` = adam, `optimizer.lr` = 0.001
         run.config = {**{k: v for k, v in choices.items() if k not in flat}, **flat}
+        run.identity = identity(cfg, choices)
     else:
         run.status = "corrupt"
         run.problems.append(f".hydra/config.yaml: {why if why else 'not a mapping'}")
@@ -271,6 +275,34 @@ def read_run(path: Path, label: str) -> Run:
             name = f"{name}.{seen[name]}"
         run.stages.append(Stage(name, _dict(st.get("settings")), _dict(st.get("before")), _dict(st.get("after"))))
     return run
+
+
+def identity(cfg: dict, choices: dict[str, Any]) -> str:
+    """The experiment a resolved config computes, as text: its experiment_config (the keys the
+    checkpoint's fingerprint uses) without the keys that say where it ran (PLACE_KEYS), and the
+    option chosen in each config group (two options may hold the same values)."""
+    ignored = (*NON_EXPERIMENT_KEYS, *PLACE_KEYS)
+    picked = {g: v for g, v in choices.items() if g.split("/")[0] not in ignored}
+    exp = experiment_config(cfg)
+    for dotted in PLACE_KEYS:
+        *parents, leaf = dotted.split(".")
+        node: Any = exp
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node = _copy_path(exp, parents)
+            del node[leaf]
+    return json.dumps([exp, picked], sort_keys=True, default=str)
+
+
+def _copy_path(d: dict, parents: list[str]) -> dict:
+    """The node at `parents`, copied on the way down (experiment_config shares nested dicts with the
+    caller's config)."""
+    node = d
+    for p in parents:
+        node[p] = dict(node[p])
+        node = node[p]
+    return node
 
 
 def _dict(v: Any) -> dict:

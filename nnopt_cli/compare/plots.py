@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from nnopt_cli.compare.discover import Run, finite, flatten
+from nnopt_cli.compare.render import fmt
 
 
 @dataclass
@@ -138,9 +139,20 @@ def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, fl
     return front
 
 
-def tradeoff_figure(runs: list[Run], x: str = "size", labels: dict[str, str] | None = None) -> Figure:
+def tradeoff_fronts(runs: list[Run], x: str, labels: dict[str, str] | None = None,
+                    workloads: list[str] | None = None) -> dict[str, list[tuple[float, float, str]]]:
+    """One Pareto front per workload (`workloads`: the workload keys that differ between the runs;
+    none: one front), by workload label: a smaller model on another dataset beats nothing."""
+    by: dict[str, list[Run]] = {}
+    for r in runs:
+        by.setdefault(" ".join(f"{k}={fmt(r.config.get(k))}" for k in workloads or []), []).append(r)
+    return {w: pareto_front(tradeoff_points(members, x, labels=labels)) for w, members in by.items()}
+
+
+def tradeoff_figure(runs: list[Run], x: str = "size", labels: dict[str, str] | None = None,
+                    workloads: list[str] | None = None) -> Figure:
     """Test accuracy against model size (or latency, params, nonzeros) for runs with stages;
-    the Pareto front (best accuracy for its size) is drawn as a line through its points."""
+    each workload's Pareto front (best accuracy for its size) is drawn as a line through its points."""
     pts = tradeoff_points(runs, x, labels=labels)
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
@@ -153,12 +165,15 @@ def tradeoff_figure(runs: list[Run], x: str = "size", labels: dict[str, str] | N
         for st in stages:
             sel = [p for p in pts if p[2].rsplit(": ", 1)[1] == st]
             ax.scatter([p[0] for p in sel], [p[1] for p in sel], label=st, alpha=0.8)
-        front = pareto_front(pts)
-        ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=1.2,
-                drawstyle="steps-post", marker="o", markerfacecolor="none", markersize=10,
-                label=f"Pareto front ({len(front)} points)")
-        for p in front:
-            ax.annotate(p[2], (p[0], p[1]), textcoords="offset points", xytext=(5, 5), fontsize="x-small")
+        for i, (w, front) in enumerate(tradeoff_fronts(runs, x, labels, workloads).items()):
+            if not front:
+                continue
+            ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=1.2,
+                    drawstyle="steps-post", marker="o", markerfacecolor="none", markersize=10,
+                    linestyle=LINE_STYLES[i % len(LINE_STYLES)],
+                    label=f"Pareto front{' ' + w if w else ''} ({len(front)} points)")
+            for p in front:
+                ax.annotate(p[2], (p[0], p[1]), textcoords="offset points", xytext=(5, 5), fontsize="x-small")
         if x in ("size", "latency") and min(p[0] for p in pts) > 0 and max(p[0] for p in pts) / min(p[0] for p in pts) > 20:
             ax.set_xscale("log")
         ax.legend(fontsize="small", loc="lower right")
@@ -167,6 +182,10 @@ def tradeoff_figure(runs: list[Run], x: str = "size", labels: dict[str, str] | N
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     return fig
+
+
+# one per workload's Pareto front
+LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def save(fig: Figure, path: Path) -> None:

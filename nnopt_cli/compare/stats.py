@@ -202,3 +202,49 @@ def profile_score(ratios: np.ndarray, tau_max: float = TAU_MAX) -> np.ndarray:
     r = np.maximum(np.asarray(ratios, dtype=float), 1.0)
     credit = np.where(r <= tau_max, tau_max - r, 0.0)
     return credit.mean(axis=1) / (tau_max - 1.0)
+
+
+# the seeds per group the power estimate tries, and the power it asks for
+SEED_COUNTS = (3, 5, 8, 10, 15, 20, 30)
+POWER = 0.8
+
+
+def mannwhitney_p_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """mannwhitney_p for each row of a (reps x n) against the same row of b (reps x m): exact for
+    rows without ties when a group has at most 8 values, normal approximation with tie correction
+    otherwise, as scipy's method 'auto' chooses for one pair (it would choose once for all rows)."""
+    pooled = np.sort(np.concatenate([a, b], axis=1), axis=1)
+    ties = (np.diff(pooled, axis=1) == 0).any(axis=1)
+    constant = pooled[:, 0] == pooled[:, -1]
+    p = np.ones(a.shape[0])  # all values equal: no evidence either way
+    small = a.shape[1] <= 8 or b.shape[1] <= 8
+    for rows, method in ((~ties, "exact" if small else "asymptotic"), (ties & ~constant, "asymptotic")):
+        if rows.any():
+            p[rows] = scipy.stats.mannwhitneyu(a[rows], b[rows], axis=1, method=method,
+                                               alternative="two-sided").pvalue
+    return p
+
+
+def resolving_power(x: Sequence[float], y: Sequence[float], n: int, reps: int = 2_000, seed: int = 0,
+                    alpha: float = 0.05) -> float:
+    """The share of resamples with n runs per group, drawn with replacement from each group's
+    observed runs (bootstrap within each group), where the two-sided Mann-Whitney test rejects at
+    alpha: the power to tell the groups apart with n seeds each, at the observed difference and spread."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    rng = np.random.default_rng([seed, n])
+    ra = a[rng.integers(0, a.size, size=(reps, n))]
+    rb = b[rng.integers(0, b.size, size=(reps, n))]
+    return float(np.mean(mannwhitney_p_rows(ra, rb) < alpha))
+
+
+def seeds_to_resolve(x: Sequence[float], y: Sequence[float], reps: int = 2_000, seed: int = 0,
+                     alpha: float = 0.05, power: float = POWER,
+                     counts: Sequence[int] = SEED_COUNTS) -> tuple[int | None, dict[int, float]]:
+    """The smallest n in `counts` whose resolving_power reaches `power` (None: none does), and the
+    power at each n tried. Seeded: the same runs always give the same answer."""
+    tried: dict[int, float] = {}
+    for n in counts:
+        tried[n] = resolving_power(x, y, n, reps, seed, alpha)
+        if tried[n] >= power:
+            return n, tried
+    return None, tried

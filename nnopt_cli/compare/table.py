@@ -98,7 +98,7 @@ def metric_names(runs: list[Run]) -> list[str]:
     return _union(r.metrics() for r in runs)
 
 
-def _hashable(v: Any) -> Any:
+def hashable(v: Any) -> Any:
     if isinstance(v, (list, dict)):
         return json.dumps(v, sort_keys=True)
     return v
@@ -114,15 +114,15 @@ def differing_keys(runs: list[Run]) -> list[str]:
     keys = config_keys(runs)
     shown = []
     for k in keys:
-        values = {_hashable(r.config.get(k, MISSING)) for r in runs}
+        values = {hashable(r.config.get(k, MISSING)) for r in runs}
         if len(values) <= 1:
             continue
         top = k.split(".", 1)[0]
         if top != k and top in keys:
             by_choice: dict[Any, set] = {}
             for r in runs:
-                by_choice.setdefault(_hashable(r.config.get(top, MISSING)), set()).add(
-                    _hashable(r.config.get(k, MISSING)))
+                by_choice.setdefault(hashable(r.config.get(top, MISSING)), set()).add(
+                    hashable(r.config.get(k, MISSING)))
             if all(len(v) <= 1 for v in by_choice.values()):
                 continue
         shown.append(k)
@@ -256,7 +256,7 @@ def build_table(runs: list[Run], metrics: list[str], group_by: list[str] | None 
 def _grouped(runs: list[Run], metrics: list[str], group_by: list[str]) -> Table:
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
-        groups.setdefault(tuple(_hashable(r.config.get(k)) for k in group_by), []).append(r)
+        groups.setdefault(tuple(hashable(r.config.get(k)) for k in group_by), []).append(r)
     rows = []
     any_left_out = False
     nonfinite: list[str] = []

@@ -23,11 +23,10 @@ import torch
 import nnopt_cli
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.store.folder import checksum_path, file_sha256
+from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS, experiment_config  # noqa: F401 (run/job.py reads the keys here)
 from nnopt_cli.store.untrusted import UntrustedFileError, read_text
 
 FORMAT = 1
-# config keys that say how a run is driven, not what it computes: they may differ on resume
-NON_EXPERIMENT_KEYS = ("resume", "skip_completed", "checkpoint", "logger")
 REQUIRED_KEYS = ("format", "config", "epoch", "model", "trainer", "rng", "progress", "metrics")
 
 
@@ -93,47 +92,6 @@ def load_checkpoint(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------- config identity
-
-
-# Keys added to nnopt after run folders existed, with the value that changes nothing. A key at
-# that value is left out of the fingerprint, so a folder written before the key existed keeps
-# its fingerprint and still resumes / skips. Add every new key here (dotted for nested keys).
-NEUTRAL_VALUES: dict[str, Any] = {
-    "observers": {},
-    "diagnostics": None,
-    "eval_every_steps": None,
-    "loss": {"name": "cross_entropy"},
-    "init_from": None,
-    "continue_from": None,
-    "freeze": None,
-    "post.prune.threshold": None,
-    "post.quantize.bits": 8,
-    "post.quantize.finetune_epochs": 1,
-    "post.quantize.lr_scale": 1.0,
-    "averaging": {"name": "none"},
-}
-
-
-def _drop_neutral(cfg: dict) -> dict:
-    out = dict(cfg)
-    for dotted, neutral in NEUTRAL_VALUES.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for p in parents:
-            child = node.get(p) if isinstance(node, dict) else None
-            if not isinstance(child, dict):
-                node = None
-                break
-            node[p] = child = dict(child)  # copy on the way down: the caller's dict stays as it is
-            node = child
-        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
-            del node[leaf]
-    return out
-
-
-def experiment_config(cfg: dict) -> dict:
-    """The part of a resolved config that decides what a run computes."""
-    return _drop_neutral({k: v for k, v in cfg.items() if k not in NON_EXPERIMENT_KEYS})
 
 
 def config_fingerprint(cfg: dict) -> str:

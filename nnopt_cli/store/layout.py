@@ -9,9 +9,14 @@
     <run>/checkpoint.pt          everything resume needs
     <run>/diagnostics.jsonl      per-layer diagnostics (diagnostics=basic|full)
     <run>/model.<stage>.pt       post-training stages' models
+
+and which config keys make a run's identity (experiment_config): what the checkpoint's fingerprint
+and compare's duplicate check look at.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 HYDRA_DIR = ".hydra"
 CONFIG = ".hydra/config.yaml"
@@ -36,3 +41,55 @@ INTERRUPTED = "interrupted"
 PRUNED = "pruned"  # ended early by an observer (a tuning trial the pruner stopped)
 # finished experiments: rerunning them gives the same result, so sweeps skip them
 DONE = (COMPLETED, DIVERGED, PRUNED)
+
+
+# ---------------------------------------------------------------------------- config identity
+# Torch-free, so that compare (duplicate runs) and the checkpoint (resume) agree on them.
+
+# config keys that say how a run is driven, not what it computes: they may differ on resume
+NON_EXPERIMENT_KEYS = ("resume", "skip_completed", "checkpoint", "logger")
+# where and how fast a run ran, and where its files are: two runs that differ only here (and in
+# NON_EXPERIMENT_KEYS) computed the same experiment, so compare counts them once. Dotted for
+# nested keys. The resume fingerprint (checkpoint.py) still includes them.
+PLACE_KEYS = ("hydra", "threads", "device", "log_every", "dataset.root", "dataset.source_dir",
+              "dataset.download")
+
+# Keys added to nnopt after run folders existed, with the value that changes nothing. A key at
+# that value is left out of the fingerprint, so a folder written before the key existed keeps
+# its fingerprint and still resumes / skips. Add every new key here (dotted for nested keys).
+NEUTRAL_VALUES: dict[str, Any] = {
+    "observers": {},
+    "diagnostics": None,
+    "eval_every_steps": None,
+    "loss": {"name": "cross_entropy"},
+    "init_from": None,
+    "continue_from": None,
+    "freeze": None,
+    "post.prune.threshold": None,
+    "post.quantize.bits": 8,
+    "post.quantize.finetune_epochs": 1,
+    "post.quantize.lr_scale": 1.0,
+    "averaging": {"name": "none"},
+}
+
+
+def _drop_neutral(cfg: dict) -> dict:
+    out = dict(cfg)
+    for dotted, neutral in NEUTRAL_VALUES.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            child = node.get(p) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                node = None
+                break
+            node[p] = child = dict(child)  # copy on the way down: the caller's dict stays as it is
+            node = child
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            del node[leaf]
+    return out
+
+
+def experiment_config(cfg: dict) -> dict:
+    """The part of a resolved config that decides what a run computes."""
+    return _drop_neutral({k: v for k, v in cfg.items() if k not in NON_EXPERIMENT_KEYS})

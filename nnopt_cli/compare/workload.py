@@ -1,0 +1,44 @@
+"""Workloads: the problem a run solves, which a comparison never averages across.
+
+A workload is the dataset and its settings, the model and its settings, and the budget (epochs)
+(AlgoPerf: a workload is a dataset, a model and a target within a budget). Runs on different
+workloads are not draws of one distribution: a mean over MNIST and MNIST-1D accuracies describes
+neither. So `--group-by` groups within each workload (the workload keys that differ become
+columns of the grouped table), and every statistic, baseline, target, curve and front is taken
+within one workload; only the performance profile compares across workloads, by definition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnopt_cli.compare.discover import Run
+from nnopt_cli.compare.render import fmt
+from nnopt_cli.compare.table import differing_keys, hashable
+from nnopt_cli.store.layout import PLACE_KEYS
+
+# config groups whose choice and settings make the workload, and the budget keys
+GROUPS = ("dataset", "model")
+BUDGET = ("epochs",)
+
+
+def is_workload_key(key: str) -> bool:
+    return (key.split(".", 1)[0] in GROUPS or key in BUDGET) and key not in PLACE_KEYS
+
+
+def columns(runs: list[Run]) -> list[str]:
+    """The workload keys whose value differs between the runs (none: they share one workload).
+
+    A group's choice stands for the settings it implies (differing_keys), so MNIST vs MNIST-1D is
+    the one column `dataset`, while two MNIST subsets of different sizes add `dataset.train_size`."""
+    return [k for k in differing_keys(runs) if is_workload_key(k)]
+
+
+def of(run: Run, keys: list[str]) -> tuple[Any, ...]:
+    """The run's workload: its values of the differing workload keys."""
+    return tuple(hashable(run.config.get(k)) for k in keys)
+
+
+def label(run: Run, keys: list[str]) -> str:
+    """`dataset=mnist epochs=4`; empty when all runs share one workload."""
+    return " ".join(f"{k}={fmt(run.config.get(k))}" for k in keys)
