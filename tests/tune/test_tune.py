@@ -111,6 +111,20 @@ def test_other_overrides_get_their_own_study_and_the_same_command_continues_its_
         tune(str(preset), [("dir", str(mine))], other)
 
 
+def test_a_study_folder_named_without_the_hash_is_pointed_to(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    preset = write_preset(tmp_path, "old", {"optimizer.lr": "interval(0.01, 0.1)"}, n_trials=1)
+    unkeyed = tmp_path / "outputs" / "tune" / "old"
+    unkeyed.mkdir(parents=True)
+    (unkeyed / JOURNAL).write_text("")
+    assert tune(str(preset), [], TINY) == 0
+    err = capsys.readouterr().err
+    assert ("nnopt: note: outputs/tune/old holds a study of the same name, started without the overrides' hash "
+            "in its folder name; to continue that one instead, add tune.dir=outputs/tune/old") in err
+    assert tune(str(preset), [], TINY) == 0
+    assert "note" not in capsys.readouterr().err  # once the keyed study exists, it is the one continued
+
+
 def test_failed_trial_counts_and_the_study_goes_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # momentum must be < 1: the validation refuses 1.5 before any data is loaded
