@@ -124,14 +124,14 @@ def fmt_stat(s: dict | None, digits: int = 4) -> str:
     return text + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "") + ("" if s["n"] == len(s["values"]) else "*")
 
 
-EDGE_WORD = {"low": "smallest", "high": "largest"}
+EDGE_NOTE = {"low": "smallest tried", "high": "largest tried", "flat": "all tied"}
 
 
 def tuned_lr_cell(o: dict) -> str:
     if o["best_lr"] is None:
         return "none finished"
     notes = (["added"] if o["best_lr"] in o["added_lrs"] else []) + (
-        [f"{EDGE_WORD[o['edge']]} tried"] if o["edge"] else [])
+        [EDGE_NOTE[o["edge"]]] if o["edge"] else [])
     return f"{o['best_lr']:g}" + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -159,25 +159,30 @@ def format_table(result: dict) -> str:
     if any(o["added_lrs"] for o in optimizers):
         lines.append("grid: the LRs tried, (+N) of them added by --extend beyond the first grid; "
                      "(added) = the best LR is one of those")
-    if any(o["edge"] for o in optimizers):
+    if any(o["edge"] in ("low", "high") for o in optimizers):
         lines.append("(smallest tried) / (largest tried) = the best LR is on the edge of the grid: "
                      "the optimum may lie beyond it")
+    if any(o["edge"] == "flat" for o in optimizers):
+        lines.append(f"(all tied) = every LR tried gave the same {metric}: the pick (the smallest) says nothing")
     return "\n".join(lines)
 
 
 def edge_warnings(result: dict) -> list[str]:
-    """One line per optimizer whose best LR is the smallest or largest it tried."""
-    extend_max = result["protocol"]["extend_max"]
+    """One line per optimizer whose best LR is the smallest or largest it tried, or tied with all."""
+    extend_max, metric = result["protocol"]["extend_max"], result["protocol"]["metric"]
     out = []
     for name, o in result["optimizers"].items():
-        if not o["edge"]:
-            continue
-        word, more = EDGE_WORD[o["edge"]], "smaller" if o["edge"] == "low" else "larger"
-        advice = (f"--extend added {len(o['added_lrs'])} LR(s) (--extend-max {extend_max}): rerun with a larger "
-                  "--extend-max" if extend_max else "rerun the same command with --extend to try " + more +
-                  " LRs (runs already done are reused)")
-        out.append(f"{name}: the best LR {o['best_lr']:g} is the {word} tried ({grid_cell(o)}), so the optimum "
-                   f"may be {more}; {advice}")
+        if o["edge"] == "flat":
+            out.append(f"{name}: every LR tried ({grid_cell(o)}) gave the same {metric}, so the grid cannot tell "
+                       "them apart; move or widen it (--lr-range, --span), train longer, or pick by --metric "
+                       "val/loss")
+        elif o["edge"]:
+            word, more = EDGE_NOTE[o["edge"]], "smaller" if o["edge"] == "low" else "larger"
+            advice = (f"--extend added {len(o['added_lrs'])} LR(s) (--extend-max {extend_max}): rerun with a "
+                      "larger --extend-max" if extend_max else "rerun the same command with --extend to try "
+                      f"{more} LRs (runs already done are reused)")
+            out.append(f"{name}: the best LR {o['best_lr']:g} is the {word} ({grid_cell(o)}), so the optimum "
+                       f"may be {more}; {advice}")
     return out
 
 

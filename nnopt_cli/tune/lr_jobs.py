@@ -77,21 +77,32 @@ def lr_grid(default_lr: float, n: int, span: float, lr_range: tuple[float, float
     return LrGrid.around(default_lr, n, span, lr_range).lrs()
 
 
+def finished(g: dict) -> bool:
+    """Every seed of this grid LR finished with a finite metric."""
+    return g["metric"]["n"] == len(g["metric"]["values"])
+
+
 def pick_best(grid: list[dict], mode: str) -> float | None:
     """The grid LR with the best mean final metric (a diverged or failed run counts as the worst);
     on a tie the smaller LR. None when no grid run finished."""
-    scored = [(g["metric"]["mean"], g["lr"]) for g in grid if g["metric"]["n"] == len(g["metric"]["values"])]
+    scored = [(g["metric"]["mean"], g["lr"]) for g in grid if finished(g)]
     if not scored:
         return None
     best = max(scored, key=lambda s: (s[0] if mode == "max" else -s[0], -s[1]))
     return best[1]
 
 
-def edge_of(lrs: list[float], best: float | None) -> str | None:
-    """"low" / "high" when the best LR is the smallest / largest of those tried (the optimum may lie
-    beyond it), else None. A grid of one LR has no inside: None."""
+def edge_of(grid: list[dict], best: float | None) -> str | None:
+    """Where the best LR sits among those tried: "low" / "high" when it is the smallest / largest
+    (the optimum may lie beyond it), "flat" when every LR that finished scored the same (the grid
+    cannot tell them apart: widening it on one side would be a guess), else None. A grid of one LR
+    has no inside: None."""
+    lrs = [g["lr"] for g in grid]
     if best is None or len(set(lrs)) < 2:
         return None
+    scores = [g["metric"]["mean"] for g in grid if finished(g)]
+    if len(scores) > 1 and len(set(scores)) == 1:
+        return "flat"
     return "low" if best == min(lrs) else "high" if best == max(lrs) else None
 
 
@@ -105,13 +116,14 @@ class GridSearch:
 
 def search_grid(grid: LrGrid, evaluate: Callable[[float], dict], mode: str, extend_max: int = 0) -> GridSearch:
     """Evaluate every grid LR and pick the best; while the best is the smallest or the largest LR
-    tried, try one more point beyond that edge at the grid's spacing, up to extend_max points."""
+    tried (and not merely tied with all the others), try one more point beyond that edge at the
+    grid's spacing, up to extend_max points."""
     entries = {lr: evaluate(lr) for lr in grid.lrs()}
     low_i, high_i, added = 0, grid.n - 1, []
     while True:
         best = pick_best(list(entries.values()), mode)
-        edge = edge_of(list(entries), best)
-        if edge is None or len(added) >= extend_max:
+        edge = edge_of(list(entries.values()), best)
+        if edge not in ("low", "high") or len(added) >= extend_max:
             break
         if edge == "low":
             low_i -= 1

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from nnopt_cli import data
-from nnopt_cli.cli.tune_lr import parse
+from nnopt_cli.cli.tune_lr import edge_warnings, format_table, parse
 from nnopt_cli.cli.tune_lr import run as main
 from nnopt_cli.store.folder import RunDir
 from nnopt_cli.tune.lr_jobs import LrGrid, edge_of, lr_grid, pick_best, search_grid, stats, study_dir
@@ -61,10 +61,18 @@ def peaked_at(peak: float, failed: tuple[float, ...] = ()):
     return evaluate
 
 
+def scored(by_lr: dict[float, float | None]) -> list[dict]:
+    return [{"lr": lr, "metric": stats([v])} for lr, v in by_lr.items()]
+
+
 def test_edge_of_names_the_side_the_best_lr_sits_on():
-    assert edge_of([0.001, 0.01, 0.1], 0.1) == "high" and edge_of([0.001, 0.01, 0.1], 0.001) == "low"
-    assert edge_of([0.001, 0.01, 0.1], 0.01) is None
-    assert edge_of([0.01], 0.01) is None and edge_of([0.001, 0.01], None) is None
+    g = scored({0.001: 0.5, 0.01: 0.6, 0.1: 0.7})
+    assert edge_of(g, 0.1) == "high" and edge_of(g, 0.001) == "low" and edge_of(g, 0.01) is None
+    assert edge_of(scored({0.01: 0.5}), 0.01) is None and edge_of(scored({0.001: None, 0.01: None}), None) is None
+    # every finished LR scored the same (a failed one aside): no side to extend to
+    flat = scored({0.001: 0.14, 0.01: 0.14, 0.1: None})
+    assert pick_best(flat, "max") == 0.001 and edge_of(flat, 0.001) == "flat"
+    assert search_grid(LrGrid(0.001, 0.01, 2), lambda lr: scored({lr: 0.14})[0], "max", 4).added == []
 
 
 def test_a_best_lr_on_the_grid_edge_is_reported_and_extend_walks_past_it():
@@ -93,6 +101,27 @@ def test_a_diverged_largest_lr_keeps_the_best_inside_and_nothing_finished_extend
     assert (s.best, s.edge, s.added) == (0.01, None, [])  # the larger LR diverged: the optimum is below it
     s = search_grid(grid, peaked_at(1.0, failed=(0.001, 0.01, 0.1)), "max", extend_max=4)
     assert (s.best, s.edge, s.added) == (None, None, [])
+
+
+def test_the_table_and_one_warning_line_name_each_optimizer_on_an_edge_or_tied():
+    def opt(best, edge, lrs, added=()):
+        s = stats([0.5])
+        return {"default_lr": 0.01, "best_lr": best, "edge": edge, "added_lrs": list(added),
+                "grid": [{"lr": lr, "added": lr in added} for lr in lrs], "tuned": {"val/acc": s, "test/acc": s},
+                "default": {"val/acc": s, "test/acc": s}, "runs_tuning": len(lrs), "runs_all": len(lrs) + 1}
+
+    result = {"protocol": {"metric": "val/acc", "seeds": 1, "extend_max": 2}, "optimizers": {
+        "adam": opt(0.1, None, [0.001, 0.01, 0.1, 1.0], added=(0.1, 1.0)),
+        "sgd": opt(0.0001, "low", [0.0001, 0.001, 0.01], added=(0.0001, 0.001)),
+        "rmsprop": opt(0.001, "flat", [0.001, 0.01])}}
+    table = format_table(result)
+    assert "0.001..1 (+2)" in table and "0.1 (added)" in table
+    assert "0.0001 (added, smallest tried)" in table and "0.001 (all tied)" in table
+    assert edge_warnings(result) == [
+        "sgd: the best LR 0.0001 is the smallest tried (0.0001..0.01 (+2)), so the optimum may be smaller; "
+        "--extend added 2 LR(s) (--extend-max 2): rerun with a larger --extend-max",
+        "rmsprop: every LR tried (0.001..0.01) gave the same val/acc, so the grid cannot tell them apart; move or "
+        "widen it (--lr-range, --span), train longer, or pick by --metric val/loss"]
 
 
 def test_extend_keeps_the_study_folder_so_the_runs_done_are_reused():
