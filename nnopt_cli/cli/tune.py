@@ -22,6 +22,7 @@ from nnopt_cli.run.recipe import RunContext, train
 from nnopt_cli.run.validate import validate
 from nnopt_cli.store.folder import record_failure
 from nnopt_cli.tune import study as S
+from nnopt_cli.tune.pruning import JOURNAL
 from nnopt_cli.tune.samplers import check_sampler, make_pruner, make_sampler, pruner_node
 from nnopt_cli.tune.space import LEGACY_IGNORED, Preset, load_preset, monitor_of
 from nnopt_cli.tune.study import requeue, trial_line
@@ -44,7 +45,9 @@ settings (tune.<name>=value, or in the preset's `tune:` section):
   pruner       none | median | halving | hyperband      stop trials behind the others after an epoch
   direction    maximize | minimize     objective   a summary.json number (best/val/acc)
   monitor      the per-epoch metric pruners watch (default: val/acc for best/val/acc)
-  dir          the study folder (default outputs/tune/<study_name>)   study_name  (default: preset)
+  dir          the study folder (default outputs/tune/<study_name>-<hash of the config overrides>:
+               the same command continues its study, other overrides start their own)
+  study_name   the study's name (default: the preset's)
   params.<key> a parameter to search: choice(a,b) | interval(lo,hi) | range(lo,hi,step) | tag(log, ...)
 
 Several processes may work on one study at once: start the same command again (another
@@ -186,7 +189,12 @@ def tune(preset_name: str, tune_overrides: list[tuple[str, Any]], cfg_overrides:
         n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
     pruner_cfg = pruner_node(s["pruner"], cfg["epochs"])
     pruner = make_pruner(pruner_cfg)
-    folder = S.StudyFolder(Path(s["dir"] or Path("outputs") / "tune" / s["study_name"]))
+    path = Path(s["dir"]) if s["dir"] else S.default_dir(s["study_name"], base)
+    unkeyed = Path("outputs") / "tune" / s["study_name"]  # a study folder named without the overrides' hash
+    if not s["dir"] and not (path / JOURNAL).exists() and (unkeyed / JOURNAL).is_file():
+        print(f"nnopt: note: {unkeyed} holds a study of the same name, started without the overrides' hash in its "
+              f"folder name; to continue that one instead, add tune.dir={unkeyed}", file=sys.stderr)
+    folder = S.StudyFolder(path)
     identity = {"space": {k: p.text for k, p in preset.params.items()}, "base": base,
                 "objective": s["objective"]}
     with folder.locked():

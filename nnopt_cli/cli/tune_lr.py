@@ -1,7 +1,9 @@
 """`nnopt tune-lr`: the DeepOBS learning-rate tuning protocol (Schneider et al. 2019) in one command.
 
     for each optimizer: a log-spaced LR grid (centred on its preset's default LR) x --grid-seeds
-      -> best LR by the final validation metric (mean over the grid seeds)
+      -> best LR by the final validation metric (mean over the grid seeds); a best LR on the edge
+         of the grid is flagged (the optimum may lie outside), and --extend adds LRs beyond that
+         edge at the grid's spacing until it is inside (at most --extend-max)
       -> that LR over --seeds seeds, beside the preset's default LR over the same seeds
     -> one table and <study>/tune_lr.json (with the runs the tuning spent per optimizer)
 
@@ -15,15 +17,13 @@ skips finished runs and resumes interrupted ones (sweep.job_action), as a sweep'
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import sys
 from pathlib import Path
 
 from nnopt_cli.config.overrides import check_keys, check_overrides
 from nnopt_cli.errors import NnoptError, want_traceback
-from nnopt_cli.tune.lr_jobs import STUDY_FILE, Study, final_metric, stats  # noqa: F401 - part of this module's API
+from nnopt_cli.tune.lr_jobs import STUDY_FILE, LrGrid, Study, study_dir
 
 METRICS = {"val/acc": "max", "val/loss": "min"}  # the final validation metric that picks the LR
 DEFAULT_OPTIMIZERS = "sgd,momentum,adam,adamw,rmsprop"
@@ -34,6 +34,8 @@ EXAMPLES = """examples:
   nnopt tune-lr dataset=mnist1d model=mlp epochs=20 --optimizers sgd,momentum,adam,adamw,rmsprop --lrs 8 --seeds 3
   nnopt tune-lr dataset=mnist1d model=cnn1d --lr-range 1e-4,1 --lrs 9 --dir outputs/tune_cnn1d
   nnopt compare outputs/tune_cnn1d --group-by optimizer,optimizer.lr     every run of the study
+  nnopt tune-lr dataset=mnist1d model=cnn1d --lr-range 1e-4,1 --lrs 9 --dir outputs/tune_cnn1d --extend
+                                 the same study, widened where a best LR sat on the grid's edge
 
 The grid spans --span around each optimizer's default LR (100: default/10 .. default*10), or the
 same --lr-range for all. Rerun the same command (or the same --dir) to finish an interrupted study:
@@ -68,6 +70,12 @@ def parser() -> argparse.ArgumentParser:
                    help="seeds for the tuned and the default LR (default: 3)")
     p.add_argument("--grid-seeds", type=int, default=1, metavar="N",
                    help="seeds per grid point; the LR is picked by their mean (default: 1)")
+    p.add_argument("--extend", action="store_true",
+                   help="while an optimizer's best LR is the smallest or largest tried, add one more LR "
+                        "beyond that edge at the grid's spacing (up to --extend-max); runs already done "
+                        "are reused")
+    p.add_argument("--extend-max", type=int, default=None, metavar="N",
+                   help="LRs --extend may add per optimizer (default: 4)")
     p.add_argument("--metric", choices=tuple(METRICS), default="val/acc",
                    help="final validation metric that picks the LR (default: val/acc)")
     p.add_argument("--dir", type=Path, metavar="PATH",
@@ -80,9 +88,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     a.optimizers = [o.strip() for o in a.optimizers.split(",") if o.strip()]
     if not a.optimizers or len(set(a.optimizers)) != len(a.optimizers):
         raise TuneError(f"tune-lr: --optimizers {','.join(a.optimizers)!r}: give distinct presets, comma separated")
-    for name, lo in (("--lrs", 1), ("--seeds", 1), ("--grid-seeds", 1)):
-        if getattr(a, name[2:].replace("-", "_")) < lo:
+    for name, lo in (("--lrs", 1), ("--seeds", 1), ("--grid-seeds", 1), ("--extend-max", 1)):
+        value = getattr(a, name[2:].replace("-", "_"))
+        if value is not None and value < lo:
             raise TuneError(f"tune-lr: {name} must be >= {lo}")
+    if a.extend_max is not None and not a.extend:
+        raise TuneError("tune-lr: --extend-max needs --extend")
+    if a.extend and a.lrs < 2:
+        raise TuneError("tune-lr: --extend needs --lrs >= 2 (a grid of one LR has no spacing to extend by)")
+    a.extend_max = (4 if a.extend_max is None else a.extend_max) if a.extend else 0
     if not a.span > 1 or not math.isfinite(a.span):
         raise TuneError(f"tune-lr: --span {a.span}: must be a number > 1")
     if a.lr_range is not None:
@@ -103,35 +117,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return a
 
 
-def sig3(x: float) -> float:
-    """An LR rounded to 3 significant digits: what the folder name and the config both say."""
-    return float(f"{x:.3g}")
-
-
-def lr_grid(default_lr: float, n: int, span: float, lr_range: tuple[float, float] | None) -> list[float]:
-    lo, hi = lr_range or (default_lr / math.sqrt(span), default_lr * math.sqrt(span))
-    if n == 1:
-        return [sig3(math.sqrt(lo * hi))]
-    return sorted({sig3(lo * (hi / lo) ** (i / (n - 1))) for i in range(n)})
-
-
-def study_dir(a: argparse.Namespace) -> Path:
-    if a.dir is not None:
-        return a.dir
-    spec = [a.overrides, a.optimizers, a.lrs, a.span, a.lr_range, a.seeds, a.grid_seeds, a.metric]
-    return Path("outputs") / "tune_lr" / hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:10]
-
-
-def pick_best(grid: list[dict], mode: str) -> float | None:
-    """The grid LR with the best mean final metric (a diverged or failed run counts as the worst);
-    on a tie the smaller LR. None when no grid run finished."""
-    scored = [(g["metric"]["mean"], g["lr"]) for g in grid if g["metric"]["n"] == len(g["metric"]["values"])]
-    if not scored:
-        return None
-    best = max(scored, key=lambda s: (s[0] if mode == "max" else -s[0], -s[1]))
-    return best[1]
-
-
 def fmt_stat(s: dict | None, digits: int = 4) -> str:
     if not s or s["mean"] is None:
         return "-"
@@ -139,22 +124,66 @@ def fmt_stat(s: dict | None, digits: int = 4) -> str:
     return text + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "") + ("" if s["n"] == len(s["values"]) else "*")
 
 
+EDGE_NOTE = {"low": "smallest tried", "high": "largest tried", "flat": "all tied"}
+
+
+def tuned_lr_cell(o: dict) -> str:
+    if o["best_lr"] is None:
+        return "none finished"
+    notes = (["added"] if o["best_lr"] in o["added_lrs"] else []) + (
+        [EDGE_NOTE[o["edge"]]] if o["edge"] else [])
+    return f"{o['best_lr']:g}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def grid_cell(o: dict) -> str:
+    lrs = [g["lr"] for g in o["grid"]]
+    return f"{min(lrs):g}..{max(lrs):g}" + (f" (+{len(o['added_lrs'])})" if o["added_lrs"] else "")
+
+
 def format_table(result: dict) -> str:
     metric = result["protocol"]["metric"]
-    head = ["optimizer", "default lr", f"{metric} default", "test/acc default", "tuned lr", f"{metric} tuned",
-            "test/acc tuned", "runs tuning/all"]
+    head = ["optimizer", "default lr", f"{metric} default", "test/acc default", "grid", "tuned lr",
+            f"{metric} tuned", "test/acc tuned", "runs tuning/all"]
     rows = [head]
     for name, o in result["optimizers"].items():
         d, t = o["default"], o["tuned"]
-        rows.append([name, f"{o['default_lr']:g}", fmt_stat(d[metric]), fmt_stat(d["test/acc"]),
-                     f"{o['best_lr']:g}" if o["best_lr"] is not None else "none finished",
-                     fmt_stat(t and t[metric]), fmt_stat(t and t["test/acc"]), f"{o['runs_tuning']}/{o['runs_all']}"])
+        rows.append([name, f"{o['default_lr']:g}", fmt_stat(d[metric]), fmt_stat(d["test/acc"]), grid_cell(o),
+                     tuned_lr_cell(o), fmt_stat(t and t[metric]), fmt_stat(t and t["test/acc"]),
+                     f"{o['runs_tuning']}/{o['runs_all']}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     n = result["protocol"]["seeds"]
     lines.append(f"mean ± sample std over {n} seed(s); * = some runs diverged or failed (not averaged)")
+    optimizers = result["optimizers"].values()
+    if any(o["added_lrs"] for o in optimizers):
+        lines.append("grid: the LRs tried, (+N) of them added by --extend beyond the first grid; "
+                     "(added) = the best LR is one of those")
+    if any(o["edge"] in ("low", "high") for o in optimizers):
+        lines.append("(smallest tried) / (largest tried) = the best LR is on the edge of the grid: "
+                     "the optimum may lie beyond it")
+    if any(o["edge"] == "flat" for o in optimizers):
+        lines.append(f"(all tied) = every LR tried gave the same {metric}: the pick (the smallest) says nothing")
     return "\n".join(lines)
+
+
+def edge_warnings(result: dict) -> list[str]:
+    """One line per optimizer whose best LR is the smallest or largest it tried, or tied with all."""
+    extend_max, metric = result["protocol"]["extend_max"], result["protocol"]["metric"]
+    out = []
+    for name, o in result["optimizers"].items():
+        if o["edge"] == "flat":
+            out.append(f"{name}: every LR tried ({grid_cell(o)}) gave the same {metric}, so the grid cannot tell "
+                       "them apart; move or widen it (--lr-range, --span), train longer, or pick by --metric "
+                       "val/loss")
+        elif o["edge"]:
+            word, more = EDGE_NOTE[o["edge"]], "smaller" if o["edge"] == "low" else "larger"
+            advice = (f"--extend added {len(o['added_lrs'])} LR(s) (--extend-max {extend_max}): rerun with a "
+                      "larger --extend-max" if extend_max else "rerun the same command with --extend to try "
+                      f"{more} LRs (runs already done are reused)")
+            out.append(f"{name}: the best LR {o['best_lr']:g} is the {word} ({grid_cell(o)}), so the optimum "
+                       f"may be {more}; {advice}")
+    return out
 
 
 def run(argv: list[str]) -> None:
@@ -165,17 +194,17 @@ def run(argv: list[str]) -> None:
         check_keys(a.overrides)
 
         study = Study(study_dir(a), a.overrides, a.optimizers, a.metric)
-        plans = study.plan(lambda default: lr_grid(default, a.lrs, a.span, a.lr_range))
+        plans = study.plan(lambda default: LrGrid.around(default, a.lrs, a.span, a.lr_range))
     except NnoptError as e:
         print(f"nnopt: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
     protocol = {"name": "DeepOBS LR tuning (Schneider et al. 2019)", "metric": a.metric, "mode": METRICS[a.metric],
                 "lrs": a.lrs, "span": None if a.lr_range else a.span, "lr_range": a.lr_range, "seeds": a.seeds,
-                "grid_seeds": a.grid_seeds, "overrides": a.overrides,
+                "grid_seeds": a.grid_seeds, "extend_max": a.extend_max, "overrides": a.overrides,
                 "command": "nnopt tune-lr " + " ".join(argv)}
     print(f"nnopt tune-lr: study {study.root}", flush=True)
     try:
-        result = study.run(plans, protocol, pick_best)
+        result = study.run(plans, protocol)
     except KeyboardInterrupt:
         print(f"nnopt: interrupted; rerun the same command to finish the study in {study.root}", file=sys.stderr)
         raise SystemExit(130) from None
@@ -185,6 +214,8 @@ def run(argv: list[str]) -> None:
         print(f"nnopt: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
     print(format_table(result))
+    for line in edge_warnings(result):
+        print(f"nnopt: warning: {line}", file=sys.stderr)
     j = result["jobs"]
     print(f"{j['run']} run(s) trained, {j['skipped']} skipped as done, {j['failed']} failed; "
           f"{result['wall_s']:.1f} s wall, {j['overhead_per_job_s']:.3f} s per trained run beyond its training; "

@@ -10,6 +10,9 @@ is prepared once and every job trains on its own copy.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import logging
 import math
 import os
@@ -36,6 +39,112 @@ Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 STUDY_FILE = "tune_lr.json"
+
+
+# ---------------------------------------------------------------------- the grid and the pick (no training)
+
+
+def sig3(x: float) -> float:
+    """An LR rounded to 3 significant digits: what the folder name and the config both say."""
+    return float(f"{x:.3g}")
+
+
+@dataclass(frozen=True)
+class LrGrid:
+    """n log-spaced LRs from lo to hi (sig3-rounded; one LR: their geometric mean). The same
+    formula past either end gives the points --extend adds, at the grid's own spacing."""
+
+    lo: float
+    hi: float
+    n: int
+
+    @classmethod
+    def around(cls, default_lr: float, n: int, span: float, lr_range: tuple[float, float] | None) -> LrGrid:
+        lo, hi = lr_range or (default_lr / math.sqrt(span), default_lr * math.sqrt(span))
+        return cls(lo, hi, n)
+
+    def lr(self, i: int) -> float:
+        """Point i of the grid; i < 0 and i >= n lie beyond its ends."""
+        if self.n == 1:
+            return sig3(math.sqrt(self.lo * self.hi))
+        return sig3(self.lo * (self.hi / self.lo) ** (i / (self.n - 1)))
+
+    def lrs(self) -> list[float]:
+        return sorted({self.lr(i) for i in range(self.n)})
+
+
+def lr_grid(default_lr: float, n: int, span: float, lr_range: tuple[float, float] | None) -> list[float]:
+    return LrGrid.around(default_lr, n, span, lr_range).lrs()
+
+
+def finished(g: dict) -> bool:
+    """Every seed of this grid LR finished with a finite metric."""
+    return g["metric"]["n"] == len(g["metric"]["values"])
+
+
+def pick_best(grid: list[dict], mode: str) -> float | None:
+    """The grid LR with the best mean final metric (a diverged or failed run counts as the worst);
+    on a tie the smaller LR. None when no grid run finished."""
+    scored = [(g["metric"]["mean"], g["lr"]) for g in grid if finished(g)]
+    if not scored:
+        return None
+    best = max(scored, key=lambda s: (s[0] if mode == "max" else -s[0], -s[1]))
+    return best[1]
+
+
+def edge_of(grid: list[dict], best: float | None) -> str | None:
+    """Where the best LR sits among those tried: "low" / "high" when it is the smallest / largest
+    (the optimum may lie beyond it), "flat" when every LR that finished scored the same (the grid
+    cannot tell them apart: widening it on one side would be a guess), else None. A grid of one LR
+    has no inside: None."""
+    lrs = [g["lr"] for g in grid]
+    if best is None or len(set(lrs)) < 2:
+        return None
+    scores = [g["metric"]["mean"] for g in grid if finished(g)]
+    if len(scores) > 1 and len(set(scores)) == 1:
+        return "flat"
+    return "low" if best == min(lrs) else "high" if best == max(lrs) else None
+
+
+@dataclass
+class GridSearch:
+    entries: list[dict]       # one per LR tried, by LR; {"lr", "metric", ...} as evaluate returned it
+    best: float | None
+    edge: str | None          # edge_of the best among every LR tried
+    added: list[float]        # LRs beyond the first grid, in the order they were tried
+
+
+def search_grid(grid: LrGrid, evaluate: Callable[[float], dict], mode: str, extend_max: int = 0) -> GridSearch:
+    """Evaluate every grid LR and pick the best; while the best is the smallest or the largest LR
+    tried (and not merely tied with all the others), try one more point beyond that edge at the
+    grid's spacing, up to extend_max points."""
+    entries = {lr: evaluate(lr) for lr in grid.lrs()}
+    low_i, high_i, added = 0, grid.n - 1, []
+    while True:
+        best = pick_best(list(entries.values()), mode)
+        edge = edge_of(list(entries.values()), best)
+        if edge not in ("low", "high") or len(added) >= extend_max:
+            break
+        if edge == "low":
+            low_i -= 1
+            lr = grid.lr(low_i)
+        else:
+            high_i += 1
+            lr = grid.lr(high_i)
+        if lr in entries:  # a spacing below sig3's resolution: no new point to try
+            break
+        entries[lr] = evaluate(lr)
+        added.append(lr)
+    return GridSearch([entries[lr] for lr in sorted(entries)], best, edge, added)
+
+
+def study_dir(a: argparse.Namespace) -> Path:
+    """The default study folder: a hash of what the runs depend on. --extend is left out, so that
+    `nnopt tune-lr ... --extend` after the same command without it reuses every run."""
+    if a.dir is not None:
+        return a.dir
+    spec = [a.overrides, a.optimizers, a.lrs, a.span, a.lr_range, a.seeds, a.grid_seeds, a.metric]
+    return Path("outputs") / "tune_lr" / hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:10]
 
 
 def final_metric(run_dir: Path, summary: dict | None, metric: str) -> float | None:
@@ -66,7 +175,7 @@ class Plan:
     base: DictConfig
     choices: dict[str, str]
     default_lr: float
-    grid: list[float]
+    grid: LrGrid
     done: dict[tuple[float, int], dict] = field(default_factory=dict)  # (lr, seed) -> job record
 
 
@@ -81,7 +190,7 @@ class Study:
 
     # ------------------------------------------------------------------ building the configs
 
-    def plan(self, grid_fn: Callable[[float], list[float]]) -> list[Plan]:
+    def plan(self, grid_fn: Callable[[float], LrGrid]) -> list[Plan]:
         """Compose and check every optimizer's config before any run starts (a bad one: one line)."""
         from hydra import compose, initialize_config_dir
 
@@ -99,7 +208,7 @@ class Study:
                     del cfg["hydra"]
                 default_lr = float(cfg.optimizer.lr)
                 plan = Plan(opt, cfg, choices, default_lr, grid_fn(default_lr))
-                validate(self.config(plan, plan.grid[0], 0))
+                validate(self.config(plan, plan.grid.lr(0), 0))
                 plans.append(plan)
         return plans
 
@@ -177,27 +286,35 @@ class Study:
         return {"lr": lr, "runs": [r["dir"] for r in records], "status": [r["status"] for r in records],
                 **{k: stats([r[k] for r in records]) for k in (self.metric, "test/acc", "test/loss")}}
 
-    def run(self, plans: list[Plan], protocol: dict[str, Any], pick_best: Callable) -> dict:
+    def grid_point(self, plan: Plan, lr: float, protocol: dict[str, Any]) -> dict:
+        """One LR of the grid over the grid seeds, scored by its mean final metric."""
+        if lr not in plan.grid.lrs():
+            print(f"  {plan.optimizer}: the best LR so far is on the grid's edge: adding lr={lr:g}", flush=True)
+        g = self.group(plan, lr, range(protocol["grid_seeds"]))
+        return {**g, "metric": g[self.metric]}
+
+    def run(self, plans: list[Plan], protocol: dict[str, Any]) -> dict:
         """The protocol, optimizer by optimizer; writes and returns the study summary."""
 
         t0 = time.perf_counter()
         out: dict[str, Any] = {}
         with data.keep_loaded():
             for plan in plans:
-                print(f"{plan.optimizer}: grid {', '.join(f'{lr:g}' for lr in plan.grid)} "
+                print(f"{plan.optimizer}: grid {', '.join(f'{lr:g}' for lr in plan.grid.lrs())} "
                       f"(default {plan.default_lr:g})", flush=True)
-                grid = [self.group(plan, lr, range(protocol["grid_seeds"])) for lr in plan.grid]
-                for g in grid:
-                    g["metric"] = g[self.metric]
-                best = pick_best(grid, protocol["mode"])
+                search = search_grid(plan.grid, lambda lr, plan=plan: self.grid_point(plan, lr, protocol),
+                                     protocol["mode"], protocol["extend_max"])
+                best = search.best
                 tuned = self.group(plan, best, range(protocol["seeds"])) if best is not None else None
                 default = self.group(plan, plan.default_lr, range(protocol["seeds"]))
                 out[plan.optimizer] = {
                     "default_lr": plan.default_lr, "best_lr": best,
-                    "grid": [{"lr": g["lr"], "runs": g["runs"], "status": g["status"], self.metric: g[self.metric]}
-                             for g in grid],
+                    "edge": search.edge,  # "low" / "high": the best is the smallest / largest LR tried
+                    "added_lrs": search.added,
+                    "grid": [{"lr": g["lr"], "added": g["lr"] in search.added, "runs": g["runs"],
+                              "status": g["status"], self.metric: g[self.metric]} for g in search.entries],
                     "tuned": tuned, "default": default,
-                    "runs_tuning": len(plan.grid) * protocol["grid_seeds"],  # what picking the LR cost
+                    "runs_tuning": len(search.entries) * protocol["grid_seeds"],  # what picking the LR cost
                     "runs_all": len(plan.done),  # distinct runs of this optimizer, tuning included
                 }
         wall = time.perf_counter() - t0

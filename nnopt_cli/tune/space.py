@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "objective": "best/val/acc",  # a number of each run's summary.json
     "monitor": None,              # the per-epoch metric pruners watch; null = from the objective (val/acc)
     "study_name": None,           # null = the preset's name
-    "dir": None,                  # the study folder; null = outputs/tune/<study_name>
+    "dir": None,                  # the study folder; null = outputs/tune/<study_name>-<hash of the overrides>
     "sampler": {"name": "tpe", "seed": 0},
     "pruner": {"name": "none"},
     "params": {},

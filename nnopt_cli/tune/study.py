@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,13 @@ from nnopt_cli.store.folder import record_failure, write_json
 from nnopt_cli.tune.pruning import JOURNAL, journal_storage
 
 log = logging.getLogger("nnopt")
+
+
+def default_dir(study_name: str, base: list[str]) -> Path:
+    """outputs/tune/<study name>-<hash of the base overrides>: commands on another config (say
+    dataset=mnist1d instead of dataset=mnist) get studies of their own, the same command the same one."""
+    key = hashlib.sha256(json.dumps(base).encode()).hexdigest()[:8]
+    return Path("outputs") / "tune" / f"{study_name}-{key}"
 
 
 class StudyFolder:
@@ -149,6 +158,10 @@ def open_study(folder: StudyFolder, settings: dict, pruner, identity: dict) -> o
     """Create the study, or load it and check that it searches the same space on the same config."""
     study = optuna.create_study(study_name=settings["study_name"], storage=journal_storage(folder.journal),
                                 direction=settings["direction"], pruner=pruner, load_if_exists=True)
+    if study.metric_names != [settings["objective"]]:  # what optuna-dashboard calls the objective
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([settings["objective"]])
     had = study.user_attrs.get("nnopt")
     if had is None:
         study.set_user_attr("nnopt", identity)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,6 +37,13 @@ def load(study_dir: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=journal_storage(study_dir / JOURNAL))
 
 
+def study_dir_of(tmp_path: Path, name: str) -> Path:
+    """The one default study folder of preset `name`: outputs/tune/<name>-<hash of the overrides>."""
+    found = list((tmp_path / "outputs" / "tune").glob(f"{name}-*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -46,9 +54,11 @@ def test_every_trial_is_a_run_folder_and_the_best_is_written(tmp_path, monkeypat
                                               "optimizer.lr": "tag(log, interval(1e-3, 0.3))"},
                           n_trials=3, sampler={"name": "random", "seed": 0})
     assert tune(str(preset), [], TINY) == 0
-    study_dir = tmp_path / "outputs" / "tune" / "small"
+    study_dir = study_dir_of(tmp_path, "small")
+    assert re.fullmatch(r"small-[0-9a-f]{8}", study_dir.name)  # readable: the preset and a short hash
     study = load(study_dir, "small")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert study.metric_names == ["best/val/acc"]  # what optuna-dashboard names the objective
     for t in study.trials:  # the run folder trained what the trial sampled, and scored what it was told
         cfg = yaml.safe_load((study_dir / str(t.number) / ".hydra" / "config.yaml").read_text())
         assert cfg["optimizer"]["lr"] == t.params["optimizer.lr"]
@@ -77,20 +87,59 @@ def test_rerun_with_another_space_is_refused(tmp_path, monkeypatch):
         tune(str(preset), [("params.optimizer.lr", "interval(0.01, 0.2)")], TINY)
 
 
+def test_other_overrides_get_their_own_study_and_the_same_command_continues_its_own(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    preset = write_preset(tmp_path, "b", {"optimizer.lr": "tag(log, interval(1e-3, 0.1))"}, n_trials=1,
+                          sampler={"name": "random", "seed": 0}, objective="test/loss", direction="minimize")
+    other = [*TINY, "dataset.n_train=256"]
+    assert tune(str(preset), [], TINY) == 0 and tune(str(preset), [], other) == 0
+    folders = sorted((tmp_path / "outputs" / "tune").iterdir())
+    assert len(folders) == 2 and all(re.fullmatch(r"b-[0-9a-f]{8}", f.name) for f in folders)
+    n_train = {f: yaml.safe_load((f / "0" / ".hydra" / "config.yaml").read_text())["dataset"]["n_train"]
+               for f in folders}
+    assert sorted(n_train.values()) == [256, 384]  # each study trained on its own config, never mixed
+    first = next(f for f in folders if n_train[f] == 384)
+    assert load(first, "b").metric_names == ["test/loss"]
+    # the first command again, asking for one more trial: it continues its own study
+    assert tune(str(preset), [("n_trials", 2)], TINY) == 0
+    assert sorted((tmp_path / "outputs" / "tune").iterdir()) == folders
+    assert {f: len(load(f, "b").trials) for f in folders} == {f: 2 if f == first else 1 for f in folders}
+    # an explicit study folder is used as given, and refuses a study of another config
+    mine = tmp_path / "mine"
+    assert tune(str(preset), [("dir", str(mine))], TINY) == 0 and len(load(mine, "b").trials) == 1
+    with pytest.raises(Exception, match="was made with another base"):
+        tune(str(preset), [("dir", str(mine))], other)
+
+
+def test_a_study_folder_named_without_the_hash_is_pointed_to(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    preset = write_preset(tmp_path, "old", {"optimizer.lr": "interval(0.01, 0.1)"}, n_trials=1)
+    unkeyed = tmp_path / "outputs" / "tune" / "old"
+    unkeyed.mkdir(parents=True)
+    (unkeyed / JOURNAL).write_text("")
+    assert tune(str(preset), [], TINY) == 0
+    err = capsys.readouterr().err
+    assert ("nnopt: note: outputs/tune/old holds a study of the same name, started without the overrides' hash "
+            "in its folder name; to continue that one instead, add tune.dir=outputs/tune/old") in err
+    assert tune(str(preset), [], TINY) == 0
+    assert "note" not in capsys.readouterr().err  # once the keyed study exists, it is the one continued
+
+
 def test_failed_trial_counts_and_the_study_goes_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # momentum must be < 1: the validation refuses 1.5 before any data is loaded
     preset = write_preset(tmp_path, "f", {"optimizer.momentum": "choice(0.5, 1.5)"}, n_trials=4,
                           sampler={"name": "random", "seed": 0})
     assert tune(str(preset), [], [*TINY, "optimizer=momentum"]) == 0
-    study = load(tmp_path / "outputs" / "tune" / "f", "f")
+    study_dir = study_dir_of(tmp_path, "f")
+    study = load(study_dir, "f")
     assert len(study.trials) == 4  # failed trials count toward n_trials
     states = {v: {t.state for t in study.trials if t.params["optimizer.momentum"] == v} for v in (0.5, 1.5)}
     assert states == {0.5: {TrialState.COMPLETE}, 1.5: {TrialState.FAIL}}
     for t in study.trials:
         if t.state == TrialState.FAIL:
             assert t.user_attrs["error"] == "invalid config: optimizer.momentum=1.5: a number >= 0 and < 1"
-            assert summary(tmp_path / "outputs" / "tune" / "f" / str(t.number))["status"] == "failed"
+            assert summary(study_dir / str(t.number))["status"] == "failed"
 
 
 def test_a_config_built_to_be_bad_is_pruned(tmp_path, monkeypatch):
@@ -100,7 +149,7 @@ def test_a_config_built_to_be_bad_is_pruned(tmp_path, monkeypatch):
                           n_trials=6, sampler={"name": "grid", "seed": 0},
                           pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
     assert tune(str(preset), [], [*TINY, "optimizer=adam", "epochs=3"]) == 0
-    study_dir = tmp_path / "outputs" / "tune" / "p"
+    study_dir = study_dir_of(tmp_path, "p")
     study = load(study_dir, "p")
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert pruned and all(t.params["optimizer.lr"] == 1e-7 for t in pruned)
@@ -126,16 +175,16 @@ def test_killed_study_reruns_to_exactly_n_trials(tmp_path):
     preset = write_preset(tmp_path, "k", {"optimizer.lr": "tag(log, interval(1e-3, 0.1))"}, n_trials=4,
                           sampler={"name": "random", "seed": 0})
     args = ("tune", f"hparams_search={preset}", *TINY, "epochs=40")  # a trial lasts a few seconds
-    study_dir = tmp_path / "outputs" / "tune" / "k"
     proc = start_cli(*args, cwd=tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill it while trial 1 trains
-        f = study_dir / "1" / "metrics.jsonl"
-        if f.exists() and f.read_text().count("\n") >= 2:
+        f = next((tmp_path / "outputs" / "tune").glob("k-*/1/metrics.jsonl"), None)
+        if f is not None and f.read_text().count("\n") >= 2:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
+    study_dir = study_dir_of(tmp_path, "k")
     assert summary(study_dir / "1")["status"] == "running"
 
     rerun = run_cli(*args, cwd=tmp_path)
@@ -160,7 +209,7 @@ def test_two_processes_share_one_study_without_losing_or_repeating_a_trial(tmp_p
     procs = [start_cli(*args, cwd=tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
-    study_dir = tmp_path / "outputs" / "tune" / "two"
+    study_dir = study_dir_of(tmp_path, "two")
     study = load(study_dir, "two")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
     assert sorted(p.name for p in study_dir.iterdir() if p.name.isdigit()) == [str(i) for i in range(6)]
@@ -206,7 +255,7 @@ def test_dashboard_and_tensorboard_serve_the_study_on_localhost(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     preset = write_preset(tmp_path, "view", {"optimizer.lr": "interval(0.01, 0.1)"}, n_trials=2)
     assert tune(str(preset), [], TINY) == 0
-    study_dir = tmp_path / "outputs" / "tune" / "view"
+    study_dir = study_dir_of(tmp_path, "view")
     assert run_cli("export", "tensorboard", str(study_dir), cwd=tmp_path).returncode == 0
     bin_dir = Path(sys.executable).parent
 

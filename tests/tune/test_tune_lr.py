@@ -11,10 +11,10 @@ import torch
 import yaml
 
 from nnopt_cli import data
-from nnopt_cli.cli.tune_lr import lr_grid, pick_best
+from nnopt_cli.cli.tune_lr import edge_warnings, format_table, parse
 from nnopt_cli.cli.tune_lr import run as main
 from nnopt_cli.store.folder import RunDir
-from nnopt_cli.tune.lr_jobs import stats
+from nnopt_cli.tune.lr_jobs import LrGrid, edge_of, lr_grid, pick_best, search_grid, stats, study_dir
 from tests.conftest import TINY, compose_cfg, run_cli
 
 JOB = [o for o in TINY if not o.startswith("epochs")] + ["epochs=1"]
@@ -48,6 +48,117 @@ def test_best_lr_counts_diverged_runs_as_worst_and_breaks_ties_to_the_smaller_lr
     assert pick_best([{"lr": 1.0, "metric": stats([None])}], "max") is None
     s = stats([0.5, 0.7, None])
     assert s["n"] == 2 and s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(math.sqrt(0.02))
+
+
+def peaked_at(peak: float, failed: tuple[float, ...] = ()):
+    """A fabricated grid: the score falls with the distance to `peak` on a log axis; the LRs tried,
+    in order, are kept on the function."""
+    def evaluate(lr: float) -> dict:
+        evaluate.tried.append(lr)
+        score = None if lr in failed else -abs(math.log10(lr) - math.log10(peak))
+        return {"lr": lr, "metric": stats([score])}
+    evaluate.tried = []
+    return evaluate
+
+
+def scored(by_lr: dict[float, float | None]) -> list[dict]:
+    return [{"lr": lr, "metric": stats([v])} for lr, v in by_lr.items()]
+
+
+def test_edge_of_names_the_side_the_best_lr_sits_on():
+    g = scored({0.001: 0.5, 0.01: 0.6, 0.1: 0.7})
+    assert edge_of(g, 0.1) == "high" and edge_of(g, 0.001) == "low" and edge_of(g, 0.01) is None
+    assert edge_of(scored({0.01: 0.5}), 0.01) is None and edge_of(scored({0.001: None, 0.01: None}), None) is None
+    # every finished LR scored the same (a failed one aside): no side to extend to
+    flat = scored({0.001: 0.14, 0.01: 0.14, 0.1: None})
+    assert pick_best(flat, "max") == 0.001 and edge_of(flat, 0.001) == "flat"
+    assert search_grid(LrGrid(0.001, 0.01, 2), lambda lr: scored({lr: 0.14})[0], "max", 4).added == []
+
+
+def test_a_best_lr_on_the_grid_edge_is_reported_and_extend_walks_past_it():
+    grid = LrGrid(0.001, 0.01, 3)
+    assert grid.lrs() == [0.001, 0.00316, 0.01]
+    # the optimum (0.3) lies far above the grid: without --extend the best is its largest LR
+    s = search_grid(grid, peaked_at(0.3), "max")
+    assert (s.best, s.edge, s.added) == (0.01, "high", [])
+    # --extend: one point at a time at the grid's spacing, until the best is inside
+    f = peaked_at(0.3)
+    s = search_grid(grid, f, "max", extend_max=4)
+    assert s.added == [0.0316, 0.1, 0.316, 1.0] and (s.best, s.edge) == (0.316, None)
+    assert f.tried == [0.001, 0.00316, 0.01, *s.added]  # each LR evaluated once
+    assert [e["lr"] for e in s.entries] == sorted(f.tried)
+    # the limit reached with the best still on the edge: reported as such
+    s = search_grid(grid, peaked_at(0.3), "max", extend_max=3)
+    assert (s.best, s.edge, s.added) == (0.316, "high", [0.0316, 0.1, 0.316])
+    # below the grid, and with --metric val/loss (min): the same walk downwards
+    s = search_grid(grid, lambda lr: {"lr": lr, "metric": stats([abs(math.log10(lr) + 4)])}, "min", extend_max=4)
+    assert (s.best, s.edge, s.added) == (0.0001, None, [0.000316, 0.0001, 0.0000316])
+
+
+def test_a_diverged_largest_lr_keeps_the_best_inside_and_nothing_finished_extends_nothing():
+    grid = LrGrid(0.001, 0.1, 3)
+    s = search_grid(grid, peaked_at(1.0, failed=(0.1,)), "max", extend_max=4)
+    assert (s.best, s.edge, s.added) == (0.01, None, [])  # the larger LR diverged: the optimum is below it
+    s = search_grid(grid, peaked_at(1.0, failed=(0.001, 0.01, 0.1)), "max", extend_max=4)
+    assert (s.best, s.edge, s.added) == (None, None, [])
+
+
+def test_the_table_and_one_warning_line_name_each_optimizer_on_an_edge_or_tied():
+    def opt(best, edge, lrs, added=()):
+        s = stats([0.5])
+        return {"default_lr": 0.01, "best_lr": best, "edge": edge, "added_lrs": list(added),
+                "grid": [{"lr": lr, "added": lr in added} for lr in lrs], "tuned": {"val/acc": s, "test/acc": s},
+                "default": {"val/acc": s, "test/acc": s}, "runs_tuning": len(lrs), "runs_all": len(lrs) + 1}
+
+    result = {"protocol": {"metric": "val/acc", "seeds": 1, "extend_max": 2}, "optimizers": {
+        "adam": opt(0.1, None, [0.001, 0.01, 0.1, 1.0], added=(0.1, 1.0)),
+        "sgd": opt(0.0001, "low", [0.0001, 0.001, 0.01], added=(0.0001, 0.001)),
+        "rmsprop": opt(0.001, "flat", [0.001, 0.01])}}
+    table = format_table(result)
+    assert "0.001..1 (+2)" in table and "0.1 (added)" in table
+    assert "0.0001 (added, smallest tried)" in table and "0.001 (all tied)" in table
+    assert edge_warnings(result) == [
+        "sgd: the best LR 0.0001 is the smallest tried (0.0001..0.01 (+2)), so the optimum may be smaller; "
+        "--extend added 2 LR(s) (--extend-max 2): rerun with a larger --extend-max",
+        "rmsprop: every LR tried (0.001..0.01) gave the same val/acc, so the grid cannot tell them apart; move or "
+        "widen it (--lr-range, --span), train longer, or pick by --metric val/loss"]
+
+
+def test_extend_keeps_the_study_folder_so_the_runs_done_are_reused():
+    base = ["epochs=1", "--optimizers", "sgd"]
+    assert study_dir(parse(base)) == study_dir(parse([*base, "--extend", "--extend-max", "2"]))
+    assert study_dir(parse(base)) != study_dir(parse(["epochs=2", "--optimizers", "sgd"]))
+
+
+def test_forced_edge_warns_then_extend_moves_the_best_inside_reusing_every_run(tmp_path, capsys):
+    # a grid far below adam's working LRs (1e-3 reaches full accuracy on this data in one epoch)
+    args = [*JOB, "--optimizers", "adam", "--lr-range", "1e-5,1e-4", "--lrs", "2", "--seeds", "1",
+            "--dir", str(tmp_path / "s")]
+    main(args)
+    first = json.loads((tmp_path / "s" / "tune_lr.json").read_text())["optimizers"]["adam"]
+    out, err = capsys.readouterr()
+    assert (first["best_lr"], first["edge"], first["added_lrs"]) == (0.0001, "high", [])
+    assert "0.0001 (largest tried)" in out
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert warnings == ["nnopt: warning: adam: the best LR 0.0001 is the largest tried (1e-05..0.0001), so the "
+                        "optimum may be larger; rerun the same command with --extend to try larger LRs "
+                        "(runs already done are reused)"]
+
+    main([*args, "--extend", "--extend-max", "4"])
+    result = json.loads((tmp_path / "s" / "tune_lr.json").read_text())
+    o = result["optimizers"]["adam"]
+    out, err = capsys.readouterr()
+    assert o["edge"] is None and o["best_lr"] > 0.0001 and o["best_lr"] in o["added_lrs"]
+    assert o["added_lrs"][:2] == [0.001, 0.01]  # the grid's own spacing (x10), upwards
+    lrs = [g["lr"] for g in o["grid"]]
+    assert lrs == sorted(lrs) and min(lrs) < o["best_lr"] < max(lrs)
+    assert [g["added"] for g in o["grid"]] == [lr in o["added_lrs"] for lr in lrs]
+    # the best is the grid run with the highest final val/acc (ties: the smaller LR), read from its folder
+    finals = {g["lr"]: last_val_acc(tmp_path / "s" / g["runs"][0]) for g in o["grid"]}
+    assert o["best_lr"] == max(sorted(finals), key=lambda lr: finals[lr])
+    # nothing ran twice: the first grid and the default LR's run (0.001, an added grid point too) were skipped
+    assert result["jobs"]["skipped"] >= 3 and result["jobs"]["run"] == len(o["added_lrs"]) - 1
+    assert f"{o['best_lr']:g} (added)" in out and "(+" in out and "warning" not in err
 
 
 def test_protocol_end_to_end_then_a_rerun_skips_every_finished_run(tmp_path, capsys):
@@ -181,6 +292,9 @@ def test_the_cli_study_matches_separate_nnopt_train_runs(tmp_path):
     (["epochs=0"], "epochs"),
     (["optimizer.lrr=0.1"], "no such key"),
     (["dataset=nope"], "dataset"),
+    (["--extend-max", "2"], "--extend-max needs --extend"),
+    (["--extend", "--extend-max", "0"], "--extend-max must be >= 1"),
+    (["--extend", "--lrs", "1"], "--extend needs --lrs >= 2"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:
@@ -194,4 +308,5 @@ def test_help_lists_the_options(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     out = capsys.readouterr().out
-    assert e.value.code == 0 and all(o in out for o in ("--optimizers", "--lrs", "--seeds", "--lr-range", "--dir"))
+    assert e.value.code == 0 and all(o in out for o in ("--optimizers", "--lrs", "--seeds", "--lr-range", "--dir", "--extend",
+                                                 "--extend-max"))
