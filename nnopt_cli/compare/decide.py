@@ -27,6 +27,7 @@ from nnopt_cli.compare.table import (
     check_names,
     descending_by_default,
 )
+from nnopt_cli.store.layout import Status
 
 WORKLOAD_KEYS = ("dataset", "model")  # AlgoPerf: a workload is a dataset and a model
 ALPHA = 0.05  # a difference is "resolved" when p < ALPHA and the CI of P(better) excludes 1/2
@@ -148,7 +149,7 @@ def add_target(table: Table, targets: list[Target], s: Settings) -> dict[int, di
         from nnopt_cli.compare import stats
 
         for row in table.rows:
-            counted = [r for r in row[MEMBERS] if r.completed or r.status == "diverged"]
+            counted = [r for r in row[MEMBERS] if r.completed or r.status == Status.DIVERGED]
             hits = [r for r in counted if _reached(times[id(r)])]
             row["target_reached"] = f"{len(hits)}/{len(counted)}" if counted else None
             for n, key in zip(shown, keys, strict=True):
@@ -163,7 +164,7 @@ def add_target(table: Table, targets: list[Target], s: Settings) -> dict[int, di
             (r,) = row[MEMBERS]
             t = times[id(r)]
             reached = _reached(t)
-            row["target_reached"] = ("diverged" if r.status == "diverged" else "yes" if reached
+            row["target_reached"] = ("diverged" if r.status == Status.DIVERGED else "yes" if reached
                                      else DASH if not t else "never")
             for n, key in zip(shown, keys, strict=True):
                 row[key] = t.get(n) if reached else None
@@ -273,7 +274,7 @@ def profile_times(runs: list[Run], group_by: list[str], times: dict[int, dict], 
     cells: dict[tuple, dict[tuple, list[float]]] = {}
     workloads: dict[tuple, None] = {}
     for r in runs:
-        if not (r.completed or r.status == "diverged"):
+        if not (r.completed or r.status == Status.DIVERGED):
             continue
         t = times.get(id(r), {}).get(time_name)
         if t is None:
