@@ -277,7 +277,7 @@ def test_cli_keep_none_completed_run_is_skipped_and_compared_without_a_checkpoin
     bad = run_cli("train", *TINY, "checkpoint.keep=all", cwd=tmp_path)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "invalid config: checkpoint.keep='all': one of last, best, none" in bad.stderr
-    sweep = [*TINY, "epochs=1", "checkpoint.keep=none", "skip_completed=true", "hydra.sweep.dir=sweep", "-m",
+    sweep = ["-m", *TINY, "epochs=1", "checkpoint.keep=none", "skip_completed=true", "hydra.sweep.dir=sweep",
              "seed=1,2"]
     first = run_cli("train", *sweep, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -288,4 +288,4 @@ def test_cli_keep_none_completed_run_is_skipped_and_compared_without_a_checkpoin
     assert "2 skipped" in again.stdout
     shown = run_cli("compare", str(tmp_path / "sweep"), "--format", "csv", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    assert shown.stdout.count(",completed,") == 2 or shown.stdout.count("completed") == 2
+    assert shown.stdout.count("completed") == 2, shown.stdout
