@@ -35,7 +35,9 @@ from nnopt_cli.run.job import (
     write_hydra_files,
 )
 from nnopt_cli.run.recipe import RunContext, train
+from nnopt_cli.store import layout
 from nnopt_cli.store.folder import read_summary, record_failure
+from nnopt_cli.store.layout import Status
 from nnopt_cli.store.lock import RunLock
 from nnopt_cli.sweep import compose as sweep_compose
 from nnopt_cli.sweep import report as sweep
@@ -117,7 +119,7 @@ def train_app(cfg: DictConfig) -> float:
         if plain["resume"] is not None:
             plain = resume_config(run_dir, plain, list(hc.overrides.task))
             previous = read_summary(run_dir) or {}
-            if previous.get("status") == "completed":
+            if previous.get("status") == Status.COMPLETED:
                 print(f"nnopt: {run_dir} has already completed; nothing to resume", file=sys.stderr)
                 return _objective(previous)
             keep_recorded_threads(plain, previous)
@@ -126,7 +128,7 @@ def train_app(cfg: DictConfig) -> float:
             action = sweep.job_action(run_dir, plain)
             if action == "skip":
                 log.info("job %s: already done in %s, skipped (skip_completed=true)", hc.job.num, run_dir)
-                sweep.note_job(hc.sweep.dir, hc.job.num, "skipped", "completed by an earlier run of this sweep",
+                sweep.note_job(hc.sweep.dir, hc.job.num, Status.SKIPPED, "completed by an earlier run of this sweep",
                                list(hc.overrides.task))
                 return _objective(read_summary(run_dir) or {})
             if action == "resume":
@@ -147,12 +149,12 @@ def train_app(cfg: DictConfig) -> float:
     except KeyboardInterrupt:  # a signal outside the training loop (which handles them itself)
         code = 128 + (signals.signum or signal.SIGINT)
         name = signal.Signals(code - 128).name
-        kept = (run_dir / "checkpoint.pt").is_file()
+        kept = (run_dir / layout.CHECKPOINT).is_file()
         where = (f"the last checkpoint in {run_dir} is kept; continue with: nnopt train resume={run_dir}" if kept
                  else "no checkpoint was written yet")
-        if record and distributed.is_rank0() and (run_dir / "summary.json").exists():
+        if record and distributed.is_rank0() and (run_dir / layout.SUMMARY).exists():
             e = NnoptError(f"interrupted by {name} outside the training loop; {where}")
-            record_failure(run_dir, e, status="interrupted")
+            record_failure(run_dir, e, status=Status.INTERRUPTED)
         print(f"nnopt: interrupted by {name}; {where}", file=sys.stderr)
         raise SystemExit(code) from None
     except Exception as e:
@@ -166,7 +168,7 @@ def train_app(cfg: DictConfig) -> float:
         if multirun:
             log.error("job %s failed: %s", hc.job.num, message)
             # the end-of-sweep report lists it, also when the job ran in another process (joblib)
-            sweep.note_job(hc.sweep.dir, hc.job.num, "failed", message, list(hc.overrides.task))
+            sweep.note_job(hc.sweep.dir, hc.job.num, Status.FAILED, message, list(hc.overrides.task))
             return FAILED_OBJECTIVE  # the sweep goes on; the job's summary.json says failed
         if not isinstance(e, NnoptError):
             print("nnopt: the full traceback is in summary.json; set NNOPT_DEBUG=1 to print it", file=sys.stderr)
@@ -176,9 +178,9 @@ def train_app(cfg: DictConfig) -> float:
         pin_threads(None)  # the next job of a sweep in this process chooses its own
         if lock is not None:
             lock.release()
-    if summary["status"] == "interrupted":
+    if summary["status"] == Status.INTERRUPTED:
         return interrupted_exit(summary, multirun, hc.sweep.dir if multirun else "")
-    if summary["status"] == "diverged":
+    if summary["status"] == Status.DIVERGED:
         if not multirun:
             raise SystemExit(3)
         return FAILED_OBJECTIVE
@@ -214,7 +216,7 @@ def own_hydra_subdir(args: list[str]) -> list[str]:
     if any(a.split("=")[0] in INFO_FLAGS for a in args) or any(
             a.lstrip("+~").startswith("hydra.output_subdir") for a in args) or int(os.environ.get("RANK", "0")):
         return args  # (under torchrun the other ranks write nothing: see `run`)
-    os.environ[HYDRA_SUBDIR_ENV] = ".hydra"  # inherited by joblib / submitit workers
+    os.environ[HYDRA_SUBDIR_ENV] = layout.HYDRA_DIR  # inherited by joblib / submitit workers
     return [*args, "hydra.output_subdir=null"]
 
 

@@ -20,7 +20,9 @@ from nnopt_cli.config.overrides import check_keys, check_overrides
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
 from nnopt_cli.run.recipe import RunContext, train
 from nnopt_cli.run.validate import validate
+from nnopt_cli.store import layout
 from nnopt_cli.store.folder import record_failure
+from nnopt_cli.store.layout import Status
 from nnopt_cli.tune import study as S
 from nnopt_cli.tune.pruning import JOURNAL
 from nnopt_cli.tune.samplers import check_sampler, make_pruner, make_sampler, pruner_node
@@ -85,12 +87,11 @@ def compose(overrides: list[str]) -> tuple[dict, dict]:
 def write_hydra_files(run_dir: Path, cfg: dict, choices: dict, overrides: list[str]) -> None:
     """.hydra/ as `nnopt train` leaves it, so that compare, resume and the loggers read a trial
     like any run (config.yaml, hydra.yaml's runtime.choices, overrides.yaml)."""
-    hydra_dir = run_dir / ".hydra"
-    hydra_dir.mkdir(parents=True, exist_ok=True)
-    (hydra_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump(
+    (run_dir / layout.HYDRA_DIR).mkdir(parents=True, exist_ok=True)
+    (run_dir / layout.CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (run_dir / layout.HYDRA_CONFIG).write_text(yaml.safe_dump(
         {"hydra": {"runtime": {"choices": choices}, "overrides": {"task": overrides}}}, sort_keys=False))
-    (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run_dir / layout.OVERRIDES).write_text(yaml.safe_dump(overrides))
 
 
 def last_per_key(overrides: list[str]) -> list[str]:
@@ -147,28 +148,28 @@ def run_trial(study, trial, preset: Preset, base: list[str], settings: dict, fol
         run_dir.mkdir(parents=True, exist_ok=True)
         record_failure(run_dir, e)
         message = (str(e).splitlines() or [type(e).__name__])[0]
-        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("status", Status.FAILED)
         trial.set_user_attr("error", message[:500])
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        print(trial_line(trial, "failed", None, time.perf_counter() - t0, params) + f": {message}", flush=True)
-        return "failed"
+        print(trial_line(trial, Status.FAILED, None, time.perf_counter() - t0, params) + f": {message}", flush=True)
+        return Status.FAILED
     status = summary["status"]
     trial.set_user_attr("status", status)
-    if status == "interrupted":
+    if status == Status.INTERRUPTED:
         requeue(study, trial, folder, f"trial {trial.number} was interrupted")
         print(f"nnopt: {summary['message']}; rerun the same nnopt tune command to continue the study",
               file=sys.stderr)
         raise SystemExit(summary.get("exit_code", 130))
     value = summary.get(settings["objective"])
-    if status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
+    if status == Status.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
         study.tell(trial, float(value))
-    elif status in ("pruned", "diverged"):  # stopped early: ranked below every completed trial
+    elif status in (Status.PRUNED, Status.DIVERGED):  # stopped early: ranked below every completed trial
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     else:
         why = summary.get("error") or f"no finite {settings['objective']} in summary.json (status {status})"
         trial.set_user_attr("error", str(why)[:500])
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    print(trial_line(trial, status, value if status == "completed" else None, time.perf_counter() - t0, params),
+    print(trial_line(trial, status, value if status == Status.COMPLETED else None, time.perf_counter() - t0, params),
           flush=True)
     return status
 

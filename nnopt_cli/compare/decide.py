@@ -31,6 +31,7 @@ from nnopt_cli.compare.table import (
     check_names,
     descending_by_default,
 )
+from nnopt_cli.store.layout import Status
 
 ALPHA = 0.05  # a difference is "resolved" when p < ALPHA and the CI of P(better) excludes 1/2
 
@@ -58,7 +59,7 @@ def check(args, shown: list[Run], group_by: list[str], keys: list[str], wkeys: l
     if args.plot and args.plot_kind == "lr" and "optimizer.lr" not in keys:
         raise CompareError("--plot-kind lr plots against optimizer.lr, which none of the runs has")
     if args.plot and args.plot_kind == "profile":
-        found = {workload.of(r, wkeys) for r in shown if r.completed or r.status == "diverged"}
+        found = {workload.of(r, wkeys) for r in shown if r.completed or r.status == Status.DIVERGED}
         if len(found) < 2:
             raise CompareError("--plot-kind profile ranks groups across workloads (dataset, model and their "
                                f"settings, epochs) and needs runs on at least 2; these are on {len(found)}: "
@@ -162,7 +163,7 @@ def add_target(table: Table, targets: list[Target], s: Settings) -> dict[int, di
         from nnopt_cli.compare import stats
 
         for row in table.rows:
-            counted = [r for r in row[MEMBERS] if r.completed or r.status == "diverged"]
+            counted = [r for r in row[MEMBERS] if r.completed or r.status == Status.DIVERGED]
             hits = [r for r in counted if _reached(times[id(r)])]
             row["target_reached"] = f"{len(hits)}/{len(counted)}" if counted else None
             for n, key in zip(shown, keys, strict=True):
@@ -177,7 +178,7 @@ def add_target(table: Table, targets: list[Target], s: Settings) -> dict[int, di
             (r,) = row[MEMBERS]
             t = times[id(r)]
             reached = _reached(t)
-            row["target_reached"] = ("diverged" if r.status == "diverged" else "yes" if reached
+            row["target_reached"] = ("diverged" if r.status == Status.DIVERGED else "yes" if reached
                                      else DASH if not t else "never")
             for n, key in zip(shown, keys, strict=True):
                 row[key] = t.get(n) if reached else None
@@ -306,12 +307,12 @@ def profile_times(runs: list[Run], group_by: list[str], times: dict[int, dict], 
     (AlgoPerf self-tuning ruleset: the median over the runs; a run that never reached the target
     counts as inf; a workload the submission has no run on also counts as inf). The ratios then
     take each workload's best within that workload."""
-    wkeys = workload.columns([r for r in runs if r.completed or r.status == "diverged"])
+    wkeys = workload.columns([r for r in runs if r.completed or r.status == Status.DIVERGED])
     keys = [k for k in group_by if not workload.is_workload_key(k)]
     cells: dict[tuple, dict[tuple, list[float]]] = {}
     workloads: dict[tuple, str] = {}
     for r in runs:
-        if not (r.completed or r.status == "diverged"):
+        if not (r.completed or r.status == Status.DIVERGED):
             continue
         t = times.get(id(r), {}).get(time_name)
         if t is None:

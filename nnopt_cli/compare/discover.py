@@ -19,12 +19,15 @@ from typing import Any
 
 from nnopt_cli.compare.files import Loader, hydra_choices, read_json, read_jsonl, read_text, read_yaml  # noqa: F401
 from nnopt_cli.config import conf_dir
-from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS, PLACE_KEYS, experiment_config
+from nnopt_cli.store import layout
+from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS, PLACE_KEYS, Status, experiment_config
+from nnopt_cli.store.untrusted import rename_targets, summary_or_reason
 
 # summary.json keys that describe the run rather than measure it
 SUMMARY_INFO_KEYS = {"status", "device", "device_name", "precision", "versions", "git_sha", "started_at",
                      "finished_at", "stop_reason", "message", "error", "traceback", "diverged_at", "stages",
-                     "threads", "restored_epoch", "resumed_from_epoch", "world_size", "config_sha"}
+                     "threads", "restored_epoch", "resumed_from_epoch", "world_size", "config_sha",
+                     "format"}
 # sub-configs a group's options all include (conf/post/measure.yaml), not options themselves
 SHARED_SUBCONFIGS = {"measure"}
 # summary keys whose plain name is also a config key (`epochs` is the limit, not the epochs run)
@@ -59,7 +62,7 @@ class Run:
 
     @property
     def completed(self) -> bool:
-        return self.status == "completed"
+        return self.status == Status.COMPLETED
 
     def metrics(self) -> dict[str, Any]:
         """Final numbers: the last training epoch's row, then the summary, then each stage's results.
@@ -112,8 +115,8 @@ def find_run_dirs(root: Path) -> list[Path]:
         except OSError:
             return
         names = {e.name for e in entries}
-        if "summary.json" in names or "metrics.jsonl" in names or (
-                ".hydra" in names and os.path.isfile(os.path.join(d, ".hydra", "config.yaml"))):
+        if layout.SUMMARY in names or layout.METRICS in names or (
+                layout.HYDRA_DIR in names and os.path.isfile(os.path.join(d, layout.CONFIG))):
             found.append(Path(d))
             return
         for e in sorted(entries, key=lambda e: natural_key(e.name)):
@@ -228,8 +231,8 @@ def group_label(node: Any) -> str | None:
 
 
 def read_run(path: Path, label: str) -> Run:
-    run = Run(path=path, label=label, status="completed")
-    summary, why = read_json(path / "summary.json")
+    run = Run(path=path, label=label, status=Status.COMPLETED)
+    summary, why = summary_or_reason(path)
     if summary is None:
         if why == "missing":
             run.status = "incomplete"
@@ -241,11 +244,11 @@ def read_run(path: Path, label: str) -> Run:
         run.summary = summary
         run.status = str(summary.get("status") or "unknown")
 
-    raw, why = read_yaml(path / ".hydra" / "config.yaml")
+    raw, why = read_yaml(path / layout.CONFIG)
     if isinstance(raw, dict):
-        cfg = resolve(raw)
+        cfg = resolve(rename_targets(raw))  # an older folder's `_target_`s under today's names
         flat = flatten(cfg)
-        choices = hydra_choices(path / ".hydra" / "hydra.yaml")
+        choices = hydra_choices(path / layout.HYDRA_CONFIG)
         for g in config_groups():
             if g in cfg and g not in choices:
                 label_ = group_label(cfg[g])
@@ -258,7 +261,7 @@ def read_run(path: Path, label: str) -> Run:
         run.status = "corrupt"
         run.problems.append(f".hydra/config.yaml: {why if why else 'not a mapping'}")
 
-    rows, note = read_jsonl(path / "metrics.jsonl")
+    rows, note = read_jsonl(path / layout.METRICS)
     if note:
         run.problems.append(note)
     run.epochs = [r for r in rows if "stage" not in r]

@@ -13,10 +13,10 @@ import datetime
 from dataclasses import dataclass
 
 from nnopt_cli.compare.discover import Run
-from nnopt_cli.store.layout import SUMMARY
+from nnopt_cli.store.layout import SUMMARY, Status
 
 # statuses whose numbers enter a statistic (a diverged run counts in time to target)
-COUNTED = ("completed", "diverged")
+COUNTED = (Status.COMPLETED, Status.DIVERGED)
 
 
 @dataclass

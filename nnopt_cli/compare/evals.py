@@ -19,7 +19,7 @@ from typing import Any
 from nnopt_cli.compare.discover import Run, finite
 from nnopt_cli.compare.files import read_jsonl
 from nnopt_cli.compare.table import CompareError, descending_by_default
-from nnopt_cli.store.layout import EVALS
+from nnopt_cli.store.layout import EVALS, Status
 
 # --target-time name -> the cumulative counter in an evaluation row
 TIME_KEYS = {"epochs": "epoch", "steps": "total_steps", "samples": "samples_seen", "seconds": "train_s"}
@@ -99,7 +99,7 @@ def time_to_target(run: Run, target: Target) -> dict[str, float | None]:
     for name, key in TIME_KEYS.items():
         if not any(finite(r.get(key)) for r in rows):
             out[name] = None
-        elif run.status == "diverged":
+        elif run.status == Status.DIVERGED:
             out[name] = math.inf
         else:
             values = [r.get(target.metric) if finite(r.get(target.metric)) else math.nan for r in rows]

@@ -130,7 +130,7 @@ class LayerDiagnostics(Observer):
         self._sync()
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
-        if not self.active or summary.get("status") != layout.COMPLETED:
+        if not self.active or summary.get("status") != layout.Status.COMPLETED:
             return
         end = {k: v.item() for k, v in stats.totals(self._probe()).items()}
         if self.sharpness.get("at_end"):

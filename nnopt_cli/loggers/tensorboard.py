@@ -37,6 +37,8 @@ from nnopt_cli.compare.files import hydra_choices, read_yaml
 from nnopt_cli.config.checks import need_int
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.optim.optimizers import current_lr
+from nnopt_cli.store import layout
+from nnopt_cli.store.layout import Status
 from nnopt_cli.training.observers import EpochInfo, Observer, RunInfo, StepInfo
 
 INSTALL_HINT = ("needs the tensorboard package, which is not installed: pip install tensorboard "
@@ -98,8 +100,8 @@ def run_hparams(flat_cfg: dict[str, Any], choices: dict[str, Any], overrides: li
 def folder_hparams(run_dir: Path, flat_cfg: dict[str, Any], choices: dict[str, Any] | None = None) -> dict:
     """run_hparams from a run folder's .hydra/ files (hydra.yaml's choices, overrides.yaml)."""
     if choices is None:
-        choices = hydra_choices(run_dir / ".hydra" / "hydra.yaml")
-    overrides, _ = read_yaml(run_dir / ".hydra" / "overrides.yaml")
+        choices = hydra_choices(run_dir / layout.HYDRA_CONFIG)
+    overrides, _ = read_yaml(run_dir / layout.OVERRIDES)
     return run_hparams(flat_cfg, choices, overrides if isinstance(overrides, list) else [])
 
 
@@ -129,8 +131,8 @@ def write_session_start(writer, hparams: dict[str, Any]) -> None:
 def write_session_end(writer, status: str) -> None:
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-    code = {"completed": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE,
-            "diverged": api_pb2.STATUS_FAILURE}.get(status, api_pb2.STATUS_UNKNOWN)
+    code = {Status.COMPLETED: api_pb2.STATUS_SUCCESS, Status.FAILED: api_pb2.STATUS_FAILURE,
+            Status.DIVERGED: api_pb2.STATUS_FAILURE}.get(status, api_pb2.STATUS_UNKNOWN)
     info = plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time())
     writer.file_writer.add_summary(_hparams_summary(metadata.SESSION_END_INFO_TAG, session_end_info=info))
 

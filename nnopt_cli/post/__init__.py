@@ -30,6 +30,7 @@ from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.post import distill, prune, quantize
 from nnopt_cli.post.load import load_run_model, load_stage_model
 from nnopt_cli.post.stage import StageContext, StageResult, save_model
+from nnopt_cli.store.layout import Status
 
 log = logging.getLogger("nnopt")
 
@@ -89,7 +90,7 @@ def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: to
     current, model_cfg = model, cfg["model"]
     before = ctx.measure(current, run.model_path)
     for name in stage_names(cfg):
-        entry: dict[str, Any] = {"name": name, "status": "running", "settings": cfg["post"][name],
+        entry: dict[str, Any] = {"name": name, "status": Status.RUNNING, "settings": cfg["post"][name],
                                  "input_shape": list(data.input_shape), "num_classes": data.num_classes,
                                  "before": before}
         summary["stages"].append(entry)
@@ -102,18 +103,18 @@ def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: to
             lat_before, lat_after = ctx.latency(current, result.model)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            entry.update(status="failed", error=first if isinstance(e, NnoptError) else f"{type(e).__name__}: {first}",
+            entry.update(status=Status.FAILED, error=first if isinstance(e, NnoptError) else f"{type(e).__name__}: {first}",
                          time_s=time.perf_counter() - t0)
             if not isinstance(e, NnoptError):
                 entry["traceback"] = "".join(traceback.format_exception(e))
             # the training numbers and model.pt stay valid; the run as asked for did not finish
-            summary.update(status="failed", failed_stage=name, error=f"post-training stage {name} failed: {entry['error']}")
+            summary.update(status=Status.FAILED, failed_stage=name, error=f"post-training stage {name} failed: {entry['error']}")
             run.write_summary(summary)
             raise StageFailed(f"post-training stage {name} failed: {entry['error']} "
                               "(model.pt, metrics.jsonl and earlier stages' files are kept)") from e
         timing = {"latency_device": "cpu", "latency_threads": cfg["post"]["measure"]["latency_threads"] or torch.get_num_threads()}
         entry["before"] = {**before, "latency_ms": lat_before, **timing}
-        entry.update(status="completed", file=path.name, model=result.model_cfg,
+        entry.update(status=Status.COMPLETED, file=path.name, model=result.model_cfg,
                      after={**after, "latency_ms": lat_after, **timing}, **result.info, time_s=time.perf_counter() - t0)
         run.write_summary(summary)
         log.info(_summary_line(name, entry["before"], entry["after"]))

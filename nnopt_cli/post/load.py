@@ -6,7 +6,6 @@ is built, and weights load with weights_only=True after their checksum is verifi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
@@ -15,15 +14,16 @@ from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.models import make_model
 from nnopt_cli.post import quantize as Q
 from nnopt_cli.post.measure import load_state
+from nnopt_cli.store import layout
 from nnopt_cli.store.checkpoint import CheckpointError, safe_load, verify_checksum
 from nnopt_cli.store.targets import check_config_targets
-from nnopt_cli.store.untrusted import SUMMARY_MAX_BYTES, UntrustedFileError, load_config, read_text
+from nnopt_cli.store.untrusted import UntrustedFileError, load_config, summary_or_reason
 
 
 def read_run_config(run_dir: Path, key: str, trusted=()) -> dict:
     """A run folder's .hydra/config.yaml, read as untrusted input: size-capped, no resolvers, and
     every `_target_` in it allowed (targets.py) before anything is built from it."""
-    path = run_dir / ".hydra" / "config.yaml"
+    path = run_dir / layout.CONFIG
     try:
         cfg = load_config(path)
     except FileNotFoundError:
@@ -40,7 +40,7 @@ def load_run_model(run_dir: Path, input_shape: tuple[int, ...], num_classes: int
     """The trained model of an earlier run folder (its .hydra/config.yaml rebuilds it, model.pt fills it).
     `trusted`: `_target_` names this invocation itself gave (targets.trusted_targets)."""
     key = "post.distill.teacher_run"
-    weights = run_dir / "model.pt"
+    weights = run_dir / layout.MODEL
     run_cfg = read_run_config(run_dir, key, trusted)
     if not weights.is_file():
         raise ConfigError(key, str(run_dir), "a run folder holding model.pt (not found)")
@@ -68,7 +68,9 @@ def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt", trusted
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir, "run_dir", trusted)
     try:
-        summary = json.loads(read_text(run_dir / "summary.json", SUMMARY_MAX_BYTES))
+        summary, why = summary_or_reason(run_dir)
+        if summary is None:
+            raise ValueError(why)
         stage = next(s for s in summary.get("stages", []) if isinstance(s, dict) and s.get("file") == file)
         shape = tuple(int(n) for n in stage["input_shape"])
         model_cfg, num_classes = stage["model"], int(stage["num_classes"])

@@ -31,15 +31,14 @@ from nnopt_cli.config.checks import is_int
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.store import layout
 from nnopt_cli.store.checkpoint import (
-    NON_EXPERIMENT_KEYS,
     CheckpointError,
     config_diff,
-    experiment_config,
     load_checkpoint,
     restore_checkpoint,
     safe_load,
 )
 from nnopt_cli.store.folder import RunDirError, atomic_write_bytes, read_summary, save_state_dict
+from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS, UNFINISHED, Status, experiment_config
 from nnopt_cli.store.targets import check_config_targets, trusted_targets
 from nnopt_cli.store.untrusted import UntrustedFileError, load_config
 
@@ -110,8 +109,8 @@ def continue_config(spec: Any, current: dict, overrides: list[str]) -> dict:
     saved = parent_config(folder, current, overrides)
     summary = read_summary(folder) or {}
     status = summary.get("status", "unknown")
-    if status != layout.COMPLETED:
-        how = f"; continue it in its own folder with resume={where}" if status in ("interrupted", "running") else ""
+    if status != Status.COMPLETED:
+        how = f"; continue it in its own folder with resume={where}" if status in (Status.INTERRUPTED, *UNFINISHED) else ""
         raise ConfigError(KEY, where, f"a completed run (its status is {status}){how}")
     if summary.get("stop_reason", "max_epochs") != "max_epochs":
         raise ConfigError(KEY, where, f"a run that trained all its epochs (it stopped at epoch "
@@ -243,7 +242,7 @@ class Continuation:
     def restore(self, cfg: dict, model, trainer, stopper) -> tuple[dict, dict]:
         """Load the parent's final checkpoint into the freshly built run; returns (checkpoint, progress)."""
         path = self.folder / layout.CHECKPOINT
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, train_samples=trainer.n_train)
         mine = {k: v for k, v in experiment_config(cfg).items() if k not in FREE_KEYS}
         theirs = {k: v for k, v in experiment_config(ckpt["config"]).items() if k not in FREE_KEYS}
         diff = config_diff(theirs, mine)

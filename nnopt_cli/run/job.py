@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.store import layout
-from nnopt_cli.store.checkpoint import NON_EXPERIMENT_KEYS
 from nnopt_cli.store.folder import RunDirError, atomic_write_bytes, read_summary
+from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS
 from nnopt_cli.store.targets import check_config_targets, trusted_targets
 from nnopt_cli.store.untrusted import UntrustedFileError, load_config
 from nnopt_cli.training.device import pin_threads
@@ -81,9 +81,10 @@ def write_hydra_files(run_dir: Path, cfg: DictConfig, subdir: str) -> None:
         hydra_cfg.hydra.output_subdir = subdir  # as if Hydra had written it
     out = run_dir / subdir
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg).encode())
-    atomic_write_bytes(out / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg).encode())
-    atomic_write_bytes(out / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task).encode())
+    # file names as in layout.py (under `subdir`, .hydra unless the user chose another)
+    atomic_write_bytes(out / Path(layout.CONFIG).name, OmegaConf.to_yaml(cfg).encode())
+    atomic_write_bytes(out / Path(layout.HYDRA_CONFIG).name, OmegaConf.to_yaml(hydra_cfg).encode())
+    atomic_write_bytes(out / Path(layout.OVERRIDES).name, OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task).encode())
 
 
 def refuse_reuse(run_dir: Path, multirun: bool) -> None:
@@ -125,7 +126,7 @@ def resume_config(run_dir: Path, current: dict, overrides: list[str]) -> dict:
     the run computes (NON_EXPERIMENT_KEYS). Top-level keys added to nnopt since the run was
     made come from `current`.
     """
-    path = run_dir / ".hydra" / "config.yaml"
+    path = run_dir / layout.CONFIG
     if not run_dir.is_dir():
         raise ConfigError("resume", str(run_dir), "an existing run folder made by nnopt train")
     try:

@@ -31,6 +31,7 @@ from nnopt_cli.run.transfer import freeze, load_into
 from nnopt_cli.run.validate import validate
 from nnopt_cli.store import layout
 from nnopt_cli.store.checkpoint import (
+    FORMAT,
     config_fingerprint,
     load_checkpoint,
     make_checkpoint,
@@ -98,7 +99,8 @@ def git_sha() -> str | None:
 
 def base_summary(cfg: dict, device: torch.device, threads: int) -> dict[str, Any]:
     return {
-        "status": layout.RUNNING,
+        "status": layout.Status.RUNNING,
+        "format": FORMAT,  # of this folder's files (store/checkpoint.py upgrade)
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": threads,
@@ -121,20 +123,14 @@ def stop_agreed(interrupt: Interrupt, device: torch.device) -> bool:
 
 
 def _restore(run: RunDir, cfg: dict, model, trainer: Trainer, stopper, parent: Continuation | None = None) -> LoopState:
-    """From the run's own checkpoint, or (continue_from) from its parent's final one."""
+    """From the run's own checkpoint, or (continue_from) from its parent's final one; either is
+    upgraded to today's format when read."""
     if parent is not None:
         ckpt, progress = parent.restore(cfg, model, trainer, stopper)
     else:
-        ckpt = load_checkpoint(run.checkpoint_path)
+        ckpt = load_checkpoint(run.checkpoint_path, train_samples=trainer.n_train)
         progress = restore_checkpoint(ckpt, cfg, model, trainer, stopper, run.checkpoint_path)
-    state = LoopState.from_checkpoint(ckpt, progress)
-    if ckpt["trainer"].get("counters") is None:  # a checkpoint from before the counters: rebuild them
-        c = trainer.counters
-        c.total_steps = sum(r["steps"] for r in state.rows)
-        c.samples_seen = trainer.n_train * state.epoch
-        c.forward_passes = c.backward_passes = c.total_steps
-        c.train_s = state.train_time_s
-    return state
+    return LoopState.from_checkpoint(ckpt, progress)
 
 
 def _eval_logger(run: RunDir, cfg: dict, model, data, trainer: Trainer, epoch_of: list[int]):
@@ -212,11 +208,15 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     observers.on_run_start(RunInfo(cfg, run.path, model, trainer.optimizer, data.train_x, data.train_y,
                                    write=distributed.is_rank0(), resumed_epoch=state.epoch))
 
-    def checkpoint(epoch_elapsed: float = 0.0) -> None:
-        run.save_checkpoint(make_checkpoint(cfg, model, trainer, stopper, device, metrics=state.rows,
-                                            progress=state.progress(epoch_elapsed)))
+    def checkpoint(epoch_elapsed: float = 0.0, latest: bool = True, best: bool = False) -> None:
+        ckpt = make_checkpoint(cfg, model, trainer, stopper, device, metrics=state.rows,
+                               progress=state.progress(epoch_elapsed))
+        if latest:
+            run.save_checkpoint(ckpt)
+        if best:
+            run.save_checkpoint(ckpt, best=True)
 
-    every = cfg["checkpoint"]["every"]
+    every, keep = cfg["checkpoint"]["every"], cfg["checkpoint"].get("keep", "last")
     last_epoch = cfg["epochs"] if state.stop_reason == "max_epochs" else state.epoch  # early stopping ended it
     interrupt = Interrupt().install()
     if trainer.world == 1:  # under DDP the ranks must agree, so they stop at epoch boundaries only
@@ -253,12 +253,14 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
                 if observers:
                     observers.on_epoch_end(EpochInfo(epoch, row, model, trainer.optimizer,
                                                      trainer.counters.total_steps))
-                if every and (epoch % every == 0 or epoch == last_epoch or state.stop_reason != "max_epochs"):
-                    checkpoint()
+                latest = bool(every) and (epoch % every == 0 or epoch == last_epoch or state.stop_reason != "max_epochs")
+                best = keep == "best" and state.best_val_epoch == epoch
+                if latest or best:
+                    checkpoint(latest=latest, best=best)
                 if state.stop_reason != "max_epochs":
                     break
     except Diverged as d:
-        summary.update(status=layout.DIVERGED, epochs=state.epoch, train_time_s=state.train_time_s,
+        summary.update(status=layout.Status.DIVERGED, epochs=state.epoch, train_time_s=state.train_time_s,
                        diverged_at={"epoch": d.epoch, "step": d.step}, **{"test/loss": None, "test/acc": None},
                        message=f"training diverged: {d}; metrics of the {state.epoch} finished epoch(s) are kept")
         return _end(run, observers, summary, log.error)
@@ -270,7 +272,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     except Interrupted as i:
         # a second signal here exits at once (the handlers stay until `finally`): files are atomic
         checkpoint(time.perf_counter() - t0 if trainer.partial is not None else 0.0)
-        summary.update(status=layout.INTERRUPTED, signal=interrupt.name, exit_code=interrupt.exit_code,
+        summary.update(status=layout.Status.INTERRUPTED, signal=interrupt.name, exit_code=interrupt.exit_code,
                        epochs=state.epoch, train_time_s=state.train_time_s, **{"test/loss": None, "test/acc": None},
                        message=f"interrupted by {interrupt.name} at {i}; checkpoint saved, continue with: "
                                f"nnopt train resume={run.path}")
@@ -295,7 +297,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     summary.update({
         # a run is completed only once its post-training stages are: a kill during them must not
         # leave a folder that resume / skip_completed take for finished
-        "status": layout.POST_TRAINING if stages else layout.COMPLETED,
+        "status": layout.Status.POST_TRAINING if stages else layout.Status.COMPLETED,
         "test/loss": test_loss,
         "test/acc": test_acc,
         "flops": forward_flops(model, data.input_shape),  # forward FLOPs per sample (post/flops.py)
@@ -320,10 +322,13 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         except BaseException:
             observers.close()
             raise
-        summary["status"] = layout.COMPLETED
+        summary["status"] = layout.Status.COMPLETED
     observers.on_run_end(summary)
     observers.close()
     run.write_summary(summary)
+    removed = run.remove_unkept_checkpoints(keep)  # once the summary says completed
+    if removed:
+        log.info("checkpoint.keep=%s: removed %s", keep, ", ".join(removed))
     return summary
 
 

@@ -16,7 +16,6 @@ torch.load(weights_only=True) after their checksum.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,13 @@ from torch import nn
 from nnopt_cli.config.checks import is_int
 from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.models import MODELS
+from nnopt_cli.store import layout
 from nnopt_cli.store.checkpoint import safe_load
-from nnopt_cli.store.untrusted import SUMMARY_MAX_BYTES, UntrustedFileError, load_config, read_text
+from nnopt_cli.store.untrusted import UntrustedFileError, load_config, summary_or_reason
 
 KEY = "init_from"
 REFUSED_FILES = {"model.quantized.pt": "an int8 model cannot be trained further; start from model.pt or the pruned model",
-                 "checkpoint.pt": "to continue that run use resume=; init_from takes a model file"}
+                 layout.CHECKPOINT: "to continue that run use resume=; init_from takes a model file"}
 # model settings that do not change the tensors' shapes
 SHAPE_FREE = ("dropout",)
 
@@ -41,7 +41,7 @@ def parse(spec: str) -> tuple[Path, str]:
     head, sep, tail = str(spec).rpartition(":")
     if sep and tail.endswith(".pt") and "/" not in tail:
         return Path(head), tail
-    return Path(str(spec)), "model.pt"
+    return Path(str(spec)), layout.MODEL
 
 
 def source_model(folder: Path, file: str) -> dict:
@@ -49,14 +49,16 @@ def source_model(folder: Path, file: str) -> dict:
     run's config. Only a model nnopt builds by name is accepted (nothing is instantiated from disk)."""
     where = f"{folder}:{file}"
     try:
-        if file != "model.pt":
-            summary = json.loads(read_text(folder / "summary.json", SUMMARY_MAX_BYTES))
+        if file != layout.MODEL:
+            summary, why = summary_or_reason(folder)
+            if summary is None:
+                raise ValueError(f"{layout.SUMMARY}: {why}")
             stage = next((s for s in summary.get("stages", []) if isinstance(s, dict) and s.get("file") == file), None)
             if stage is None:
                 raise ConfigError(KEY, where, "a stage file listed in that run's summary.json stages")
             node = stage.get("model")
         else:
-            node = load_config(folder / ".hydra" / "config.yaml").get("model")
+            node = load_config(folder / layout.CONFIG).get("model")
     except NnoptError as e:
         if isinstance(e, ConfigError):
             raise

@@ -8,7 +8,7 @@ one line of output and no training time. Post-training stages are checked by pos
 from __future__ import annotations
 
 from nnopt_cli import data, models
-from nnopt_cli.config.checks import need_bool, need_int, need_keys
+from nnopt_cli.config.checks import need_bool, need_choice, need_int, need_keys
 from nnopt_cli.data import check_dataset
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.optim.averaging import check as check_averaging
@@ -17,6 +17,7 @@ from nnopt_cli.optim.optimizers import check_optimizer
 from nnopt_cli.optim.schedulers import check_scheduler
 from nnopt_cli.post import validate_post
 from nnopt_cli.run.transfer import check_transfer
+from nnopt_cli.store.folder import CHECKPOINT_KEEP
 from nnopt_cli.training import distributed
 from nnopt_cli.training.clip import check_grad_clip
 from nnopt_cli.training.device import max_threads
@@ -49,6 +50,7 @@ def validate(cfg: dict) -> None:
     if cfg.get("eval_every_steps") is not None:
         need_int("eval_every_steps", cfg["eval_every_steps"], 1)
     need_int("checkpoint.every", cfg["checkpoint"]["every"], 0)
+    need_choice("checkpoint.keep", cfg["checkpoint"].get("keep", "last"), CHECKPOINT_KEEP)
     need_bool("skip_completed", cfg["skip_completed"])
     if cfg["resume"] is not None and not isinstance(cfg["resume"], str):
         raise ConfigError("resume", cfg["resume"], "the path of a run folder")

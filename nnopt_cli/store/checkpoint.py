@@ -6,6 +6,9 @@ early stopping, every RNG (torch, CUDA, numpy, python), the epoch, best-val trac
 metrics so far and the resolved config. Nothing in it is a pickled Python object, so it loads
 with `torch.load(weights_only=True)`: a file crafted to run code when unpickled is refused.
 RunDir.save_checkpoint replaces it atomically (temporary file in the same folder, fsync, rename).
+
+Every checkpoint records its `format` (summary.json too); `upgrade` brings an older one to
+FORMAT, one documented step per format, so the code that restores a run reads one shape only.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import torch
 import nnopt_cli
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.store.folder import checksum_path, file_sha256
-from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS, experiment_config  # noqa: F401 (run/job.py reads the keys here)
-from nnopt_cli.store.untrusted import UntrustedFileError, read_text
+from nnopt_cli.store.layout import experiment_config
+from nnopt_cli.store.untrusted import UntrustedFileError, former_targets, read_text, rename_targets
 
-FORMAT = 1
+FORMAT = 2
 REQUIRED_KEYS = ("format", "config", "epoch", "model", "trainer", "rng", "progress", "metrics")
 
 
@@ -79,15 +82,61 @@ def safe_load(path: Path, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"{what} {path} is truncated or corrupt ({type(e).__name__}: {first[:120]})") from None
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load and check a checkpoint written by `save_checkpoint`."""
+def load_checkpoint(path: Path, train_samples: int | None = None) -> dict:
+    """Load and check a checkpoint written by `make_checkpoint`, upgraded to FORMAT.
+    `train_samples` (the run's training-set size) lets `upgrade` rebuild what format 1 lacked."""
     ckpt = safe_load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path} is not an nnopt checkpoint of format {FORMAT} (found {found!r})")
+    found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+    known = found == FORMAT or (type(found) is int and found in UPGRADES)
+    if not isinstance(ckpt, dict) or not known:
+        raise CheckpointError(f"{path} is not an nnopt checkpoint of a format this nnopt reads "
+                              f"(1 to {FORMAT}; found {found!r})")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
+    try:
+        return upgrade(ckpt, train_samples)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path} is corrupt: format {found} could not be upgraded "
+                              f"({type(e).__name__}: {str(e)[:120]})") from None
+
+
+# ---------------------------------------------------------------------------- formats
+
+
+def _format_1_to_2(ckpt: dict, train_samples: int | None) -> dict:
+    """format 1 -> 2: format 1 grew without a new number, so a format-1 file may lack the trainer's
+    `counters` (steps, samples, passes, training seconds), `observers`, `averaging`,
+    `swa_scheduler` and `raw_weights`, and names `_target_`s by module paths nnopt has since
+    moved. Format 2 always has them all, under current names. Counters are rebuilt from the
+    metrics: one forward and one backward pass per step, every epoch seeing the training set."""
+    trainer = dict(ckpt["trainer"])
+    if trainer.get("counters") is None:
+        progress, rows = ckpt["progress"], ckpt["metrics"]
+        steps = sum(int(r["steps"]) for r in rows)
+        trainer["counters"] = {
+            "total_steps": steps,
+            # None only where nothing is restored from it (a sweep reading the checkpoint's config)
+            "samples_seen": train_samples * progress["epoch"] if train_samples is not None else None,
+            "forward_passes": steps, "backward_passes": steps, "train_s": float(progress["train_time_s"]),
+        }
+    trainer.setdefault("observers", {})
+    for key in ("averaging", "swa_scheduler", "raw_weights"):
+        trainer.setdefault(key, None)
+    return {**ckpt, "trainer": trainer, "config": rename_targets(ckpt["config"])}
+
+
+# format k -> the step from k to k + 1; add one per format change and raise FORMAT
+UPGRADES = {1: _format_1_to_2}
+
+
+def upgrade(checkpoint: dict, train_samples: int | None = None) -> dict:
+    """A checkpoint of any format nnopt wrote, brought to FORMAT one step at a time (a new dict:
+    the caller's is left as it was)."""
+    ckpt = dict(checkpoint)
+    while ckpt.get("format") != FORMAT:
+        step = UPGRADES[ckpt.get("format")]
+        ckpt = {**step(ckpt, train_samples), "format": ckpt["format"] + 1}
     return ckpt
 
 
@@ -97,6 +146,12 @@ def load_checkpoint(path: Path) -> dict:
 def config_fingerprint(cfg: dict) -> str:
     blob = json.dumps(experiment_config(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def config_fingerprints(cfg: dict) -> set[str]:
+    """The fingerprints a run folder of this experiment may record as its config_sha: today's, and
+    the one of a folder written when its `_target_`s had their former names (untrusted.py)."""
+    return {config_fingerprint(cfg), config_fingerprint(former_targets(cfg))}
 
 
 def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -4,6 +4,9 @@ metrics.jsonl  one JSON object per epoch, appended as whole lines and fsynced
 summary.json   status and final numbers, replaced atomically (tmp file + fsync + rename)
 model.pt       the final state_dict, replaced atomically
 checkpoint.pt  everything needed to resume (see checkpoint.py), replaced atomically
+
+RunDir owns one folder: its file names (layout.py), its writes and its status; read_summary
+(untrusted.py, torch-free for `nnopt compare`) is the one reader of summary.json.
 """
 
 from __future__ import annotations
@@ -22,9 +25,14 @@ from typing import Any
 import torch
 
 from nnopt_cli.errors import NnoptError
-from nnopt_cli.store.untrusted import SUMMARY_MAX_BYTES, UntrustedFileError, read_text
+from nnopt_cli.store import layout
+from nnopt_cli.store.layout import Status
+from nnopt_cli.store.untrusted import read_summary
 
 log = logging.getLogger("nnopt")
+
+# checkpoint.keep: what a completed run keeps of its checkpoints (RunDir.remove_unkept_checkpoints)
+CHECKPOINT_KEEP = ("last", "best", "none")
 
 
 class RunDirError(NnoptError):
@@ -197,10 +205,11 @@ class RunDir:
             raise RunDirError(f"run folder {self.path} is a file, not a folder") from None
         except OSError as e:
             raise RunDirError(f"cannot create run folder {self.path}: {e.strerror}") from None
-        self.metrics_path = self.path / "metrics.jsonl"
-        self.summary_path = self.path / "summary.json"
-        self.model_path = self.path / "model.pt"
-        self.checkpoint_path = self.path / "checkpoint.pt"
+        self.metrics_path = self.path / layout.METRICS
+        self.summary_path = self.path / layout.SUMMARY
+        self.model_path = self.path / layout.MODEL
+        self.checkpoint_path = self.path / layout.CHECKPOINT
+        self.best_checkpoint_path = self.path / layout.BEST_CHECKPOINT
 
     def append_metrics(self, row: dict) -> None:
         self.append_jsonl(self.metrics_path, row)
@@ -236,32 +245,54 @@ class RunDir:
         """Replace metrics.jsonl with `rows` (a resumed run drops rows written after its checkpoint)."""
         atomic_write_bytes(self.metrics_path, "".join(json.dumps(_clean(r)) + "\n" for r in rows).encode())
 
-    def save_checkpoint(self, checkpoint: dict) -> None:
-        save_state_dict(self.checkpoint_path, checkpoint)
+    def save_checkpoint(self, checkpoint: dict, best: bool = False) -> None:
+        """checkpoint.pt, or with `best` checkpoint.best.pt (checkpoint.keep=best, at a new best
+        validation epoch)."""
+        save_state_dict(self.best_checkpoint_path if best else self.checkpoint_path, checkpoint)
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary_path, summary)
 
-    def save_model(self, model: torch.nn.Module, name: str = "model.pt") -> Path:
+    def read_summary(self) -> dict | None:
+        return read_summary(self.path)
+
+    def status(self) -> Status | None:
+        """The status summary.json records; None when there is none (or one nnopt never writes)."""
+        value = (self.read_summary() or {}).get("status")
+        return Status(value) if value in Status._value2member_map_ else None
+
+    def save_model(self, model: torch.nn.Module, name: str = layout.MODEL) -> Path:
         path = self.path / name
         save_state_dict(path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         return path
 
+    def remove_unkept_checkpoints(self, keep: str) -> list[str]:
+        """checkpoint.keep once the run has completed (its summary says so): `last` keeps
+        checkpoint.pt, `best` keeps checkpoint.best.pt only, `none` keeps neither. Only a completed
+        run drops them: an interrupted or failed one needs its checkpoint to resume. Returns the
+        names of the files removed."""
+        if keep == "last" or self.status() is not Status.COMPLETED:
+            return []
+        doomed = [self.checkpoint_path] + ([self.best_checkpoint_path] if keep == "none" else [])
+        removed = []
+        for path in doomed:
+            for f in (path, checksum_path(path)):
+                if f.exists():
+                    try:
+                        f.unlink()
+                    except OSError as e:  # the run is complete either way; the file just takes space
+                        log.warning("could not remove %s (%s)", f, e.strerror)
+                        continue
+                    removed.append(f.name)
+        if removed:
+            _fsync_dir(self.path)
+        return removed
 
-def read_summary(run_dir: Path) -> dict | None:
-    """summary.json as a dict, or None when it is missing, unreadable, not a regular file or not
-    an object (a run folder is untrusted: see untrusted.py)."""
-    try:
-        summary = json.loads(read_text(run_dir / "summary.json", SUMMARY_MAX_BYTES))
-    except (OSError, ValueError, RecursionError, UntrustedFileError):
-        return None
-    return summary if isinstance(summary, dict) else None
 
-
-def record_failure(run_dir: Path, exc: BaseException, status: str = "failed") -> None:
+def record_failure(run_dir: Path, exc: BaseException, status: Status = Status.FAILED) -> None:
     """Keep what the run wrote so far and mark it failed, with the reason, in summary.json.
     Never raises: on a full disk the summary may stay as it was, and the error is still printed."""
-    path = run_dir / "summary.json"
+    path = run_dir / layout.SUMMARY
     summary = read_summary(run_dir) or {}
     summary.update(status=status, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if not isinstance(exc, NnoptError):

@@ -1,25 +1,30 @@
 """The run folder's layout: every file name and status nnopt writes or reads, in one place.
 
-    <run>/.hydra/config.yaml     Hydra's resolved config (+ overrides.yaml)
+    <run>/.hydra/config.yaml     Hydra's resolved config (+ overrides.yaml, hydra.yaml)
     <run>/summary.json           status and final numbers (replaced atomically)
     <run>/metrics.jsonl          one row per epoch (appended, fsynced)
     <run>/evals.jsonl            one row per evaluation when eval_every_steps is set (epoch ends included)
     <run>/model.pt               the final state_dict
     <run>/model.init.pt          the weights before the first step (loss landscapes, init_from)
-    <run>/checkpoint.pt          everything resume needs
+    <run>/checkpoint.pt          everything resume needs (checkpoint.keep decides whether it stays)
+    <run>/checkpoint.best.pt     the checkpoint of the best validation epoch (checkpoint.keep=best)
     <run>/diagnostics.jsonl      per-layer diagnostics (diagnostics=basic|full)
     <run>/model.<stage>.pt       post-training stages' models
 
 and which config keys make a run's identity (experiment_config): what the checkpoint's fingerprint
 and compare's duplicate check look at.
+
+Torch-free: `nnopt compare` reads folders with these names.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 HYDRA_DIR = ".hydra"
 CONFIG = ".hydra/config.yaml"
+HYDRA_CONFIG = ".hydra/hydra.yaml"
 OVERRIDES = ".hydra/overrides.yaml"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -27,20 +32,33 @@ EVALS = "evals.jsonl"
 MODEL = "model.pt"
 INIT_MODEL = "model.init.pt"
 CHECKPOINT = "checkpoint.pt"
+BEST_CHECKPOINT = "checkpoint.best.pt"
 DIAGNOSTICS = "diagnostics.jsonl"
 LOG = "train.log"
 SWEEP_REPORT = "report.json"
 
-# summary.json "status"
-RUNNING = "running"
-POST_TRAINING = "post_training"
-COMPLETED = "completed"
-DIVERGED = "diverged"
-FAILED = "failed"
-INTERRUPTED = "interrupted"
-PRUNED = "pruned"  # ended early by an observer (a tuning trial the pruner stopped)
-# finished experiments: rerunning them gives the same result, so sweeps skip them
-DONE = (COMPLETED, DIVERGED, PRUNED)
+
+class Status(str, Enum):
+    """A run's `status` in summary.json, a post-training stage's in its entry, and a sweep job's in
+    report.json. A str: it is written, compared and printed as its plain value."""
+
+    __str__ = str.__str__  # f"{status}" is the value on every Python nnopt supports
+    __format__ = str.__format__
+
+    RUNNING = "running"
+    POST_TRAINING = "post_training"  # trained and tested; post-training stages under way
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # stopped by a signal; its checkpoint resumes it
+    PRUNED = "pruned"  # ended early by an observer (a tuning trial the pruner stopped)
+    # sweep report only: what a job's own folder does not say
+    SKIPPED = "skipped"  # done by an earlier run of the sweep (skip_completed)
+    CRASHED = "crashed"  # the folder still says running / post_training: the process died
+
+
+# statuses of a run whose process is (or was, if it died) still at work
+UNFINISHED = (Status.RUNNING, Status.POST_TRAINING)
 
 
 # ---------------------------------------------------------------------------- config identity

@@ -9,13 +9,16 @@ every file nnopt reads from one goes through here:
   than a config can have (a 342-byte "billion laughs" would take gigabytes);
 - `load_config`: a mapping whose `${key}` references are resolved among its own keys, and whose
   resolver calls (`${oc.env:SECRET}`, `${oc.decode:...}`) are refused: values from disk are
-  never looked up in the environment.
+  never looked up in the environment. `_target_`s named by nnopt's earlier module paths are
+  renamed to today's (RENAMED_TARGETS), so old folders resume; targets.py then checks them;
+- `read_summary` / `summary_or_reason`: summary.json, the one reader of it.
 
 Torch-free on purpose: `nnopt compare` imports it and must start fast.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import Any
 import yaml
 
 from nnopt_cli.errors import NnoptError
+from nnopt_cli.store.layout import SUMMARY
 
 MiB = 1 << 20
 CONFIG_MAX_BYTES = 4 * MiB      # a composed config is a few kB
@@ -189,6 +193,104 @@ def load_config(path: Path, what: str = "config") -> dict:
         raise ValueError("empty" if data is None else f"not a mapping (a {type(data).__name__})")
     refuse_resolvers(data, str(path))
     try:
-        return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+        return rename_targets(OmegaConf.to_container(OmegaConf.create(data), resolve=True))
     except Exception as e:  # a reference to a key that does not exist, a cycle...
         raise ValueError(f"cannot resolve it ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})") from None
+
+
+# ---------------------------------------------------------------------------- renamed targets
+
+# `_target_`s nnopt's own conf/ named before its modules moved, and where they live now. A config
+# read from a run folder (and the config inside its checkpoint) is renamed with this table before
+# anything compares or checks it, so an old folder resumes, skips and compares like a new one; the
+# allow-list (targets.py) still judges the renamed names.
+RENAMED_TARGETS = {
+    "nnopt_cli.schedulers.wsd": "nnopt_cli.optim.schedulers.wsd",
+    "nnopt_cli.schedulers.inverse_sqrt": "nnopt_cli.optim.schedulers.inverse_sqrt",
+    "nnopt_cli.optim.warmup_cosine": "nnopt_cli.optim.schedulers.warmup_cosine",
+    "nnopt_cli.sweep.SweepReport": "nnopt_cli.sweep.report.SweepReport",
+    "nnopt_cli.sweep_compose.ComposeOnce": "nnopt_cli.sweep.compose.ComposeOnce",
+}
+# modules that moved as a whole: observers users subclassed (nnopt_cli.observers.X)
+RENAMED_MODULES = {"nnopt_cli.observers.": "nnopt_cli.training.observers."}
+
+
+def current_target(name: Any) -> Any:
+    """Today's name of a `_target_` value nnopt once wrote under an earlier module path."""
+    if not isinstance(name, str):
+        return name
+    if name in RENAMED_TARGETS:
+        return RENAMED_TARGETS[name]
+    for old, new in RENAMED_MODULES.items():
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def rename_targets(node: Any) -> Any:
+    """A copy of a plain config with every `_target_`, at any depth, under its current name."""
+    if isinstance(node, dict):
+        return {k: current_target(v) if k == "_target_" else rename_targets(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [rename_targets(v) for v in node]
+    return node
+
+
+def former_targets(node: Any) -> Any:
+    """The inverse of rename_targets: a config as nnopt wrote it before the renames (what the
+    fingerprints of old run folders were computed from)."""
+    back = {new: old for old, new in RENAMED_TARGETS.items()}
+
+    def old_name(name: Any) -> Any:
+        if not isinstance(name, str):
+            return name
+        if name in back:
+            return back[name]
+        for old, new in RENAMED_MODULES.items():
+            if name.startswith(new):
+                return old + name[len(new):]
+        return name
+
+    if isinstance(node, dict):
+        return {k: old_name(v) if k == "_target_" else former_targets(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [former_targets(v) for v in node]
+    return node
+
+
+# ---------------------------------------------------------------------------- summary.json
+
+
+def _parse_int(text: str) -> int | float:
+    """JSON integers of any size: beyond 18 digits a float (inf past float range), so a
+    hand-edited 10**400 is a value readers can show and skip, never an exception."""
+    return int(text) if len(text) <= 19 else float(text)
+
+
+def summary_or_reason(run_dir: Path) -> tuple[dict | None, str | None]:
+    """(summary.json as a dict, None), or (None, why not): 'missing' or a short reason. The only
+    reader of summary.json: missing, unreadable, oversized, not a regular file, not JSON or not
+    an object never raises."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        text = read_text(path, SUMMARY_MAX_BYTES)
+    except FileNotFoundError:
+        return None, "missing"
+    except UntrustedFileError as e:
+        return None, str(e).removeprefix(f"{path} ")
+    except OSError as e:
+        return None, f"cannot read it ({e.strerror})"
+    try:
+        obj = json.loads(text, parse_int=_parse_int)
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({'truncated' if e.pos >= len(text.rstrip()) else e.msg} at byte {e.pos})"
+    except (ValueError, RecursionError) as e:  # an integer of more than 4300 digits, nesting too deep
+        return None, f"not readable JSON ({type(e).__name__}: {str(e)[:80]})"
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    return obj, None
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """summary.json as a dict, or None when it is missing or unusable (see summary_or_reason)."""
+    return summary_or_reason(run_dir)[0]

@@ -26,8 +26,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nnopt_cli.errors import NnoptError
-from nnopt_cli.store.checkpoint import config_diff, config_fingerprint, experiment_config, load_checkpoint
+from nnopt_cli.store import layout
+from nnopt_cli.store.checkpoint import config_diff, config_fingerprints, load_checkpoint
 from nnopt_cli.store.folder import read_summary, write_json
+from nnopt_cli.store.layout import Status, experiment_config
 from nnopt_cli.store.untrusted import (
     CONFIG_MAX_BYTES,
     load_yaml,
@@ -36,8 +38,8 @@ from nnopt_cli.store.untrusted import (
 
 log = logging.getLogger("nnopt")
 
-DONE = ("completed", "diverged")  # finished experiments: rerunning them would give the same result
-OK = ("completed", "diverged", "skipped")
+DONE = (Status.COMPLETED, Status.DIVERGED)  # finished experiments: rerunning them would give the same result
+OK = (*DONE, Status.SKIPPED)
 LAST_REPORT: dict[str, Any] | None = None  # the report of the multirun that just ended in this process
 # job num -> error, for jobs that failed in this process without writing their folder's summary
 # (e.g. a skip_completed job refusing a folder of another experiment)
@@ -61,7 +63,7 @@ def note_job(sweep_dir: str | Path, num, status: str, note: str, overrides: list
     """Record a job's outcome for the end-of-sweep report when its own folder must not carry it
     (skipped, or refused because the folder holds another run); works across joblib workers."""
     JOB_ERRORS.pop(str(num), None)
-    if status == "failed":
+    if status == Status.FAILED:
         JOB_ERRORS[str(num)] = note
     try:
         folder = Path(sweep_dir) / JOB_NOTES
@@ -75,11 +77,11 @@ def job_action(run_dir: Path, cfg: dict) -> str:
     """What a skip_completed job does with its folder: 'skip', 'resume' or 'fresh'."""
     summary = read_summary(run_dir)
     if summary is not None and summary.get("status") in DONE:
-        if summary.get("config_sha") == config_fingerprint(cfg):
+        if summary.get("config_sha") in config_fingerprints(cfg):  # also a folder of former target names
             return "skip"
         raise SweepFolderError(f"{run_dir} holds a finished run of a different experiment; "
                                "rerun the sweep with the same overrides, or use a new hydra.sweep.dir")
-    ckpt_path = run_dir / "checkpoint.pt"
+    ckpt_path = run_dir / layout.CHECKPOINT
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         diff = config_diff(experiment_config(ckpt["config"]), experiment_config(cfg))
@@ -106,7 +108,7 @@ def _job_notes(sweep_dir: Path, since: float) -> dict[str, dict]:
 
 def _job_row(d: Path, since: float, note: dict | None) -> dict | None:
     """One job folder's report row; None if this multirun did not touch it."""
-    overrides_file = d / ".hydra" / "overrides.yaml"
+    overrides_file = d / layout.OVERRIDES
     fresh = overrides_file.is_file() and overrides_file.stat().st_mtime >= since
     if not fresh and note is None:
         return None
@@ -119,16 +121,16 @@ def _job_row(d: Path, since: float, note: dict | None) -> dict | None:
             overrides = ["<unreadable .hydra/overrides.yaml>"]
     summary = read_summary(d) if d.is_dir() else None
     if note is not None:
-        status, text = str(note.get("status", "failed")), str(note.get("note", ""))
+        status, text = str(note.get("status", Status.FAILED)), str(note.get("note", ""))
     elif summary is None:
-        status, text = "failed", "no readable summary.json: the job died before it started, or the file is corrupt"
+        status, text = Status.FAILED, "no readable summary.json: the job died before it started, or the file is corrupt"
     else:
-        status = str(summary.get("status", "failed"))
+        status = str(summary.get("status", Status.FAILED))
         text = str(summary.get("error") or summary.get("message") or "")
-        if status in ("running", "post_training"):
-            status, text = "crashed", "the process died while training; rerun with skip_completed=true"
-        elif status in DONE and (d / "summary.json").stat().st_mtime < since:  # Hydra rewrote its .hydra/
-            status, text = "skipped", "completed by an earlier run of this sweep"
+        if status in layout.UNFINISHED:
+            status, text = Status.CRASHED, "the process died while training; rerun with skip_completed=true"
+        elif status in DONE and (d / layout.SUMMARY).stat().st_mtime < since:  # Hydra rewrote its .hydra/
+            status, text = Status.SKIPPED, "completed by an earlier run of this sweep"
     acc = summary.get("test/acc") if summary else None
     return {"job": d.name, "status": status, "overrides": overrides,
             "test/acc": acc if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None,
@@ -149,12 +151,12 @@ def collect_jobs(sweep_dir: Path, since: float) -> list[dict]:
         try:
             row = _job_row(d, since, notes.get(d.name))
         except Exception as e:  # a malformed job folder must not cost the report
-            row = {"job": d.name, "status": "failed", "overrides": [], "test/acc": None,
+            row = {"job": d.name, "status": Status.FAILED, "overrides": [], "test/acc": None,
                    "note": f"unreadable job folder ({type(e).__name__}: {str(e)[:80]})", "dir": str(d)}
         if row is None:
             continue
         if d.name in JOB_ERRORS:
-            row["status"], row["note"] = "failed", JOB_ERRORS[d.name]
+            row["status"], row["note"] = Status.FAILED, JOB_ERRORS[d.name]
         jobs.append(row)
     return jobs
 
@@ -167,7 +169,7 @@ def format_report(sweep_dir: Path, jobs: list[dict]) -> str:
     shared = set.intersection(*(set(j["overrides"]) for j in jobs)) if len(jobs) > 1 else set()
     for j in jobs:
         acc = f"test/acc={j['test/acc']:.4f}" if isinstance(j["test/acc"], (int, float)) else ""
-        note = f"  ({j['note']})" if j["note"] and j["status"] != "completed" else ""
+        note = f"  ({j['note']})" if j["note"] and j["status"] != Status.COMPLETED else ""
         own = " ".join(o for o in j["overrides"] if o not in shared)  # what tells the jobs apart
         lines.append(f"  #{j['job']:<3} {j['status']:<11} {acc:<15} {own}{note}")
     return "\n".join(lines)
@@ -179,7 +181,7 @@ def make_report(sweep_dir: Path, since: float, interrupted: str | None = None) -
     try:
         jobs = collect_jobs(sweep_dir, since)
     except Exception as e:  # the report must come out whatever the folders hold
-        jobs = [{"job": "?", "status": "failed", "overrides": [], "test/acc": None, "dir": str(sweep_dir),
+        jobs = [{"job": "?", "status": Status.FAILED, "overrides": [], "test/acc": None, "dir": str(sweep_dir),
                  "note": f"could not read the sweep folder ({type(e).__name__}: {str(e)[:80]})"}]
     JOB_ERRORS.clear()
     failed = [j for j in jobs if j["status"] not in OK]
@@ -188,7 +190,7 @@ def make_report(sweep_dir: Path, since: float, interrupted: str | None = None) -
         LAST_REPORT["aborted"] = interrupted
     try:
         if sweep_dir.is_dir():
-                write_json(sweep_dir / "report.json", LAST_REPORT)
+                write_json(sweep_dir / layout.SWEEP_REPORT, LAST_REPORT)
     except OSError as e:
         log.error("could not write %s/report.json (%s)", sweep_dir, e)
     print(format_report(sweep_dir, jobs) + (f"\nsweep aborted: {interrupted}" if interrupted else ""), flush=True)

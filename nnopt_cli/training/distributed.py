@@ -171,9 +171,9 @@ def sweep_device(spec: str, job_num: int) -> str:
 
 class _Rank0Writes:
     """The run folder as seen by ranks other than 0: reads pass through to the real RunDir,
-    writing methods (write_*, append_*, save_*) do nothing, so rank 0 alone writes the folder."""
+    writing methods (write_*, append_*, save_*, remove_*) do nothing, so rank 0 alone writes the folder."""
 
-    _WRITES = ("write_", "append_", "save_")
+    _WRITES = ("write_", "append_", "save_", "remove_")
 
     def __init__(self, run):
         self._run = run

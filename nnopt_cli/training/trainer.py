@@ -129,14 +129,13 @@ class Trainer:
         self.generator.set_state(state["generator"])
         vars(self.policy).update(state["batch_size_policy"])
         self.partial = state["partial_epoch"]
-        if state.get("counters") is not None:  # checkpoints of nnopt before the counters: see runner
-            self.counters = Counters(**state["counters"])
-        self.observers.load_state_dict(state.get("observers"))
+        self.counters = Counters(**state["counters"])  # older formats: store/checkpoint.py upgrade()
+        self.observers.load_state_dict(state["observers"])
         if self.averager is not None:
             self.averager.load_state_dict(state["averaging"])
         if self.swa_scheduler is not None:
             self.swa_scheduler.load_state_dict(state["swa_scheduler"])
-        self.weights.raw = state.get("raw_weights")
+        self.weights.raw = state["raw_weights"]
 
     # ------------------------------------------------------------------ the step's helpers
 

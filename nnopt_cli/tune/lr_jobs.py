@@ -31,7 +31,9 @@ from nnopt_cli.config import conf_dir
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
 from nnopt_cli.run.recipe import RunContext, train
 from nnopt_cli.run.validate import validate
+from nnopt_cli.store import layout
 from nnopt_cli.store.folder import read_metrics, read_summary, record_failure, write_json
+from nnopt_cli.store.layout import Status
 from nnopt_cli.sweep.report import job_action
 
 log = logging.getLogger("nnopt")
@@ -150,9 +152,9 @@ def study_dir(a: argparse.Namespace) -> Path:
 def final_metric(run_dir: Path, summary: dict | None, metric: str) -> float | None:
     """The last epoch's validation metric of a finished run; None for one that diverged or failed."""
 
-    if not summary or summary.get("status") != "completed":
+    if not summary or summary.get("status") != Status.COMPLETED:
         return None
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "stage" not in r]
+    rows = [r for r in read_metrics(run_dir / layout.METRICS) if "stage" not in r]
     value = rows[-1].get(metric) if rows else None
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
@@ -247,14 +249,14 @@ class Study:
                 record_failure(run_dir, e)
                 if want_traceback() or isinstance(e, NnoptError):
                     raise  # a data or checkpoint error would fail every job alike: stop with its one line
-        summary = read_summary(run_dir) or {"status": "failed"}
+        summary = read_summary(run_dir) or {"status": Status.FAILED}
         status = summary.get("status")
-        if status == "interrupted":
+        if status == Status.INTERRUPTED:
             raise StudyInterrupted()
         if action != "skip":
             self.trained += 1
             self.train_s += summary.get("train_time_s") or 0.0
-            self.failed += status not in ("completed", "diverged")
+            self.failed += status not in (Status.COMPLETED, Status.DIVERGED)
         record = {"lr": lr, "seed": seed, "dir": str(run_dir.relative_to(self.root)), "status": status,
                   self.metric: final_metric(run_dir, summary, self.metric),
                   "test/acc": summary.get("test/acc"), "test/loss": summary.get("test/loss")}
@@ -267,12 +269,12 @@ class Study:
 
     def write_hydra(self, run_dir: Path, plan: Plan, lr: float, seed: int) -> None:
         """The .hydra/ files `nnopt train` writes: nnopt compare and resume read them."""
-        hydra_dir = run_dir / ".hydra"
+        hydra_dir = run_dir / layout.HYDRA_DIR
         hydra_dir.mkdir(parents=True, exist_ok=True)
         # unresolved, as Hydra saves it; libyaml's dumper: OmegaConf.to_yaml costs ~10 ms a job
-        files = {"config.yaml": OmegaConf.to_container(plan.base, resolve=False),
-                 "overrides.yaml": self.overrides_of(plan, lr, seed),
-                 "hydra.yaml": {"hydra": {"runtime": {"choices": plan.choices}}}}
+        files = {Path(layout.CONFIG).name: OmegaConf.to_container(plan.base, resolve=False),
+                 Path(layout.OVERRIDES).name: self.overrides_of(plan, lr, seed),
+                 Path(layout.HYDRA_CONFIG).name: {"hydra": {"runtime": {"choices": plan.choices}}}}
         for name, content in files.items():
             # whole or absent, like Hydra's own .hydra/ (no fsync: ~8 ms each here, and the run's
             # summary.json, not these, is what a rerun trusts)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nnopt_cli.errors import NnoptError
+from nnopt_cli.store.layout import Status
 from nnopt_cli.training.observers import EpochInfo, Observer, RunInfo, StopRun
 from nnopt_cli.tune.samplers import make_pruner
 
@@ -61,5 +62,5 @@ class TrialPruner(Observer):
             return  # a diverged epoch is the runner's to handle
         self.trial.report(float(value), epoch.epoch)
         if self.trial.should_prune():
-            raise StopRun("pruned", f"trial {self.number} pruned by the {self.pruner_cfg.get('name')} pruner "
+            raise StopRun(Status.PRUNED, f"trial {self.number} pruned by the {self.pruner_cfg.get('name')} pruner "
                                     f"after epoch {epoch.epoch} ({self.monitor}={value:.4g})")

@@ -33,7 +33,8 @@ import yaml
 from optuna.trial import TrialState
 
 from nnopt_cli.errors import NnoptError
-from nnopt_cli.store.folder import record_failure, write_json
+from nnopt_cli.store.folder import read_summary, record_failure, write_json
+from nnopt_cli.store.layout import Status
 from nnopt_cli.tune.pruning import JOURNAL, journal_storage
 
 log = logging.getLogger("nnopt")
@@ -89,9 +90,9 @@ def requeue(study: optuna.Study, t, folder: StudyFolder, why: str) -> None:
     study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
     run_dir = folder.run_dir(t.number)
-    summary = run_dir / "summary.json"
-    if summary.exists() and json.loads(summary.read_text()).get("status") not in ("completed", "pruned"):
-        record_failure(run_dir, NnoptError(f"{why}; the trial was queued again"), status="failed")
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("status") not in (Status.COMPLETED, Status.PRUNED):
+        record_failure(run_dir, NnoptError(f"{why}; the trial was queued again"), status=Status.FAILED)
     log.warning("trial %d: %s; queued again", t.number, why)
 
 

@@ -224,3 +224,68 @@ def test_cuda_checkpoint_carries_cuda_rng_and_grad_scaler_and_resumes(precision,
     assert train(cfg, RunContext(tmp_path / "cut", resume=True))["status"] == "completed"
     # with deterministic algorithms the resumed CUDA run matches the uninterrupted one
     assert_same_run(tmp_path / "alone", tmp_path / "cut")
+
+
+def test_resume_of_a_folder_from_before_the_module_moves_and_format_2(tmp_path, monkeypatch):
+    """An interrupted run folder as an earlier nnopt left it: its .hydra/config.yaml and its
+    checkpoint name `_target_`s by former module paths, and the checkpoint is format 1 (no
+    counters, observers or averaging state). Resuming it gives the run an uninterrupted one gives."""
+    import yaml
+
+    from nnopt_cli.store.folder import save_state_dict
+    from nnopt_cli.store.untrusted import former_targets
+
+    cfg = compose_cfg("scheduler=wsd", "epochs=3")
+    train(cfg, RunContext(tmp_path / "alone"))
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        crash_after(m, 2)
+        with pytest.raises(Crash):
+            train(cfg, RunContext(cut))
+    ckpt = torch.load(cut / "checkpoint.pt", weights_only=True)
+    dropped = ("counters", "observers", "averaging", "swa_scheduler", "raw_weights")
+    save_state_dict(cut / "checkpoint.pt", {**ckpt, "format": 1, "config": former_targets(ckpt["config"]),
+                                            "trainer": {k: v for k, v in ckpt["trainer"].items() if k not in dropped}})
+    (cut / ".hydra").mkdir()
+    (cut / ".hydra" / "config.yaml").write_text(yaml.safe_dump(former_targets(cfg)))
+    assert "nnopt_cli.schedulers.wsd" in (cut / ".hydra" / "config.yaml").read_text()
+
+    resumed = resume_config(cut, cfg, [])
+    assert resumed["scheduler"]["_target_"] == "nnopt_cli.optim.schedulers.wsd"
+    summary = train(resumed, RunContext(cut, resume=True))
+    assert summary["resumed_from_epoch"] == 2 and summary["format"] == 2
+    assert_same_run(tmp_path / "alone", cut)  # the counters in every row included
+    assert load_checkpoint(cut / "checkpoint.pt")["trainer"]["counters"]["total_steps"] == \
+        read_metrics(cut / "metrics.jsonl")[-1]["total_steps"]
+
+
+def test_resume_still_refuses_a_renamed_target_off_the_allow_list(tmp_path):
+    from nnopt_cli.store.targets import UntrustedTargetError
+
+    train(compose_cfg("epochs=1"), RunContext(tmp_path))
+    import yaml
+
+    (tmp_path / ".hydra").mkdir()
+    saved = {**compose_cfg("epochs=1"), "observers": {"evil": {"_target_": "nnopt_cli.observers.os.system"}}}
+    (tmp_path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(UntrustedTargetError, match=r"observers.evil._target_=nnopt_cli.training.observers.os.system"):
+        resume_config(tmp_path, compose_cfg("epochs=1"), [])
+
+
+@pytest.mark.slow
+def test_cli_keep_none_completed_run_is_skipped_and_compared_without_a_checkpoint(tmp_path):
+    bad = run_cli("train", *TINY, "checkpoint.keep=all", cwd=tmp_path)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "invalid config: checkpoint.keep='all': one of last, best, none" in bad.stderr
+    sweep = ["-m", *TINY, "epochs=1", "checkpoint.keep=none", "skip_completed=true", "hydra.sweep.dir=sweep",
+             "seed=1,2"]
+    first = run_cli("train", *sweep, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]"))
+    assert len(jobs) == 2 and not any((j / "checkpoint.pt").exists() for j in jobs)
+    again = run_cli("train", *sweep, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 skipped" in again.stdout
+    shown = run_cli("compare", str(tmp_path / "sweep"), "--format", "csv", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.count("completed") == 2, shown.stdout

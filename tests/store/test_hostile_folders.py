@@ -274,8 +274,11 @@ def test_compare_survives_non_utf8_huge_ints_and_odd_shapes(good_run, tmp_path, 
 def test_grouped_means_say_when_values_are_nan_or_inf(good_run, tmp_path, capsys):
     runs = tmp_path / "runs"
     values = {"a": 0.5, "b": 0.7, "c": "NaN", "d": "Infinity"}
-    for name, v in values.items():
+    for seed, (name, v) in enumerate(values.items()):
         run = copy_run(good_run, runs / name)
+        cfg = yaml.safe_load((run / ".hydra/config.yaml").read_text())
+        cfg["seed"] = seed  # four seeds of one experiment, not one run copied four times
+        (run / ".hydra/config.yaml").write_text(yaml.safe_dump(cfg))
         text = (run / "summary.json").read_text()
         summary = json.loads(text)
         summary["test/loss"] = "@"
