@@ -49,7 +49,7 @@ def sweep(tmp_path_factory) -> Path:
     """4 real runs: the optimizers preset on tiny synthetic data, cut to sgd/adam x seeds 0,1."""
     root = tmp_path_factory.mktemp("compare")
     out = run_cli("train", "-m", "+experiment=optimizers", *TINY, "optimizer=sgd,adam",
-                  f"hydra.sweep.dir={root}/sweep", cwd=root)
+                  f"hydra.sweep.dir={root}/sweep", "hydra.sweep.subdir=${hydra.job.num}", cwd=root)  # in grid order
     assert out.returncode == 0, out.stderr[-2000:]
     return root / "sweep"
 
