@@ -29,12 +29,14 @@ from nnopt_cli.run.continuation import continue_config, write_hydra_config
 from nnopt_cli.run.job import (
     HYDRA_SUBDIR_ENV,
     SetupSignals,
+    discard_unused_folder,
     keep_recorded_threads,
     refuse_reuse,
     resume_config,
     write_hydra_files,
 )
 from nnopt_cli.run.recipe import RunContext, train
+from nnopt_cli.run.validate import validate
 from nnopt_cli.store import layout
 from nnopt_cli.store.folder import read_summary, record_failure
 from nnopt_cli.store.layout import Status
@@ -90,20 +92,24 @@ def train_app(cfg: DictConfig) -> float:
     if distributed.world_size() > 1 and distributed.is_rank0():
         distributed.broadcast_from_rank0(str(run_dir))  # the other ranks wait for it in run()
     record = False  # whether an error is written to run_dir/summary.json (never into a folder we may not own)
+    resume = False
+    checked = False  # the config passed its checks (an error before: the config was refused)
+    continues = False  # resume=: the folder is an earlier run's, never removed
     lock = None
+    hydra_subdir = os.environ.get(HYDRA_SUBDIR_ENV) if distributed.is_rank0() else None
     signals = SetupSignals().install()  # SIGTERM outside the training loop: an interrupt, not a silent death
     try:
         try:
             plain = OmegaConf.to_container(cfg, resolve=True)
         except OmegaConfBaseException as e:
             raise NnoptError(f"invalid config: {getattr(e, 'full_key', '') or ''}: {str(e).splitlines()[0]}") from None
-        resume = False
         written = cfg  # the config .hydra/config.yaml records
         if plain.get("continue_from") is not None and plain["resume"] is None:
             plain = continue_config(plain["continue_from"], plain, list(hc.overrides.task))
             written = OmegaConf.create(plain)  # the parent's config with the new total, not the defaults
             if not os.environ.get(HYDRA_SUBDIR_ENV) and hc.output_subdir and distributed.is_rank0():
                 write_hydra_config(run_dir / hc.output_subdir, written)  # Hydra wrote the composed one
+        continues = plain["resume"] is not None and not multirun
         if plain["resume"] is not None:
             if multirun:
                 raise ConfigError("resume", plain["resume"], "one run folder; to continue a sweep, rerun it with "
@@ -113,9 +119,11 @@ def train_app(cfg: DictConfig) -> float:
             run_dir = Path(plain["resume"])
             if not run_dir.is_dir():
                 raise ConfigError("resume", str(run_dir), "an existing run folder made by nnopt train")
+        else:  # a bad value stops here, before the folder holds anything of a run
+            validate(plain)
+        checked = True
         if distributed.is_rank0():  # one writer per folder; under torchrun rank 0 is the writer
             lock = RunLock(run_dir, "nnopt train " + " ".join(hc.overrides.task)).acquire()
-        hydra_subdir = os.environ.get(HYDRA_SUBDIR_ENV) if distributed.is_rank0() else None
         if plain["resume"] is not None:
             plain = resume_config(run_dir, plain, list(hc.overrides.task))
             previous = read_summary(run_dir) or {}
@@ -128,7 +136,7 @@ def train_app(cfg: DictConfig) -> float:
             action = sweep.job_action(run_dir, plain)
             if action == "skip":
                 log.info("job %s: already done in %s, skipped (skip_completed=true)", hc.job.num, run_dir)
-                sweep.note_job(hc.sweep.dir, hc.job.num, Status.SKIPPED, "completed by an earlier run of this sweep",
+                sweep.note_job(hc.sweep.dir, run_dir.name, Status.SKIPPED, "completed by an earlier run of this sweep",
                                list(hc.overrides.task))
                 return _objective(read_summary(run_dir) or {})
             if action == "resume":
@@ -158,6 +166,9 @@ def train_app(cfg: DictConfig) -> float:
         print(f"nnopt: interrupted by {name}; {where}", file=sys.stderr)
         raise SystemExit(code) from None
     except Exception as e:
+        if distributed.is_rank0() and not continues and (not checked or isinstance(e, ConfigError)) and \
+                discard_unused_folder(run_dir, f"{hc.job.name}.log", hydra_subdir or hc.output_subdir):
+            record = False  # refused before it started: no folder that `nnopt compare` would read as a run
         if record and distributed.is_rank0():
             record_failure(run_dir, e)
         if want_traceback():
@@ -168,7 +179,7 @@ def train_app(cfg: DictConfig) -> float:
         if multirun:
             log.error("job %s failed: %s", hc.job.num, message)
             # the end-of-sweep report lists it, also when the job ran in another process (joblib)
-            sweep.note_job(hc.sweep.dir, hc.job.num, Status.FAILED, message, list(hc.overrides.task))
+            sweep.note_job(hc.sweep.dir, run_dir.name, Status.FAILED, message, list(hc.overrides.task))
             return FAILED_OBJECTIVE  # the sweep goes on; the job's summary.json says failed
         if not isinstance(e, NnoptError):
             print("nnopt: the full traceback is in summary.json; set NNOPT_DEBUG=1 to print it", file=sys.stderr)
@@ -239,7 +250,7 @@ def run(args: list[str]) -> None:
             with sweep_compose.mode_known(args):
                 train_app()
         except KeyboardInterrupt:  # before or between jobs: nothing is half-written
-            sweep.report_aborted_sweep("interrupted")
+            sweep.report_aborted_sweep(Status.INTERRUPTED)
             print("nnopt: interrupted", file=sys.stderr)
             raise SystemExit(130) from None
         except SystemExit as e:  # Hydra's own error exit, e.g. a launcher whose worker was killed

@@ -1,6 +1,7 @@
 """A job's run folder: the parts of `nnopt train` that make a folder the job's own before the run.
 
 - refuse_reuse: a fresh run never replaces another run's files (a fixed hydra.run.dir reused);
+- discard_unused_folder: a config refused before training leaves no folder that reads as a run;
 - write_hydra_files: nnopt, not Hydra, writes .hydra/ once the folder is locked (run_lock.py) and
   known to be the job's, so a job that is skipped or refused leaves the earlier .hydra/ as it was;
 - SetupSignals: SIGTERM / Ctrl-C outside the training loop become an interrupt the app records;
@@ -23,6 +24,7 @@ from nnopt_cli.errors import ConfigError
 from nnopt_cli.store import layout
 from nnopt_cli.store.folder import RunDirError, atomic_write_bytes, read_summary
 from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS
+from nnopt_cli.store.lock import LOCK_FILE
 from nnopt_cli.store.targets import check_config_targets, trusted_targets
 from nnopt_cli.store.untrusted import UntrustedFileError, load_config
 from nnopt_cli.training.device import pin_threads
@@ -96,6 +98,33 @@ def refuse_reuse(run_dir: Path, multirun: bool) -> None:
                f"continue it with resume={run_dir}, or choose another hydra.run.dir")
         raise RunDirError(f"{run_dir} already holds a run ({', '.join(held)}; status {status}); nothing in it "
                           f"was changed: {how}")
+
+
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def discard_unused_folder(run_dir: Path, log_name: str, hydra_subdir: str | None) -> bool:
+    """Remove the folder Hydra made for a run refused before it started, when it holds nothing but
+    what this job put there (Hydra's log, the lock, .hydra/): `nnopt compare` would count a folder
+    with .hydra/ as a run. A folder holding anything else is left as it is. True if removed."""
+    ours = {log_name, LOCK_FILE} | ({hydra_subdir} if hydra_subdir else set())
+    try:
+        names = set(os.listdir(run_dir))
+        if not names <= ours:
+            return False
+        sub = run_dir / hydra_subdir if hydra_subdir else None
+        if sub is not None and sub.is_dir():
+            if not set(os.listdir(sub)) <= set(HYDRA_FILES) or sub.is_symlink():
+                return False
+            for name in os.listdir(sub):
+                os.unlink(sub / name)
+            os.rmdir(sub)
+        for name in names - ({hydra_subdir} if hydra_subdir else set()):
+            os.unlink(run_dir / name)
+        os.rmdir(run_dir)
+    except OSError:  # another process wrote into it meanwhile, or it is not ours to remove
+        return False
+    return True
 
 
 # keys every run's config has had: a config without them was cut short (an empty file on a full disk)

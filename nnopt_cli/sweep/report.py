@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -35,14 +36,15 @@ from nnopt_cli.store.untrusted import (
     load_yaml,
     read_text,
 )
+from nnopt_cli.sweep import job_dirs
 
 log = logging.getLogger("nnopt")
 
 DONE = (Status.COMPLETED, Status.DIVERGED)  # finished experiments: rerunning them would give the same result
 OK = (*DONE, Status.SKIPPED)
 LAST_REPORT: dict[str, Any] | None = None  # the report of the multirun that just ended in this process
-# job num -> error, for jobs that failed in this process without writing their folder's summary
-# (e.g. a skip_completed job refusing a folder of another experiment)
+# job folder name -> error, for jobs that failed in this process without writing their folder's summary
+# (e.g. a skip_completed job refusing a folder of another experiment, or a config refused before training)
 JOB_ERRORS: dict[str, str] = {}
 
 
@@ -50,27 +52,30 @@ def register_resolvers() -> None:
     # cached like Hydra's ${now:}: one value per config, and sweep jobs inherit the sweep's
     OmegaConf.register_new_resolver("nnopt_uid", lambda: f"{os.getpid()}-{secrets.token_hex(2)}",
                                     use_cache=True, replace=True)
+    # hydra.sweep.subdir: the job's folder named by its overrides (job_dirs.py)
+    OmegaConf.register_new_resolver("nnopt_job_dir", job_dirs.job_dir, replace=True)
 
 
 class SweepFolderError(NnoptError):
     """A sweep job's folder holds files of a different experiment."""
 
 
-JOB_NOTES = ".nnopt-jobs"  # <sweep dir>/.nnopt-jobs/<job num>.json: outcomes a job's folder does not show
+JOB_NOTES = ".nnopt-jobs"  # <sweep dir>/.nnopt-jobs/<job folder>.json: outcomes a job's folder does not show
 
 
-def note_job(sweep_dir: str | Path, num, status: str, note: str, overrides: list[str]) -> None:
+def note_job(sweep_dir: str | Path, job_folder: str, status: str, note: str, overrides: list[str]) -> None:
     """Record a job's outcome for the end-of-sweep report when its own folder must not carry it
-    (skipped, or refused because the folder holds another run); works across joblib workers."""
-    JOB_ERRORS.pop(str(num), None)
+    (skipped, refused because the folder holds another run, or a config refused before any folder
+    was kept); works across joblib workers."""
+    JOB_ERRORS.pop(job_folder, None)
     if status == Status.FAILED:
-        JOB_ERRORS[str(num)] = note
+        JOB_ERRORS[job_folder] = note
     try:
         folder = Path(sweep_dir) / JOB_NOTES
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / f"{num}.json", {"status": status, "note": note, "overrides": overrides})
+        write_json(folder / f"{job_folder}.json", {"status": status, "note": note, "overrides": overrides})
     except OSError as e:  # the in-process record above still reaches the report of a basic-launcher sweep
-        log.warning("could not record job %s outcome in %s (%s)", num, sweep_dir, e)
+        log.warning("could not record job %s outcome in %s (%s)", job_folder, sweep_dir, e)
 
 
 def job_action(run_dir: Path, cfg: dict) -> str:
@@ -106,6 +111,15 @@ def _job_notes(sweep_dir: Path, since: float) -> dict[str, dict]:
     return notes
 
 
+def _holds_job(d: Path, note: dict) -> bool:
+    """Whether folder d records the run of the job a note is about (its .hydra/overrides.yaml)."""
+    try:
+        wanted = job_dirs.identity(str(o) for o in note.get("overrides", []))
+    except Exception:
+        return False
+    return job_dirs.recorded_identity(d) == wanted
+
+
 def _job_row(d: Path, since: float, note: dict | None) -> dict | None:
     """One job folder's report row; None if this multirun did not touch it."""
     overrides_file = d / layout.OVERRIDES
@@ -120,8 +134,15 @@ def _job_row(d: Path, since: float, note: dict | None) -> dict | None:
         except Exception:
             overrides = ["<unreadable .hydra/overrides.yaml>"]
     summary = read_summary(d) if d.is_dir() else None
-    if note is not None:
+    if note is not None and summary is not None and not _holds_job(d, note):
+        summary = None  # the folder's numbers are another experiment's: never shown as this job's
+        status = Status.FAILED
+        text = str(note.get("note") or "") if note.get("status") == Status.FAILED else ""
+        text = text or f"{d} holds another experiment's run; its result is not this job's"
+    elif note is not None:
         status, text = str(note.get("status", Status.FAILED)), str(note.get("note", ""))
+        if status == Status.FAILED:
+            summary = None  # whatever the folder holds is not this job's result
     elif summary is None:
         status, text = Status.FAILED, "no readable summary.json: the job died before it started, or the file is corrupt"
     else:
@@ -137,6 +158,11 @@ def _job_row(d: Path, since: float, note: dict | None) -> dict | None:
             "note": text, "dir": str(d)}
 
 
+def natural_key(name: str) -> list:
+    """Job folders in a readable order: seed=2 before seed=10, 2 before 10."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
 def collect_jobs(sweep_dir: Path, since: float) -> list[dict]:
     """One row per job folder this multirun launched (its .hydra/ was written after `since`, or
     the job left a note). A folder that cannot be read is a failed row, never an exception."""
@@ -147,7 +173,7 @@ def collect_jobs(sweep_dir: Path, since: float) -> list[dict]:
     except OSError:
         dirs = []
     dirs += [sweep_dir / n for n in notes if not (sweep_dir / n).is_dir()]
-    for d in sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)):
+    for d in sorted(dirs, key=lambda p: natural_key(p.name)):
         try:
             row = _job_row(d, since, notes.get(d.name))
         except Exception as e:  # a malformed job folder must not cost the report
@@ -171,7 +197,9 @@ def format_report(sweep_dir: Path, jobs: list[dict]) -> str:
         acc = f"test/acc={j['test/acc']:.4f}" if isinstance(j["test/acc"], (int, float)) else ""
         note = f"  ({j['note']})" if j["note"] and j["status"] != Status.COMPLETED else ""
         own = " ".join(o for o in j["overrides"] if o not in shared)  # what tells the jobs apart
-        lines.append(f"  #{j['job']:<3} {j['status']:<11} {acc:<15} {own}{note}")
+        # a folder named by the job's overrides needs no mention; a hashed or numbered one does
+        where = "" if "=" in j["job"] else f"  [{j['job']}]"
+        lines.append(f"  {j['status']:<11} {acc:<15} {own}{where}{note}")
     return "\n".join(lines)
 
 
@@ -200,6 +228,19 @@ def make_report(sweep_dir: Path, since: float, interrupted: str | None = None) -
 ACTIVE: dict[str, Any] = {}  # the multirun under way in this process: its folder and start time
 
 
+def multirun_start_time(sweep_dir: Path) -> float:
+    """The start of a multirun on the file system's own clock: the mtime of a marker written now.
+    Job files written after it have mtimes >= it, while time.time() may run ahead of the coarser
+    clock that stamps files (a margin wide enough for that would take in an earlier sweep's last jobs)."""
+    marker = sweep_dir / JOB_NOTES / "multirun-started"
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{os.getpid()}\n")
+        return marker.stat().st_mtime
+    except OSError:  # an unwritable sweep folder fails its jobs anyway; fall back to the clock
+        return time.time() - 1.0
+
+
 class SweepReport(Callback):
     """Hydra callback: at the end of a multirun, print and save every job's status."""
 
@@ -208,9 +249,11 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global LAST_REPORT
-        self.started = time.time() - 1.0  # file mtimes may be coarser than time.time()
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.started = multirun_start_time(sweep_dir)
         LAST_REPORT = None
-        ACTIVE.update(sweep_dir=Path(str(config.hydra.sweep.dir)), since=self.started)
+        ACTIVE.update(sweep_dir=sweep_dir, since=self.started)
+        job_dirs.forget_scans()  # the sweep folder may have changed since an earlier multirun of this process
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         ACTIVE.clear()

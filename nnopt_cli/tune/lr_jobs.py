@@ -165,6 +165,13 @@ def stats(values: list) -> dict:
             "n": len(ok), "values": values}
 
 
+def lr_name(lr: float) -> str:
+    """The LR as a folder name: short (%g) where that names this very value, else every digit, so two
+    LRs of a grid never share a folder."""
+    short = f"{lr:g}"
+    return short if float(short) == lr else repr(float(lr))
+
+
 class StudyInterrupted(KeyboardInterrupt):
     """A job was stopped by Ctrl-C / SIGTERM; its checkpoint is kept for the rerun."""
 
@@ -224,7 +231,8 @@ class Study:
         return [*self.overrides, f"optimizer={plan.optimizer}", f"optimizer.lr={lr!r}", f"seed={seed}"]
 
     def run_dir(self, plan: Plan, lr: float, seed: int) -> Path:
-        return self.root / plan.optimizer / f"lr={lr:g}" / f"seed={seed}"
+        """Keyed by the job's identity: optimizer, LR, seed (the study's other overrides are its own)."""
+        return self.root / plan.optimizer / f"lr={lr_name(lr)}" / f"seed={seed}"
 
     # ------------------------------------------------------------------ running
 

@@ -49,7 +49,7 @@ def sweep(tmp_path_factory) -> Path:
     """4 real runs: the optimizers preset on tiny synthetic data, cut to sgd/adam x seeds 0,1."""
     root = tmp_path_factory.mktemp("compare")
     out = run_cli("train", "-m", "+experiment=optimizers", *TINY, "optimizer=sgd,adam",
-                  f"hydra.sweep.dir={root}/sweep", cwd=root)
+                  f"hydra.sweep.dir={root}/sweep", "hydra.sweep.subdir=${hydra.job.num}", cwd=root)  # in grid order
     assert out.returncode == 0, out.stderr[-2000:]
     return root / "sweep"
 
@@ -58,7 +58,7 @@ def sweep(tmp_path_factory) -> Path:
 def messy(sweep, tmp_path_factory) -> Path:
     """Two good runs next to a truncated summary, a torn metrics line, a missing summary, a failed run."""
     root = tmp_path_factory.mktemp("messy")
-    good = sorted(p for p in sweep.iterdir() if p.is_dir())
+    good = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     for name, src in (("ok0", good[0]), ("ok1", good[2]), ("truncated", good[0]), ("torn", good[1]),
                       ("nosummary", good[1]), ("failed", good[3])):
         shutil.copytree(src, root / name)
@@ -174,7 +174,7 @@ def test_plots_are_png_with_one_line_per_run_or_group(sweep, capsys, tmp_path):
 
 
 def test_plot_inside_a_run_folder_is_refused(sweep, capsys):
-    run0 = sorted(p for p in sweep.iterdir() if p.is_dir())[0]
+    run0 = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))[0]
     code, out, err = compare(capsys, str(sweep), "--plot", str(run0 / "curves.png"))
     assert code == 2 and "inside run folder" in err and not (run0 / "curves.png").exists()
     assert out == ""  # refused before the table is printed

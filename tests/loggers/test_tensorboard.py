@@ -168,7 +168,7 @@ def test_missing_tensorboard_says_how_to_install(monkeypatch):
 @pytest.mark.slow
 def test_export_back_fills_event_files_from_run_folders(cli, tmp_path):
     out = cli("train", "-m", *TINY, "optimizer=sgd,adam", "post=prune", "post.prune.finetune_epochs=0",
-              "hydra.sweep.dir=sweep")
+              "hydra.sweep.dir=sweep", "hydra.sweep.subdir=${hydra.job.num}")  # job folders 0 (sgd), 1 (adam)
     assert out.returncode == 0, out.stderr[-2000:]
     sweep = tmp_path / "sweep"
     exported = cli("export", "tensorboard", str(sweep))

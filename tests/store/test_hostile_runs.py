@@ -85,12 +85,12 @@ def test_resume_and_skip_completed_refuse_a_folder_another_process_writes(tmp_pa
         line = one_line(run_cli("train", f"resume={run}", cwd=tmp_path))
         assert f"run folder {run} is in use by pid {holder.pid}" in line
         sweep = run_cli("train", "-m", *TINY, "epochs=1", "seed=0", "hydra.sweep.dir=sw", "skip_completed=true",
-                        cwd=tmp_path)
+                        NUMBERED, cwd=tmp_path)
         assert sweep.returncode == 0, sweep.stderr
         holder2 = hold_lock(tmp_path / "sw" / "0")
         try:
             sweep = run_cli("train", "-m", *TINY, "epochs=1", "seed=0,1", "hydra.sweep.dir=sw", "skip_completed=true",
-                            cwd=tmp_path)
+                            NUMBERED, cwd=tmp_path)
         finally:
             holder2.kill()
             holder2.wait()
@@ -125,11 +125,15 @@ def test_a_running_train_holds_the_lock(tmp_path):
 # ---------------------------------------------------------------------------- .hydra/ and reuse
 
 SIDE_FILES = (".nnopt.lock", "train.log")
+# job folders by number, as older versions named them, or all jobs in one folder: the tests below
+# need to know a job's folder before it exists, or two experiments meeting in one folder
+NUMBERED = "hydra.sweep.subdir=${hydra.job.num}"
+ONE_FOLDER = "hydra.sweep.subdir=0"
 
 
 @pytest.mark.slow
 def test_refused_and_skipped_jobs_keep_their_hydra_files_and_fresh_runs_replace_nothing(tmp_path):
-    first = run_cli("train", "-m", *TINY, "epochs=1", "seed=0", "hydra.sweep.dir=sw", cwd=tmp_path)
+    first = run_cli("train", "-m", *TINY, "epochs=1", "seed=0", "hydra.sweep.dir=sw", ONE_FOLDER, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     job = tmp_path / "sw" / "0"
     hydra_before = {f.name: f.read_bytes() for f in (job / ".hydra").iterdir()}
@@ -137,11 +141,11 @@ def test_refused_and_skipped_jobs_keep_their_hydra_files_and_fresh_runs_replace_
     files_before = {f.name: f.read_bytes() for f in job.iterdir() if f.is_file() and f.name not in SIDE_FILES}
     # another experiment in the same folder, skip_completed: refused, and .hydra/ still says seed=0
     other = run_cli("train", "-m", *TINY, "epochs=1", "seed=5", "hydra.sweep.dir=sw", "skip_completed=true",
-                    cwd=tmp_path)
+                    ONE_FOLDER, cwd=tmp_path)
     assert other.returncode == 1 and "different experiment" in other.stdout + other.stderr
     # the same experiment: skipped, reported so
     same = run_cli("train", "-m", *TINY, "epochs=1", "seed=0", "hydra.sweep.dir=sw", "skip_completed=true",
-                   cwd=tmp_path)
+                   ONE_FOLDER, cwd=tmp_path)
     assert same.returncode == 0 and "skipped" in same.stdout, same.stdout + same.stderr
     # without skip_completed: refused, nothing replaced
     again = run_cli("train", "-m", *TINY, "epochs=1", "seed=0", "hydra.sweep.dir=sw", cwd=tmp_path)
@@ -476,7 +480,7 @@ def test_a_killed_parallel_worker_still_gets_a_report_and_exit_1(tmp_path, launc
     long_run = [o for o in TINY if not o.startswith(("epochs", "dataset.n_train", "batch_size.size"))]
     proc = subprocess.Popen([sys.executable, "-m", "nnopt_cli", "train", "-m", f"hydra/launcher={launcher}",
                              "hydra.launcher.n_jobs=2", *long_run, "dataset.n_train=3000", "batch_size.size=8",
-                             "epochs=200", "seed=0,1", "hydra.sweep.dir=sw"], cwd=tmp_path, text=True,
+                             "epochs=200", "seed=0,1", "hydra.sweep.dir=sw", NUMBERED], cwd=tmp_path, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     lock = tmp_path / "sw" / "0" / ".nnopt.lock"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from nnopt_cli.sweep.job_dirs import job_dir
 from nnopt_cli.training.observers import Observer, RunInfo
 from tests.conftest import REPO, TINY, run_cli
 
@@ -31,6 +32,11 @@ class CorruptAtEnd(Observer):
         self.run.cfg["dataset"]["name"] = "broken"
 
 
+def job(sweep: Path, *overrides: str) -> Path:
+    """The folder of the sweep job with these task overrides."""
+    return sweep / job_dir(list(overrides), sweep)
+
+
 def metrics(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rows]
@@ -46,8 +52,9 @@ def test_jobs_cannot_touch_each_others_data_and_match_separate_runs(tmp_path, la
     for seed in range(3):  # each job as if it ran alone, though the jobs before it wrecked their data
         alone = run_cli("train", *TINY, bad, f"seed={seed}", f"hydra.run.dir=alone{seed}", cwd=tmp_path)
         assert alone.returncode == 0, alone.stderr
-        assert metrics(tmp_path / "sw" / str(seed)) == metrics(tmp_path / f"alone{seed}")
-        summary = json.loads((tmp_path / "sw" / str(seed) / "summary.json").read_text())
+        folder = job(tmp_path / "sw", *TINY, bad, f"seed={seed}")
+        assert metrics(folder) == metrics(tmp_path / f"alone{seed}")
+        summary = json.loads((folder / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["threads"] == 1
 
 
@@ -58,7 +65,8 @@ def test_parallel_jobs_run_at_once_in_forked_workers_one_thread_each(tmp_path):
                   "hydra.sweep.dir=sw", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "in 2 forked worker processes" in out.stdout + out.stderr
-    summaries = [json.loads((tmp_path / "sw" / str(i) / "summary.json").read_text()) for i in range(4)]
+    folders = [job(tmp_path / "sw", *overrides, f"seed={i}") for i in range(4)]
+    summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
     assert all(s["status"] == "completed" for s in summaries)
     cores = len(os.sched_getaffinity(0))
     assert all(s["threads"] == max(1, cores // 2) for s in summaries)
@@ -66,14 +74,15 @@ def test_parallel_jobs_run_at_once_in_forked_workers_one_thread_each(tmp_path):
     alone = run_cli("train", *overrides, "seed=3", f"threads={summaries[3]['threads']}", "hydra.run.dir=alone",
                     cwd=tmp_path)
     assert alone.returncode == 0, alone.stderr
-    assert metrics(tmp_path / "sw" / "3") == metrics(tmp_path / "alone")
+    assert metrics(folders[3]) == metrics(tmp_path / "alone")
     # one job: one worker, every core's threads (as the sequential sweep gives it)
     one = run_cli("train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *overrides, "seed=7",
                   "hydra.sweep.dir=one", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     seq = run_cli("train", "-m", *overrides, "seed=7", "hydra.sweep.dir=seq", cwd=tmp_path)
     assert seq.returncode == 0, seq.stderr
-    threads = [json.loads((tmp_path / d / "0" / "summary.json").read_text())["threads"] for d in ("one", "seq")]
+    threads = [json.loads((job(tmp_path / d, *overrides, "seed=7") / "summary.json").read_text())["threads"]
+               for d in ("one", "seq")]
     assert threads[0] == threads[1] >= min(cores, 2)
 
 
@@ -88,7 +97,8 @@ def test_a_signalled_parallel_sweep_checkpoints_running_jobs_starts_no_more_and_
            *LONG, "seed=0,1,2", "hydra.sweep.dir=sw"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    rows = [tmp_path / "sw" / str(i) / "metrics.jsonl" for i in (0, 1)]
+    folders = [job(tmp_path / "sw", *LONG, f"seed={i}") for i in range(3)]
+    rows = [folders[i] / "metrics.jsonl" for i in (0, 1)]
     deadline = time.time() + 120
     while time.time() < deadline and not all(r.exists() and r.read_text().count("\n") >= 1 for r in rows):
         time.sleep(0.1)
@@ -100,17 +110,17 @@ def test_a_signalled_parallel_sweep_checkpoints_running_jobs_starts_no_more_and_
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     for i in (0, 1):
-        summary = json.loads((tmp_path / "sw" / str(i) / "summary.json").read_text())
+        summary = json.loads((folders[i] / "summary.json").read_text())
         assert summary["status"] == "interrupted" and 1 <= summary["epochs"] < 40
-        assert (tmp_path / "sw" / str(i) / "checkpoint.pt").is_file()
-    assert not (tmp_path / "sw" / "2").exists()  # queued, never started
+        assert (folders[i] / "checkpoint.pt").is_file()
+    assert not folders[2].exists()  # queued, never started
     again = subprocess.run([*cmd, "skip_completed=true"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                            text=True, capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr
     for i in range(3):
-        summary = json.loads((tmp_path / "sw" / str(i) / "summary.json").read_text())
+        summary = json.loads((folders[i] / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["epochs"] == 40
-        assert len(metrics(tmp_path / "sw" / str(i))) == 40
+        assert len(metrics(folders[i])) == 40
 
 
 def test_a_worker_returns_what_pickle_can_send():

@@ -9,6 +9,7 @@ import pytest
 import submitit.slurm.slurm as submitit_slurm
 import yaml
 
+from nnopt_cli.sweep.job_dirs import job_dir
 from tests.conftest import TINY
 
 
@@ -17,8 +18,8 @@ def test_submitit_local_sweep_runs_each_job_as_a_submitit_job(cli, tmp_path):
     out = cli("train", "-m", "hydra/launcher=submitit_local", *TINY, "optimizer=sgd,adam")
     assert out.returncode == 0, out.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
-    for num, optimizer in ((0, "sgd"), (1, "adam")):
-        job = sweep / str(num)
+    for optimizer in ("sgd", "adam"):
+        job = sweep / job_dir([*TINY, f"optimizer={optimizer}"], sweep)
         assert json.loads((job / "summary.json").read_text())["status"] == "completed"
         assert f"optimizer={optimizer}" in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
     # each job ran in a process of its own that submitit started and collected the result of

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from nnopt_cli.compare.discover import find_run_dirs
 from nnopt_cli.run.recipe import RunContext, train
 from nnopt_cli.sweep import report as sweep
+from nnopt_cli.sweep.job_dirs import job_dir
 from nnopt_cli.sweep.report import SweepFolderError, collect_jobs, format_report, job_action
 from tests.conftest import TINY, compose_cfg
 
@@ -87,18 +89,21 @@ def test_failing_job_then_identical_rerun_skips_completed_jobs(cli, tmp_path):
     assert "Traceback" not in first.stderr and "2 of 4 sweep job(s) failed" in first.stderr
     assert "4 job(s), 2 completed, 2 failed" in first.stdout
     report = json.loads((tmp_path / "sw" / "report.json").read_text())
-    assert [j["status"] for j in report["jobs"]] == ["completed", "failed", "completed", "failed"]
+    assert sorted(j["status"] for j in report["jobs"]) == ["completed", "completed", "failed", "failed"]
     sw = tmp_path / "sw"
-    for n in (0, 2):
-        assert json.loads((sw / str(n) / "summary.json").read_text())["status"] == "completed"
-    model_0 = (sw / "0" / "model.pt").stat().st_mtime_ns
-    # job 2 "was killed" after its last checkpoint: the rerun resumes it instead of starting over
-    s2 = json.loads((sw / "2" / "summary.json").read_text())
-    (sw / "2" / "summary.json").write_text(json.dumps({**s2, "status": "running"}))
+    job = {seed: sw / job_dir([*sweep_args("sw")[2:-4], f"seed={seed}", "epochs=1"], sw) for seed in (0, 1)}
+    for d in job.values():
+        assert json.loads((d / "summary.json").read_text())["status"] == "completed"
+    assert len(find_run_dirs(sw)) == 2  # the refused jobs (epochs=0) left no folder
+    model_0 = (job[0] / "model.pt").stat().st_mtime_ns
+    # seed 1 "was killed" after its last checkpoint: the rerun resumes it instead of starting over
+    s1 = json.loads((job[1] / "summary.json").read_text())
+    (job[1] / "summary.json").write_text(json.dumps({**s1, "status": "running"}))
 
     second = cli(*sweep_args("sw"))
     assert second.returncode == 1, second.stderr
     report = json.loads((sw / "report.json").read_text())
-    assert [j["status"] for j in report["jobs"]] == ["skipped", "failed", "completed", "failed"]
-    assert (sw / "0" / "model.pt").stat().st_mtime_ns == model_0  # not retrained
-    assert json.loads((sw / "2" / "summary.json").read_text())["resumed_from_epoch"] == 1
+    assert {j["job"]: j["status"] for j in report["jobs"] if j["status"] != "failed"} == {
+        job[0].name: "skipped", job[1].name: "completed"}
+    assert (job[0] / "model.pt").stat().st_mtime_ns == model_0  # not retrained
+    assert json.loads((job[1] / "summary.json").read_text())["resumed_from_epoch"] == 1
