@@ -46,3 +46,12 @@ def cli(tmp_path):
     def _run(*args: str, **kw):
         return run_cli(*args, cwd=kw.pop("cwd", tmp_path), **kw)
     return _run
+
+
+@pytest.fixture(autouse=True)
+def datasets_not_kept_across_tests(monkeypatch):
+    """An in-process sweep keeps datasets loaded for the rest of its process (the CLI's process ends
+    with the sweep); in the test process each test starts without them."""
+    from nnopt_cli import data
+
+    monkeypatch.setattr(data, "_KEPT", None)

@@ -89,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
                    help="metric columns to show (repeatable or comma list; default: final test/val metrics "
                         "and stage results)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    d = p.add_argument_group("statistics (see the README's 'Comparisons that decide')")
+    d = p.add_argument_group("statistics (see docs/compare.md, 'Comparisons that decide')")
     d.add_argument("--stats", action="store_true",
                    help="with --group-by: each metric's interquartile mean with a 95%% bootstrap CI "
                         "(rliable)")

@@ -2,7 +2,6 @@
 
     checks.py     need_* value checks every config group uses (one line per bad value)
     overrides.py  command-line overrides checked before Hydra composes anything
-    compose.py    the config `nnopt train <overrides>` would run, composed in-process
     build.py      instantiate a checked node with its `_target_`
 
 Kept free of torch so `nnopt compare` and `--help` start fast.
