@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from nnopt_cli.sweep.job_dirs import job_dir
 from nnopt_cli.training.observers import Observer, RunInfo
 from tests.conftest import REPO, TINY, run_cli
+from tests.hold import hold_overrides, release, wait_until_held
 
 
 class CorruptAtEnd(Observer):
@@ -86,41 +86,43 @@ def test_parallel_jobs_run_at_once_in_forked_workers_one_thread_each(tmp_path):
     assert threads[0] == threads[1] >= min(cores, 2)
 
 
-LONG = [o for o in TINY if not o.startswith(("dataset.n_train", "epochs", "batch_size.size"))] + [
-    "dataset.n_train=3000", "epochs=40", "batch_size.size=8"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("to_group", [False, True], ids=["kill-pid", "ctrl-c-group"])
 def test_a_signalled_parallel_sweep_checkpoints_running_jobs_starts_no_more_and_resumes(tmp_path, to_group):
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    overrides = [*[o for o in TINY if not o.startswith("epochs=")], "epochs=3", *hold_overrides(flags)]
     cmd = [sys.executable, "-m", "nnopt_cli", "train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-           *LONG, "seed=0,1,2", "hydra.sweep.dir=sw"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    folders = [job(tmp_path / "sw", *LONG, f"seed={i}") for i in range(3)]
-    rows = [folders[i] / "metrics.jsonl" for i in (0, 1)]
-    deadline = time.time() + 120
-    while time.time() < deadline and not all(r.exists() and r.read_text().count("\n") >= 1 for r in rows):
-        time.sleep(0.1)
+           *overrides, "seed=0,1,2", "hydra.sweep.dir=sw"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    folders = [job(tmp_path / "sw", *overrides, f"seed={i}") for i in range(3)]
+    # the two running jobs are held at the end of their first epoch; the third is queued
+    assert wait_until_held(flags, 2, proc) == sorted(f.name for f in folders[:2])
     if to_group:  # what a terminal's Ctrl-C does: every process of the sweep gets SIGINT
         os.killpg(proc.pid, signal.SIGINT)
     else:  # `kill <pid>`: only the sweep's process; it passes the stop on to the running jobs
         proc.send_signal(signal.SIGTERM)
+    # each held job goes on once the stop reaches it (a kill of the sweep's pid reaches the jobs
+    # through the launcher), and stops at its next step with a checkpoint
+    assert wait_until_held(flags, 2, proc, what="stopped") == sorted(f.name for f in folders[:2])
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     for i in (0, 1):
         summary = json.loads((folders[i] / "summary.json").read_text())
-        assert summary["status"] == "interrupted" and 1 <= summary["epochs"] < 40
+        assert summary["status"] == "interrupted" and summary["epochs"] == 1
         assert (folders[i] / "checkpoint.pt").is_file()
     assert not folders[2].exists()  # queued, never started
-    again = subprocess.run([*cmd, "skip_completed=true"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                           text=True, capture_output=True, timeout=300)
+    release(flags)
+    again = subprocess.run([*cmd, "skip_completed=true"], cwd=tmp_path, env=env, text=True, capture_output=True,
+                           timeout=300)
     assert again.returncode == 0, again.stderr
     for i in range(3):
         summary = json.loads((folders[i] / "summary.json").read_text())
-        assert summary["status"] == "completed" and summary["epochs"] == 40
-        assert len(metrics(folders[i])) == 40
+        assert summary["status"] == "completed" and summary["epochs"] == 3
+        assert len(metrics(folders[i])) == 3
 
 
 def test_a_worker_returns_what_pickle_can_send():

@@ -25,6 +25,7 @@ from nnopt_cli.cli.tune import tune
 from nnopt_cli.compare.discover import discover
 from nnopt_cli.tune.pruning import JOURNAL, journal_storage
 from tests.conftest import REPO, TINY, run_cli
+from tests.hold import hold_overrides, release, wait_until_held
 
 
 def write_preset(folder: Path, name: str, params: dict, **settings) -> Path:
@@ -174,18 +175,16 @@ def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
 def test_killed_study_reruns_to_exactly_n_trials(tmp_path):
     preset = write_preset(tmp_path, "k", {"optimizer.lr": "tag(log, interval(1e-3, 0.1))"}, n_trials=4,
                           sampler={"name": "random", "seed": 0})
-    args = ("tune", f"hparams_search={preset}", *TINY, "epochs=40")  # a trial lasts a few seconds
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    args = ("tune", f"hparams_search={preset}", *TINY, *hold_overrides(flags, run_name=1))
     proc = start_cli(*args, cwd=tmp_path)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill it while trial 1 trains
-        f = next((tmp_path / "outputs" / "tune").glob("k-*/1/metrics.jsonl"), None)
-        if f is not None and f.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.02)
+    wait_until_held(flags, 1, proc)  # trial 1 is held at the end of its first epoch: kill it there
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     study_dir = study_dir_of(tmp_path, "k")
     assert summary(study_dir / "1")["status"] == "running"
+    release(flags)
 
     rerun = run_cli(*args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
