@@ -31,6 +31,7 @@ from nnopt_cli.store.lock import RunLock, RunLocked
 from nnopt_cli.sweep.report import collect_jobs, make_report
 from nnopt_cli.training.device import configure_threads, max_threads, pin_threads
 from tests.conftest import REPO, TINY, compose_cfg, run_cli
+from tests.hold import hold_overrides, wait_until_held
 
 HOLD = """
 import sys, time
@@ -105,15 +106,13 @@ def test_resume_and_skip_completed_refuse_a_folder_another_process_writes(tmp_pa
 
 @pytest.mark.slow
 def test_a_running_train_holds_the_lock(tmp_path):
-    long_run = [o for o in TINY if not o.startswith(("epochs", "dataset.n_train"))] + ["epochs=200",
-                                                                                       "dataset.n_train=2000"]
-    proc = subprocess.Popen([sys.executable, "-m", "nnopt_cli", "train", *long_run, "hydra.run.dir=run"], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL)
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "nnopt_cli", "train", *TINY, *hold_overrides(flags),
+                             "hydra.run.dir=run"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (tmp_path / "run" / "metrics.jsonl").exists():
-            time.sleep(0.1)
+        wait_until_held(flags, 1, proc)  # mid-run: after its first epoch
         with pytest.raises(RunLocked, match=f"pid {proc.pid}"):
             RunLock(tmp_path / "run").acquire()
     finally:
@@ -308,6 +307,8 @@ def test_signal_during_post_training_marks_the_run_interrupted(tmp_path, sig, co
         except (OSError, ValueError, KeyError):
             pass
         time.sleep(0.05)
+    else:
+        pytest.fail(f"the run never reached post-training in 120 s: {proc.poll()=}")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code and "Traceback" not in err, err
@@ -324,7 +325,9 @@ def test_signal_during_setup_never_claims_a_missing_checkpoint(tmp_path, sig, co
                             stdout=subprocess.DEVNULL)
     lock = tmp_path / "run" / ".nnopt.lock"
     deadline = time.time() + 120
-    while time.time() < deadline and not (lock.exists() and lock.stat().st_size):
+    while not (lock.exists() and lock.stat().st_size):
+        if time.time() > deadline or proc.poll() is not None:
+            pytest.fail(f"the run never locked its folder: {proc.poll()=}")
         time.sleep(0.002)
     proc.send_signal(sig)  # the folder is locked: setup (or, on a fast machine, the first epoch) is under way
     _, err = proc.communicate(timeout=120)
@@ -477,16 +480,15 @@ def test_the_lock_is_reentrant_within_one_process(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "parallel"])
 def test_a_killed_parallel_worker_still_gets_a_report_and_exit_1(tmp_path, launcher):
-    long_run = [o for o in TINY if not o.startswith(("epochs", "dataset.n_train", "batch_size.size"))]
+    flags = tmp_path / "flags"
+    flags.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "nnopt_cli", "train", "-m", f"hydra/launcher={launcher}",
-                             "hydra.launcher.n_jobs=2", *long_run, "dataset.n_train=3000", "batch_size.size=8",
-                             "epochs=200", "seed=0,1", "hydra.sweep.dir=sw", NUMBERED], cwd=tmp_path, text=True,
+                             "hydra.launcher.n_jobs=2", *TINY, *hold_overrides(flags, run_name=0), "seed=0,1",
+                             "hydra.sweep.dir=sw", NUMBERED], cwd=tmp_path, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
+    wait_until_held(flags, 1, proc)  # job 0 is held after its first epoch
     lock = tmp_path / "sw" / "0" / ".nnopt.lock"
-    deadline = time.time() + 180
-    while time.time() < deadline and not ((tmp_path / "sw" / "0" / "metrics.jsonl").exists() and lock.stat().st_size):
-        time.sleep(0.2)
     os.kill(json.loads(lock.read_text())["pid"], signal.SIGKILL)  # the worker running job 0
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1
