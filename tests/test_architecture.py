@@ -147,3 +147,11 @@ def test_every_post_yaml_is_a_stage_module_with_check_run_and_output_file():
 def test_every_module_imports_on_its_own():
     for m in GRAPH:
         importlib.import_module(m)
+
+
+def test_no_module_re_exports_another_modules_names():
+    """Import a name from its home: an unused import kept for others to import would hide where it lives."""
+    offenders = [f"{p.relative_to(PKG.parent)}:{i}" for p in PKG.rglob("*.py")
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if line.startswith("from nnopt_cli") and "noqa: F401" in line]
+    assert not offenders

@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nnopt_cli import data
 from nnopt_cli.config import conf_dir
-from nnopt_cli.config.overrides import INFO_FLAGS, check_keys, check_overrides, group_options  # noqa: F401 (re-exported)
+from nnopt_cli.config.overrides import INFO_FLAGS, check_keys, check_overrides
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
 from nnopt_cli.run.continuation import continue_config, write_hydra_config
 from nnopt_cli.run.job import (

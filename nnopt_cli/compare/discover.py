@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnopt_cli.compare.files import Loader, hydra_choices, read_json, read_jsonl, read_text, read_yaml  # noqa: F401
+from nnopt_cli.compare.files import hydra_choices, read_jsonl, read_yaml
 from nnopt_cli.config import conf_dir
 from nnopt_cli.store import layout
 from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS, PLACE_KEYS, Status, experiment_config
