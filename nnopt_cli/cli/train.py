@@ -145,7 +145,8 @@ def train_app(cfg: DictConfig) -> float:
                 write_hydra_files(run_dir, written, hydra_subdir)
             record, resume = True, action == "resume"
         else:
-            refuse_reuse(run_dir, multirun)
+            if distributed.is_rank0():  # the writer checks; under torchrun the others may see its first files
+                refuse_reuse(run_dir, multirun)
             if hydra_subdir:
                 write_hydra_files(run_dir, written, hydra_subdir)
             record = True

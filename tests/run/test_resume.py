@@ -281,7 +281,7 @@ def test_cli_keep_none_completed_run_is_skipped_and_compared_without_a_checkpoin
              "seed=1,2"]
     first = run_cli("train", *sweep, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    jobs = sorted((tmp_path / "sweep").glob("[0-9]"))
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 2 and not any((j / "checkpoint.pt").exists() for j in jobs)
     again = run_cli("train", *sweep, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -272,12 +272,10 @@ def test_cli_bad_group_option_and_bad_override_make_no_run_folder(cli, tmp_path)
 
 
 @pytest.mark.slow
-def test_cli_bad_number_leaves_a_failed_not_a_complete_folder(cli, tmp_path):
+def test_cli_bad_number_leaves_no_run_folder(cli, tmp_path):
     line = assert_one_line(cli("train", "dataset=synthetic", "device=cpu", "threads=1", "epochs=-3"))
     assert line == "nnopt: error: invalid config: epochs=-3: an integer in [1, 1000000]"
-    (run,) = [p.parent for p in (tmp_path / "outputs").rglob("summary.json")]
-    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
-    assert not (run / "model.pt").exists() and not (run / "checkpoint.pt").exists()
+    assert [f for f in (tmp_path / "outputs").rglob("*") if f.is_file()] == []  # nothing compare would read
 
 
 @pytest.mark.slow

@@ -163,10 +163,12 @@ def test_refused_and_skipped_jobs_keep_their_hydra_files_and_fresh_runs_replace_
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "parallel"])
 def test_parallel_refusals_are_failures_not_skips(tmp_path, launcher):
-    first = run_cli("train", "-m", *TINY, "epochs=1", "seed=0,1", "hydra.sweep.dir=sw", cwd=tmp_path)
+    # numbered job folders (the layout of older sweeps, still chosen by this subdir): other seeds in the
+    # same numbers are other experiments
+    first = run_cli("train", "-m", *TINY, "epochs=1", "seed=0,1", "hydra.sweep.dir=sw", NUMBERED, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     out = run_cli("train", "-m", f"hydra/launcher={launcher}", "hydra.launcher.n_jobs=2", *TINY, "epochs=1", "seed=5,6",
-                  "hydra.sweep.dir=sw", "skip_completed=true", cwd=tmp_path)
+                  "hydra.sweep.dir=sw", "skip_completed=true", NUMBERED, cwd=tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     report = json.loads((tmp_path / "sw" / "report.json").read_text())
     assert [j["status"] for j in report["jobs"]] == ["failed", "failed"]
