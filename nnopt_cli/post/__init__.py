@@ -6,7 +6,8 @@ metrics of the model before and after it, all measured the same way (see measure
 and distillation epochs go to metrics.jsonl tagged with the stage.
 
 A stage that fails leaves model.pt, metrics.jsonl and earlier stages' files as they are; the
-summary says `status: failed`, `failed_stage` and the stage entry holds the error.
+summary says `status: failed`, `failed_stage` and the stage entry holds the error. A fine-tune whose
+loss or val/loss becomes NaN/inf says `status: diverged` instead (the entry also `diverged_at`).
 
 A stage is one module here (prune.py, quantize.py, distill.py): OUTPUT_FILE, check(cfg, model_cfg)
 and run(ctx, model, model_cfg) -> StageResult (stage.py); adding one is that module, its
@@ -30,6 +31,8 @@ from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.post import distill, prune, quantize
 from nnopt_cli.post.load import load_run_model, load_stage_model
 from nnopt_cli.post.stage import StageContext, StageResult, save_model
+from nnopt_cli.store.layout import DIVERGED
+from nnopt_cli.training.metrics import Diverged
 
 log = logging.getLogger("nnopt")
 
@@ -100,6 +103,13 @@ def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: to
             path = save_model(run.path / STAGES[name].OUTPUT_FILE, result.model)
             after = {**ctx.measure(result.model, path, result.quantized), **result.after_extra}
             lat_before, lat_after = ctx.latency(current, result.model)
+        except Diverged as d:  # a fine-tune blew up: the runner's status, with where it happened
+            entry.update(status=DIVERGED, error=f"training diverged: {d}", diverged_at={"epoch": d.epoch, "step": d.step},
+                         time_s=time.perf_counter() - t0)
+            summary.update(status=DIVERGED, failed_stage=name, error=f"post-training stage {name} diverged: {d}")
+            run.write_summary(summary)
+            raise StageFailed(f"post-training stage {name}: training diverged: {d} "
+                              "(model.pt, metrics.jsonl and earlier stages' files are kept)") from d
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             entry.update(status="failed", error=first if isinstance(e, NnoptError) else f"{type(e).__name__}: {first}",

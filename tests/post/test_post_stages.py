@@ -140,3 +140,19 @@ def test_on_cuda_stages_run_there_and_int8_is_evaluated_on_the_cpu(tmp_path):
     assert distill["after"]["device"].startswith("cuda") and prune["after"]["device"].startswith("cuda")
     assert quant["after"]["device"] == "cpu" and "CPU" in quant["note"]
     assert all(s["status"] == "completed" for s in summary["stages"])
+
+
+def test_a_fine_tune_that_diverges_is_reported_as_diverged(tmp_path):
+    # the run trains at sgd's lr; the pruning fine-tune at lr x 1e30 overflows the weights
+    cfg = compose_cfg("post=prune", "optimizer=sgd", "model.hidden=[16]", "post.prune.lr_scale=1e30", *FAST)
+    with pytest.raises(StageFailed, match="post-training stage prune: training diverged: loss became"):
+        train(cfg, RunContext(run_dir=tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["failed_stage"] == "prune"
+    assert summary["test/acc"] is not None  # training's own numbers stay
+    (stage,) = summary["stages"]
+    assert stage["status"] == "diverged" and stage["error"].startswith("training diverged: loss became")
+    assert stage["diverged_at"]["epoch"] == 1 and stage["diverged_at"]["step"] >= 1
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert len(rows) == cfg["epochs"] and not any(r.get("stage") for r in rows)  # no row of the diverged epoch
+    assert (tmp_path / "model.pt").exists() and not (tmp_path / "model.pruned.pt").exists()
