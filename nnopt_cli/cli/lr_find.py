@@ -124,7 +124,8 @@ def ramp_trainer(cfg: dict, model: nn.Module, n_train: int, device: torch.device
     no LR scaling and no weight averaging (the ramp alone sets the LR)."""
     epochs = -(-steps // -(-n_train // batch_size))
     cfg = {**cfg, "scheduler": {"name": "none"}, "epochs": epochs,
-           "batch_size": {"policy": "fixed", "size": batch_size, "lr_scaling": "none", "base_size": batch_size}}
+           "batch_size": {"policy": "fixed", "size": batch_size, "lr_scaling": "none",
+                          "base_size": batch_size}}
     return Trainer(cfg, model, n_train, device, epochs=epochs)
 
 

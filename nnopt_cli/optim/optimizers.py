@@ -221,7 +221,8 @@ def create_graph_backward():
         yield
 
 
-def optimizer_step(optimizer: Optimizer, kind: str, closure: Callable[..., torch.Tensor], scaler=None) -> None:
+def optimizer_step(optimizer: Optimizer, kind: str, closure: Callable[..., torch.Tensor],
+                   scaler=None) -> None:
     """One optimizer step the way `kind` says: the one place the protocol is dispatched (the trainer,
     lr-find and the config check all step through here). closure(create_graph=False) zeroes the
     gradients, runs forward + loss + backward (+ unscaling and clipping) and returns the loss.

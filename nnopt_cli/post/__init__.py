@@ -104,9 +104,10 @@ def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: to
             after = {**ctx.measure(result.model, path, result.quantized), **result.after_extra}
             lat_before, lat_after = ctx.latency(current, result.model)
         except Diverged as d:  # a fine-tune blew up: the runner's status, with where it happened
-            entry.update(status=DIVERGED, error=f"training diverged: {d}", diverged_at={"epoch": d.epoch, "step": d.step},
-                         time_s=time.perf_counter() - t0)
-            summary.update(status=DIVERGED, failed_stage=name, error=f"post-training stage {name} diverged: {d}")
+            entry.update(status=DIVERGED, error=f"training diverged: {d}",
+                         diverged_at={"epoch": d.epoch, "step": d.step}, time_s=time.perf_counter() - t0)
+            summary.update(status=DIVERGED, failed_stage=name,
+                           error=f"post-training stage {name} diverged: {d}")
             run.write_summary(summary)
             raise StageFailed(f"post-training stage {name}: training diverged: {d} "
                               "(model.pt, metrics.jsonl and earlier stages' files are kept)") from d

@@ -216,7 +216,8 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
             raise Interrupted(f"the end of epoch {epoch - 1}")
 
     def measure(row: dict) -> None:
-        row.update(trainer.weights.raw_metrics(data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"]))
+        row.update(trainer.weights.raw_metrics(data.val_x, data.val_y, cfg["eval_batch_size"],
+                                               cfg["precision"]))
         row.update(trainer.counters.as_row())
 
     def record(row: dict) -> None:
@@ -236,7 +237,8 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
             log.info("early stopping: %s did not improve for %d epochs (best %.4g at epoch %d)",
                      stopper.monitor, stopper.patience, stopper.best, stopper.best_epoch)
         if observers:
-            observers.on_epoch_end(EpochInfo(epoch, row, model, trainer.optimizer, trainer.counters.total_steps))
+            observers.on_epoch_end(EpochInfo(epoch, row, model, trainer.optimizer,
+                                             trainer.counters.total_steps))
         if every and (epoch % every == 0 or epoch == last_epoch or state.stop_reason != "max_epochs"):
             checkpoint()
         return state.stop_reason != "max_epochs"
@@ -244,7 +246,8 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     try:
         with Progress(cfg["epochs"], live=ctx.live_progress) as progress:
             fit(trainer, data, range(state.epoch + 1, last_epoch + 1),
-                FitHooks(epoch_start, measure, record, epoch_end), progress, validation, state.epoch_elapsed_s)
+                FitHooks(epoch_start, measure, record, epoch_end), progress, validation,
+                state.epoch_elapsed_s)
     except Diverged as d:
         summary.update(status=layout.DIVERGED, epochs=state.epoch, train_time_s=state.train_time_s,
                        diverged_at={"epoch": d.epoch, "step": d.step}, **{"test/loss": None, "test/acc": None},

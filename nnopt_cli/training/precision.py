@@ -36,7 +36,8 @@ class LossScaler:
     def __init__(self, precision: str):
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
-    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, create_graph: bool = False) -> None:
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 create_graph: bool = False) -> None:
         if self.scaler is None:
             loss.backward(create_graph=create_graph)
             return

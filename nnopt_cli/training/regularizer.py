@@ -55,7 +55,8 @@ class Penalty:
     def enabled(self) -> bool:
         return bool(self.l1 or self.l2)
 
-    def add_to(self, loss: torch.Tensor, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def add_to(self, loss: torch.Tensor,
+               params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(loss + penalty, penalty); (loss, None) when there is no penalty."""
         if not self.enabled:
             return loss, None

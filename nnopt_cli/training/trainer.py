@@ -5,8 +5,9 @@
 `_step` reads in that order. Every optional mode is an object that does nothing when it is off, so the
 step has one code path: AMP loss scaling (precision.LossScaler, like GradScaler(enabled=False)), the
 penalty (regularizer.Penalty.add_to), clipping and the sampled gradient norm (clip.GradClip),
-batch-size LR scaling (BatchSizePolicy.scaled_lr), DDP loss scaling (_batch_loss) and observers (an
-empty Observers calls nothing). The resume of an epoch an interrupt cut short is EpochSums.resumed.
+batch-size LR scaling (BatchSizePolicy.scaled_lr), DDP loss scaling (_batch_loss) and observers (with
+none, the base Observer, whose hooks do nothing). The resume of an epoch an interrupt cut short is
+EpochSums.resumed.
 
 The optimizer's protocol decides how the step gets its gradients, in one place for all of nnopt:
 optim.optimizers.optimizer_step. forward -> loss -> backward -> clip is the closure it is given; it
@@ -46,7 +47,7 @@ from nnopt_cli.training.clip import GradClip
 from nnopt_cli.training.interrupt import Interrupted
 from nnopt_cli.training.loss import make_loss
 from nnopt_cli.training.metrics import Counters, Diverged, EpochSums
-from nnopt_cli.training.observers import Observers, StepInfo
+from nnopt_cli.training.observers import Observer, Observers, StepInfo
 from nnopt_cli.training.precision import LossScaler, autocast_context
 from nnopt_cli.training.progress import Progress
 from nnopt_cli.training.regularizer import Penalty
@@ -102,7 +103,8 @@ class Trainer:
         self.net = distributed.wrap(model, device)
         if self.world > 1:  # dropout masks: a stream per rank, or every shard would get the same ones
             torch.manual_seed(cfg["seed"] + 7919 * self.rank)
-        self.observers = observers if observers is not None else Observers()  # empty: calls nothing
+        self.observers = observers if observers is not None else Observers()
+        self.watching: Observer = self.observers  # what each step calls: see train_epoch
         self.counters = Counters()
         # evaluation every N optimizer steps (eval_every_steps): the runner's callback, timed apart
         self.eval_every: int | None = None
@@ -165,7 +167,8 @@ class Trainer:
         """Whether SWALR drives the LR now (averaging=swa with swa_lr, from its start epoch on)."""
         return self.averager is not None and self.averager.schedule_taken_over(self.epoch)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, share: float, bs: int, measure: bool, epoch: int) -> Step:
+    def _step(self, x: torch.Tensor, y: torch.Tensor, share: float, bs: int, measure: bool,
+              epoch: int) -> Step:
         """One optimizer step: forward -> loss (+ penalty) -> backward (+ unscale) -> clip is the closure,
         optimizer_step calls it (once or more) and steps the way the optimizer's protocol says. The first
         call keeps what it saw for the epoch's sums and calls the observers' before_step (gradients
@@ -186,7 +189,7 @@ class Trainer:
             if first is None:
                 info = StepInfo(epoch, self.counters.total_steps + 1, self.model, self.optimizer, loss, bs)
                 first = Step(out, loss, penalty, norm, info)
-                self.observers.before_step(info)
+                self.watching.before_step(info)
             return total
 
         with self.policy.scaled_lr(self.optimizer, bs):
@@ -206,7 +209,9 @@ class Trainer:
                     progress: Progress | None = None) -> dict[str, Any]:
         """One pass over (x_all, y_all) in a fresh random order; returns the epoch's train metrics."""
         t_start, eval_s = time.perf_counter(), 0.0
-        model, optimizer, observers, n = self.model, self.optimizer, self.observers, len(x_all)
+        model, optimizer, n = self.model, self.optimizer, len(x_all)
+        # with no observer the steps call the base Observer, whose hooks do nothing: no loop, no Observers call
+        self.watching = self.observers or Observer()
         self.epoch = epoch
         self.weights.to_training()
         model.train()
@@ -246,7 +251,7 @@ class Trainer:
             # kept, summed later: no tensor operation, no host sync
             sums.add_step(done.out, y, done.loss, share, done.penalty, done.grad_norm)
             self._check_finite(done.loss, epoch, step, len(sizes))
-            observers.after_step(done.info)
+            self.watching.after_step(done.info)
             if self.on_eval is not None:
                 eval_s += self._maybe_evaluate_at(t_start, eval_s, x_all, sizes[0])
             if progress is not None and progress.live and step % self.log_every == 0:
