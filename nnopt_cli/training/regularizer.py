@@ -31,6 +31,7 @@ class Penalty:
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0):
         self.l1, self.l2 = l1, l2
+        self.enabled = bool(l1 or l2)
 
     @classmethod
     def from_config(cls, terms: Mapping[str, Mapping[str, float]]) -> Penalty | None:
@@ -50,10 +51,6 @@ class Penalty:
     @staticmethod
     def penalized(model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.ndim > 1]
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.l1 or self.l2)
 
     def add_to(self, loss: torch.Tensor,
                params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -93,6 +93,7 @@ class Trainer:
         self.penalized = Penalty.penalized(model) if self.penalty.enabled else []
         self.clip = GradClip.from_config(cfg["grad_clip"], model)
         self.precision = cfg["precision"]
+        self.autocast = autocast_context(self.precision, device)  # fp32: a nullcontext (reusable)
         self.scaler = LossScaler(self.precision)
         # a sync per step is nearly free on CPU (divergence caught at its step); on CUDA it would drain the queue
         self.check_every = 1 if device.type == "cpu" else cfg["log_every"]
@@ -177,7 +178,7 @@ class Trainer:
 
         def closure(create_graph: bool = False) -> torch.Tensor:
             nonlocal first
-            with autocast_context(self.precision, self.device):
+            with self.autocast:
                 out = self.net(x)
                 loss = self._batch_loss(out, y, x, share)
             total, penalty = self.penalty.add_to(loss, self.penalized)
