@@ -149,8 +149,9 @@ def train_app(cfg: DictConfig) -> float:
         print(f"nnopt: interrupted by {name}; {where}", file=sys.stderr)
         raise SystemExit(code) from None
     except Exception as e:
+        status = getattr(e, "status", "failed")  # a post-training fine-tune that diverged: "diverged"
         if record and distributed.is_rank0():
-            record_failure(run_dir, e)
+            record_failure(run_dir, e, status=status)
         if want_traceback():
             raise
         first = (str(e).splitlines() or [""])[0]
@@ -159,7 +160,7 @@ def train_app(cfg: DictConfig) -> float:
         if multirun:
             log.error("job %s failed: %s", hc.job.num, message)
             # the end-of-sweep report lists it, also when the job ran in another process (joblib)
-            sweep.note_job(hc.sweep.dir, hc.job.num, "failed", message, list(hc.overrides.task))
+            sweep.note_job(hc.sweep.dir, hc.job.num, status, message, list(hc.overrides.task))
             return FAILED_OBJECTIVE  # the sweep goes on; the job's summary.json says failed
         if not isinstance(e, NnoptError):
             print("nnopt: the full traceback is in summary.json; set NNOPT_DEBUG=1 to print it", file=sys.stderr)

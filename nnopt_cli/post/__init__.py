@@ -43,12 +43,21 @@ STAGES = {
     "distill": distill,
 }
 
-__all__ = ["STAGES", "StageContext", "StageFailed", "StageResult", "load_run_model", "load_stage_model",
+__all__ = ["STAGES", "StageContext", "StageDiverged", "StageFailed", "StageResult", "load_run_model", "load_stage_model",
            "run_stages", "stage_names", "validate_post"]
 
 
 class StageFailed(NnoptError):
     """A post-training stage failed; the trained model and everything written before it are kept."""
+
+    status = "failed"  # what summary.json says
+
+
+class StageDiverged(StageFailed):
+    """A stage's fine-tune diverged: the status and exit code of a run that diverges."""
+
+    status = DIVERGED
+    exit_code = 3
 
 
 def stage_names(cfg: dict) -> list[str]:
@@ -109,7 +118,7 @@ def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: to
             summary.update(status=DIVERGED, failed_stage=name,
                            error=f"post-training stage {name} diverged: {d}")
             run.write_summary(summary)
-            raise StageFailed(f"post-training stage {name}: training diverged: {d} "
+            raise StageDiverged(f"post-training stage {name}: training diverged: {d} "
                               "(model.pt, metrics.jsonl and earlier stages' files are kept)") from d
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
