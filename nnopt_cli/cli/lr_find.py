@@ -1,7 +1,8 @@
 """`nnopt lr-find`: the LR range test (Smith 2017, "Cyclical learning rates", as in fastai's lr_find).
 
-Train a fresh copy of the configured model with the configured optimizer while the LR grows
-exponentially from --start-lr to --end-lr over --steps steps, one random training batch per step.
+Train a fresh copy of the configured model as `nnopt train` would (its optimizer, loss, precision,
+clipping and penalty; one fixed batch size, shuffled passes over the training split) while the LR
+grows exponentially from --start-lr to --end-lr over --steps steps, one batch per step.
 The loss is smoothed with fastai's debiased moving average (beta 0.98) and the test stops once the
 smoothed loss exceeds --stop-factor x its minimum (or is not finite). Two rules turn the curve into
 an LR, both printed:
@@ -18,20 +19,23 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nnopt_cli.config.checks import need_int, need_num
 from nnopt_cli.errors import NnoptError, report_errors
-from nnopt_cli.optim.optimizers import Protocol, build_optimizer, optimizer_step
 from nnopt_cli.run import tools as runs
 from nnopt_cli.training.device import configure_threads, resolve_device, seed_everything
+from nnopt_cli.training.fit import fit
+from nnopt_cli.training.metrics import Diverged
+from nnopt_cli.training.observers import Observer, Observers, StepInfo, StopRun
+from nnopt_cli.training.trainer import Trainer
 
 RULE = "min/10"
 
@@ -59,49 +63,70 @@ class RangeTest:
         return {"min/10": lrs[i_min] / 10, "steepest": lrs[i_steep]}
 
 
-def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               batch_size: int, start_lr: float, end_lr: float, steps: int, beta: float = 0.98,
-               stop_factor: float = 4.0, generator: torch.Generator | None = None,
-               step_kind: str = "plain") -> RangeTest:
-    """Run the exponential LR ramp on (x, y); returns the recorded curve. step_kind: the optimizer's
-    protocol (optim.Protocol.step), so closure and Hessian-based optimizers step as in training."""
-    out = RangeTest()
-    g = generator or torch.Generator().manual_seed(0)
-    order, pos = torch.randperm(len(x), generator=g), 0
-    avg, best = 0.0, math.inf
-    model.train()
-    for i in range(steps):
-        lr = start_lr * (end_lr / start_lr) ** (i / max(steps - 1, 1))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if pos + batch_size > len(order):  # a new pass in a new order
-            order, pos = torch.randperm(len(x), generator=g), 0
-        idx = order[pos:pos + batch_size].to(x.device)
-        pos += batch_size
-        xb, yb, losses = x[idx], y[idx], []
+class LRRamp(Observer):
+    """The range test's per-step part, as an observer of fit(): sets the LR of every step on the
+    exponential ramp, records the loss each step started from and ends the test (StopRun) at the end
+    of the ramp or once the smoothed loss blows up."""
 
-        def closure(create_graph: bool = False, xb=xb, yb=yb, losses=losses) -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward(create_graph=create_graph)
-            losses.append(loss.detach())
-            return loss
+    def __init__(self, optimizer: torch.optim.Optimizer, start_lr: float, end_lr: float, steps: int,
+                 beta: float = 0.98, stop_factor: float = 4.0):
+        self.optimizer, self.start_lr, self.end_lr, self.steps = optimizer, start_lr, end_lr, steps
+        self.beta, self.stop_factor = beta, stop_factor
+        self.test = RangeTest()
+        self.avg, self.best = 0.0, math.inf
+        self._set_lr(0)
 
-        optimizer_step(optimizer, step_kind, closure)
-        value = losses[0].item()  # the loss before the step, as for a plain optimizer
-        avg = beta * avg + (1 - beta) * value
-        smooth = avg / (1 - beta ** (i + 1))  # debiased: the average starts at 0
-        out.lrs.append(lr)
-        out.losses.append(value)
-        out.smoothed.append(smooth)
+    def _set_lr(self, i: int) -> None:
+        self.lr = self.start_lr * (self.end_lr / self.start_lr) ** (i / max(self.steps - 1, 1))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def record(self, value: float) -> str | None:
+        """Add a step's loss; why the test stops here, or None."""
+        i = len(self.test.lrs)
+        self.avg = self.beta * self.avg + (1 - self.beta) * value
+        smooth = self.avg / (1 - self.beta ** (i + 1))  # debiased: the average starts at 0
+        self.test.lrs.append(self.lr)
+        self.test.losses.append(value)
+        self.test.smoothed.append(smooth)
         if not math.isfinite(smooth):
-            out.stopped = "the loss is not finite"
-            break
-        if i > 0 and smooth > stop_factor * best:
-            out.stopped = f"smoothed loss > {stop_factor:g}x its minimum"
-            break
-        best = min(best, smooth)
-    return out
+            return "the loss is not finite"
+        if i > 0 and smooth > self.stop_factor * self.best:
+            return f"smoothed loss > {self.stop_factor:g}x its minimum"
+        self.best = min(self.best, smooth)
+        return "end of the ramp" if i + 1 == self.steps else None
+
+    def after_step(self, step: StepInfo) -> None:
+        stopped = self.record(step.loss.item())  # the loss before the step, as for a plain optimizer
+        if stopped is not None:
+            raise StopRun("lr_find", stopped)
+        self._set_lr(len(self.test.lrs))
+
+
+def range_test(trainer: Trainer, data, start_lr: float, end_lr: float, steps: int, beta: float = 0.98,
+               stop_factor: float = 4.0) -> RangeTest:
+    """Run the exponential LR ramp with `trainer` (its loss, protocol, precision, clipping, batches)
+    on data.train_x/train_y through fit(), for at most `steps` steps; returns the recorded curve."""
+    ramp = LRRamp(trainer.optimizer, start_lr, end_lr, steps, beta, stop_factor)
+    trainer.observers = Observers({"lr_find": ramp})
+    try:
+        fit(trainer, data, itertools.count(1), validate=False)
+    except StopRun as s:
+        ramp.test.stopped = str(s)
+    except Diverged as d:  # the trainer's own check of the step's loss
+        ramp.test.stopped = ramp.record(d.loss)
+    return ramp.test
+
+
+def ramp_trainer(cfg: dict, model: nn.Module, n_train: int, device: torch.device, batch_size: int,
+                 steps: int) -> Trainer:
+    """A Trainer for the range test: the run's settings, but one fixed batch size, no LR schedule,
+    no LR scaling and no weight averaging (the ramp alone sets the LR)."""
+    epochs = -(-steps // -(-n_train // batch_size))
+    cfg = {**cfg, "scheduler": {"name": "none"}, "epochs": epochs,
+           "batch_size": {"policy": "fixed", "size": batch_size, "lr_scaling": "none",
+                          "base_size": batch_size}}
+    return Trainer(cfg, model, n_train, device, epochs=epochs)
 
 
 def figure(test: RangeTest, sugg: dict[str, float]):
@@ -169,15 +194,12 @@ def lr_find(args: argparse.Namespace) -> dict:
     seed_everything(cfg["seed"], cfg["deterministic"])
     data = runs.load_data(cfg["dataset"]).to(device)
     model = runs.make_model(cfg, data.input_shape, data.num_classes).to(device)
-    optimizer = build_optimizer(cfg["optimizer"], model)
-    bs = cfg["batch_size"].get("size") or cfg["batch_size"].get("base_size") or 128
-    test = range_test(model, optimizer, data.train_x, data.train_y, int(bs), args.start_lr, args.end_lr,
-                      args.steps, stop_factor=args.stop_factor,
-                      generator=torch.Generator().manual_seed(cfg["seed"]),
-                      step_kind=Protocol.from_config(cfg["optimizer"]).step)
+    bs = int(cfg["batch_size"].get("size") or cfg["batch_size"].get("base_size") or 128)
+    trainer = ramp_trainer(cfg, model, len(data.train_x), device, bs, args.steps)
+    test = range_test(trainer, data, args.start_lr, args.end_lr, args.steps, stop_factor=args.stop_factor)
     sugg = test.suggestions()
     meta = {"overrides": list(args.overrides), "start_lr": args.start_lr, "end_lr": args.end_lr,
-            "steps": args.steps, "beta": 0.98, "stop_factor": args.stop_factor, "batch_size": int(bs),
+            "steps": args.steps, "beta": 0.98, "stop_factor": args.stop_factor, "batch_size": bs,
             "optimizer": cfg["optimizer"].get("_target_")}
     write(out, test, sugg, meta)
     steep = sugg["steepest"]

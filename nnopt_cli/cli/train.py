@@ -170,8 +170,9 @@ def train_app(cfg: DictConfig) -> float:
         if distributed.is_rank0() and not continues and (not checked or isinstance(e, ConfigError)) and \
                 discard_unused_folder(run_dir, f"{hc.job.name}.log", hydra_subdir or hc.output_subdir):
             record = False  # refused before it started: no folder that `nnopt compare` would read as a run
+        status = getattr(e, "status", Status.FAILED)  # a post-training fine-tune that diverged: "diverged"
         if record and distributed.is_rank0():
-            record_failure(run_dir, e)
+            record_failure(run_dir, e, status=status)
         if want_traceback():
             raise
         first = (str(e).splitlines() or [""])[0]
@@ -180,7 +181,7 @@ def train_app(cfg: DictConfig) -> float:
         if multirun:
             log.error("job %s failed: %s", hc.job.num, message)
             # the end-of-sweep report lists it, also when the job ran in another process (joblib)
-            sweep.note_job(hc.sweep.dir, run_dir.name, Status.FAILED, message, list(hc.overrides.task))
+            sweep.note_job(hc.sweep.dir, run_dir.name, status, message, list(hc.overrides.task))
             return FAILED_OBJECTIVE  # the sweep goes on; the job's summary.json says failed
         if not isinstance(e, NnoptError):
             print("nnopt: the full traceback is in summary.json; set NNOPT_DEBUG=1 to print it", file=sys.stderr)

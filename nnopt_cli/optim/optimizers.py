@@ -221,9 +221,13 @@ def create_graph_backward():
         yield
 
 
-def optimizer_step(optimizer: Optimizer, kind: str, closure: Callable[..., torch.Tensor]) -> None:
-    """One optimizer step the way `kind` says. closure(create_graph=False) zeroes the gradients,
-    runs forward + loss + backward (+ unscaling and clipping) and returns the loss."""
+def optimizer_step(optimizer: Optimizer, kind: str, closure: Callable[..., torch.Tensor],
+                   scaler=None) -> None:
+    """One optimizer step the way `kind` says: the one place the protocol is dispatched (the trainer,
+    lr-find and the config check all step through here). closure(create_graph=False) zeroes the
+    gradients, runs forward + loss + backward (+ unscaling and clipping) and returns the loss.
+    scaler: something with step(optimizer) that takes optimizer.step()'s place where the optimizer
+    gets no closure (fp16's GradScaler, which skips a step whose gradients overflowed)."""
     if kind == "closure":
         optimizer.step(closure)  # the optimizer calls it for every gradient, the first one too
         return
@@ -233,7 +237,9 @@ def optimizer_step(optimizer: Optimizer, kind: str, closure: Callable[..., torch
     else:
         closure()
     if kind == "backward_closure":
-        optimizer.step(closure)
+        optimizer.step(closure)  # the closure gives the extra gradients (SAM's perturbed weights)
+    elif scaler is not None:
+        scaler.step(optimizer)
     else:
         optimizer.step()
 

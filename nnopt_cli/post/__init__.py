@@ -6,7 +6,8 @@ metrics of the model before and after it, all measured the same way (see measure
 and distillation epochs go to metrics.jsonl tagged with the stage.
 
 A stage that fails leaves model.pt, metrics.jsonl and earlier stages' files as they are; the
-summary says `status: failed`, `failed_stage` and the stage entry holds the error.
+summary says `status: failed`, `failed_stage` and the stage entry holds the error. A fine-tune whose
+loss or val/loss becomes NaN/inf says `status: diverged` instead (the entry also `diverged_at`).
 
 A stage is one module here (prune.py, quantize.py, distill.py): OUTPUT_FILE, check(cfg, model_cfg)
 and run(ctx, model, model_cfg) -> StageResult (stage.py); adding one is that module, its
@@ -31,6 +32,7 @@ from nnopt_cli.post import distill, prune, quantize
 from nnopt_cli.post.load import load_run_model, load_stage_model
 from nnopt_cli.post.stage import StageContext, StageResult, save_model
 from nnopt_cli.store.layout import Status
+from nnopt_cli.training.metrics import Diverged
 
 log = logging.getLogger("nnopt")
 
@@ -41,12 +43,21 @@ STAGES = {
     "distill": distill,
 }
 
-__all__ = ["STAGES", "StageContext", "StageFailed", "StageResult", "load_run_model", "load_stage_model",
+__all__ = ["STAGES", "StageContext", "StageDiverged", "StageFailed", "StageResult", "load_run_model", "load_stage_model",
            "run_stages", "stage_names", "validate_post"]
 
 
 class StageFailed(NnoptError):
     """A post-training stage failed; the trained model and everything written before it are kept."""
+
+    status = Status.FAILED  # what summary.json says
+
+
+class StageDiverged(StageFailed):
+    """A stage's fine-tune diverged: the status and exit code of a run that diverges."""
+
+    status = Status.DIVERGED
+    exit_code = 3
 
 
 def stage_names(cfg: dict) -> list[str]:
@@ -101,6 +112,14 @@ def run_stages(cfg: dict, model: nn.Module, data, run, summary: dict, device: to
             path = save_model(run.path / STAGES[name].OUTPUT_FILE, result.model)
             after = {**ctx.measure(result.model, path, result.quantized), **result.after_extra}
             lat_before, lat_after = ctx.latency(current, result.model)
+        except Diverged as d:  # a fine-tune blew up: the runner's status, with where it happened
+            entry.update(status=Status.DIVERGED, error=f"training diverged: {d}",
+                         diverged_at={"epoch": d.epoch, "step": d.step}, time_s=time.perf_counter() - t0)
+            summary.update(status=Status.DIVERGED, failed_stage=name,
+                           error=f"post-training stage {name} diverged: {d}")
+            run.write_summary(summary)
+            raise StageDiverged(f"post-training stage {name}: training diverged: {d} "
+                              "(model.pt, metrics.jsonl and earlier stages' files are kept)") from d
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             entry.update(status=Status.FAILED, error=first if isinstance(e, NnoptError) else f"{type(e).__name__}: {first}",

@@ -7,7 +7,6 @@ next stage receives, and run(ctx, model, model_cfg) -> StageResult; post.STAGES 
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import nn
 from nnopt_cli.models.flops import forward_flops
 from nnopt_cli.post.measure import cpu_latency_ms, file_sizes, sparsity_report, weight_bits
 from nnopt_cli.store.folder import save_state_dict
+from nnopt_cli.training.fit import FitHooks, fit
 from nnopt_cli.training.metrics import evaluate
 from nnopt_cli.training.trainer import Trainer
 
@@ -33,19 +33,14 @@ class StageContext:
     device: torch.device
 
     def fit(self, model: nn.Module, epochs: int, tag: dict, loss_fn=None, lr_scale: float = 1.0) -> None:
-        """Train `model` for `epochs` with the run's optimizer/scheduler/batch policy; log tagged rows."""
+        """Train `model` for `epochs` with the run's optimizer/scheduler/batch policy and the runner's
+        loop (fit.py: a non-finite loss or val/loss raises Diverged); log rows tagged with `tag`."""
         cfg = self.cfg
         if lr_scale != 1.0:
             cfg = {**cfg, "optimizer": {**cfg["optimizer"], "lr": cfg["optimizer"]["lr"] * lr_scale}}
         trainer = Trainer(cfg, model, len(self.data.train_x), self.device, epochs=epochs, loss_fn=loss_fn)
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            row = {**tag, "epoch": epoch, **trainer.train_epoch(epoch, self.data.train_x, self.data.train_y)}
-            row["val/loss"], row["val/acc"] = evaluate(model, self.data.val_x, self.data.val_y,
-                                                       cfg["eval_batch_size"], cfg["precision"])
-            row["time_s"] = time.perf_counter() - t0
-            self.run.append_metrics(row)
-            trainer.end_epoch(row)
+        write = FitHooks(epoch_row=lambda row: self.run.append_metrics({**tag, **row}))
+        fit(trainer, self.data, range(1, epochs + 1), write)
 
     def latency(self, before: nn.Module, after: nn.Module) -> tuple[dict, dict]:
         """CPU latency of a stage's input and output models, timed in turns."""

@@ -1,17 +1,16 @@
 """The recipe of one run, top to bottom:
 
     check config -> build (data, model, trainer, observers) -> restore a checkpoint (resume)
-    -> for each epoch: train (trainer.py) -> validate -> log -> checkpoint -> schedule / early stop
+    -> for each epoch (fit.py): train (trainer.py) -> validate -> log -> schedule -> checkpoint / early stop
     -> test once -> save model and summary -> post-training stages (post/)
 
-The step itself lives in trainer.py; every config group is built by its own module (models,
+The epochs are fit.py's, the step trainer.py's; every config group is built by its own module (models,
 optim, batch_size, clip, ...); observers (observers.py) watch without changing anything.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import platform
 import subprocess
 import time
@@ -42,6 +41,7 @@ from nnopt_cli.store.lock import RunLock
 from nnopt_cli.training import distributed
 from nnopt_cli.training.device import configure_threads, resolve_device, seed_everything
 from nnopt_cli.training.early_stopping import EarlyStopping
+from nnopt_cli.training.fit import FitHooks, fit
 from nnopt_cli.training.interrupt import Interrupt, Interrupted
 from nnopt_cli.training.metrics import Diverged, evaluate
 from nnopt_cli.training.observers import EpochInfo, RunInfo, StopRun, build_observers
@@ -221,44 +221,50 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     interrupt = Interrupt().install()
     if trainer.world == 1:  # under DDP the ranks must agree, so they stop at epoch boundaries only
         trainer.should_stop = lambda: interrupt.requested
-    elapsed = state.epoch_elapsed_s
+
+    def validation(model) -> tuple[float, float]:  # every rank scores a share of the split
+        return evaluate(model, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"], sharded=True)
+
+    def epoch_start(epoch: int) -> None:
+        epoch_of[0] = epoch
+        if stop_agreed(interrupt, device):
+            raise Interrupted(f"the end of epoch {epoch - 1}")
+
+    def measure(row: dict) -> None:
+        row.update(trainer.weights.raw_metrics(data.val_x, data.val_y, cfg["eval_batch_size"],
+                                               cfg["precision"]))
+        row.update(trainer.counters.as_row())
+
+    def record(row: dict) -> None:
+        _log_epoch_eval(run, cfg, row)
+        state.train_time_s += row["time_s"]
+        state.epoch = row["epoch"]
+        run.append_metrics(row)
+        state.rows.append(row)
+        progress.end_epoch(row)
+        if row["val/acc"] > state.best_val_acc:
+            state.best_val_acc, state.best_val_epoch = row["val/acc"], row["epoch"]
+
+    def epoch_end(row: dict) -> bool:  # the schedules advanced: what the checkpoint must hold
+        epoch = row["epoch"]
+        if stopper is not None and stopper.step(epoch, row, model):
+            state.stop_reason = "early_stopping"
+            log.info("early stopping: %s did not improve for %d epochs (best %.4g at epoch %d)",
+                     stopper.monitor, stopper.patience, stopper.best, stopper.best_epoch)
+        if observers:
+            observers.on_epoch_end(EpochInfo(epoch, row, model, trainer.optimizer,
+                                             trainer.counters.total_steps))
+        latest = bool(every) and (epoch % every == 0 or epoch == last_epoch or state.stop_reason != "max_epochs")
+        best = keep == "best" and state.best_val_epoch == epoch
+        if latest or best:
+            checkpoint(latest=latest, best=best)
+        return state.stop_reason != "max_epochs"
+
     try:
         with Progress(cfg["epochs"], live=ctx.live_progress) as progress:
-            for epoch in range(state.epoch + 1, last_epoch + 1):
-                t0, elapsed = time.perf_counter() - elapsed, 0.0
-                epoch_of[0] = epoch
-                if stop_agreed(interrupt, device):
-                    raise Interrupted(f"the end of epoch {epoch - 1}")
-                row = {"epoch": epoch, **trainer.train_epoch(epoch, data.train_x, data.train_y, progress)}
-                row["val/loss"], row["val/acc"] = evaluate(model, data.val_x, data.val_y,
-                                                           cfg["eval_batch_size"], cfg["precision"], sharded=True)
-                if not math.isfinite(row["val/loss"]):
-                    raise Diverged(epoch, row["steps"], row["val/loss"])
-                row.update(trainer.weights.raw_metrics(data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"]))
-                row.update(trainer.counters.as_row())
-                row["time_s"] = time.perf_counter() - t0  # train + validation; evaluate() synced with the device
-                _log_epoch_eval(run, cfg, row)
-                state.train_time_s += row["time_s"]
-                state.epoch = epoch
-                run.append_metrics(row)
-                state.rows.append(row)
-                progress.end_epoch(row)
-                if row["val/acc"] > state.best_val_acc:
-                    state.best_val_acc, state.best_val_epoch = row["val/acc"], epoch
-                trainer.end_epoch(row)
-                if stopper is not None and stopper.step(epoch, row, model):
-                    state.stop_reason = "early_stopping"
-                    log.info("early stopping: %s did not improve for %d epochs (best %.4g at epoch %d)",
-                             stopper.monitor, stopper.patience, stopper.best, stopper.best_epoch)
-                if observers:
-                    observers.on_epoch_end(EpochInfo(epoch, row, model, trainer.optimizer,
-                                                     trainer.counters.total_steps))
-                latest = bool(every) and (epoch % every == 0 or epoch == last_epoch or state.stop_reason != "max_epochs")
-                best = keep == "best" and state.best_val_epoch == epoch
-                if latest or best:
-                    checkpoint(latest=latest, best=best)
-                if state.stop_reason != "max_epochs":
-                    break
+            fit(trainer, data, range(state.epoch + 1, last_epoch + 1),
+                FitHooks(epoch_start, measure, record, epoch_end), progress, validation,
+                state.epoch_elapsed_s)
     except Diverged as d:
         summary.update(status=layout.Status.DIVERGED, epochs=state.epoch, train_time_s=state.train_time_s,
                        diverged_at={"epoch": d.epoch, "step": d.step}, **{"test/loss": None, "test/acc": None},
@@ -271,7 +277,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         return _end(run, observers, summary, log.info)
     except Interrupted as i:
         # a second signal here exits at once (the handlers stay until `finally`): files are atomic
-        checkpoint(time.perf_counter() - t0 if trainer.partial is not None else 0.0)
+        checkpoint(i.elapsed_s if trainer.partial is not None else 0.0)
         summary.update(status=layout.Status.INTERRUPTED, signal=interrupt.name, exit_code=interrupt.exit_code,
                        epochs=state.epoch, train_time_s=state.train_time_s, **{"test/loss": None, "test/acc": None},
                        message=f"interrupted by {interrupt.name} at {i}; checkpoint saved, continue with: "

@@ -1,7 +1,8 @@
 """The training loop and what it calls each step: the trainer, the loss, regularizers, gradient
 clipping, mixed precision, metrics, early stopping, observers, the device, DDP and Ctrl-C.
 
-    trainer.py   Trainer: epochs of forward -> loss -> backward -> clip -> step -> schedule
+    trainer.py   Trainer: the step (forward -> loss -> backward -> clip -> step -> schedule) and the epoch
+    fit.py       fit(): epochs of train -> validate -> check, for the runner, fine-tunes and lr-find
     weights.py   which weights are evaluated and saved (raw, schedule-free eval point, EMA/SWA)
     metrics.py   per-step sums and evaluate()
     observers.py the hooks loggers and diagnostics attach to

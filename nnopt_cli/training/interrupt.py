@@ -19,7 +19,10 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(Exception):
-    """Raised at a step boundary after a stop was requested; the trainer keeps the epoch's state."""
+    """Raised at a step boundary after a stop was requested; the trainer keeps the epoch's state.
+    elapsed_s: the seconds the cut epoch had run (fit sets it), for the checkpoint."""
+
+    elapsed_s: float = 0.0
 
 
 class Interrupt:

@@ -90,7 +90,13 @@ class EpochSums:
         self._held = 0  # numbers in _logits
         self.grad_norms: list[torch.Tensor] = []
 
-    def add_step(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, share: float) -> None:
+    def add_step(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, share: float,
+                 penalty: torch.Tensor | None = None, grad_norm: torch.Tensor | None = None) -> None:
+        """Keep a step's loss and logits; its penalty and sampled gradient norm, when it has them."""
+        if penalty is not None:
+            self.penalty.add_(penalty.detach(), alpha=share)
+        if grad_norm is not None:
+            self.grad_norms.append(grad_norm)
         self._losses.append(loss.detach())
         self._shares.append(share)
         self._logits.append(out.detach())

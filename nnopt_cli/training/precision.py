@@ -36,16 +36,17 @@ class LossScaler:
     def __init__(self, precision: str):
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
-    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, **kwargs) -> None:
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 create_graph: bool = False) -> None:
         if self.scaler is None:
-            loss.backward(**kwargs)
+            loss.backward(create_graph=create_graph)
             return
-        self.scaler.scale(loss).backward(**kwargs)
+        self.scaler.scale(loss).backward(create_graph=create_graph)
         self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer, closure=None) -> None:
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:
-            optimizer.step() if closure is None else optimizer.step(closure)
+            optimizer.step()
             return
         self.scaler.step(optimizer)
         self.scaler.update()

@@ -26,10 +26,12 @@ def check_regularizer(terms: dict) -> None:
 
 
 class Penalty:
-    """sum over terms: l1 * sum|w| + l2 * sum w^2 (elastic = a mix of both)."""
+    """sum over terms: l1 * sum|w| + l2 * sum w^2 (elastic = a mix of both). Penalty() is no
+    penalty: add_to leaves the loss as it is, so the training step needs no branch for it."""
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0):
         self.l1, self.l2 = l1, l2
+        self.enabled = bool(l1 or l2)
 
     @classmethod
     def from_config(cls, terms: Mapping[str, Mapping[str, float]]) -> Penalty | None:
@@ -49,6 +51,14 @@ class Penalty:
     @staticmethod
     def penalized(model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.ndim > 1]
+
+    def add_to(self, loss: torch.Tensor,
+               params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(loss + penalty, penalty); (loss, None) when there is no penalty."""
+        if not self.enabled:
+            return loss, None
+        reg = self(params)
+        return loss + reg, reg
 
     def __call__(self, params: Iterable[torch.Tensor]) -> torch.Tensor:
         params = list(params)

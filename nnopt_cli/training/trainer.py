@@ -2,15 +2,18 @@
 
     for each batch:  forward -> loss (+ penalty) -> backward -> clip -> step -> schedule -> accumulate -> check
 
-Each mode is one small helper, not a branch in the loop: AMP loss scaling (precision.LossScaler), clipping
-(clip.GradClip), batch-size LR scaling (BatchSizePolicy.scaled_lr), DDP loss scaling (_batch_loss) and the
-resume of an epoch an interrupt cut short (EpochSums.resumed). Observers (observers.py) are called after
-clipping and after the step only when a run has any. A step that uses none of them takes `_lean_step`.
+`_step` reads in that order. Every optional mode is an object that does nothing when it is off, so the
+step has one code path: AMP loss scaling (precision.LossScaler, like GradScaler(enabled=False)), the
+penalty (regularizer.Penalty.add_to), clipping and the sampled gradient norm (clip.GradClip),
+batch-size LR scaling (BatchSizePolicy.scaled_lr), DDP loss scaling (_batch_loss) and observers (with
+none, the base Observer, whose hooks do nothing). The resume of an epoch an interrupt cut short is
+EpochSums.resumed.
 
-The optimizer's protocol (optim.py) decides how the step gets its gradients: forward -> loss -> backward ->
-clip is one closure, `_step` calls it once (plain, create_graph), hands it to the optimizer (closure: L-BFGS
-calls it for every gradient it needs), or both (backward_closure: SAM's second pass). Every call counts a
-forward and a backward pass; the epoch's loss and accuracy are those of the first call, at the weights the
+The optimizer's protocol decides how the step gets its gradients, in one place for all of nnopt:
+optim.optimizers.optimizer_step. forward -> loss -> backward -> clip is the closure it is given; it
+calls the closure once (plain, create_graph), hands it to the optimizer (closure: L-BFGS calls it for
+every gradient it needs), or both (backward_closure: SAM's second pass). Every call counts a forward
+and a backward pass; the epoch's loss and accuracy are those of the first call, at the weights the
 step started from.
 
 Evaluation weights: train_epoch ends with the weights to evaluate in the model: schedule-free's average x
@@ -21,34 +24,44 @@ and a checkpoint resumes bit for bit.
 
 Data are in-memory tensors on the training device, batched by index, and the loop syncs with the device
 only when it has to (divergence checks, progress updates), so the framework costs little over a
-hand-written loop (see `make bench`). Post-training stages reuse Trainer to fine-tune a changed model.
+hand-written loop (see `make bench`). The epochs themselves are fit.py's, for the runner, the
+post-training fine-tunes and lr-find alike.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from nnopt_cli.optim.averaging import Averager
 from nnopt_cli.optim.batch_size import BatchSizePolicy
-from nnopt_cli.optim.optimizers import Protocol, build_optimizer, create_graph_backward, current_lr
+from nnopt_cli.optim.optimizers import Protocol, build_optimizer, current_lr, optimizer_step
 from nnopt_cli.optim.schedulers import build_scheduler
 from nnopt_cli.training import distributed
 from nnopt_cli.training.clip import GradClip
 from nnopt_cli.training.interrupt import Interrupted
 from nnopt_cli.training.loss import make_loss
 from nnopt_cli.training.metrics import Counters, Diverged, EpochSums
-from nnopt_cli.training.observers import Observers, StepInfo
+from nnopt_cli.training.observers import Observer, Observers, StepInfo
 from nnopt_cli.training.precision import LossScaler, autocast_context
 from nnopt_cli.training.progress import Progress
 from nnopt_cli.training.regularizer import Penalty
 from nnopt_cli.training.weights import EvalWeights
+
+
+class Step(NamedTuple):
+    """What a step's first forward/backward saw (at the weights the step started from)."""
+
+    out: torch.Tensor  # the logits
+    loss: torch.Tensor  # the batch loss, without the penalty
+    penalty: torch.Tensor | None  # None without a regularizer
+    grad_norm: torch.Tensor | None  # the gradient's global norm before clipping, when sampled
+    info: StepInfo  # what the observers were given
 
 
 class Trainer:
@@ -76,10 +89,11 @@ class Trainer:
         self.swa_scheduler = self.averager.swa_scheduler(self.optimizer) if self.averager else None
         self.weights = EvalWeights(model, self.optimizer, self.protocol, self.averager)
         self.epoch = 0  # the epoch being trained (SWALR takes over the LR from averaging.start_epoch)
-        self.penalty = Penalty.from_config(cfg["regularizer"])
-        self.penalized = Penalty.penalized(model) if self.penalty else []
+        self.penalty = Penalty.from_config(cfg["regularizer"]) or Penalty()  # Penalty(): adds nothing
+        self.penalized = Penalty.penalized(model) if self.penalty.enabled else []
         self.clip = GradClip.from_config(cfg["grad_clip"], model)
         self.precision = cfg["precision"]
+        self.autocast = autocast_context(self.precision, device)  # fp32: a nullcontext (reusable)
         self.scaler = LossScaler(self.precision)
         # a sync per step is nearly free on CPU (divergence caught at its step); on CUDA it would drain the queue
         self.check_every = 1 if device.type == "cpu" else cfg["log_every"]
@@ -91,10 +105,7 @@ class Trainer:
         if self.world > 1:  # dropout masks: a stream per rank, or every shard would get the same ones
             torch.manual_seed(cfg["seed"] + 7919 * self.rank)
         self.observers = observers if observers is not None else Observers()
-        self.observed = bool(self.observers)  # none: the step makes no observer call at all
-        self.lean = (self.protocol.step == "plain" and self.precision == "fp32" and self.world == 1
-                     and loss_fn is None and self.penalty is None and not self.observed
-                     and self.clip.mode == "none" and self.policy.lr_scaling == "none")
+        self.watching: Observer = self.observers  # what each step calls: see train_epoch
         self.counters = Counters()
         # evaluation every N optimizer steps (eval_every_steps): the runner's callback, timed apart
         self.eval_every: int | None = None
@@ -152,66 +163,38 @@ class Trainer:
         if not self._swa_lr():
             self.scheduler.step()
 
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, share: float, first: dict[str, Any],
-                          measure: bool, epoch: int, bs: int, create_graph: bool = False) -> torch.Tensor:
-        """The step's closure: forward -> loss (+ penalty) -> backward (+ unscale) -> clip. Counts its
-        passes; the first call also keeps out/loss/penalty/norm for the epoch's sums and calls the
-        observers' before_step (gradients ready, weights not yet changed)."""
-        with autocast_context(self.precision, self.device):
-            out = self.net(x)
-            loss = self._batch_loss(out, y, x, share)
-        reg = self.penalty(self.penalized) if self.penalty is not None else None
-        total = loss if reg is None else loss + reg
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.backward(total, self.optimizer, **({"create_graph": True} if create_graph else {}))
-        norm = self.clip(self.model, measure and not first)  # the norm of the step's first gradient
-        self.counters.forward_passes += 1
-        self.counters.backward_passes += 1
-        if not first:
-            first.update(out=out, loss=loss, reg=reg, norm=norm)
-            if self.observed:
-                first["info"] = StepInfo(epoch, self.counters.total_steps + 1, self.model, self.optimizer, loss, bs)
-                self.observers.before_step(first["info"])
-        return total
-
     def _swa_lr(self) -> bool:
         """Whether SWALR drives the LR now (averaging=swa with swa_lr, from its start epoch on)."""
         return self.averager is not None and self.averager.schedule_taken_over(self.epoch)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, share: float, measure: bool, epoch: int,
-              bs: int) -> tuple:
-        """One optimizer step the way its protocol says (optim.py) -> the first call's (out, loss, reg, norm,
-        info). fp16 (GradScaler) is refused for every protocol but plain: only plain steps use the scaler."""
-        first: dict[str, Any] = {}  # the first evaluation: at the weights the step starts from
-        kind = self.protocol.step
-        if kind == "plain":  # the common step calls the closure once itself: no partial to build
-            self._forward_backward(x, y, share, first, measure, epoch, bs)
-            self.scaler.step(self.optimizer)
-            return first["out"], first["loss"], first["reg"], first["norm"], first.get("info")
-        closure = functools.partial(self._forward_backward, x, y, share, first, measure, epoch, bs)
-        if kind == "create_graph":
-            with create_graph_backward():
-                closure(create_graph=True)
-            self.scaler.step(self.optimizer)
-        elif kind == "backward_closure":
-            closure()
-            self.optimizer.step(closure)
-        else:
-            self.optimizer.step(closure)
-        return first["out"], first["loss"], first["reg"], first["norm"], first.get("info")
+    def _step(self, x: torch.Tensor, y: torch.Tensor, share: float, bs: int, measure: bool,
+              epoch: int) -> Step:
+        """One optimizer step: forward -> loss (+ penalty) -> backward (+ unscale) -> clip is the closure,
+        optimizer_step calls it (once or more) and steps the way the optimizer's protocol says. The first
+        call keeps what it saw for the epoch's sums and calls the observers' before_step (gradients
+        ready, weights not yet changed). fp16 is refused for every protocol that passes a closure."""
+        first: Step | None = None
 
-    def _lean_step(self, x: torch.Tensor, y: torch.Tensor, measure: bool) -> tuple:
-        """_step in one frame (plain protocol, fp32, one process, no clip/penalty/LR scaling/observer): the same
-        operations, bit-identical (tested), without the dozen Python calls that cost a small model a few %."""
-        out = self.net(x)
-        loss = self.criterion(out, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = self.clip(self.model, True) if measure else None
-        self.optimizer.step()
-        self.counters.forward_passes += 1
-        self.counters.backward_passes += 1
-        return out, loss, None, norm, None
+        def closure(create_graph: bool = False) -> torch.Tensor:
+            nonlocal first
+            with self.autocast:
+                out = self.net(x)
+                loss = self._batch_loss(out, y, x, share)
+            total, penalty = self.penalty.add_to(loss, self.penalized)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.backward(total, self.optimizer, create_graph)
+            norm = self.clip(self.model, measure and first is None)  # the norm of the step's first gradient
+            self.counters.forward_passes += 1
+            self.counters.backward_passes += 1
+            if first is None:
+                info = StepInfo(epoch, self.counters.total_steps + 1, self.model, self.optimizer, loss, bs)
+                first = Step(out, loss, penalty, norm, info)
+                self.watching.before_step(info)
+            return total
+
+        with self.policy.scaled_lr(self.optimizer, bs):
+            optimizer_step(self.optimizer, self.protocol.step, closure, self.scaler)
+        return first
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int, last: int) -> None:
         if step % self.check_every == 0 or step == last:
@@ -226,7 +209,9 @@ class Trainer:
                     progress: Progress | None = None) -> dict[str, Any]:
         """One pass over (x_all, y_all) in a fresh random order; returns the epoch's train metrics."""
         t_start, eval_s = time.perf_counter(), 0.0
-        model, optimizer, observers, n = self.model, self.optimizer, self.observers, len(x_all)
+        model, optimizer, n = self.model, self.optimizer, len(x_all)
+        # with no observer the steps call the base Observer, whose hooks do nothing: no loop, no Observers call
+        self.watching = self.observers or Observer()
         self.epoch = epoch
         self.weights.to_training()
         model.train()
@@ -254,28 +239,19 @@ class Trainer:
             x, y = x_all[idx], y_all[idx]
             share = bs / self.world  # this rank's part of the global batch
             measure = (step - 1) % self.log_every == 0  # the gradient norm is sampled: it costs time
-            # step -> schedule
-            if self.lean:
-                out, loss, reg, norm, info = self._lean_step(x, y, measure)
-            else:
-                with self.policy.scaled_lr(optimizer, bs):
-                    out, loss, reg, norm, info = self._step(x, y, share, measure, epoch, bs)
+            # step -> schedule -> accumulate -> check
+            done = self._step(x, y, share, bs, measure, epoch)
             if step_schedule:
                 self._schedule_step()
-            if reg is not None:
-                sums.penalty.add_(reg.detach(), alpha=share)
-            if measure:
-                sums.grad_norms.append(norm)
-            # accumulate -> check
             c = self.counters
             c.total_steps += 1
             c.samples_seen += bs
             if self.averager is not None:
                 self.averager.after_step(model, c.total_steps)
-            sums.add_step(out, y, loss, share)  # kept, summed later: no tensor operation, no host sync
-            self._check_finite(loss, epoch, step, len(sizes))
-            if info is not None:
-                observers.after_step(info)
+            # kept, summed later: no tensor operation, no host sync
+            sums.add_step(done.out, y, done.loss, share, done.penalty, done.grad_norm)
+            self._check_finite(done.loss, epoch, step, len(sizes))
+            self.watching.after_step(done.info)
             if self.on_eval is not None:
                 eval_s += self._maybe_evaluate_at(t_start, eval_s, x_all, sizes[0])
             if progress is not None and progress.live and step % self.log_every == 0:
@@ -296,7 +272,7 @@ class Trainer:
             "steps": len(sizes),
             "grad_norm": torch.stack(sums.grad_norms).mean().item() if sums.grad_norms else None,
         }
-        if self.penalty is not None:
+        if self.penalty.enabled:
             row["train/penalty"] = penalty.item() / n
         return row
 

@@ -67,15 +67,48 @@ def test_lr_find_never_writes_into_a_run_folder(tmp_path):
 
 
 def test_lr_find_leaves_no_trace_in_the_global_state_it_was_given():
-    torch.manual_seed(1)
-    model = torch.nn.Linear(3, 2)
+    from nnopt_cli.run.tools import load_data, make_model
+
+    cfg = compose_cfg(*LOGISTIC)
+    data = load_data(cfg["dataset"])
+    model = make_model(cfg, data.input_shape, data.num_classes)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = torch.randn(32, 3), torch.randint(0, 2, (32,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = lr_find.ramp_trainer(cfg, model, len(data.train_x), torch.device("cpu"), 64, 20)
     rng = torch.get_rng_state()
-    lr_find.range_test(model, opt, x, y, 8, 1e-5, 1.0, 20)
+    test = lr_find.range_test(trainer, data, 1e-5, 1.0, 20)
     assert torch.equal(rng, torch.get_rng_state())  # the batches come from its own generator
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it did train
+    assert len(test.lrs) == 20 and test.stopped == "end of the ramp"
+    assert test.lrs[0] == 1e-5 and test.lrs[-1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("loss", ["mse", "label_smoothing"])
+def test_lr_find_trains_on_the_configured_loss(tmp_path, loss):
+    """Its first loss is the configured loss of the initial model on the first batch, computed here by hand."""
+    import torch.nn.functional as F
+
+    from nnopt_cli.run.tools import load_data, make_model
+
+    overrides = [*LOGISTIC, f"loss={loss}"]
+    args = argparse.Namespace(overrides=overrides, start_lr=1e-6, end_lr=1.0, steps=10, stop_factor=4.0,
+                              out=tmp_path / "lrf")
+    first = lr_find.lr_find(args)["test"].losses[0]
+    cfg = compose_cfg(*overrides)
+    torch.manual_seed(cfg["seed"])  # as lr-find: seed, load the data, build the model
+    data = load_data(cfg["dataset"])
+    model = make_model(cfg, data.input_shape, data.num_classes)
+    idx = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(cfg["seed"]))[:64]
+    with torch.no_grad():
+        out, y = model(data.train_x[idx]), data.train_y[idx]
+    k = out.shape[1]
+    if loss == "mse":  # softmax against the one-hot target, mean over the batch and the classes
+        expected = ((out.softmax(1) - torch.eye(k)[y]) ** 2).mean().item()
+    else:  # smoothing 0.1: the target puts 0.9 + 0.1/k on the label and 0.1/k elsewhere
+        target = torch.full_like(out, cfg["loss"]["smoothing"] / k)
+        target[torch.arange(len(y)), y] += 1 - cfg["loss"]["smoothing"]
+        expected = -(target * out.log_softmax(1)).sum(1).mean().item()
+    assert first == pytest.approx(expected, rel=1e-5)
+    assert abs(first - F.cross_entropy(out, y).item()) > 1e-3  # not the cross-entropy it used to take
 
 
 # ---------------------------------------------------------------------------- nnopt landscape

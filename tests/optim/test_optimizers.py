@@ -415,3 +415,50 @@ def test_sam_with_lookahead_and_ema_under_two_gloo_processes_trains_like_one_and
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-3)
     refused = torchrun([*TINY, "optimizer=lbfgs", "hydra.run.dir=lbfgs"], tmp_path, env)
     assert refused.returncode != 0 and "optimizer.step='closure': cannot run under torchrun/DDP" in refused.stderr
+
+
+class Recorder(torch.optim.SGD):
+    """SGD that records how it was stepped."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.1)
+        self.calls: list[str] = []
+
+    def step(self, closure=None):
+        self.calls.append("step(closure)" if closure is not None else "step()")
+        return super().step(closure)
+
+
+class CountingScaler:
+    """GradScaler's part in the step: it takes optimizer.step()'s place."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def step(self, optimizer):
+        self.steps += 1
+        optimizer.step()
+
+
+@pytest.mark.parametrize("kind,closure_calls,calls,scaled", [
+    ("plain", 1, ["step()"], 1),
+    ("create_graph", 1, ["step()"], 1),
+    ("backward_closure", 2, ["step(closure)"], 0),  # SAM: the gradient, then the closure's second pass
+    ("closure", 1, ["step(closure)"], 0),  # the optimizer calls the closure itself (SGD: once)
+])
+def test_optimizer_step_dispatches_each_protocol_in_one_place(kind, closure_calls, calls, scaled):
+    model = tiny_mlp()
+    opt, scaler = Recorder(model.parameters()), CountingScaler()
+    x, y = torch.randn(8, 8), torch.randint(0, 3, (8,))
+    seen = []
+
+    def closure(create_graph: bool = False):
+        seen.append(create_graph)
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward(create_graph=create_graph)
+        return loss
+
+    optimizer_step(opt, kind, closure, scaler)
+    assert len(seen) == closure_calls and seen[0] == (kind == "create_graph")
+    assert opt.calls == calls and scaler.steps == scaled

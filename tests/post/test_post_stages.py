@@ -9,12 +9,12 @@ import torch
 
 from nnopt_cli.data import load_splits
 from nnopt_cli.errors import ConfigError
-from nnopt_cli.post import StageFailed, quantize, stage_names
+from nnopt_cli.post import StageDiverged, StageFailed, quantize, stage_names
 from nnopt_cli.post.load import load_stage_model
 from nnopt_cli.run.recipe import RunContext, train
 from nnopt_cli.run.validate import validate
 from nnopt_cli.store.folder import read_metrics
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg, run_cli
 
 FAST = ["post.measure.latency_repeats=2", "post.measure.latency_warmup=0", "post.measure.latency_batch_sizes=[1,8]"]
 
@@ -140,3 +140,33 @@ def test_on_cuda_stages_run_there_and_int8_is_evaluated_on_the_cpu(tmp_path):
     assert distill["after"]["device"].startswith("cuda") and prune["after"]["device"].startswith("cuda")
     assert quant["after"]["device"] == "cpu" and "CPU" in quant["note"]
     assert all(s["status"] == "completed" for s in summary["stages"])
+
+
+# the run trains at sgd's lr; the pruning fine-tune at lr x 1e30 overflows the weights
+DIVERGING_FINE_TUNE = ["post=prune", "optimizer=sgd", "model.hidden=[16]", "post.prune.lr_scale=1e30", *FAST]
+
+
+def test_a_fine_tune_that_diverges_is_reported_as_diverged(tmp_path):
+    cfg = compose_cfg(*DIVERGING_FINE_TUNE)
+    with pytest.raises(StageDiverged, match="post-training stage prune: training diverged: loss became") as err:
+        train(cfg, RunContext(run_dir=tmp_path))
+    assert err.value.exit_code == 3  # as `nnopt train` exits for a run that diverges
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["failed_stage"] == "prune"
+    assert summary["test/acc"] is not None  # training's own numbers stay
+    (stage,) = summary["stages"]
+    assert stage["status"] == "diverged" and stage["error"].startswith("training diverged: loss became")
+    assert stage["diverged_at"]["epoch"] == 1 and stage["diverged_at"]["step"] >= 1
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert len(rows) == cfg["epochs"] and not any(r.get("stage") for r in rows)  # no row of the diverged epoch
+    assert (tmp_path / "model.pt").exists() and not (tmp_path / "model.pruned.pt").exists()
+
+
+@pytest.mark.slow
+def test_nnopt_train_exits_3_and_keeps_diverged_when_a_fine_tune_diverges(tmp_path):
+    out = run_cli("train", *TINY, *DIVERGING_FINE_TUNE, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 3, out.stderr
+    assert "nnopt: error: post-training stage prune: training diverged: loss became" in out.stderr
+    assert "Traceback" not in out.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["stages"][0]["status"] == "diverged"
