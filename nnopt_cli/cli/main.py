@@ -23,6 +23,8 @@ commands:
             nnopt compare outputs/ --group-by optimizer --sort test/acc
             nnopt compare outputs/ --plot curves.png --format csv
             nnopt compare --help      sorting, filtering, formats and plot kinds
+  report    a study as one shareable HTML (or Markdown) file: table, verdicts, figures, commands
+            nnopt report outputs/ --group-by optimizer --baseline adam -o report.html
   export    write run folders into another tool's format
             nnopt export tensorboard outputs/multirun/...    then: tensorboard --logdir ...
   lr-find   LR range test: ramp the LR, plot the loss, suggest optimizer.lr (Hydra overrides)
@@ -43,6 +45,7 @@ COMMANDS = {
     "train": "nnopt_cli.cli.train",
     "tune": "nnopt_cli.cli.tune",
     "compare": "nnopt_cli.cli.compare",
+    "report": "nnopt_cli.cli.report",
     "export": "nnopt_cli.cli.export",
     "lr-find": "nnopt_cli.cli.lr_find",
     "landscape": "nnopt_cli.cli.landscape",
