@@ -114,28 +114,79 @@ STATUS_STYLE = {"completed": "green", "diverged": "red", "failed": "red", "corru
                 "interrupted": "yellow", "running": "yellow", "incomplete": "yellow",
                 "better": "green", "worse": "red", "not resolved": "yellow", "never": "yellow"}
 
+# the columns a narrow terminal hides first, in this order; then the other metrics, last first, and
+# then a per-run table's config keys. The run name, the group keys, counts, status, verdict and the
+# first metric are never hidden.
+LOW_VALUE = ("epochs_run", "best/val/epoch", "train_time_s", "eval_every_steps", "p_perm", "target_epochs",
+             "target_samples", "target_seconds", "best/val/acc")
 
-def print_rich(table: Table, file: TextIO | None = None) -> None:
+
+def hide_order(table: Table) -> list[str]:
+    """The columns to hide, first to last, when the table is wider than the terminal."""
+    metrics = [c.key for c in table.columns if c.kind in ("metric", "interval")]
+    first = next((c.key for c in table.columns if c.kind == "metric"), None)
+    rest = [k for k in metrics if k != first and k != f"{first}_iqm"]
+    named = [k for k in LOW_VALUE if k in rest]
+    order = named + [k for k in reversed(rest) if k not in named]
+    order += [c.key for c in reversed(table.columns) if c.kind == "text"]  # target reached, seeds to resolve
+    if first is not None and f"{first}_iqm" in metrics:
+        order.append(f"{first}_iqm")  # the first metric's mean ± std stays
+    if not table.grouped:
+        order += [c.key for c in reversed(table.columns) if c.kind == "config"]
+    return order
+
+
+def natural_width(table: Table, key: str) -> int:
+    from rich.cells import cell_len
+
+    return max([cell_len(key), *(cell_len(fmt(row.get(key))) for row in table.rows)])
+
+
+def fit(table: Table, width: int) -> list[str]:
+    """The columns to hide so that the rest fit `width` cells, in hide_order; [] when all fit (or
+    when hiding every hideable one would not be enough: then the wide cells fold instead)."""
+    widths = {c.key: natural_width(table, c.key) + 3 for c in table.columns}  # padding 2 and a rule
+    total = 1 + sum(widths.values())
+    hidden: list[str] = []
+    for key in hide_order(table):
+        if total <= width:
+            break
+        hidden.append(key)
+        total -= widths[key]
+    return hidden
+
+
+def print_rich(table: Table, file: TextIO | None = None, console=None) -> None:
+    """The table in the terminal's width: the lowest-value columns are hidden first (a line names
+    them) and numbers are never cut (a cell that still does not fit folds onto a second line)."""
     from rich.console import Console
     from rich.table import Table as RichTable
     from rich.text import Text
 
     file = file or sys.stdout
     # piped into a file or pager: print at the table's natural width instead of wrapping at 80
-    console = Console(file=file, width=None if file.isatty() else 400, soft_wrap=False)
+    console = console or Console(file=file, width=None if file.isatty() else 400, soft_wrap=False)
+    hidden = fit(table, console.width)
     rt = RichTable(caption="\n".join(table.notes) or None, caption_justify="left")
-    for c in table.columns:
+    first = next((c.key for c in table.columns if c.kind == "metric"), None)
+    columns = [c for c in table.columns if c.key not in hidden]
+    for c in columns:
         numeric = is_numeric_column(table, c.key)
-        rt.add_column(c.key, justify="right" if numeric else "left",
-                      style="bold" if c.kind == "config" else None, no_wrap=c.kind != "run")
+        whole = c.kind == "run" or c.key == first  # never narrowed; the other cells fold if they must
+        rt.add_column(c.key, justify="right" if numeric else "left", overflow="fold",
+                      style="bold" if c.kind == "config" else None, no_wrap=whole,
+                      min_width=natural_width(table, c.key) if whole else None)
     for row in table.rows:
         cells = []
-        for c in table.columns:
+        for c in columns:
             text = fmt(row.get(c.key))  # Text, not markup: a value like [256] is not a style tag
             styled = c.kind in ("status", "verdict")
             cells.append(Text(text, style=STATUS_STYLE.get(text, "") if styled else ""))
         rt.add_row(*cells)
     console.print(rt)
+    if hidden:
+        console.print(Text(f"hidden to fit {console.width} columns: {', '.join(hidden)} (a wider terminal or "
+                           "--format csv shows every column)"))
 
 
 def render(table: Table, fmt_name: str, file: TextIO | None = None) -> None:
