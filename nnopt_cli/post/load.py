@@ -82,9 +82,6 @@ def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt", trusted
     `trusted` lists them; a missing or corrupt file is one NnoptError line.
     """
     run_dir = Path(run_dir)
-    if file == layout.MODEL:  # the trained model itself, before any stage
-        shape, num_classes = trained_shape(run_dir, read_run_config(run_dir, "run_dir", trusted))
-        return load_run_model(run_dir, shape, num_classes, trusted, key="run_dir")[0].eval()
     cfg = read_run_config(run_dir, "run_dir", trusted)
     try:
         summary, why = summary_or_reason(run_dir)
@@ -92,6 +89,9 @@ def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt", trusted
             raise ValueError(why)
         stages = [s for s in summary.get("stages", []) if isinstance(s, dict)]
         stage = next((s for s in stages if s.get("file") == file), None)
+        if stage is None and file == layout.MODEL:  # the trained model itself, before any stage
+            shape, num_classes = trained_shape(run_dir, cfg)
+            return load_run_model(run_dir, shape, num_classes, trusted, key="run_dir")[0].eval()
         if stage is None:
             saved = ", ".join(str(s.get("file")) for s in stages if s.get("file")) or "none"
             raise NnoptError(f"{run_dir}/summary.json has no stage that saved {file} (stage files: {saved}; "
