@@ -2,6 +2,8 @@
 
 `load_dataset` returns normalized float tensors of shape (N, C, H, W) plus integer labels, with a
 seeded validation split carved from the training set. The test set is only for final evaluation.
+Your own data (`dataset=custom|npz|image_folder`) comes through own.py, checked against the same
+contract, and is split and (if `normalize`) normalized here like the built-in datasets.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 from nnopt_cli.config.checks import need_choice, need_int, need_num
-from nnopt_cli.data import mnist1d
+from nnopt_cli.data import mnist1d, own
 from nnopt_cli.errors import ConfigError, DataError
 
 PACKAGED_MNIST = Path(__file__).parent / "mnist"
@@ -32,7 +34,7 @@ MNIST_MD5 = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 
-DATASETS = ("mnist", "fashion_mnist", "kmnist", "mnist1d", "synthetic")
+DATASETS = ("mnist", "fashion_mnist", "kmnist", "mnist1d", "synthetic", *own.OWN_DATASETS)
 
 
 @dataclass
@@ -209,7 +211,15 @@ def load_dataset(name: str, **kwargs) -> Splits:
     return _KEPT[key].clone()
 
 
-def _load(
+def _load(name: str, **kwargs) -> Splits:
+    if name in own.OWN_DATASETS:
+        tx, ty, sx, sy, classes = own.load({"name": name, **kwargs})
+        return _split(name, tx, ty, sx, sy, classes, kwargs["val_size"], kwargs.get("split_seed", 0),
+                      normalize=kwargs.get("normalize", False))
+    return _load_builtin(name, **kwargs)
+
+
+def _load_builtin(
     name: str,
     *,
     val_size: int,
@@ -247,7 +257,15 @@ def _load(
         tx, ty, sx, sy = _synthetic(n_train, n_test, num_classes, noise, split_seed)
     else:
         raise ConfigError("dataset.name", name, f"one of {', '.join(DATASETS)}")
+    if images:
+        tx, sx = tx.unsqueeze(1), sx.unsqueeze(1)  # views; scaled to [0, 1] after the split (4x less to move)
+    return _split(name, tx, ty, sx, sy, num_classes, val_size, split_seed, normalize=True, images=images)
 
+
+def _split(name: str, tx: torch.Tensor, ty: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, num_classes: int,
+           val_size: int, split_seed: int, *, normalize: bool, images: bool = False) -> Splits:
+    """Carve the seeded validation split from the training set, then normalize with the training
+    split's mean and std (images: bytes scaled to [0, 1] first)."""
     if not 1 <= val_size < len(tx):
         raise ConfigError("dataset.val_size", val_size, f"an integer in [1, {len(tx) - 1}] for dataset={name}")
     perm = torch.randperm(len(tx), generator=torch.Generator().manual_seed(split_seed))
@@ -255,12 +273,16 @@ def _load(
     # split first (on bytes for images: 4x less to move), then scale: the same values as scaling first
     train_x, val_x = tx[train_idx], tx[val_idx]
     if images:
-        train_x, val_x, sx = (t.unsqueeze(1).float().div_(255) for t in (train_x, val_x, sx))
+        train_x, val_x, sx = (t.float().div_(255) for t in (train_x, val_x, sx))
     else:
         sx = sx.clone()  # the loader's tensor may be kept by it: normalized in place below
-    mean, std = train_x.mean(), train_x.std()
-    for t in (train_x, val_x, sx):  # in place, on tensors made here: the same values as (t - mean) / std
-        t.sub_(mean).div_(std)
+    if normalize:
+        mean, std = train_x.mean(), train_x.std()
+        if not std > 0:
+            raise DataError(f"dataset={name}: every training input has the same value {mean.item():.4g}; "
+                            "there is nothing to learn (or set dataset.normalize=false)")
+        for t in (train_x, val_x, sx):  # in place, on tensors made here: the same values as (t - mean) / std
+            t.sub_(mean).div_(std)
     return Splits(
         name=name,
         train_x=train_x.contiguous(),
@@ -278,15 +300,19 @@ def load_splits(node: dict) -> Splits:
     return load_dataset(node["name"], **{k: v for k, v in node.items() if k != "name"})
 
 
-def input_shape(node: dict) -> tuple[int, ...]:
-    """The shape of one sample, known from the config alone (models are checked with it before loading)."""
+def input_shape(node: dict) -> tuple[int, ...] | None:
+    """The shape of one sample, known from the config alone (models are checked with it before
+    loading); None for your own data whose shape is known once loaded (custom, npz)."""
+    if node.get("name") in own.OWN_DATASETS:
+        return own.input_shape(node)
     if node.get("name") == "mnist1d":
         return (1, node["final_seq_length"])
     return (1, 28, 28)
 
 
 def num_classes(node: dict) -> int:
-    return node["num_classes"] if "num_classes" in node else 10
+    """The number of classes known from the config alone (10 where it is not: only model checks use it)."""
+    return node["num_classes"] if node.get("num_classes") is not None else 10
 
 
 def check_dataset(d: dict) -> None:
@@ -301,3 +327,5 @@ def check_dataset(d: dict) -> None:
         need_num("dataset.noise", d.get("noise"), ge=0)
     if d["name"] == "mnist1d":
         mnist1d.check(d)
+    if d["name"] in own.OWN_DATASETS:
+        own.check(d)

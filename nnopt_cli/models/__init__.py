@@ -8,6 +8,10 @@ class of your own needs no edit here: `model._target_=my_pkg.MyNet` builds
 Models are checked before any data is loaded: the settings are bound to the builder's signature
 and a skeleton is built on the meta device (no memory, no time) with the dataset's input shape,
 so a bad width or a model that does not fit the input is one line.
+
+A model with lazy modules (nn.LazyLinear, nn.LazyConv2d, ...) is materialized on one zero sample
+as soon as it is built, so parameter counts, FLOPs, the optimizer and the initializer all see real
+weights; built from lazy modules only, it draws the same initial weights as its eager twin.
 """
 
 from __future__ import annotations
@@ -77,7 +81,30 @@ def check_model(node: dict, input_shape: Sequence[int] | None = None, num_classe
     bind("model", fn, args, params)
     if input_shape is not None:
         with torch.device("meta"):  # shapes only: no memory, no initialization cost
-            _call(fn, tuple(input_shape), num_classes, nn.ReLU, params)
+            materialize(_call(fn, tuple(input_shape), num_classes, nn.ReLU, params), input_shape)
+
+
+def has_lazy(model: nn.Module) -> bool:
+    return any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters())
+
+
+def materialize(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+    """Give lazy modules their shapes by one forward pass of a zero sample (eval mode, no grad:
+    no batch-norm statistics move, no dropout draw). Nothing happens to a model without them."""
+    if not has_lazy(model):
+        return model
+    p = next(model.parameters())
+    was_training = model.training
+    model.train(False)
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=p.device))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError("model", type(model).__name__, "a model whose lazy modules fit the input: "
+                          f"{(str(e).splitlines() or [''])[0]} (input shape {tuple(input_shape)})") from None
+    finally:
+        model.train(was_training)
+    return model
 
 
 def _call(fn: Builder, input_shape, num_classes: int, act, params: dict) -> nn.Module:
@@ -100,7 +127,7 @@ def make_model(cfg: dict, input_shape: Sequence[int], num_classes: int) -> nn.Mo
     act_params = {k: v for k, v in act_node.items() if k != "name"}
     act = activation_factory(act_node["name"], **act_params)
     fn, _ = _builder(cfg["model"])
-    model = _call(fn, tuple(input_shape), num_classes, act, _model_settings(cfg["model"]))
+    model = materialize(_call(fn, tuple(input_shape), num_classes, act, _model_settings(cfg["model"])), input_shape)
     init = cfg["init"]
     init_weights(model, init["name"], act_node["name"],
                  negative_slope=act_params.get("negative_slope", 0.01), mode=init.get("mode", "fan_in"))
@@ -118,4 +145,4 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "check", "check_model", "cnn", "cnn1d", "count_params", "make_model", "mlp"]
+__all__ = ["MODELS", "check", "check_model", "cnn", "cnn1d", "count_params", "make_model", "materialize", "mlp"]

@@ -20,7 +20,7 @@ from nnopt_cli import data as datasets
 from nnopt_cli.config.checks import need_bool, need_int, need_num
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.models import check_model, make_model
-from nnopt_cli.post.load import load_run_model
+from nnopt_cli.post.load import load_run_model, read_run_config, trained_shape
 from nnopt_cli.post.stage import StageContext, StageResult
 from nnopt_cli.store.targets import trusted_targets
 
@@ -73,8 +73,11 @@ def check(cfg: dict, model_cfg: dict) -> dict:
         run_dir = Path(str(s["teacher_run"]))
         if not run_dir.is_dir():
             raise ConfigError("post.distill.teacher_run", str(run_dir), "an existing run folder (not found)")
-        _, run_cfg = load_run_model(run_dir, datasets.input_shape(cfg["dataset"]),
-                                    datasets.num_classes(cfg["dataset"]), trusted_targets(cfg))
+        shape, classes = datasets.input_shape(cfg["dataset"]), datasets.num_classes(cfg["dataset"])
+        if shape is None:  # your own data: the teacher run recorded the shape its model was built for
+            shape, classes = trained_shape(run_dir, read_run_config(run_dir, "post.distill.teacher_run",
+                                                                     trusted_targets(cfg)))
+        _, run_cfg = load_run_model(run_dir, shape, classes, trusted_targets(cfg))
         if run_cfg["dataset"]["name"] != cfg["dataset"]["name"]:
             raise ConfigError("post.distill.teacher_run", str(run_dir),
                               f"a run on this run's dataset {cfg['dataset']['name']} (it trained on {run_cfg['dataset']['name']})")

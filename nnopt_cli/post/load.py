@@ -10,6 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
+from nnopt_cli import data as datasets
 from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.models import make_model
 from nnopt_cli.post import quantize as Q
@@ -36,10 +37,10 @@ def read_run_config(run_dir: Path, key: str, trusted=()) -> dict:
 
 
 def load_run_model(run_dir: Path, input_shape: tuple[int, ...], num_classes: int,
-                   trusted=()) -> tuple[nn.Module, dict]:
+                   trusted=(), key: str = "post.distill.teacher_run") -> tuple[nn.Module, dict]:
     """The trained model of an earlier run folder (its .hydra/config.yaml rebuilds it, model.pt fills it).
-    `trusted`: `_target_` names this invocation itself gave (targets.trusted_targets)."""
-    key = "post.distill.teacher_run"
+    `trusted`: `_target_` names this invocation itself gave (targets.trusted_targets); `key`: the
+    setting that named the folder, for error messages."""
     weights = run_dir / layout.MODEL
     run_cfg = read_run_config(run_dir, key, trusted)
     if not weights.is_file():
@@ -57,6 +58,21 @@ def load_run_model(run_dir: Path, input_shape: tuple[int, ...], num_classes: int
     return model, run_cfg
 
 
+def trained_shape(run_dir: Path, cfg: dict) -> tuple[tuple[int, ...], int]:
+    """The input shape and number of classes the run's model was built for: summary.json's `data`
+    entry, or for a folder written before it, what the dataset's config says."""
+    summary, _ = summary_or_reason(run_dir)
+    entry = (summary or {}).get("data")
+    try:
+        return tuple(int(n) for n in entry["input_shape"]), int(entry["num_classes"])
+    except (TypeError, KeyError, ValueError):
+        shape = datasets.input_shape(cfg.get("dataset") or {})
+        if shape is None:
+            raise NnoptError(f"{run_dir}/summary.json does not say the input shape of the model "
+                             "(the run did not finish loading its data)") from None
+        return shape, datasets.num_classes(cfg["dataset"])
+
+
 def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt", trusted=()) -> nn.Module:
     """Rebuild a stage's saved model from a run folder (config + summary.json + the weights file).
 
@@ -71,10 +87,18 @@ def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt", trusted
         summary, why = summary_or_reason(run_dir)
         if summary is None:
             raise ValueError(why)
-        stage = next(s for s in summary.get("stages", []) if isinstance(s, dict) and s.get("file") == file)
+        stages = [s for s in summary.get("stages", []) if isinstance(s, dict)]
+        stage = next((s for s in stages if s.get("file") == file), None)
+        if stage is None and file == layout.MODEL:  # the trained model itself, before any stage
+            shape, num_classes = trained_shape(run_dir, cfg)
+            return load_run_model(run_dir, shape, num_classes, trusted, key="run_dir")[0].eval()
+        if stage is None:
+            saved = ", ".join(str(s.get("file")) for s in stages if s.get("file")) or "none"
+            raise NnoptError(f"{run_dir}/summary.json has no stage that saved {file} (stage files: {saved}; "
+                             f"the trained model is {layout.MODEL})")
         shape = tuple(int(n) for n in stage["input_shape"])
         model_cfg, num_classes = stage["model"], int(stage["num_classes"])
-    except (OSError, ValueError, UntrustedFileError, AttributeError, TypeError, KeyError, StopIteration) as e:
+    except (OSError, ValueError, UntrustedFileError, AttributeError, TypeError, KeyError) as e:
         raise NnoptError(f"{run_dir}/summary.json has no usable stage entry for {file} "
                          f"({type(e).__name__}: {str(e)[:120]})") from None
     check_config_targets({"model": model_cfg}, trusted, f"{run_dir}/summary.json")

@@ -72,9 +72,11 @@ def check(cfg: dict, model_cfg: dict) -> dict:
     """Validate post.quantize against the model it will receive (built as a skeleton on the meta device)."""
     s = cfg["post"]["quantize"]
     check_settings(s, cfg["activation"]["name"])
+    shape = datasets.input_shape(cfg["dataset"])
+    if shape is None:  # your own data: its shape is known once loaded; the stage checks its model then
+        return model_cfg
     with torch.device("meta"):
-        skeleton = make_model({**cfg, "model": model_cfg}, datasets.input_shape(cfg["dataset"]),
-                              datasets.num_classes(cfg["dataset"]))
+        skeleton = make_model({**cfg, "model": model_cfg}, shape, datasets.num_classes(cfg["dataset"]))
     if quantizable_layers(skeleton, s["method"]) == 0:
         kinds = " or ".join(t.__name__ for t in QUANTIZABLE[s["method"]])
         raise ConfigError("post.quantize.method", s["method"],

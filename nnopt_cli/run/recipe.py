@@ -176,6 +176,8 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     data = load_splits(cfg["dataset"]).to(device)
     model = make_model(cfg, data.input_shape, data.num_classes).to(device)
     summary["params"] = count_params(model)
+    # what rebuilds the model from the folder alone (nnopt_cli.load_run), own datasets included
+    summary["data"] = {"input_shape": list(data.input_shape), "num_classes": data.num_classes}
     frozen = freeze(model, cfg.get("freeze"))  # before the optimizer sees the parameters
     if frozen:
         summary["frozen"] = frozen
