@@ -269,3 +269,17 @@ def test_own_key_references_and_escapes_still_read_as_before(tmp_path):
     (tmp_path / "d.yaml").write_text("a: '${b}'\nb: '${a}'\n")
     with pytest.raises(UntrustedFileError, match="refer to themselves"):
         load_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.slow
+def test_cli_resume_of_an_escaped_payload_is_one_line_and_runs_nothing(good_run, tmp_path):
+    from tests.conftest import run_cli
+
+    run = copy_run(good_run, tmp_path / "run")
+    unfinished(run)
+    marker = tmp_path / "pwned"
+    _edit_cfg(run, lambda c: c["scheduler"].update(last_epoch=create_payload(marker)))
+    out = run_cli("train", f"resume={run}", cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1 and "escaped interpolation" in lines[0], out.stderr
+    assert not marker.exists() and json.loads((run / "summary.json").read_text())["status"] == "running"
