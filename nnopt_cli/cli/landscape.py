@@ -7,9 +7,10 @@
              to the norms of w1's filters (Li et al. 2018, "filter normalization"; biases and 1-d
              parameters get no component), drawn from --seed's own generator
 
-A run folder is untrusted input: its .hydra/config.yaml is read as plain YAML (no interpolation,
-no `_target_`: only nnopt's own models, activations and datasets by name) and its weights with
-torch.load(weights_only=True). Writes landscape.json, line.csv, surface.csv and landscape.png to
+A run folder is untrusted input: its .hydra/config.yaml is read by the guarded reader every
+command uses (untrusted.py: size cap, alias and interpolation budgets, no resolvers; no `_target_`:
+only nnopt's own models, activations and datasets by name) and its weights with
+torch.load(weights_only=True), each tensor of the dtype the model's own has. Writes landscape.json, line.csv, surface.csv and landscape.png to
 --out (default outputs/landscape/<time>/), never into a run folder.
 """
 
@@ -89,6 +90,16 @@ def check_same_shapes(a: State, b: State, what: str) -> None:
         raise NnoptError(f"{what}: the two weight sets are of different models (keys or shapes differ)")
 
 
+def check_dtypes(model: nn.Module, state: State, what: str) -> None:
+    """Each tensor has the dtype of the model's own: an integer tensor where the model has floats
+    would be held fixed by blend() and shift(), drawing a flat line that reads as a result."""
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and v.dtype != own[k].dtype:
+            raise NnoptError(f"{what}: {k} is {str(v.dtype).removeprefix('torch.')}, the model's is "
+                             f"{str(own[k].dtype).removeprefix('torch.')}; refused to interpolate weights of another type")
+
+
 def landscape(args: argparse.Namespace) -> dict:
 
     need_int("--points", args.points, 2)
@@ -100,9 +111,12 @@ def landscape(args: argparse.Namespace) -> dict:
     run = Path(args.run)
     model, data = build(run)
     final = load_weights(run / layout.MODEL)
+    check_dtypes(model, final, str(run / layout.MODEL))
     if args.to is not None:
+        runs.run_config(Path(args.to))  # the other folder passes the same guarded reader
         start, end = final, load_weights(Path(args.to) / layout.MODEL)
         check_same_shapes(start, end, f"--to {args.to}")
+        check_dtypes(model, end, f"--to {args.to}")
         line_from, line_to = str(run / layout.MODEL), str(Path(args.to) / layout.MODEL)
     else:
         if not (run / layout.INIT_MODEL).is_file():
@@ -111,6 +125,7 @@ def landscape(args: argparse.Namespace) -> dict:
         start, end = load_weights(run / layout.INIT_MODEL), final
         line_from, line_to = str(run / layout.INIT_MODEL), str(run / layout.MODEL)
         check_same_shapes(start, end, str(run))
+        check_dtypes(model, start, str(run / layout.INIT_MODEL))
     try:
         model.load_state_dict(final)
     except RuntimeError as e:

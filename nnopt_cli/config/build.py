@@ -51,6 +51,28 @@ def bind(key: str, fn: Any, args: tuple, kwargs: dict[str, Any]) -> None:
         raise ConfigError(key, kwargs, f"settings {getattr(fn, '__qualname__', fn)} accepts ({e}; it takes: {names})") from None
 
 
+PLAIN_SCALARS = (bool, int, float, str, type(None))
+
+
+def plain_settings(key: str, fn: Any, kwargs: dict[str, Any]) -> None:
+    """Settings passed to a class from a config are its named arguments holding plain data: a
+    name it only takes through **kwargs, a nested node (a `_target_` something would build) or a
+    string that still reads `${...}` is refused in one line."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for name, value in kwargs.items():
+        if params and name not in named:
+            raise ConfigError(f"{key}.{name}", value, f"a setting {getattr(fn, '__qualname__', fn)} names "
+                                                      f"(it takes: {', '.join(sorted(named)) or 'none'})")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            if not isinstance(v, PLAIN_SCALARS) or (isinstance(v, str) and "${" in v):
+                raise ConfigError(f"{key}.{name}", v, "a number, string, boolean, null or a list of them")
+
+
 def build(key: str, node: dict, base: type | None, *args: Any) -> Any:
     """Locate node['_target_'], bind args + the node's settings, and call it."""
     cls = locate(f"{key}._target_", node.get("_target_"), base)

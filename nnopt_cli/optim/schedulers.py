@@ -12,13 +12,11 @@ import inspect
 import math
 from typing import Any
 
-import hydra.utils
 import torch
-from hydra.errors import InstantiationException
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, LRScheduler, SequentialLR
 
-from nnopt_cli.config.build import bind, locate, settings
+from nnopt_cli.config.build import bind, locate, plain_settings, settings
 from nnopt_cli.config.checks import need_choice, need_int, need_int_list, need_num
 from nnopt_cli.errors import ConfigError
 
@@ -28,30 +26,35 @@ WSD_SHAPES = ("linear", "cosine", "sqrt")
 
 
 def build_scheduler(cfg: dict[str, Any], optimizer: Optimizer, total_steps: int):
-    """Return (scheduler or None, interval 'epoch'|'step', monitored metric or None)."""
+    """Return (scheduler or None, interval 'epoch'|'step', monitored metric or None).
+
+    The class is located and called with the optimizer and the node's settings (locate-and-bind,
+    as the optimizer is built): nothing is resolved or instantiated from the node, which may come
+    from a run folder (resume=), and each setting must be a named argument holding plain data."""
     cfg = dict(cfg)
     interval = cfg.pop("interval", "epoch")
     monitor = cfg.pop("monitor", None)
     cfg.pop("name", None)
     if "_target_" not in cfg:
         return None, interval, None
-    target = hydra.utils.get_method(cfg["_target_"]) if "." in str(cfg["_target_"]) else None
-    kwargs = {}
-    if interval == "step" and target is not None:
-        params = inspect.signature(target).parameters
+    target = locate("scheduler._target_", cfg["_target_"])
+    _refuse_hydra_call_keys(cfg)
+    kwargs = settings(cfg)
+    if interval == "step":
+        params = _parameters(target)
         if "total_steps" in params:
             kwargs["total_steps"] = total_steps
-        if "total_iters" in params and cfg.get("total_iters", 0) is None:  # null: the whole run
-            cfg.pop("total_iters")
+        if "total_iters" in params and kwargs.get("total_iters", 0) is None:  # null: the whole run
             kwargs["total_iters"] = total_steps
+    plain_settings("scheduler", target, kwargs)
+    bind("scheduler", target, (optimizer,), kwargs)
     try:
-        sched = hydra.utils.instantiate(cfg)(optimizer, **kwargs)
-    except InstantiationException as e:
-        cause = str(e.__cause__ or e).splitlines()[0]
-        raise ConfigError("scheduler._target_", cfg.get("_target_"), f"could not build it: {cause}") from None
+        sched = target(optimizer, **kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError("scheduler", {k: v for k, v in cfg.items() if not k.startswith("_")},
-                          str(e).splitlines()[0]) from None
+        raise ConfigError("scheduler", settings(cfg), (str(e).splitlines() or [type(e).__name__])[0]) from None
+    except Exception as e:  # whatever the class raises while it is built
+        cause = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError("scheduler._target_", cfg["_target_"], f"a class that can be built ({cause})") from None
     return sched, interval, monitor
 
 
@@ -120,6 +123,17 @@ def inverse_sqrt(optimizer: Optimizer, warmup_steps: int = 100) -> LRScheduler:
 
 
 
+# Hydra's keys nnopt's schedulers do not use: the settings are named, the optimizer comes first
+HYDRA_CALL_KEYS = ("_args_", "_recursive_", "_convert_")
+
+
+def _refuse_hydra_call_keys(s: dict) -> None:
+    for key in HYDRA_CALL_KEYS:
+        if key in s:
+            raise ConfigError(f"scheduler.{key}", s[key], "no such key: a scheduler takes the optimizer and its "
+                                                          "named settings (e.g. scheduler.step_size=3)")
+
+
 def _parameters(fn) -> tuple[str, ...]:
     try:
         return tuple(inspect.signature(fn).parameters)
@@ -136,6 +150,8 @@ def check_scheduler(s: dict) -> None:
     kwargs = {k: v for k, v in settings(s).items() if k not in (*SCHEDULER_META_KEYS, "name")}
     if s.get("interval") == "step" and "total_steps" in _parameters(fn):
         kwargs["total_steps"] = 1
+    _refuse_hydra_call_keys(s)
+    plain_settings("scheduler", fn, kwargs)
     bind("scheduler", fn, (torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),), kwargs)
     if "gamma" in s:
         need_num("scheduler.gamma", s["gamma"], gt=0, le=1)

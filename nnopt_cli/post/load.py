@@ -26,7 +26,7 @@ def read_run_config(run_dir: Path, key: str, trusted=()) -> dict:
     every `_target_` in it allowed (targets.py) before anything is built from it."""
     path = run_dir / layout.CONFIG
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, folder=run_dir)
     except FileNotFoundError:
         raise ConfigError(key, str(run_dir), "a run folder holding .hydra/config.yaml (not found)") from None
     except (ValueError, UntrustedFileError, OSError) as e:

@@ -6,7 +6,9 @@
   known to be the job's, so a job that is skipped or refused leaves the earlier .hydra/ as it was;
 - SetupSignals: SIGTERM / Ctrl-C outside the training loop become an interrupt the app records;
 - keep_recorded_threads: a resumed run keeps the thread count it ran with;
-- resume_config: `resume=`'s config, read from the folder as untrusted input.
+- resume_config: `resume=`'s config, read from the folder as untrusted input: every file the run
+  reads back or appends to checked first, data locations from the user's own config, and the
+  checkpoint checked against the config before anything of it is built.
 """
 
 from __future__ import annotations
@@ -20,13 +22,24 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from nnopt_cli.errors import ConfigError
+from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.store import layout
+from nnopt_cli.store.checkpoint import CheckpointError, config_diff, load_checkpoint
 from nnopt_cli.store.folder import RunDirError, atomic_write_bytes, read_summary
-from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS
+from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS, experiment_config
 from nnopt_cli.store.lock import LOCK_FILE
 from nnopt_cli.store.targets import check_config_targets, trusted_targets
-from nnopt_cli.store.untrusted import UntrustedFileError, load_config
+from nnopt_cli.store.untrusted import (
+    CONFIG_MAX_BYTES,
+    DATA_LOCATION_KEYS,
+    METRICS_MAX_BYTES,
+    SIDE_FILE_MAX_BYTES,
+    SUMMARY_MAX_BYTES,
+    UntrustedFileError,
+    check_run_files,
+    load_config,
+    without_data_locations,
+)
 from nnopt_cli.training.device import pin_threads
 
 # what a fresh run would replace: a folder holding any of these holds a run
@@ -147,18 +160,58 @@ def _short(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+WEIGHTS_MAX_BYTES = 1 << 40  # model and checkpoint files: any size, but regular files inside the folder
+CHECKSUM_MAX_BYTES = 4096
+# the files a resumed run reads back or appends to, and the most bytes each may have
+RESUMED_FILES = {
+    layout.CONFIG: CONFIG_MAX_BYTES, layout.SUMMARY: SUMMARY_MAX_BYTES, layout.METRICS: METRICS_MAX_BYTES,
+    layout.EVALS: SIDE_FILE_MAX_BYTES, layout.DIAGNOSTICS: SIDE_FILE_MAX_BYTES,
+    **{name: WEIGHTS_MAX_BYTES for name in (layout.CHECKPOINT, layout.BEST_CHECKPOINT, layout.MODEL,
+                                            layout.INIT_MODEL)},
+    **{name + ".sha256": CHECKSUM_MAX_BYTES for name in (layout.CHECKPOINT, layout.BEST_CHECKPOINT, layout.MODEL,
+                                                         layout.INIT_MODEL)},
+}
+
+
+def _data_locations_from(current: dict, saved: dict) -> None:
+    """The dataset's root, source folder and download flag of this invocation, not of the folder:
+    a resumed run reads and writes data caches where the user's own config or environment says."""
+    mine, theirs = current.get("dataset"), saved.get("dataset")
+    if not isinstance(theirs, dict):
+        return
+    for key in DATA_LOCATION_KEYS:
+        theirs.pop(key, None)
+        if isinstance(mine, dict) and key in mine:
+            theirs[key] = mine[key]
+
+
+def check_checkpoint(run_dir: Path, saved: dict) -> None:
+    """The folder's checkpoint, if any, was written by the experiment its config describes: checked
+    before the run builds anything from that config (restore checks it again with the run's own)."""
+    path = run_dir / layout.CHECKPOINT
+    if not path.exists():
+        return
+    ckpt = load_checkpoint(path)
+    diff = config_diff(experiment_config(without_data_locations(ckpt["config"])),
+                       experiment_config(without_data_locations(saved)))
+    if diff:
+        raise CheckpointError(f"{path} was written by a different experiment than {run_dir / layout.CONFIG} "
+                              f"describes (they differ at {', '.join(diff[:5])}); refused to resume it")
+
+
 def resume_config(run_dir: Path, current: dict, overrides: list[str]) -> dict:
     """The run's own config (<run>/.hydra/config.yaml), refusing overrides that would change it.
 
     `current` is what this invocation composed (defaults + `overrides`): an override is fine
     when it gives the value the run already has, or touches a key that does not change what
     the run computes (NON_EXPERIMENT_KEYS). Top-level keys added to nnopt since the run was
-    made come from `current`.
+    made, and where the data lives (DATA_LOCATION_KEYS), come from `current`.
     """
     path = run_dir / layout.CONFIG
     if not run_dir.is_dir():
         raise ConfigError("resume", str(run_dir), "an existing run folder made by nnopt train")
     try:
+        check_run_files(run_dir, RESUMED_FILES)
         saved = load_config(path)
     except FileNotFoundError:
         raise RunDirError(f"{path} is missing: {run_dir} is not a run folder made by nnopt train") from None
@@ -183,4 +236,9 @@ def resume_config(run_dir: Path, current: dict, overrides: list[str]) -> dict:
     for k, v in current.items():
         if k not in saved or k in NON_EXPERIMENT_KEYS:
             saved[k] = v
+    _data_locations_from(current, saved)
+    try:
+        check_checkpoint(run_dir, saved)
+    except NnoptError as e:
+        raise RunDirError(str(e)) from None
     return saved

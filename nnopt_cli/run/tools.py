@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nnopt_cli.config import conf_dir
 from nnopt_cli.config.overrides import check_keys, check_overrides
 from nnopt_cli.data import DATASETS, load_splits
@@ -20,11 +18,14 @@ from nnopt_cli.models import make_model as build
 from nnopt_cli.models.activation import ACTIVATIONS
 from nnopt_cli.run.validate import validate
 from nnopt_cli.store import layout
+from nnopt_cli.store.untrusted import (
+    DATA_LOCATION_KEYS,
+    UntrustedFileError,
+    load_config,
+)
 
 # files whose presence makes a folder a run folder (written by nnopt train)
 RUN_MARKERS = (layout.SUMMARY, layout.METRICS, layout.CHECKPOINT, layout.HYDRA_DIR)
-# dataset keys a run folder's config may not set for us: they name places to read or write
-UNTRUSTED_DATASET_KEYS = ("root", "source_dir", "download")
 
 
 def compose_config(overrides: list[str]) -> dict[str, Any]:
@@ -78,17 +79,19 @@ def _plain(key: str, v: Any) -> None:
 
 def run_config(run_dir: Path) -> dict[str, Any]:
     """The parts of <run>/.hydra/config.yaml needed to rebuild its model and data, read as untrusted
-    data: YAML's safe loader, no interpolation, no `_target_` (only nnopt's own models by name)."""
+    data through the one guarded reader (untrusted.load_config: size cap, regular file inside the
+    folder, alias and interpolation budgets, no resolvers), no `_target_` (only nnopt's own models
+    by name), and no data location of the folder's choosing."""
 
     path = Path(run_dir) / layout.CONFIG
-    if not path.is_file():
-        raise NnoptError(f"{run_dir} is not a run folder of nnopt train (no .hydra/config.yaml)")
     try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise NnoptError(f"{path} is not readable YAML ({str(e).splitlines()[0][:120]})") from None
-    if not isinstance(cfg, dict):
-        raise NnoptError(f"{path} is not a config mapping")
+        cfg = load_config(path, folder=Path(run_dir))
+    except FileNotFoundError:
+        raise NnoptError(f"{run_dir} is not a run folder of nnopt train (no .hydra/config.yaml)") from None
+    except UntrustedFileError as e:
+        raise NnoptError(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise NnoptError(f"{path} is not a readable config ({str(e).splitlines()[0][:120]})") from None
     out: dict[str, Any] = {}
     for group, names in (("model", MODELS), ("activation", ACTIVATIONS), ("dataset", DATASETS), ("init", None)):
         node = cfg.get(group)
@@ -101,7 +104,7 @@ def run_config(run_dir: Path) -> dict[str, Any]:
             raise ConfigError(f"{group}.name", node.get("name"), "one of " + ", ".join(names))
         _plain(group, node)
         out[group] = dict(node)
-    out["dataset"] = {k: v for k, v in out["dataset"].items() if k not in UNTRUSTED_DATASET_KEYS}
+    out["dataset"] = {k: v for k, v in out["dataset"].items() if k not in DATA_LOCATION_KEYS}
     out["init"] = {"name": "default"}  # weights come from the folder: no initializer needed
     ebs = cfg.get("eval_batch_size", 2048)
     out["eval_batch_size"] = ebs if isinstance(ebs, int) and not isinstance(ebs, bool) and ebs >= 1 else 2048

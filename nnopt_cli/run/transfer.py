@@ -58,7 +58,7 @@ def source_model(folder: Path, file: str) -> dict:
                 raise ConfigError(KEY, where, "a stage file listed in that run's summary.json stages")
             node = stage.get("model")
         else:
-            node = load_config(folder / layout.CONFIG).get("model")
+            node = load_config(folder / layout.CONFIG, folder=folder).get("model")
     except NnoptError as e:
         if isinstance(e, ConfigError):
             raise

@@ -27,7 +27,13 @@ import nnopt_cli
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.store.folder import checksum_path, file_sha256
 from nnopt_cli.store.layout import experiment_config
-from nnopt_cli.store.untrusted import UntrustedFileError, former_targets, read_text, rename_targets
+from nnopt_cli.store.untrusted import (
+    UntrustedFileError,
+    former_targets,
+    read_text,
+    rename_targets,
+    without_data_locations,
+)
 
 FORMAT = 2
 REQUIRED_KEYS = ("format", "config", "epoch", "model", "trainer", "rng", "progress", "metrics")
@@ -218,7 +224,8 @@ def make_checkpoint(cfg: dict, model: torch.nn.Module, trainer, stopper, device:
 def restore_checkpoint(ckpt: dict, cfg: dict, model: torch.nn.Module, trainer, stopper, path: Path) -> dict:
     """Load a checkpoint into freshly built objects; RNGs last, so building them drew nothing
     that matters. Returns the loop's counters (see make_checkpoint)."""
-    diff = config_diff(experiment_config(ckpt["config"]), experiment_config(cfg))
+    diff = config_diff(experiment_config(without_data_locations(ckpt["config"])),
+                       experiment_config(without_data_locations(cfg)))
     if diff:
         raise CheckpointError(f"{path} was written by a different experiment (config differs at "
                               f"{', '.join(diff[:5])}); start a new run instead of resuming")

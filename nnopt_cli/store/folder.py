@@ -27,7 +27,7 @@ import torch
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.store import layout
 from nnopt_cli.store.layout import Status
-from nnopt_cli.store.untrusted import read_summary
+from nnopt_cli.store.untrusted import METRICS_MAX_BYTES, UntrustedFileError, read_summary, read_text
 
 log = logging.getLogger("nnopt")
 
@@ -176,8 +176,10 @@ def read_metrics(path: Path) -> list[dict]:
     rows: list[dict] = []
     if not path.exists():
         return rows
-    try:
-        lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    try:  # size-capped, regular files only: a FIFO or a link to /dev/zero is refused, not read
+        lines = read_text(path, METRICS_MAX_BYTES).split("\n")
+    except UntrustedFileError as e:
+        raise RunDirError(str(e)) from None
     except OSError as e:
         raise RunDirError(f"cannot read {path}: {e}") from None
     if lines and lines[-1] == "":

@@ -6,11 +6,16 @@ every file nnopt reads from one goes through here:
 - `read_bytes`: opens without blocking (a FIFO would hang `open`), refuses anything but a
   regular file (a link to /dev/zero would never end) and reads at most a cap;
 - `load_yaml`: PyYAML's safe loader, refusing a document whose aliases expand to more nodes
-  than a config can have (a 342-byte "billion laughs" would take gigabytes);
-- `load_config`: a mapping whose `${key}` references are resolved among its own keys, and whose
-  resolver calls (`${oc.env:SECRET}`, `${oc.decode:...}`) are refused: values from disk are
-  never looked up in the environment. `_target_`s named by nnopt's earlier module paths are
-  renamed to today's (RENAMED_TARGETS), so old folders resume; targets.py then checks them;
+  than a config can have (a 342-byte "billion laughs" would take gigabytes), or whose `${key}`
+  references would expand to more than a config can hold (eight levels of ten `${z}` each);
+- `load_config`: a mapping whose `${key}` references are resolved among its own keys, once, and
+  whose resolver calls (`${oc.env:SECRET}`, `${oc.decode:...}`) are refused: values from disk are
+  never looked up in the environment, and a value that still reads `${...}` after that one
+  resolution (an escaped `\\${oc.create:...}`) is refused, so nothing can resolve it a second time.
+  `_target_`s named by nnopt's earlier module paths are renamed to today's (RENAMED_TARGETS), so
+  old folders resume; targets.py then checks them;
+- `check_run_files`: the files a resumed run reads and appends to are regular files of bounded
+  size inside the folder (no FIFO, no link to /dev/zero or out of the folder);
 - `read_summary` / `summary_or_reason`: summary.json, the one reader of it.
 
 Torch-free on purpose: `nnopt compare` imports it and must start fast.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,20 @@ CONFIG_MAX_BYTES = 4 * MiB      # a composed config is a few kB
 SUMMARY_MAX_BYTES = 64 * MiB    # summary.json with per-layer stage reports
 METRICS_MAX_BYTES = 256 * MiB   # metrics.jsonl: ~300 bytes per epoch row
 YAML_MAX_NODES = 200_000        # nodes after alias expansion (a config has a few hundred)
+INTERPOLATION_MAX = 1 << 20     # characters `${key}` references may expand a document to
+SIDE_FILE_MAX_BYTES = 256 * MiB  # evals.jsonl, diagnostics.jsonl, checkpoints' checksum files...
+# dataset keys that say where data files are read and written: on resume= they come from the
+# user's own command line and environment, never from the folder (whoever made it chose them)
+DATA_LOCATION_KEYS = ("root", "source_dir", "download")
+
+
+def without_data_locations(cfg: dict) -> dict:
+    """A copy of a plain config without DATA_LOCATION_KEYS: where the data lives is not part of
+    what a resumed run must match (a resumed run takes them from the user, not the folder)."""
+    dataset = cfg.get("dataset")
+    if not isinstance(dataset, dict):
+        return cfg
+    return {**cfg, "dataset": {k: v for k, v in dataset.items() if k not in DATA_LOCATION_KEYS}}
 
 
 class UntrustedFileError(NnoptError):
@@ -124,15 +144,106 @@ def expanded_size(node: yaml.Node, limit: int) -> int:
 
 
 def load_yaml(text: str, where: str, loader=None, max_nodes: int = YAML_MAX_NODES) -> Any:
-    """Parse YAML safely (no Python objects); UntrustedFileError for an alias bomb, yaml.YAMLError
-    for bad syntax. Text without '&' or '*' has no anchors: it skips the size walk."""
+    """Parse YAML safely (no Python objects); UntrustedFileError for an alias bomb or an
+    interpolation bomb, yaml.YAMLError for bad syntax. Text without '&' or '*' has no anchors: it
+    skips the alias walk; text without '${' skips the interpolation walk."""
     loader = loader or _yaml_loader()
     if "&" in text or "*" in text:
         node = yaml.compose(text, Loader=loader)
         if node is not None and expanded_size(node, max_nodes) > max_nodes:
             raise UntrustedFileError(f"{where}: its YAML aliases expand to more than {max_nodes} nodes "
                                      "(an alias bomb?); refused to load it")
-    return yaml.load(text, Loader=loader)
+    data = yaml.load(text, Loader=loader)
+    if "${" in text:
+        check_interpolation_size(data, where)
+    return data
+
+
+# ---------------------------------------------------------------------------- interpolation budget
+
+# an innermost `${...}`: nested ones (`${oc.env:${z}}`) are sized from the inside out
+_REFERENCE = re.compile(r"\$\{([^${}]*)\}")
+_ABSENT = object()
+
+
+def _referenced_path(parent: tuple, ref: str) -> tuple | None:
+    """The key path `${ref}` names from a value whose parent node is at `parent` (OmegaConf's
+    rules: `${a.b}` from the root, `${.b}` a sibling, `${..b}` the parent's sibling); None for a
+    resolver call, which is sized as written."""
+    if ":" in ref:
+        return None
+    ref = ref.strip()
+    dots = len(ref) - len(ref.lstrip("."))
+    if dots > len(parent) + 1:
+        return None
+    base = parent[:len(parent) - (dots - 1)] if dots else ()
+    return base + tuple(p for p in ref[dots:].split(".") if p)
+
+
+def _node_at(root: Any, path: tuple) -> Any:
+    node = root
+    for p in path:
+        if isinstance(node, dict) and p in node:
+            node = node[p]
+        elif isinstance(node, list) and p.isdigit() and int(p) < len(node):
+            node = node[int(p)]
+        else:
+            return _ABSENT
+    return node
+
+
+def interpolation_size(data: Any, limit: int = INTERPOLATION_MAX) -> int:
+    """The characters `data` holds once every `${key}` reference is expanded, stopping past
+    `limit`. Each key is sized once (memoized), so a bomb is measured in linear time, never
+    expanded; a reference cycle counts as past the limit (OmegaConf could not resolve it either)."""
+    sizes: dict[tuple, int] = {}
+    active: set[tuple] = set()
+
+    def size(path: tuple, node: Any) -> int:
+        if path in sizes:
+            return sizes[path]
+        if path in active:
+            return limit + 1
+        active.add(path)
+        total = 1
+        if isinstance(node, dict):
+            for k, v in node.items():
+                total += len(str(k)) + size((*path, str(k)), v)
+                if total > limit:
+                    break
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                total += size((*path, str(i)), v)
+                if total > limit:
+                    break
+        elif isinstance(node, str):
+            total = len(node)
+            if "${" in node:
+                for m in _REFERENCE.finditer(node):
+                    target = _referenced_path(path[:-1], m.group(1))
+                    found = _ABSENT if target is None else _node_at(data, target)
+                    if found is not _ABSENT:
+                        total += size(target, found)
+                    if total > limit:
+                        break
+        else:
+            total = len(str(node))
+        active.discard(path)
+        sizes[path] = min(total, limit + 1)
+        return sizes[path]
+
+    try:
+        return size((), data)
+    except RecursionError:  # references chained thousands deep: no config has that
+        return limit + 1
+
+
+def check_interpolation_size(data: Any, where: str, limit: int = INTERPOLATION_MAX) -> None:
+    """UntrustedFileError when `data`'s `${key}` references would expand past `limit` characters
+    (an interpolation bomb: a 1 kB file of nested `${z}${z}...` expanding to gigabytes) or loop."""
+    if interpolation_size(data, limit) > limit:
+        raise UntrustedFileError(f"{where}: its ${{key}} references expand to more than {limit} characters "
+                                 "or refer to themselves (an interpolation bomb?); refused to resolve it")
 
 
 # ---------------------------------------------------------------------------- configs
@@ -178,12 +289,16 @@ def refuse_resolvers(cfg: Any, where: str) -> None:
                                      "folder's config may only refer to its own keys, so it was not resolved")
 
 
-def load_config(path: Path, what: str = "config") -> dict:
+def load_config(path: Path, what: str = "config", folder: Path | None = None) -> dict:
     """A run folder's .hydra/config.yaml as a plain dict, interpolations among its own keys
-    resolved. Raises FileNotFoundError, UntrustedFileError or ValueError (bad YAML/shape) with
-    a one-line message."""
+    resolved once. `folder`: the run folder the file must lie in (links followed). Raises
+    FileNotFoundError, UntrustedFileError or ValueError (bad YAML/shape) with a one-line message."""
     from omegaconf import OmegaConf
 
+    if folder is not None:
+        check_run_file(folder, path, CONFIG_MAX_BYTES)
+        if not os.path.exists(path):
+            raise FileNotFoundError(path)
     text = read_text(path, CONFIG_MAX_BYTES)
     try:
         data = load_yaml(text, str(path))
@@ -193,9 +308,65 @@ def load_config(path: Path, what: str = "config") -> dict:
         raise ValueError("empty" if data is None else f"not a mapping (a {type(data).__name__})")
     refuse_resolvers(data, str(path))
     try:
-        return rename_targets(OmegaConf.to_container(OmegaConf.create(data), resolve=True))
+        resolved = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
     except Exception as e:  # a reference to a key that does not exist, a cycle...
         raise ValueError(f"cannot resolve it ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})") from None
+    refuse_live_interpolations(resolved, str(path))
+    return rename_targets(resolved)
+
+
+def refuse_live_interpolations(cfg: Any, where: str, key: str = "") -> None:
+    """UntrustedFileError for a key or value of an already resolved config that still reads
+    `${...}`: an escaped `\\${...}` in the file, which anything resolving the config again (Hydra's
+    instantiate, a second OmegaConf.create) would run. A config is resolved once, here."""
+    if isinstance(cfg, dict):
+        for k, v in cfg.items():
+            refuse_live_interpolations(k, where, f"{key}{k} (a key)")
+            refuse_live_interpolations(v, where, f"{key}{k}.")
+    elif isinstance(cfg, list):
+        for i, v in enumerate(cfg):
+            refuse_live_interpolations(v, where, f"{key}{i}.")
+    elif isinstance(cfg, str) and "${" in cfg:
+        raise UntrustedFileError(f"{where}: {key.rstrip('.')} holds an escaped interpolation ({cfg[:60]!r}) that "
+                                 "would become live if resolved again; a run folder's config may not hold '${'")
+
+
+# ---------------------------------------------------------------------------- side files
+
+
+def inside(folder: Path, path: Path) -> bool:
+    """Whether `path`, links followed, lies inside `folder` (links followed too)."""
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+    except ValueError:
+        return False
+    return True
+
+
+def check_run_file(folder: Path, path: Path, cap: int) -> None:
+    """UntrustedFileError unless `path` is absent or a regular file of at most `cap` bytes whose
+    links, if any, stay inside `folder`: what a run reads back and appends to on resume."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise UntrustedFileError(f"{path} is a dangling link; refused to follow it") from None
+        return
+    except OSError as e:
+        raise UntrustedFileError(f"{path} cannot be checked ({e.strerror})") from None
+    if not inside(folder, path):
+        raise UntrustedFileError(f"{path} is a link to {os.path.realpath(path)}, outside the run folder; refused "
+                                 "to read or append to it")
+    if not stat.S_ISREG(st.st_mode):
+        raise UntrustedFileError(f"{path} is not a regular file (a device, pipe or socket); refused to read it")
+    if st.st_size > cap:
+        raise UntrustedFileError(f"{path} is {st.st_size} bytes, more than the {cap} a run file can have")
+
+
+def check_run_files(folder: Path, names: dict[str, int]) -> None:
+    """check_run_file for each file name -> size cap under `folder`; the folder itself must be a folder."""
+    for name, cap in names.items():
+        check_run_file(folder, Path(folder) / name, cap)
 
 
 # ---------------------------------------------------------------------------- renamed targets

@@ -113,6 +113,7 @@ def test_resume_refuses_a_folder_naming_code_anywhere_before_building(good_run, 
 
 def test_resume_accepts_a_target_the_user_names_again(good_run, tmp_path):
     run = copy_run(good_run, tmp_path / "run")
+    (run / "checkpoint.pt").unlink()  # its checkpoint is of another optimizer: resume would refuse it
     cfg = compose_cfg("epochs=1", "optimizer._target_=torch.optim.Adamax")
     cfg["optimizer"]["_target_"] = "torch.optim.adam.torch.save"  # refused unless named
     write_cfg(run, cfg)
