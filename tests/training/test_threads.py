@@ -112,3 +112,20 @@ def test_a_run_with_too_many_threads_for_a_busy_machine_warns_before_training(tm
     assert summary["threads"] == 2
     [line] = busy_warnings(caplog)
     assert "load average 3.0 on 2 cores" in line and "pass threads=1" in line
+
+
+@pytest.mark.parametrize("n_jobs, expected", [(2, 2), (1, 1), (-1, "cores")])
+def test_a_parallel_sweep_shares_the_cores_among_the_jobs_running_at_once(n_jobs, expected):
+    """The launchers set hydra.launcher.n_jobs to the jobs really running at once (one job of a
+    `parallel` sweep: 1, so it gets the rule of a run alone); -1 means one per core."""
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from nnopt_cli.cli.train import parallel_jobs
+
+    hc = OmegaConf.create({"mode": RunMode.MULTIRUN, "launcher": {"n_jobs": n_jobs}})
+    jobs = parallel_jobs(hc)
+    assert jobs == (device.available_cores() if expected == "cores" else expected)
+    assert configure_threads(None, jobs, cores=8, load=8.0) == (8 // jobs if jobs > 1 else 1)
+    assert configure_threads(None, jobs, cores=8, load=0.0) == 8 // jobs
+    assert parallel_jobs(OmegaConf.create({"mode": RunMode.RUN, "launcher": {}})) == 1
