@@ -7,6 +7,10 @@ torch.set_num_interop_threads(1)), a fresh process times one training epoch (pla
 all, ...): each ratio all/1 is taken within a round, the median over rounds is reported. Then the
 same again while one CPU-bound process per core (`while True: pass`) competes for the cores: the
 script starts them and kills them after. The load average at the time is printed with each line.
+
+`--muon` times instead, with 1 thread, one MNIST MLP epoch of nnopt's Trainer with `optimizer=muon`
+against `optimizer=adamw` (ABBA rounds, ratio Muon / AdamW), and Muon once more with its
+Newton-Schulz iterations in float32 instead of torch's bfloat16.
 """
 
 from __future__ import annotations
@@ -70,6 +74,61 @@ def worker(model_key: str, train_size: int, rounds: int, interop: int | None) ->
             "ratios": [round(r, 3) for _, r, _ in out["all"]]}
 
 
+def newton_schulz_float32(grad, ns_coefficients, ns_steps, eps):
+    """torch.optim.Muon's orthogonalization (torch/optim/_muon.py) in float32 instead of bfloat16."""
+    import torch
+
+    a, b, c = ns_coefficients
+    x = grad.float()
+    if grad.size(0) > grad.size(1):
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if grad.size(0) > grad.size(1) else x
+
+
+def muon_rounds(train_size: int, rounds: int) -> dict:
+    """s/epoch of nnopt's Trainer with AdamW, Muon, and Muon with float32 Newton-Schulz (1 thread)."""
+    import torch
+    import torch.optim._muon as torch_muon
+
+    from benchmarks.epoch_overhead import palindrome_rounds
+    from nnopt_cli.data import load_dataset
+    from nnopt_cli.models import make_model
+    from nnopt_cli.training.trainer import Trainer
+    from tests.conftest import compose_cfg
+
+    torch.set_num_threads(1)
+    data = load_dataset("mnist", val_size=5000)
+    x, y = data.train_x[:train_size], data.train_y[:train_size]
+    trainers = {}
+    for name in ("adamw", "muon"):
+        cfg = compose_cfg(f"optimizer={name}", "device=cpu", tiny=False)
+        torch.manual_seed(0)
+        trainers[name] = Trainer(cfg, make_model(cfg, data.input_shape, 10), len(x), torch.device("cpu"))
+    bf16 = torch_muon._zeropower_via_newtonschulz
+
+    def epoch(name, ns):
+        def run(n=[0]):  # noqa: B006 - a counter across calls
+            n[0] += 1
+            torch_muon._zeropower_via_newtonschulz = ns
+            try:
+                trainers[name].train_epoch(n[0], x, y)
+            finally:
+                torch_muon._zeropower_via_newtonschulz = bf16
+        return run
+
+    adamw = epoch("adamw", bf16)
+    adamw()
+    epoch("muon", bf16)()
+    out = {"muon": palindrome_rounds({"adamw": adamw, "muon": epoch("muon", bf16)}, rounds),
+           "muon fp32": palindrome_rounds({"adamw": adamw, "muon fp32": epoch("muon", newton_schulz_float32)}, rounds)}
+    return {name: (statistics.median(t for t, _, _ in r["adamw"]), statistics.median(t for t, _, _ in r[name]),
+                   statistics.median(q for _, q, _ in r[name])) for name, r in out.items()}
+
+
 def run_worker(model_key: str, variant: str, train_size: int, rounds: int, timeout: float) -> dict | None:
     env_extra, interop = VARIANTS[variant]
     cmd = [sys.executable, "-m", "benchmarks.threads", "--worker", model_key, "--train-size", str(train_size),
@@ -101,11 +160,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="ABBA rounds per line")
     parser.add_argument("--train-size", type=int, default=55000, help="training samples per epoch (at most)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per line before it is reported as such")
+    parser.add_argument("--muon", action="store_true", help="Muon against AdamW instead (1 thread)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--interop", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.train_size, args.rounds, args.interop)))
+        return
+
+    if args.muon:
+        print(f"MNIST MLP, {min(args.train_size, 55000)} training images per epoch, batch 128, 1 thread, "
+              f"nnopt's Trainer; median of {args.rounds} ABBA rounds; load {os.getloadavg()[0]:.1f}")
+        for name, (adamw, muon, ratio) in muon_rounds(args.train_size, args.rounds).items():
+            print(f"{name:10} {muon:6.2f} s/epoch against AdamW {adamw:6.2f} s/epoch: {ratio:5.2f}x")
+        print(f"load {os.getloadavg()[0]:.1f} at the end")
         return
 
     from nnopt_cli.training.device import available_cores
