@@ -8,7 +8,7 @@ all, ...): each ratio all/1 is taken within a round, the median over rounds is r
 same again while one CPU-bound process per core (`while True: pass`) competes for the cores: the
 script starts them and kills them after. The load average at the time is printed with each line.
 
-`--muon` times instead, with 1 thread, one MNIST MLP epoch of nnopt's Trainer with `optimizer=muon`
+`--muon` times instead, with 1 thread (`--threads N`), one MNIST MLP epoch of nnopt's Trainer with `optimizer=muon`
 against `optimizer=adamw` (ABBA rounds, ratio Muon / AdamW), and Muon once more with its
 Newton-Schulz iterations in float32 instead of torch's bfloat16.
 """
@@ -89,8 +89,8 @@ def newton_schulz_float32(grad, ns_coefficients, ns_steps, eps):
     return x.T if grad.size(0) > grad.size(1) else x
 
 
-def muon_rounds(train_size: int, rounds: int) -> dict:
-    """s/epoch of nnopt's Trainer with AdamW, Muon, and Muon with float32 Newton-Schulz (1 thread)."""
+def muon_rounds(train_size: int, rounds: int, threads: int = 1) -> dict:
+    """s/epoch of nnopt's Trainer with AdamW, Muon, and Muon with float32 Newton-Schulz."""
     import torch
     import torch.optim._muon as torch_muon
 
@@ -100,7 +100,7 @@ def muon_rounds(train_size: int, rounds: int) -> dict:
     from nnopt_cli.training.trainer import Trainer
     from tests.conftest import compose_cfg
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     data = load_dataset("mnist", val_size=5000)
     x, y = data.train_x[:train_size], data.train_y[:train_size]
     trainers = {}
@@ -160,7 +160,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="ABBA rounds per line")
     parser.add_argument("--train-size", type=int, default=55000, help="training samples per epoch (at most)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per line before it is reported as such")
-    parser.add_argument("--muon", action="store_true", help="Muon against AdamW instead (1 thread)")
+    parser.add_argument("--muon", action="store_true", help="Muon against AdamW instead")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for --muon")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--interop", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,9 +170,9 @@ def main() -> None:
         return
 
     if args.muon:
-        print(f"MNIST MLP, {min(args.train_size, 55000)} training images per epoch, batch 128, 1 thread, "
+        print(f"MNIST MLP, {min(args.train_size, 55000)} training images per epoch, batch 128, {args.threads} thread(s), "
               f"nnopt's Trainer; median of {args.rounds} ABBA rounds; load {os.getloadavg()[0]:.1f}")
-        for name, (adamw, muon, ratio) in muon_rounds(args.train_size, args.rounds).items():
+        for name, (adamw, muon, ratio) in muon_rounds(args.train_size, args.rounds, args.threads).items():
             print(f"{name:10} {muon:6.2f} s/epoch against AdamW {adamw:6.2f} s/epoch: {ratio:5.2f}x")
         print(f"load {os.getloadavg()[0]:.1f} at the end")
         return
