@@ -67,42 +67,49 @@ def load_average() -> float | None:
         return None
 
 
-def default_threads(cores: int, load: float | None, parallel_jobs: int = 1) -> int:
+def default_threads(cores: int, load: float | None, parallel_jobs: int = 1, machine_cores: int | None = None) -> int:
     """What `threads=null` means. With N parallel jobs: cores / N each. Alone: the cores other
-    processes leave idle (cores - load average, rounded), at least 1. Torch's threads wait for each
-    other at every operation, so one of them preempted by another process stalls them all: on a
-    2-core machine an MLP epoch took 18x longer with every core than with one thread beside
-    another process, while every core gained at most 15% on an idle machine. Where the load is
-    unknown, one thread."""
+    processes leave idle (the machine's cores - the load average, rounded), at most the cores this
+    process may use, at least 1. Torch's threads wait for each other at every operation, so one of
+    them preempted by another process stalls them all: on a 2-core machine with other work an epoch
+    took 4-45x longer with every core than with one thread, while every core gained 10-15% on an
+    idle machine. Where the load is unknown, one thread."""
     if parallel_jobs > 1:
         return max(1, cores // parallel_jobs)
     if load is None:
         return 1
-    return max(1, min(cores, math.floor(cores - load + 0.5)))
+    idle = (machine_cores or cores) - load
+    return max(1, min(cores, math.floor(idle + 0.5)))
 
 
-def oversubscribed(threads: int, cores: int, load: float | None) -> bool:
+def oversubscribed(threads: int, load: float | None, machine_cores: int) -> bool:
     """More threads than the cores other processes leave idle (half a core of slack), where it
     matters: one thread cannot stall on another."""
-    return threads > 1 and load is not None and threads > cores - load + 0.5
+    return threads > 1 and load is not None and threads > machine_cores - load + 0.5
 
 
 def configure_threads(threads: int | None, parallel_jobs: int = 1, *, cores: int | None = None,
-                      load: float | None | EllipsisType = ...) -> int:
+                      load: float | None | EllipsisType = ..., machine_cores: int | None = None) -> int:
     """Set torch's intra-op threads: `threads` if given, else the count a resumed run recorded, else
-    default_threads. Warns in one line when the cores are already busy. `cores` and `load` are this
-    machine's unless given."""
-    cores = available_cores() if cores is None else cores
+    default_threads, capped by OMP_NUM_THREADS where set. Warns in one line when the cores are
+    already busy. `cores` (this process's), `load` and `machine_cores` (what the load average
+    counts) are this machine's unless given."""
+    if cores is None:
+        cores, machine_cores = available_cores(), machine_cores or os.cpu_count()
+    machine_cores = max(cores, machine_cores or cores)  # the load average counts every core of the machine
     load = load_average() if load is ... else load
     if threads is None and _pinned_threads is not None:
         threads = _pinned_threads
     if threads is None:
-        threads = default_threads(cores, load, parallel_jobs)
+        threads = default_threads(cores, load, parallel_jobs, machine_cores)
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        if omp.isdigit() and int(omp) > 0:  # the user's (or the cluster's) limit for this process
+            threads = min(threads, int(omp))
     # the jobs of a parallel sweep count in the load average: each job judges its own threads
-    if oversubscribed(threads, cores, load):
+    if oversubscribed(threads, load, machine_cores):
         logging.getLogger("nnopt").warning(
             "the CPU is busy (load average %.1f on %d cores) and this run uses %d threads: its epochs may "
-            "take many times longer; pass threads=1", load, cores, threads)
+            "take many times longer; pass threads=1", load, machine_cores, threads)
     torch.set_num_threads(threads)
     return threads
 

@@ -16,7 +16,8 @@ from tests.conftest import compose_cfg
 
 
 @pytest.fixture(autouse=True)
-def restore_threads():
+def restore_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # a limit of the test machine's would cap the default
     before = torch.get_num_threads()
     yield
     pin_threads(None)
@@ -129,3 +130,18 @@ def test_a_parallel_sweep_shares_the_cores_among_the_jobs_running_at_once(n_jobs
     assert configure_threads(None, jobs, cores=8, load=8.0) == (8 // jobs if jobs > 1 else 1)
     assert configure_threads(None, jobs, cores=8, load=0.0) == 8 // jobs
     assert parallel_jobs(OmegaConf.create({"mode": RunMode.RUN, "launcher": {}})) == 1
+
+
+def test_on_a_shared_node_the_load_counts_every_core_of_the_machine():
+    # 8 cores of a 64-core node, 50 busy elsewhere on the node: 14 idle, so this job's 8
+    assert default_threads(8, 50.0, machine_cores=64) == 8
+    assert configure_threads(None, cores=8, load=50.0, machine_cores=64) == 8
+    assert configure_threads(None, cores=8, load=60.0, machine_cores=64) == 4
+
+
+def test_omp_num_threads_caps_the_default_but_not_an_explicit_count(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert configure_threads(None, cores=16, load=0.0) == 3
+    assert configure_threads(6, cores=16, load=0.0) == 6
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert configure_threads(None, cores=16, load=0.0) == 16
