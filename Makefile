@@ -25,10 +25,12 @@ test: $(STAMP) ## Run the whole test suite
 test-fast: $(STAMP) ## Run the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP) ## Time nnopt's epoch against a plain PyTorch loop (ratios), compare over 1,000 runs, a run's and a sweep job's fixed cost
+bench: $(STAMP) ## Time nnopt's epoch against a plain PyTorch loop (ratios), compare over 1,000 runs, a run's and a sweep job's fixed cost, 1 thread against every core, Muon against AdamW
 	$(BIN)/python -m benchmarks.epoch_overhead
 	$(BIN)/python -m benchmarks.compare_1000
 	$(BIN)/python -m benchmarks.run_overhead
+	$(BIN)/python -m benchmarks.threads
+	$(BIN)/python -m benchmarks.threads --muon
 
 lint: $(STAMP) ## ruff lint
 	$(BIN)/ruff check nnopt_cli hydra_plugins tests benchmarks

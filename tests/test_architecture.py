@@ -116,6 +116,7 @@ def test_no_command_imports_another():
             assert not {d for d in GRAPH[m] | LAZY[m] if package_of(d) == "cli" and d != m}, m
 
 
+@pytest.mark.slow
 def test_compare_starts_without_torch():
     code = ("import sys, pkgutil, importlib, nnopt_cli.compare as c, nnopt_cli.cli.compare\n"
             "for m in pkgutil.iter_modules(c.__path__): importlib.import_module('nnopt_cli.compare.' + m.name)\n"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import random
+from types import EllipsisType
 
 import numpy as np
 import torch
@@ -52,18 +55,61 @@ def pin_threads(threads: int | None) -> None:
     global _pinned_threads
     _pinned_threads = None if threads is None else max(1, min(int(threads), max_threads()))
     if threads is not None and _pinned_threads != threads:
-        import logging
-
         logging.getLogger("nnopt").warning("the run used %d threads; this machine allows at most %d, so a "
                                            "resumed run may not match bit for bit", threads, _pinned_threads)
 
 
-def configure_threads(threads: int | None, parallel_jobs: int = 1) -> int:
-    """Set torch's intra-op threads; with N parallel jobs on this machine, jobs x threads <= cores."""
+def load_average() -> float | None:
+    """Runnable processes on this machine, averaged over the last minute; None where unknown."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return None
+
+
+def default_threads(cores: int, load: float | None, parallel_jobs: int = 1, machine_cores: int | None = None) -> int:
+    """What `threads=null` means. With N parallel jobs: cores / N each. Alone: the cores other
+    processes leave idle (the machine's cores - the load average, rounded), at most the cores this
+    process may use, at least 1. Torch's threads wait for each other at every operation, so one of
+    them preempted by another process stalls them all: on a 2-core machine with other work an epoch
+    took 4-45x longer with every core than with one thread, while every core gained 10-15% on an
+    idle machine. Where the load is unknown, one thread."""
+    if parallel_jobs > 1:
+        return max(1, cores // parallel_jobs)
+    if load is None:
+        return 1
+    idle = (machine_cores or cores) - load
+    return max(1, min(cores, math.floor(idle + 0.5)))
+
+
+def oversubscribed(threads: int, load: float | None, machine_cores: int) -> bool:
+    """More threads than the cores other processes leave idle (half a core of slack), where it
+    matters: one thread cannot stall on another."""
+    return threads > 1 and load is not None and threads > machine_cores - load + 0.5
+
+
+def configure_threads(threads: int | None, parallel_jobs: int = 1, *, cores: int | None = None,
+                      load: float | None | EllipsisType = ..., machine_cores: int | None = None) -> int:
+    """Set torch's intra-op threads: `threads` if given, else the count a resumed run recorded, else
+    default_threads, capped by OMP_NUM_THREADS where set. Warns in one line when the cores are
+    already busy. `cores` (this process's), `load` and `machine_cores` (what the load average
+    counts) are this machine's unless given."""
+    if cores is None:
+        cores, machine_cores = available_cores(), machine_cores or os.cpu_count()
+    machine_cores = max(cores, machine_cores or cores)  # the load average counts every core of the machine
+    load = load_average() if load is ... else load
     if threads is None and _pinned_threads is not None:
         threads = _pinned_threads
     if threads is None:
-        threads = max(1, available_cores() // max(1, parallel_jobs)) if parallel_jobs > 1 else torch.get_num_threads()
+        threads = default_threads(cores, load, parallel_jobs, machine_cores)
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        if omp.isdigit() and int(omp) > 0:  # the user's (or the cluster's) limit for this process
+            threads = min(threads, int(omp))
+    # the jobs of a parallel sweep count in the load average: each job judges its own threads
+    if oversubscribed(threads, load, machine_cores):
+        logging.getLogger("nnopt").warning(
+            "the CPU is busy (load average %.1f on %d cores) and this run uses %d threads: its epochs may "
+            "take many times longer; pass threads=1", load, machine_cores, threads)
     torch.set_num_threads(threads)
     return threads
 

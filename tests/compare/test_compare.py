@@ -134,6 +134,7 @@ def test_every_output_format(sweep, capsys):
     assert code == 0 and all(f"{i} " in out for i in range(4)) and out.count("completed") == 4
 
 
+@pytest.mark.slow
 def test_cli_subcommand_end_to_end(sweep, tmp_path):
     out = run_cli("compare", str(sweep), "--format", "json", cwd=tmp_path)
     assert out.returncode == 0 and len(json.loads(out.stdout)) == 4
