@@ -23,6 +23,7 @@ from nnopt_cli.run.validate import validate
 from nnopt_cli.store import layout
 from nnopt_cli.store.folder import record_failure
 from nnopt_cli.store.layout import Status
+from nnopt_cli.store.outputs import out_of_space
 from nnopt_cli.tune import study as S
 from nnopt_cli.tune.pruning import JOURNAL
 from nnopt_cli.tune.samplers import check_sampler, make_pruner, make_sampler, pruner_node
@@ -145,6 +146,16 @@ def run_trial(study, trial, preset: Preset, base: list[str], settings: dict, fol
     except Exception as e:
         if want_traceback():
             raise
+        if out_of_space(e):  # not the trial's fault: it is not counted, and the study stops here
+            message = (str(e).splitlines() or [type(e).__name__])[0]
+            try:
+                requeue(study, trial, folder, f"trial {trial.number} ran out of disk space", announce=False)
+            except OSError:  # the journal could not take it either: the next run finds the trial's lock free
+                pass
+            err = NnoptError(f"trial {trial.number}: {message}; the trial was not counted: free some space "
+                             "and rerun the same nnopt tune command to continue the study")
+            err.exit_code = 1
+            raise err from None
         run_dir.mkdir(parents=True, exist_ok=True)
         record_failure(run_dir, e)
         message = (str(e).splitlines() or [type(e).__name__])[0]
