@@ -41,7 +41,7 @@ def report_errors(command: str, fn, *args):
     disk, an unwritable file) one line and exit status 1."""
     try:
         result = fn(*args)
-        sys.stdout.flush()  # a failed write of the output (`> file` on a full disk) is reported here
+        sys.stdout.flush()  # a failed write of what is still buffered is reported here, not at exit
         return result
     except NnoptError as e:
         if want_traceback():
@@ -55,8 +55,8 @@ def report_errors(command: str, fn, *args):
         if want_traceback():
             raise
         quiet_stdout()
-        where = f" ({e.filename})" if e.filename else " (writing the output)"
-        print(f"nnopt {command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        what = f"{e.filename}" if e.filename else "cannot write the output"
+        print(f"nnopt {command}: error: {what}: {e.strerror or e}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

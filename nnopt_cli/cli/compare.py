@@ -11,6 +11,7 @@ inside a run folder.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from nnopt_cli.compare.table import (
     parse_where,
 )
 from nnopt_cli.errors import report_errors
+from nnopt_cli.store import outputs
 
 EXAMPLES = """examples:
   nnopt compare outputs/                                  every run below outputs/
@@ -104,9 +106,9 @@ def parser() -> argparse.ArgumentParser:
                    help="with --group-by: each group against this one (its --group-by values, comma "
                         "separated) on the first --metric: P(better) [95%% CI], Mann-Whitney and permutation "
                         "p-values, and a verdict (better / worse / not resolved)")
-    d.add_argument("--bootstrap", type=int, default=10_000, metavar="N",
+    d.add_argument("--bootstrap", default=10_000, metavar="N",
                    help="bootstrap resamples (and random permutations) per interval (default: 10000)")
-    d.add_argument("--stats-seed", type=int, default=0, metavar="S",
+    d.add_argument("--stats-seed", default=0, metavar="S",
                    help="seed for the resampling: the same runs always give the same intervals (default: 0)")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="also save a plot as PNG")
     p.add_argument("--plot-kind", choices=PLOT_KINDS, default="curves",
@@ -146,7 +148,31 @@ def inside_run(path: Path, runs: list[Run]) -> Run | None:
     return None
 
 
+# resamples per interval: 10**6 already takes minutes and gigabytes on a few hundred runs
+MAX_BOOTSTRAP = 1_000_000
+MAX_SEED = 2**63 - 1  # numpy's generators take any non-negative integer; a flag's needs no more
+
+
+def whole_number(flag: str, value: object, lo: int, hi: int) -> int:
+    """A flag's integer value within [lo, hi], or one line saying what is allowed."""
+    try:
+        n = int(str(value), 10)
+    except ValueError:
+        try:  # 1e4 is a whole number too
+            f = float(str(value))
+            n = int(f) if f.is_integer() else None
+        except (ValueError, OverflowError):
+            n = None
+        if n is None:
+            raise CompareError(f"{flag} {value!r}: a whole number from {lo} to {hi}") from None
+    if not lo <= n <= hi:
+        raise CompareError(f"{flag} {value}: a whole number from {lo} to {hi}")
+    return n
+
+
 def compare(args: argparse.Namespace) -> None:
+    args.bootstrap = whole_number("--bootstrap", args.bootstrap, 100, MAX_BOOTSTRAP)
+    args.stats_seed = whole_number("--stats-seed", args.stats_seed, 0, MAX_SEED)
     for p in args.paths:
         if not p.exists():
             raise NoRuns(f"path {str(p)!r} does not exist")
@@ -200,7 +226,12 @@ def compare(args: argparse.Namespace) -> None:
             more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
             print(f"nnopt compare: warning: {len(skipped)} run(s) not completed are left out of the "
                   f"averages: {names}{more}", file=sys.stderr)
-    render(table, args.format)
+    if sys.stdout.isatty():
+        render(table, args.format)
+    else:  # a file or a pipe: every byte checked, so a full disk is an error, not a cut table
+        text = io.StringIO()
+        render(table, args.format, text)
+        outputs.write_stdout(text.getvalue())
 
     if args.plot:
         make_plot(args, shown, table, keys_grouped, plot_metric, times, targets)

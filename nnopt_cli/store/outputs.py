@@ -101,3 +101,20 @@ def write_files(folder: Path, files: dict[str, bytes | str]) -> None:
             except OSError:
                 pass
         raise
+
+
+def write_stdout(text: str) -> None:
+    """Print `text` to stdout with every byte checked: Python's buffered stdout can drop the rest of
+    a short write without an error (`nnopt compare > file` on a full disk would leave a cut table
+    and exit 0); here a full disk is an OSError."""
+    import sys
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()
+    view = memoryview(text.encode(sys.stdout.encoding or "utf-8", errors="replace"))
+    while view:
+        view = view[os.write(fd, view):]
