@@ -182,7 +182,7 @@ def open_study(folder: StudyFolder, settings: dict, pruner, identity: dict) -> o
             journal_storage(folder.journal))
         study = optuna.create_study(study_name=settings["study_name"], storage=journal_storage(folder.journal),
                                     direction=settings["direction"], pruner=pruner, load_if_exists=True)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON lines that are not Optuna's records
+    except (KeyError, TypeError, ValueError, AttributeError, AssertionError) as e:  # JSON lines, not Optuna records
         raise NnoptError(f"{folder.journal} cannot be replayed ({type(e).__name__}: {str(e)[:80]}); the study "
                          "journal is corrupt: restore it or use another tune.dir") from None
     if had_study and study.direction.name.lower() != settings["direction"]:
