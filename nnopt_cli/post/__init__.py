@@ -25,8 +25,10 @@ import traceback
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
+from nnopt_cli.config import conf_dir
 from nnopt_cli.config.checks import need_int, need_int_list, need_keys
 from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.post import distill, prune, quantize
@@ -70,10 +72,6 @@ def stage_names(cfg: dict) -> list[str]:
 def settings_of(name: str) -> tuple[str, ...]:
     """The settings conf/post/<name>.yaml gives stage `name`: each is required (a `~post.prune.sparsity`
     on the command line is one line here, not a KeyError after training)."""
-    import yaml
-
-    from nnopt_cli.config import conf_dir
-
     doc = yaml.safe_load((conf_dir() / "post" / f"{name}.yaml").read_text()) or {}
     return tuple((doc.get(name) or {}).keys())
 

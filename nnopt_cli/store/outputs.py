@@ -7,9 +7,11 @@ it and renamed into place. Torch-free, so `nnopt compare` can use it.
 
 from __future__ import annotations
 
+import csv
 import errno
 import io
 import os
+import sys
 from pathlib import Path
 
 from nnopt_cli.errors import NnoptError
@@ -78,8 +80,6 @@ def figure_png(fig, dpi: int = 120) -> bytes:
 
 
 def csv_text(rows) -> str:
-    import csv
-
     buf = io.StringIO(newline="")
     csv.writer(buf).writerows(rows)
     return buf.getvalue()
@@ -107,8 +107,6 @@ def write_stdout(text: str) -> None:
     """Print `text` to stdout with every byte checked: Python's buffered stdout can drop the rest of
     a short write without an error (`nnopt compare > file` on a full disk would leave a cut table
     and exit 0); here a full disk is an OSError."""
-    import sys
-
     try:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
