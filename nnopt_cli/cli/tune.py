@@ -21,7 +21,7 @@ from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
 from nnopt_cli.run.recipe import RunContext, train
 from nnopt_cli.run.validate import validate
 from nnopt_cli.store import layout
-from nnopt_cli.store.folder import record_failure
+from nnopt_cli.store.folder import atomic_write_bytes, record_failure
 from nnopt_cli.store.layout import Status
 from nnopt_cli.store.outputs import out_of_space
 from nnopt_cli.tune import study as S
@@ -89,10 +89,11 @@ def write_hydra_files(run_dir: Path, cfg: dict, choices: dict, overrides: list[s
     """.hydra/ as `nnopt train` leaves it, so that compare, resume and the loggers read a trial
     like any run (config.yaml, hydra.yaml's runtime.choices, overrides.yaml)."""
     (run_dir / layout.HYDRA_DIR).mkdir(parents=True, exist_ok=True)
-    (run_dir / layout.CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
-    (run_dir / layout.HYDRA_CONFIG).write_text(yaml.safe_dump(
-        {"hydra": {"runtime": {"choices": choices}, "overrides": {"task": overrides}}}, sort_keys=False))
-    (run_dir / layout.OVERRIDES).write_text(yaml.safe_dump(overrides))
+    # atomic: a full disk leaves no half a config for compare or resume to read
+    atomic_write_bytes(run_dir / layout.CONFIG, yaml.safe_dump(cfg, sort_keys=False).encode())
+    atomic_write_bytes(run_dir / layout.HYDRA_CONFIG, yaml.safe_dump(
+        {"hydra": {"runtime": {"choices": choices}, "overrides": {"task": overrides}}}, sort_keys=False).encode())
+    atomic_write_bytes(run_dir / layout.OVERRIDES, yaml.safe_dump(overrides).encode())
 
 
 def last_per_key(overrides: list[str]) -> list[str]:
@@ -301,4 +302,10 @@ def run(args: list[str]) -> None:
     except KeyboardInterrupt:
         print("nnopt: interrupted; rerun the same command to continue the study", file=sys.stderr)
         raise SystemExit(130) from None
+    except OSError as e:  # the study folder itself cannot be written (a full disk, a read-only folder)
+        if want_traceback():
+            raise
+        print(f"nnopt: error: {e.filename or 'the study folder'}: {e.strerror or e}; rerun the same command to "
+              "continue the study", file=sys.stderr)
+        raise SystemExit(1) from None
     raise SystemExit(code)

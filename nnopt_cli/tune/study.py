@@ -22,7 +22,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ import yaml
 from optuna.trial import TrialState
 
 from nnopt_cli.errors import ConfigError, NnoptError
-from nnopt_cli.store.folder import read_summary, record_failure, write_json
+from nnopt_cli.store.folder import atomic_write_bytes, read_summary, record_failure, write_json
 from nnopt_cli.store.layout import Status
 from nnopt_cli.tune.pruning import JOURNAL, journal_storage
 
@@ -145,9 +144,7 @@ def best_record(study: optuna.Study, preset, base: list[str], objective: str, fo
 
 def write_best(folder: StudyFolder, record: dict) -> None:
     write_json(folder.path / "best.json", record)
-    tmp = folder.path / f".best.yaml.tmp{os.getpid()}"
-    tmp.write_text(yaml.safe_dump(record, sort_keys=False))
-    os.replace(tmp, folder.path / "best.yaml")
+    atomic_write_bytes(folder.path / "best.yaml", yaml.safe_dump(record, sort_keys=False).encode())
 
 
 def trial_line(t, status: str, value: Any, seconds: float, params: dict) -> str:
