@@ -73,7 +73,11 @@ def settings_of(name: str) -> tuple[str, ...]:
     """The settings conf/post/<name>.yaml gives stage `name`: each is required (a `~post.prune.sparsity`
     on the command line is one line here, not a KeyError after training)."""
     doc = yaml.safe_load((conf_dir() / "post" / f"{name}.yaml").read_text()) or {}
-    return tuple((doc.get(name) or {}).keys())
+    # and the nodes its defaults list puts under it (`/model@distill.student: mlp_small`)
+    placed = [str(k).split("@", 1)[1] for entry in doc.get("defaults") or [] if isinstance(entry, dict)
+              for k, v in entry.items() if "@" in str(k) and v is not None]  # a null one is optional
+    below = [p.split(".", 1)[1] for p in placed if p.startswith(f"{name}.")]
+    return (*(doc.get(name) or {}).keys(), *below)
 
 
 def validate_post(cfg: dict) -> None:

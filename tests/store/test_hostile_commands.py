@@ -242,6 +242,8 @@ def test_compare_statistics_flags_out_of_range_are_one_line(run_folder, args, me
     (["post=prune", "~post.prune.sparsity"], "post.prune.sparsity=None: a value (the post.prune config lacks it"),
     (["post=quantize", "~post.quantize.bits"], "post.quantize.bits=None: a value (the post.quantize config lacks"),
     (["post=prune", "~post.measure.latency_repeats"], "post.measure.latency_repeats=None: a value"),
+    (["post=distill", "~post.distill.student"], "post.distill.student=None: a value (the post.distill config lacks"),
+    (["~checkpoint.every"], "checkpoint.every=None: a value (the checkpoint config lacks it"),
     (["optimizer=adam", "+optimizer/wrapper=lookahead"],
      "+optimizer/wrapper='lookahead': optimizer/wrapper is in the defaults list already (conf/train.yaml): "
      "write optimizer/wrapper=lookahead, without the +"),
