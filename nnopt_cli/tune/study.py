@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -153,6 +154,32 @@ def trial_line(t, status: str, value: Any, seconds: float, params: dict) -> str:
     return f"trial {t.number:>3}: {status:<9}{v} ({seconds:.1f} s) {shown}"
 
 
+def drop_cut_record(path: Path) -> None:
+    """A journal whose last record was cut (the disk filled during Optuna's append) ends without a
+    newline; the next append would glue its record to the cut one and make the journal unreadable.
+    Cut it back to its last whole record, under Optuna's own lock on the file."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        if len(whole) < len(data):
+            os.truncate(path, len(whole))
+            log.warning("%s ended in a record cut short (a full disk?); removed it (%d bytes)", path,
+                        len(data) - len(whole))
+    finally:
+        lock.release()
+
+
 def check_journal(path: Path) -> None:
     """One line for a journal Optuna could not replay: not a regular file (a FIFO would hang the
     study lock's holder) or a line that is not JSON (a hand edit, a disk that filled mid-line)."""
@@ -160,6 +187,7 @@ def check_journal(path: Path) -> None:
         return
     if not path.is_file():
         raise NnoptError(f"{path} is not a regular file; refused to open the study")
+    drop_cut_record(path)
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             try:

@@ -125,6 +125,18 @@ def test_a_corrupt_journal_or_study_attribute_is_one_line(tmp_path, monkeypatch,
     assert len(load(tmp_path).trials) == 1  # nothing ran
 
 
+def test_a_journal_record_cut_by_a_full_disk_is_dropped_and_the_study_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    preset(tmp_path, 1)
+    assert tune_cli(tmp_path, capsys)[0] == 0
+    journal = tmp_path / "st" / JOURNAL
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code":4,"worker_id":"x","study_id":0,"datetime_sta')  # the append cut short
+    code, err = tune_cli(tmp_path, capsys, "tune.n_trials=2")
+    assert code == 0 and f"st/{JOURNAL} ended in a record cut short (a full disk?); removed it (55 bytes)" in err
+    assert [t.state for t in load(tmp_path).trials] == [TrialState.COMPLETE] * 2
+
+
 def test_the_direction_is_fixed_when_the_study_is_made(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     preset(tmp_path, 1, direction="maximize")
