@@ -37,9 +37,12 @@ def fail(message: str, code: int = 2) -> None:
 
 def report_errors(command: str, fn, *args):
     """Run `fn(*args)` for `nnopt <command>`: an NnoptError becomes one line and its exit code
-    (a traceback only when asked for), a closed pipe (`| head`) a quiet exit."""
+    (a traceback only when asked for), a closed pipe (`| head`) a quiet exit, an OSError (a full
+    disk, an unwritable file) one line and exit status 1."""
     try:
-        return fn(*args)
+        result = fn(*args)
+        sys.stdout.flush()  # a failed write of what is still buffered is reported here, not at exit
+        return result
     except NnoptError as e:
         if want_traceback():
             raise
@@ -48,3 +51,21 @@ def report_errors(command: str, fn, *args):
     except BrokenPipeError:
         sys.stderr.close()
         raise SystemExit(0) from None
+    except OSError as e:  # a full disk or an unwritable file: one line, not a traceback
+        if want_traceback():
+            raise
+        quiet_stdout()
+        what = f"{e.filename}" if e.filename else "cannot write the output"
+        print(f"nnopt {command}: error: {what}: {e.strerror or e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def quiet_stdout() -> None:
+    """Send what is left in stdout's buffer to /dev/null, so that the exit does not try (and fail)
+    to write it again after an error was reported."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout closed or not a real file (a test's capture)
+        pass

@@ -34,7 +34,7 @@ LAYERS = [
 LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 TOP_LEVEL_FILES = {"__init__", "__main__"}  # nnopt_cli/__init__.py (the version) and `python -m nnopt_cli`
 # what compare may read a run folder with: file names and untrusted-file readers, both torch-free
-TORCH_FREE_STORE = {"nnopt_cli.store.layout", "nnopt_cli.store.untrusted"}
+TORCH_FREE_STORE = {"nnopt_cli.store.layout", "nnopt_cli.store.untrusted", "nnopt_cli.store.outputs"}
 # in-function imports that keep `nnopt --help` and `nnopt compare` fast to start
 # (and the Python API in nnopt_cli/__init__.py: `import nnopt_cli` must not import torch)
 LAZY_OK = {"cli", "compare", "__init__"}

@@ -100,3 +100,114 @@ def test_every_topic_page_opens_with_a_summary_and_a_contents_list(page):
 def test_every_source_path_the_docs_name_exists(page):
     missing = sorted({p for p in SOURCE_PATH.findall(page.read_text()) if not (ROOT / p).exists()})
     assert not missing, f"{page.relative_to(ROOT)} names files that do not exist: {missing}"
+
+
+# ---------------------------------------------------------------------------- the docs' own commands
+
+COMMAND_PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+INLINE_TRAIN = re.compile(r"`(nnopt train(?: [^`]*)?)`")
+# keys whose value is a run folder the reader made earlier (outputs/2026-11-23/17-00-00-...): the
+# docs name folders that exist only on the reader's disk, so a line naming one that is missing here
+# is not composed (its other overrides are checked by the lines around it)
+FOLDER_KEYS = ("resume", "continue_from", "init_from", "post.distill.teacher_run")
+DATA_KEYS = ("dataset.path",)  # the reader's own data on disk
+# the packages the docs' examples of "your own class" live in
+READERS_MODULES = ("my_pkg.", "my_module.")
+# flags that print something instead of running (their lines are checked without them)
+INFO_FLAGS = {"--help", "-h", "--cfg", "-c", "--info", "-i", "--hydra-help"}
+
+
+def train_commands(page: Path) -> list[tuple[str, str]]:
+    """(where, command) for every `nnopt train ...` the page shows: lines of its code blocks (with
+    their `\\` continuations) and inline code spans."""
+    found = []
+    in_fence, pending, start = False, "", 0
+    for n, line in enumerate(page.read_text().splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            in_fence, pending = not in_fence, ""
+            continue
+        if in_fence:
+            text = line.strip().removeprefix("$ ")
+            if pending:
+                text, pending = pending + " " + text, ""
+            elif not text.startswith("nnopt train"):
+                continue
+            else:
+                start = n
+            if text.endswith("\\"):
+                pending = text[:-1]
+                continue
+            found.append((f"{page.relative_to(ROOT)}:{start}", text))
+        else:
+            found += [(f"{page.relative_to(ROOT)}:{n}", m) for m in INLINE_TRAIN.findall(line)]
+    return found
+
+
+def sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """One override list per value of each choice sweep (`optimizer=sgd,adam` -> optimizer=sgd, then
+    optimizer=adam, the other sweeps at their first value): every value composes, without the product."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = [parser.parse_override(o) for o in overrides]
+    firsts, choices = [], []
+    for o, p in zip(overrides, parsed, strict=True):
+        key = o.split("=", 1)[0]
+        values = list(p.sweep_string_iterator()) if p.is_sweep_override() and p.is_choice_sweep() else None
+        if values is None and p.is_sweep_override():  # a range: its first and last value
+            values = [str(v) for v in p.sweep_iterator()]
+            values = [values[0], values[-1]] if values else []
+        firsts.append(f"{key}={values[0]}" if values else o)
+        choices.append([f"{key}={v}" for v in values] if values else [o])
+    variants = [firsts]
+    for i, options in enumerate(choices):
+        variants += [[*firsts[:i], option, *firsts[i + 1:]] for option in options[1:]]
+    return variants
+
+
+DOC_COMMANDS = [c for page in COMMAND_PAGES for c in train_commands(page)]
+
+
+def test_the_docs_show_train_commands_to_check():
+    assert len(DOC_COMMANDS) > 60 and any("-m" in c.split() for _, c in DOC_COMMANDS)
+
+
+@pytest.mark.parametrize("where, command", DOC_COMMANDS, ids=[w for w, _ in DOC_COMMANDS])
+def test_every_train_command_in_the_docs_composes_and_validates(where, command):
+    """Each `nnopt train` line of the README and docs/ composes and passes nnopt's checks as
+    written (a -m line: each value of each sweep); lines meant to be refused show that they are."""
+    import shlex
+
+    from nnopt_cli.errors import NnoptError
+    from nnopt_cli.run.tools import compose_config
+
+    words = shlex.split(command, comments=True)[2:]
+    if any("<" in w or "..." in w for w in words):
+        pytest.skip("a placeholder for the reader to fill in (<name>, ...)")
+    if any(w.split("=", 1)[-1].startswith(READERS_MODULES) for w in words):
+        pytest.skip("names a class of the reader's own package (my_pkg.MyNet), not installed here")
+    overrides, skip_next = [], False
+    for w in words:
+        if skip_next:
+            skip_next = False
+        elif w in INFO_FLAGS:
+            skip_next = w in ("--cfg", "-c", "--info", "-i")  # their value: job, hydra, all
+        elif not w.startswith("-"):
+            overrides.append(w)
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in FOLDER_KEYS and value and not (ROOT / value.split(":")[0]).exists():
+            pytest.skip(f"{key}= names a run folder of the reader's ({value})")
+        if key in DATA_KEYS and value and not (ROOT / value).exists():
+            pytest.skip(f"{key}= names data of the reader's ({value})")
+    refused = "optimizer.lr=-1" in overrides  # the docs' example of a refused value
+    for variant in sweep_variants(overrides):
+        if refused:
+            with pytest.raises(NnoptError, match="optimizer.lr=-1"):
+                compose_config(variant)
+            continue
+        try:
+            compose_config(variant)
+        except Exception as e:  # the test's answer names the line and the first line of the error
+            pytest.fail(f"{where}: `{command}` ({' '.join(variant)}): {type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:300]}")

@@ -20,8 +20,10 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,10 @@ class ForkLauncher(Launcher):
             _SWEEP["stop"].set()
             if isinstance(e, KeyboardInterrupt):
                 _stop_running_jobs(futures)
+            if isinstance(e, BrokenProcessPool):  # the sweep report says which job; Hydra's would be a traceback
+                print("nnopt: a worker process of the sweep died (killed, or out of memory); the jobs not "
+                      "started were not run", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
             raise
         finally:  # the running jobs stop at a step boundary with a checkpoint (they got the signal too)
             pool.shutdown(wait=True, cancel_futures=True)

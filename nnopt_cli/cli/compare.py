@@ -13,6 +13,7 @@ inside a run folder.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from nnopt_cli.compare.pipeline import PLOT_KINDS
 from nnopt_cli.compare.render import FORMATS, render
 from nnopt_cli.compare.table import CompareError
 from nnopt_cli.errors import report_errors
+from nnopt_cli.store import outputs
 
 EXAMPLES = """examples:
   nnopt compare outputs/                                  every run below outputs/
@@ -81,7 +83,12 @@ def compare(args: argparse.Namespace) -> None:
         plot_metric[0] = pipeline.check_plot(args, args.plot_kind, runs, shown, metrics)
 
     study = pipeline.prepare(args, check_output=check_plot)
-    render(study.table, args.format)
+    if sys.stdout.isatty():
+        render(study.table, args.format)
+    else:  # a file or a pipe: every byte checked, so a full disk is an error, not a cut table
+        text = io.StringIO()
+        render(study.table, args.format, text)
+        outputs.write_stdout(text.getvalue())
     if args.plot:
         from nnopt_cli.compare import plots
 

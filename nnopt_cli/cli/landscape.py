@@ -17,7 +17,6 @@ torch.load(weights_only=True), each tensor of the dtype the model's own has. Wri
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from torch import nn
 from nnopt_cli.config.checks import need_int, need_num
 from nnopt_cli.errors import NnoptError, report_errors
 from nnopt_cli.run import tools as runs
-from nnopt_cli.store import layout
+from nnopt_cli.store import layout, outputs
 from nnopt_cli.store.checkpoint import safe_load
 from nnopt_cli.training.metrics import evaluate
 
@@ -154,18 +153,17 @@ def landscape(args: argparse.Namespace) -> dict:
 
 
 def write(out: Path, doc: dict) -> None:
-    (out / "landscape.json").write_text(json.dumps(doc, indent=1) + "\n")
-    with open(out / "line.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["alpha", "loss", "acc"])
-        w.writerows([r["alpha"], r["loss"], r["acc"]] for r in doc["line"]["rows"])
+    """landscape.json, line.csv (surface.csv) and landscape.png, all or none."""
+    files = {"landscape.json": json.dumps(doc, indent=1) + "\n",
+             "line.csv": outputs.csv_text([["alpha", "loss", "acc"],
+                                           *([r["alpha"], r["loss"], r["acc"]] for r in doc["line"]["rows"])])}
     if "surface" in doc:
         s = doc["surface"]
-        with open(out / "surface.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["a", "b", "loss"])
-            w.writerows([a, b, s["loss"][j][i]] for j, b in enumerate(s["coords"]) for i, a in enumerate(s["coords"]))
-    figure(doc).savefig(out / "landscape.png", dpi=120, format="png")
+        files["surface.csv"] = outputs.csv_text(
+            [["a", "b", "loss"], *([a, b, s["loss"][j][i]] for j, b in enumerate(s["coords"])
+                                   for i, a in enumerate(s["coords"]))])
+    files["landscape.png"] = outputs.figure_png(figure(doc))
+    outputs.write_files(out, files)
 
 
 def figure(doc: dict):

@@ -18,7 +18,6 @@ into a run folder; nothing else is written and no run is changed.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import math
@@ -31,6 +30,7 @@ from torch import nn
 from nnopt_cli.config.checks import need_int, need_num
 from nnopt_cli.errors import NnoptError, report_errors
 from nnopt_cli.run import tools as runs
+from nnopt_cli.store import outputs
 from nnopt_cli.training.device import configure_threads, resolve_device, seed_everything
 from nnopt_cli.training.fit import fit
 from nnopt_cli.training.metrics import Diverged
@@ -152,17 +152,15 @@ def figure(test: RangeTest, sugg: dict[str, float]):
 
 
 def write(out: Path, test: RangeTest, sugg: dict[str, float], meta: dict) -> None:
-    with open(out / "lr_find.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "lr", "loss", "smoothed_loss"])
-        for i, row in enumerate(zip(test.lrs, test.losses, test.smoothed, strict=True), start=1):
-            w.writerow([i, *row])
+    """lr_find.csv, .json and .png, all or none (a full disk leaves no half a result)."""
+    rows = [["step", "lr", "loss", "smoothed_loss"],
+            *([i, *row] for i, row in enumerate(zip(test.lrs, test.losses, test.smoothed, strict=True), start=1))]
     clean = [v if math.isfinite(v) else None for v in test.losses]
     doc = {**meta, "stopped": test.stopped, "steps_run": len(test.lrs),
            "suggestion": {"rule": RULE, "optimizer.lr": sugg[RULE]}, "suggestions": sugg,
            "lr": test.lrs, "loss": clean, "smoothed_loss": [v if math.isfinite(v) else None for v in test.smoothed]}
-    (out / "lr_find.json").write_text(json.dumps(doc, indent=1) + "\n")
-    figure(test, sugg).savefig(out / "lr_find.png", dpi=120, format="png")
+    outputs.write_files(out, {"lr_find.csv": outputs.csv_text(rows), "lr_find.json": json.dumps(doc, indent=1) + "\n",
+                              "lr_find.png": outputs.figure_png(figure(test, sugg))})
 
 
 def parser() -> argparse.ArgumentParser:

@@ -21,8 +21,9 @@ from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
 from nnopt_cli.run.recipe import RunContext, train
 from nnopt_cli.run.validate import validate
 from nnopt_cli.store import layout
-from nnopt_cli.store.folder import record_failure
+from nnopt_cli.store.folder import atomic_write_bytes, record_failure
 from nnopt_cli.store.layout import Status
+from nnopt_cli.store.outputs import out_of_space
 from nnopt_cli.tune import study as S
 from nnopt_cli.tune.pruning import JOURNAL
 from nnopt_cli.tune.samplers import check_sampler, make_pruner, make_sampler, pruner_node
@@ -88,10 +89,11 @@ def write_hydra_files(run_dir: Path, cfg: dict, choices: dict, overrides: list[s
     """.hydra/ as `nnopt train` leaves it, so that compare, resume and the loggers read a trial
     like any run (config.yaml, hydra.yaml's runtime.choices, overrides.yaml)."""
     (run_dir / layout.HYDRA_DIR).mkdir(parents=True, exist_ok=True)
-    (run_dir / layout.CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
-    (run_dir / layout.HYDRA_CONFIG).write_text(yaml.safe_dump(
-        {"hydra": {"runtime": {"choices": choices}, "overrides": {"task": overrides}}}, sort_keys=False))
-    (run_dir / layout.OVERRIDES).write_text(yaml.safe_dump(overrides))
+    # atomic: a full disk leaves no half a config for compare or resume to read
+    atomic_write_bytes(run_dir / layout.CONFIG, yaml.safe_dump(cfg, sort_keys=False).encode())
+    atomic_write_bytes(run_dir / layout.HYDRA_CONFIG, yaml.safe_dump(
+        {"hydra": {"runtime": {"choices": choices}, "overrides": {"task": overrides}}}, sort_keys=False).encode())
+    atomic_write_bytes(run_dir / layout.OVERRIDES, yaml.safe_dump(overrides).encode())
 
 
 def last_per_key(overrides: list[str]) -> list[str]:
@@ -145,6 +147,16 @@ def run_trial(study, trial, preset: Preset, base: list[str], settings: dict, fol
     except Exception as e:
         if want_traceback():
             raise
+        if out_of_space(e):  # not the trial's fault: it is not counted, and the study stops here
+            message = (str(e).splitlines() or [type(e).__name__])[0]
+            try:
+                requeue(study, trial, folder, f"trial {trial.number} ran out of disk space", announce=False)
+            except OSError:  # the journal could not take it either: the next run finds the trial's lock free
+                pass
+            err = NnoptError(f"trial {trial.number}: {message}; the trial was not counted: free some space "
+                             "and rerun the same nnopt tune command to continue the study")
+            err.exit_code = 1
+            raise err from None
         run_dir.mkdir(parents=True, exist_ok=True)
         record_failure(run_dir, e)
         message = (str(e).splitlines() or [type(e).__name__])[0]
@@ -290,4 +302,10 @@ def run(args: list[str]) -> None:
     except KeyboardInterrupt:
         print("nnopt: interrupted; rerun the same command to continue the study", file=sys.stderr)
         raise SystemExit(130) from None
+    except OSError as e:  # the study folder itself cannot be written (a full disk, a read-only folder)
+        if want_traceback():
+            raise
+        print(f"nnopt: error: {e.filename or 'the study folder'}: {e.strerror or e}; rerun the same command to "
+              "continue the study", file=sys.stderr)
+        raise SystemExit(1) from None
     raise SystemExit(code)

@@ -78,9 +78,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="with --group-by: each group against this one (its --group-by values, comma "
                         "separated) on the first --metric: P(better) [95%% CI], Mann-Whitney and permutation "
                         "p-values, and a verdict (better / worse / not resolved)")
-    d.add_argument("--bootstrap", type=int, default=10_000, metavar="N",
+    d.add_argument("--bootstrap", default=10_000, metavar="N",
                    help="bootstrap resamples (and random permutations) per interval (default: 10000)")
-    d.add_argument("--stats-seed", type=int, default=0, metavar="S",
+    d.add_argument("--stats-seed", default=0, metavar="S",
                    help="seed for the resampling: the same runs always give the same intervals (default: 0)")
     p.add_argument("--plot-metric", metavar="NAME",
                    help="per-epoch metric for --plot-kind curves (default: the first --metric logged per "
@@ -126,10 +126,34 @@ def inside_run(path: Path, runs: list[Run]) -> Run | None:
     return None
 
 
+# resamples per interval: 10**6 already takes minutes and gigabytes on a few hundred runs
+MAX_BOOTSTRAP = 1_000_000
+MAX_SEED = 2**63 - 1  # numpy's generators take any non-negative integer; a flag's needs no more
+
+
+def whole_number(flag: str, value: object, lo: int, hi: int) -> int:
+    """A flag's integer value within [lo, hi], or one line saying what is allowed."""
+    try:
+        n = int(str(value), 10)
+    except ValueError:
+        try:  # 1e4 is a whole number too
+            f = float(str(value))
+            n = int(f) if f.is_integer() else None
+        except (ValueError, OverflowError):
+            n = None
+        if n is None:
+            raise CompareError(f"{flag} {value!r}: a whole number from {lo} to {hi}") from None
+    if not lo <= n <= hi:
+        raise CompareError(f"{flag} {value}: a whole number from {lo} to {hi}")
+    return n
+
+
 def prepare(args: argparse.Namespace, prog: str = "nnopt compare",
             check_output=lambda runs, shown, metrics: None) -> Study:
     """Discover, filter, group and decide; every bad option is refused before anything is printed
     but the warnings. `check_output(runs, shown, metrics)` refuses a bad output path at that point."""
+    args.bootstrap = whole_number("--bootstrap", args.bootstrap, 100, MAX_BOOTSTRAP)
+    args.stats_seed = whole_number("--stats-seed", args.stats_seed, 0, MAX_SEED)
     for p in args.paths:
         if not p.exists():
             raise NoRuns(f"path {str(p)!r} does not exist")

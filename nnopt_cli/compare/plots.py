@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from nnopt_cli.compare.discover import Run, finite, flatten
 from nnopt_cli.compare.render import fmt
+from nnopt_cli.store import outputs
 
 
 @dataclass
@@ -189,8 +190,8 @@ LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def save(fig: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, format="png")
+    """The PNG whole or not at all (a full disk is one line, and no half a file is left)."""
+    outputs.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- deciding plots

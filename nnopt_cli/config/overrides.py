@@ -32,6 +32,13 @@ def group_options() -> dict[str, tuple[list[str], bool]]:
             for d in root.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))}
 
 
+@functools.cache
+def default_groups() -> frozenset[str]:
+    """The groups conf/train.yaml's defaults list names (optimizer, optimizer/wrapper, post, ...)."""
+    entries = OmegaConf.load(conf_dir() / "train.yaml").get("defaults", [])
+    return frozenset(str(k) for e in entries if isinstance(e, (dict, DictConfig)) for k in e)
+
+
 def check_overrides(args: list[str]) -> None:
     """Catch unparsable overrides and unknown group options before Hydra does: one line
     (key, value, what is allowed) instead of Hydra's multi-line report, and no run folder."""
@@ -56,6 +63,10 @@ def check_overrides(args: list[str]) -> None:
                 raise ConfigError(key, folder, "a folder (this path is a file)")
         if key.startswith("hydra") or override.package is not None or override.is_delete():
             continue
+        if override.is_add() and key in default_groups():  # Hydra's answer is "Multiple values for ..."
+            raise ConfigError(a.split("=", 1)[0], a.split("=", 1)[1],
+                              f"{key} is in the defaults list already (conf/train.yaml): "
+                              f"write {key}={a.split('=', 1)[1]}, without the +")
         groups = groups if groups is not None else group_options()
         if key not in groups:
             continue

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import stat
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -89,17 +90,40 @@ def generate(settings: dict) -> dict[str, np.ndarray]:
             "x_test": data["x_test"].astype(np.float32), "y_test": data["y_test"].astype(np.int64)}
 
 
+def cache_bytes(path: Path, cap: int) -> bytes:
+    """The cache file's bytes, opened without blocking and read only if it is a regular file of at
+    most `cap` bytes: a FIFO put in its place would hang `open`, a link to /dev/zero never end.
+    ValueError for those, FileNotFoundError when it is missing."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > cap:
+            raise ValueError(f"{st.st_size} bytes, more than these settings' arrays take")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(cap + 1)
+        if len(data) > cap:
+            raise ValueError("larger than these settings' arrays take")
+        return data
+    finally:
+        os.close(fd)
+
+
 def read_cache(path: Path, settings: dict) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None when the file is missing or not what these settings make."""
+    n_train, n_test = split_sizes(settings["num_samples"], settings["train_split"])
+    # float32 samples and int64 labels, plus the zip's headers: anything much larger is not a cache
+    cap = 2 * (n_train + n_test) * (4 * settings["final_seq_length"] + 8) + (1 << 20)
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with np.load(io.BytesIO(cache_bytes(path, cap)), allow_pickle=False) as f:
             arrays = {k: f[k] for k in ARRAYS}
     except FileNotFoundError:
         return None
     except Exception as e:  # truncated zip, missing member, object arrays refused: regenerate
         log.warning("mnist1d cache %s is unreadable (%s: %s); regenerating it", path, type(e).__name__, e)
         return None
-    n_train, n_test = split_sizes(settings["num_samples"], settings["train_split"])
     length = settings["final_seq_length"]
     if (arrays["x"].shape != (n_train, length) or arrays["x_test"].shape != (n_test, length)
             or arrays["y"].shape != (n_train,) or arrays["y_test"].shape != (n_test,)):

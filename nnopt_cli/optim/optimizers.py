@@ -111,6 +111,11 @@ def class_kwargs(key: str, node: dict) -> tuple[type, dict]:
     return cls, kwargs
 
 
+# counts a step runs by that torch accepts at 0 or below and then does nothing with: LBFGS with
+# max_iter=0 "completes" a run at its initial weights; a class without such a key is not affected
+POSITIVE_COUNTS = ("max_iter", "max_eval", "history_size", "ns_steps")
+
+
 def check_optimizer(node: dict, precision: str = "fp32", distributed: bool = False) -> Protocol:
     """Everything about `optimizer` that needs no data: classes, arguments, protocol keys."""
     class_kwargs("optimizer", node)
@@ -119,6 +124,9 @@ def check_optimizer(node: dict, precision: str = "fp32", distributed: bool = Fal
         need_num("optimizer.weight_decay", node["weight_decay"], ge=0)
     if "momentum" in node:
         need_num("optimizer.momentum", node["momentum"], ge=0, lt=1)
+    for key in POSITIVE_COUNTS:
+        if node.get(key) is not None:
+            need_int(f"optimizer.{key}", node[key], 1)
     proto = Protocol.from_config(node)
     if proto.step not in STEP_KINDS:
         raise ConfigError("optimizer.step", proto.step, "one of " + ", ".join(STEP_KINDS))

@@ -102,8 +102,21 @@ def write_hydra_files(run_dir: Path, cfg: DictConfig, subdir: str) -> None:
     atomic_write_bytes(out / Path(layout.OVERRIDES).name, OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task).encode())
 
 
+def run_below(folder: Path, limit: int = 10_000) -> Path | None:
+    """A run folder somewhere below `folder`, or None; looks at no more than `limit` folders (a
+    hydra.run.dir of `.` in a home folder must not take minutes)."""
+    for n, (root, dirs, files) in enumerate(os.walk(folder)):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .hydra/, .locks/: never runs
+        if n and any(name in files for name in RUN_FILES):
+            return Path(root)
+        if n >= limit:
+            return None
+    return None
+
+
 def refuse_reuse(run_dir: Path, multirun: bool) -> None:
-    """A fresh run never replaces another run's files (a fixed hydra.run.dir / hydra.sweep.dir reused)."""
+    """A fresh run never replaces another run's files (a fixed hydra.run.dir / hydra.sweep.dir reused),
+    nor starts in a folder that holds runs below it (`nnopt compare` of it would mix them)."""
     held = run_files(run_dir)
     if held:
         status = (read_summary(run_dir) or {}).get("status", "unknown")
@@ -111,6 +124,10 @@ def refuse_reuse(run_dir: Path, multirun: bool) -> None:
                f"continue it with resume={run_dir}, or choose another hydra.run.dir")
         raise RunDirError(f"{run_dir} already holds a run ({', '.join(held)}; status {status}); nothing in it "
                           f"was changed: {how}")
+    below = None if multirun else run_below(run_dir)
+    if below is not None:
+        raise RunDirError(f"{run_dir} holds other runs ({below} is one); a run's folder holds one run: "
+                          "choose another hydra.run.dir")
 
 
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")

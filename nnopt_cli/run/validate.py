@@ -49,6 +49,7 @@ def validate(cfg: dict) -> None:
     need_int("log_every", cfg["log_every"], 1)
     if cfg.get("eval_every_steps") is not None:
         need_int("eval_every_steps", cfg["eval_every_steps"], 1)
+    need_keys("checkpoint", cfg["checkpoint"], ("every",))  # `~checkpoint.every`: one line, not a KeyError
     need_int("checkpoint.every", cfg["checkpoint"]["every"], 0)
     need_choice("checkpoint.keep", cfg["checkpoint"].get("keep", "last"), CHECKPOINT_KEEP)
     need_bool("skip_completed", cfg["skip_completed"])

@@ -5,5 +5,6 @@
     checkpoint.py  the resumable checkpoint: its format, fingerprint and safe loading
     lock.py        one process per run folder (an O_EXCL lock file that names its owner)
     untrusted.py   reading a folder that may come from someone else: size caps, safe YAML, no code
+    outputs.py     files commands write for the user (plots, CSV): whole or not at all, one line on a full disk
     targets.py     the allow-list of `_target_`s a config read from a folder may name
 """

@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 
+from nnopt_cli.config.checks import need_int
 from nnopt_cli.errors import ConfigError
 
 SAMPLERS = {
@@ -57,6 +58,9 @@ def check_sampler(node: dict) -> None:
     name = node.get("name")
     if name not in SAMPLERS:
         raise ConfigError("tune.sampler.name", name, "one of " + ", ".join(SAMPLERS))
+    seed = node.get("seed")
+    if seed is not None:  # numpy's RandomState, which the samplers seed, takes < 2**32 (plus one per trial)
+        need_int("tune.sampler.seed", seed, 0, 2**31 - 1)
     missing = [p for p in NEEDS.get(name, ()) if importlib.util.find_spec(p) is None]
     if missing:
         raise ConfigError("tune.sampler.name", name, f"needs the {' and '.join(missing)} package(s): "

@@ -32,8 +32,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from nnopt_cli.errors import NnoptError
-from nnopt_cli.store.folder import read_summary, record_failure, write_json
+from nnopt_cli.errors import ConfigError, NnoptError
+from nnopt_cli.store.folder import atomic_write_bytes, read_summary, record_failure, write_json
 from nnopt_cli.store.layout import Status
 from nnopt_cli.tune.pruning import JOURNAL, journal_storage
 
@@ -85,15 +85,16 @@ def counted(t) -> bool:
         t.state == TrialState.FAIL and "error" in t.user_attrs)
 
 
-def requeue(study: optuna.Study, t, folder: StudyFolder, why: str) -> None:
+def requeue(study: optuna.Study, t, folder: StudyFolder, why: str, announce: bool = True) -> None:
     """Mark a trial cut short failed (not counted) and queue its parameters again."""
     study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
     run_dir = folder.run_dir(t.number)
-    summary = read_summary(run_dir)
-    if summary is not None and summary.get("status") not in (Status.COMPLETED, Status.PRUNED):
+    summary = read_summary(run_dir)  # the guarded reader: a FIFO or a corrupt file is None, never a hang
+    if run_dir.is_dir() and (summary or {}).get("status") not in (Status.COMPLETED, Status.PRUNED):
         record_failure(run_dir, NnoptError(f"{why}; the trial was queued again"), status=Status.FAILED)
-    log.warning("trial %d: %s; queued again", t.number, why)
+    if announce:
+        log.warning("trial %d: %s; queued again", t.number, why)
 
 
 def recover_dead(study: optuna.Study, folder: StudyFolder, mine: set[int]) -> int:
@@ -144,9 +145,7 @@ def best_record(study: optuna.Study, preset, base: list[str], objective: str, fo
 
 def write_best(folder: StudyFolder, record: dict) -> None:
     write_json(folder.path / "best.json", record)
-    tmp = folder.path / f".best.yaml.tmp{os.getpid()}"
-    tmp.write_text(yaml.safe_dump(record, sort_keys=False))
-    os.replace(tmp, folder.path / "best.yaml")
+    atomic_write_bytes(folder.path / "best.yaml", yaml.safe_dump(record, sort_keys=False).encode())
 
 
 def trial_line(t, status: str, value: Any, seconds: float, params: dict) -> str:
@@ -155,21 +154,80 @@ def trial_line(t, status: str, value: Any, seconds: float, params: dict) -> str:
     return f"trial {t.number:>3}: {status:<9}{v} ({seconds:.1f} s) {shown}"
 
 
+def drop_cut_record(path: Path) -> None:
+    """A journal whose last record was cut (the disk filled during Optuna's append) ends without a
+    newline; the next append would glue its record to the cut one and make the journal unreadable.
+    Cut it back to its last whole record, under Optuna's own lock on the file."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        if len(whole) < len(data):
+            os.truncate(path, len(whole))
+            log.warning("%s ended in a record cut short (a full disk?); removed it (%d bytes)", path,
+                        len(data) - len(whole))
+    finally:
+        lock.release()
+
+
+def check_journal(path: Path) -> None:
+    """One line for a journal Optuna could not replay: not a regular file (a FIFO would hang the
+    study lock's holder) or a line that is not JSON (a hand edit, a disk that filled mid-line)."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise NnoptError(f"{path} is not a regular file; refused to open the study")
+    drop_cut_record(path)
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                json.loads(line)
+            except ValueError:
+                if line.endswith(b"\n"):  # an unfinished last line is a write cut short: Optuna skips it
+                    raise NnoptError(f"{path} line {n} is not JSON ({line[:60]!r}); the study journal is "
+                                     "corrupt: restore it or use another tune.dir") from None
+
+
 def open_study(folder: StudyFolder, settings: dict, pruner, identity: dict) -> optuna.Study:
-    """Create the study, or load it and check that it searches the same space on the same config."""
-    study = optuna.create_study(study_name=settings["study_name"], storage=journal_storage(folder.journal),
-                                direction=settings["direction"], pruner=pruner, load_if_exists=True)
-    if study.metric_names != [settings["objective"]]:  # what optuna-dashboard calls the objective
-        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, unchanged since
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([settings["objective"]])
+    """Create the study, or load it and check that it searches the same space on the same config.
+    Direction and objective are fixed when the study is made: another one is refused, never mixed."""
+    check_journal(folder.journal)
+    try:
+        had_study = folder.journal.exists() and settings["study_name"] in optuna.get_all_study_names(
+            journal_storage(folder.journal))
+        study = optuna.create_study(study_name=settings["study_name"], storage=journal_storage(folder.journal),
+                                    direction=settings["direction"], pruner=pruner, load_if_exists=True)
+    except (KeyError, TypeError, ValueError, AttributeError, AssertionError) as e:  # JSON lines, not Optuna records
+        raise NnoptError(f"{folder.journal} cannot be replayed ({type(e).__name__}: {str(e)[:80]}); the study "
+                         "journal is corrupt: restore it or use another tune.dir") from None
+    if had_study and study.direction.name.lower() != settings["direction"]:
+        raise ConfigError("tune.direction", settings["direction"],
+                          f"the study in {folder.path} was made to {study.direction.name.lower()} "
+                          f"{settings['objective']}; rerun it as it was made, or use another tune.dir")
     had = study.user_attrs.get("nnopt")
     if had is None:
         study.set_user_attr("nnopt", identity)
+    elif not isinstance(had, dict):
+        raise NnoptError(f"the study in {folder.path} has a malformed 'nnopt' attribute (a {type(had).__name__}, "
+                         "not a mapping); it was not made by nnopt tune: use another tune.dir")
     elif had != identity:
         keys = [k for k in identity if had.get(k) != identity[k]]
         raise NnoptError(f"the study in {folder.path} was made with another {' and '.join(keys)} "
                          f"({json.dumps(had.get(keys[0]))[:150]}); rerun it as it was made, or use another tune.dir")
+    if study.metric_names != [settings["objective"]]:  # what optuna-dashboard calls the objective
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([settings["objective"]])
     return study
 
 

@@ -123,7 +123,7 @@ BAD = [
      "optimizer.param_groups.matrices", "takes no betas"),
     (["optimizer=sam", "optimizer.base_optimizer._target_=torch.optim.AdamW"], "optimizer", "takes no momentum"),
     (["optimizer=lbfgs", "precision=fp16"], "optimizer.step", "GradScaler"),
-    (["optimizer=lbfgs", "optimizer.history_size=0"], "optimizer", "cannot take a step"),
+    (["optimizer=lbfgs", "optimizer.history_size=0"], "optimizer.history_size", "an integer >= 1"),
     (["optimizer=muon", "optimizer.param_groups.matrices.ns_steps=500"], "optimizer", "cannot take a step"),
     (["optimizer=sophia", "optimizer.update_period=0"], "optimizer", "cannot take a step"),
     (["optimizer=sophia", "precision=fp16"], "optimizer.step", "use bf16 or fp32"),
