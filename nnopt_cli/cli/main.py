@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     if command in COMMANDS:
         import_module(COMMANDS[command]).run(rest)
         return
-    print(f"nnopt: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see nnopt --help)",
+    from difflib import get_close_matches
+
+    close = get_close_matches(command, COMMANDS, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    print(f"nnopt: error: unknown command {command!r}; {hint}choose one of: {', '.join(COMMANDS)} (see nnopt --help)",
           file=sys.stderr)
     raise SystemExit(2)
