@@ -157,8 +157,8 @@ class TensorBoardLogger(Observer):
 
     def __init__(self, every: int | None = None, flush_secs: int = 10):
         if every is not None:
-            need_int("logger.every", every, 1)
-        need_int("logger.flush_secs", flush_secs, 1)
+            need_int("logger.tensorboard.every", every, 1)
+        need_int("logger.tensorboard.flush_secs", flush_secs, 1)
         self.writer_class = summary_writer_class()  # a missing package fails here, before any data
         self.every, self.flush_secs = every, flush_secs
         self.writer = None

@@ -9,6 +9,7 @@
     <run>/checkpoint.pt          everything resume needs (checkpoint.keep decides whether it stays)
     <run>/checkpoint.best.pt     the checkpoint of the best validation epoch (checkpoint.keep=best)
     <run>/diagnostics.jsonl      per-layer diagnostics (diagnostics=basic|full)
+    <run>/metrics.csv            one row per epoch for spreadsheets (logger=csv)
     <run>/model.<stage>.pt       post-training stages' models
 
 and which config keys make a run's identity (experiment_config): what the checkpoint's fingerprint
@@ -34,6 +35,7 @@ INIT_MODEL = "model.init.pt"
 CHECKPOINT = "checkpoint.pt"
 BEST_CHECKPOINT = "checkpoint.best.pt"
 DIAGNOSTICS = "diagnostics.jsonl"
+METRICS_CSV = "metrics.csv"
 LOG = "train.log"
 SWEEP_REPORT = "report.json"
 
