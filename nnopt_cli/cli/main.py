@@ -1,4 +1,4 @@
-"""The `nnopt` command: dispatches to subcommands (train, tune, compare, export)."""
+"""The `nnopt` command: dispatches to subcommands (train, tune, compare, ls, export, ...)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ commands:
   tune      hyper-parameter search with Optuna (ask/tell, pruning, a journal file per study)
             nnopt tune hparams_search=mnist_optuna tune.n_trials=12 epochs=3
             nnopt tune --help         samplers, pruners, continuing and sharing a study
+  ls        recent runs, newest first: time, status, name, tags, test/acc (outputs/latest: the last run)
+            nnopt ls                  nnopt ls outputs/multirun -n 0
   compare   tables, seed averages and plots over run folders
             nnopt compare outputs/ --group-by optimizer --sort test/acc
             nnopt compare outputs/ --plot curves.png --format csv
@@ -43,6 +45,7 @@ COMMANDS = {
     "train": "nnopt_cli.cli.train",
     "tune": "nnopt_cli.cli.tune",
     "compare": "nnopt_cli.cli.compare",
+    "ls": "nnopt_cli.cli.ls",
     "export": "nnopt_cli.cli.export",
     "lr-find": "nnopt_cli.cli.lr_find",
     "landscape": "nnopt_cli.cli.landscape",

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nnopt_cli import data
+from nnopt_cli.cli.ls import link_latest
 from nnopt_cli.config import conf_dir
 from nnopt_cli.config.overrides import INFO_FLAGS, check_keys, check_overrides
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
@@ -150,6 +151,8 @@ def train_app(cfg: DictConfig) -> float:
             if hydra_subdir:
                 write_hydra_files(run_dir, written, hydra_subdir)
             record = True
+            if not multirun and distributed.is_rank0():
+                link_latest(run_dir)
         jobs = parallel_jobs(hc)
         if multirun and jobs > 1:  # several jobs at once on one machine: one GPU each
             plain["device"] = distributed.sweep_device(plain["device"], hc.job.num)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import re
 from collections.abc import Iterable
 
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +41,26 @@ def group_value_hint(group: str, value: object) -> str:
     if key is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return ""
     return f"; to set {group}.{key} write {group}.{key}={value}"
+
+
+# a run name or tag: it becomes part of a folder name
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+LABEL_ALLOWED = "letters, digits and _ . + - (at most 64, not starting with a symbol)"
+
+
+def check_name(value: object) -> None:
+    if value is not None and not (isinstance(value, str) and LABEL.fullmatch(value)):
+        raise ConfigError("name", value, f"a run name of {LABEL_ALLOWED}, or null")
+
+
+def check_tags(value: object) -> None:
+    if isinstance(value, str):
+        raise ConfigError("tags", value, f"a list: tags=[{value}]")
+    if not isinstance(value, list) or not all(isinstance(t, str) and LABEL.fullmatch(t) for t in value):
+        raise ConfigError("tags", value, f"a list of tags of {LABEL_ALLOWED}: tags=[baseline,adam]")
+
+
+LABEL_CHECKS = {"name": check_name, "tags": check_tags}
 
 
 # flags with which Hydra prints something and exits without running the job
@@ -82,6 +103,8 @@ def check_overrides(args: list[str]) -> None:
                 raise ConfigError(key, folder, "a folder (this path is a file)")
         if key.startswith("hydra") or override.package is not None or override.is_delete():
             continue
+        if key in LABEL_CHECKS and not override.is_sweep_override():
+            LABEL_CHECKS[key](override.value())
         groups = groups if groups is not None else group_options()
         if key not in groups:
             continue
@@ -126,7 +149,6 @@ def check_keys(args: list[str]) -> None:
 
     Composes the config once with the overrides (a sweep's first value for each swept key);
     any other composition problem is left to Hydra to report as it does."""
-    import re
 
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser

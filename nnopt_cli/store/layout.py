@@ -38,6 +38,7 @@ DIAGNOSTICS = "diagnostics.jsonl"
 METRICS_CSV = "metrics.csv"
 LOG = "train.log"
 SWEEP_REPORT = "report.json"
+LATEST = "latest"  # outputs/latest: a link to the last single run's folder
 
 
 class Status(str, Enum):
@@ -67,7 +68,9 @@ UNFINISHED = (Status.RUNNING, Status.POST_TRAINING)
 # Torch-free, so that compare (duplicate runs) and the checkpoint (resume) agree on them.
 
 # config keys that say how a run is driven, not what it computes: they may differ on resume
-NON_EXPERIMENT_KEYS = ("resume", "skip_completed", "checkpoint", "logger")
+NON_EXPERIMENT_KEYS = ("resume", "skip_completed", "checkpoint", "logger", "name", "tags")
+# a run's labels (name=, tags=): in summary.json, the single-run folder's name and `nnopt ls`
+LABEL_KEYS = ("name", "tags")
 # where and how fast a run ran, and where its files are: two runs that differ only here (and in
 # NON_EXPERIMENT_KEYS) computed the same experiment, so compare counts them once. Dotted for
 # nested keys. The resume fingerprint (checkpoint.py) still includes them.
