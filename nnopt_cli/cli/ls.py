@@ -1,5 +1,5 @@
 """`nnopt ls [paths]`: the recent runs, newest first, with their time, status, name, tags and
-test/acc; and `outputs/latest`, the link to the last single run's folder.
+test/acc (`outputs/latest`, the link to the last single run's folder, is run/job.py's link_latest).
 
 Torch-free: folders are read with `nnopt compare`'s tolerant reader (nothing in them is built).
 """
@@ -7,8 +7,6 @@ Torch-free: folders are read with `nnopt compare`'s tolerant reader (nothing in 
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,10 +15,8 @@ from nnopt_cli.compare.discover import Run, discover
 from nnopt_cli.compare.render import render
 from nnopt_cli.compare.table import Column, Table
 from nnopt_cli.errors import NnoptError, report_errors
-from nnopt_cli.store import layout
 
 HEADLINE = "test/acc"
-DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")  # hydra.run.dir's ${now:%Y-%m-%d}
 
 EPILOG = """examples:
   nnopt ls                          the 20 newest runs under outputs/
@@ -78,26 +74,6 @@ def list_runs(args: argparse.Namespace) -> None:
     if not runs:
         raise NnoptError(f"no runs found under {', '.join(map(str, args.paths))}")
     render(runs_table(runs, args.limit), args.format)
-
-
-def link_latest(run_dir: Path) -> None:
-    """Point <outputs>/latest at a single run's folder <outputs>/<date>/<time>-..., replacing the
-    link atomically. Only for that layout (a run folder chosen by hydra.run.dir is left alone),
-    and quietly not where links cannot be made (some Windows setups, read-only folders)."""
-    run_dir = Path(run_dir)
-    if not DATE_FOLDER.fullmatch(run_dir.parent.name):
-        return
-    root = run_dir.parent.parent
-    tmp = root / f".{layout.LATEST}.{os.getpid()}"
-    try:
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(Path(run_dir.parent.name) / run_dir.name, target_is_directory=True)
-        os.replace(tmp, root / layout.LATEST)
-    except OSError:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 def run(argv: list[str]) -> None:

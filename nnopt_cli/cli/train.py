@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nnopt_cli import data
-from nnopt_cli.cli.ls import link_latest
 from nnopt_cli.config import conf_dir
 from nnopt_cli.config.overrides import INFO_FLAGS, check_keys, check_overrides
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
@@ -32,6 +31,7 @@ from nnopt_cli.run.job import (
     SetupSignals,
     discard_unused_folder,
     keep_recorded_threads,
+    link_latest,
     refuse_reuse,
     resume_config,
     write_hydra_files,

@@ -6,13 +6,15 @@
   known to be the job's, so a job that is skipped or refused leaves the earlier .hydra/ as it was;
 - SetupSignals: SIGTERM / Ctrl-C outside the training loop become an interrupt the app records;
 - keep_recorded_threads: a resumed run keeps the thread count it ran with;
-- resume_config: `resume=`'s config, read from the folder as untrusted input.
+- resume_config: `resume=`'s config, read from the folder as untrusted input;
+- link_latest: outputs/latest, a link to the last single run's folder.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -28,6 +30,8 @@ from nnopt_cli.store.lock import LOCK_FILE
 from nnopt_cli.store.targets import check_config_targets, trusted_targets
 from nnopt_cli.store.untrusted import UntrustedFileError, load_config
 from nnopt_cli.training.device import pin_threads
+
+DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")  # hydra.run.dir's ${now:%Y-%m-%d}
 
 # what a fresh run would replace: a folder holding any of these holds a run
 RUN_FILES = (layout.SUMMARY, layout.METRICS, layout.CHECKPOINT, layout.MODEL)
@@ -184,3 +188,23 @@ def resume_config(run_dir: Path, current: dict, overrides: list[str]) -> dict:
         if k not in saved or k in NON_EXPERIMENT_KEYS:
             saved[k] = v
     return saved
+
+
+def link_latest(run_dir: Path) -> None:
+    """Point <outputs>/latest at a single run's folder <outputs>/<date>/<time>-..., replacing the
+    link atomically. Only for that layout (a run folder chosen by hydra.run.dir is left alone),
+    and quietly not where links cannot be made (some Windows setups, read-only folders)."""
+    run_dir = Path(run_dir)
+    if not DATE_FOLDER.fullmatch(run_dir.parent.name):
+        return
+    root = run_dir.parent.parent
+    tmp = root / f".{layout.LATEST}.{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path(run_dir.parent.name) / run_dir.name, target_is_directory=True)
+        os.replace(tmp, root / layout.LATEST)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from nnopt_cli.cli.ls import link_latest
 from nnopt_cli.cli.main import main
 from nnopt_cli.loggers.tensorboard import run_hparams
+from nnopt_cli.run.job import link_latest
 from nnopt_cli.store import layout
 from nnopt_cli.store.layout import experiment_config
 from tests.conftest import TINY, compose_cfg
