@@ -34,6 +34,8 @@ commands:
   tune-lr   tune each optimizer's LR on a grid, rerun the best over seeds, beside the default LR
             nnopt tune-lr dataset=mnist1d epochs=20 --optimizers sgd,adam --lrs 8 --seeds 3
             nnopt tune-lr --help      grid, seeds, metric and study folder
+  completion  a bash script completing commands and, after train, config groups, options and keys
+            eval "$(nnopt completion bash)"    (add the line to ~/.bashrc to keep it)
 
 options:
   -h, --help     show this message
@@ -50,6 +52,7 @@ COMMANDS = {
     "lr-find": "nnopt_cli.cli.lr_find",
     "landscape": "nnopt_cli.cli.landscape",
     "tune-lr": "nnopt_cli.cli.tune_lr",
+    "completion": "nnopt_cli.cli.completion",
 }
 
 
@@ -62,6 +65,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"nnopt {__version__}")
         return
     command, rest = args[0], args[1:]
+    if command == "completion" or (command == "train" and any(a in ("-sc", "--shell-completion") for a in rest)):
+        completion = import_module(COMMANDS["completion"])  # it needs the command list; it may not import this
+        if command == "completion":
+            completion.run(rest, list(COMMANDS))
+            return
+        if completion.hydra_flag(rest, list(COMMANDS)):
+            return
     if command in COMMANDS:
         import_module(COMMANDS[command]).run(rest)
         return

@@ -243,8 +243,9 @@ def run(args: list[str]) -> None:
         if search is not None:  # a search preset only means something to nnopt tune (Optuna)
             raise ConfigError("hparams_search", search.split("=", 1)[1], "a search preset for nnopt tune: "
                               f"nnopt tune {search} (nnopt train runs one config; -m sweeps a grid)")
-        check_overrides(args)
-        check_keys(args)
+        if not any(a in ("-sc", "--shell-completion") for a in args):  # query=bash is no override
+            check_overrides(args)
+            check_keys(args)
     except NnoptError as e:
         print(f"nnopt: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
