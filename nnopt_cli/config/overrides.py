@@ -191,8 +191,8 @@ def check_keys(args: list[str]) -> None:
                 names = sorted(map(str, node.keys()))
                 known = ", ".join(names)
                 hint = key_hint(whole, parent, leaf, given, [*names, *([] if parent else group_options())])
-                if not hint and "_target_" in node:  # new keys of a built class are its keyword arguments
-                    hint = f"; to pass another argument to {node['_target_']} write +{given}"
+                if "_target_" in node:  # new keys of a built class are its keyword arguments
+                    hint += f"; to pass another argument to {node['_target_']} write +{given}"
         except Exception:
             pass
         where = f"keys of {parent}" if parent else "top-level keys"

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from nnopt_cli.cli.main import COMMANDS, main
+from nnopt_cli.sweep import report as sweep_report
 from tests.conftest import REPO
 
 
@@ -37,6 +38,7 @@ def test_an_unknown_shell_is_one_line(capsys):
 def test_a_query_answers_with_hydras_candidates(capsys, monkeypatch, line, expected):
     monkeypatch.setenv("COMP_LINE", line)
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    monkeypatch.setattr(sweep_report, "LAST_REPORT", None)  # a sweep run earlier in this test process
     main(["train", "-sc", "query=bash"])
     candidates = set(capsys.readouterr().out.split())
     assert expected <= candidates, candidates
