@@ -192,7 +192,8 @@ def check_keys(args: list[str]) -> None:
                 known = ", ".join(names)
                 hint = key_hint(whole, parent, leaf, given, [*names, *([] if parent else group_options())])
                 if "_target_" in node:  # new keys of a built class are its keyword arguments
-                    hint += f"; to pass another argument to {node['_target_']} write +{given}"
+                    extra = f"+{given} to pass another argument to {node['_target_']}"
+                    hint = f"{hint[:-1]}, or {extra}?" if hint else f"; write {extra}"
         except Exception:
             pass
         where = f"keys of {parent}" if parent else "top-level keys"
@@ -205,12 +206,13 @@ def check_keys(args: list[str]) -> None:
 
 def key_hint(whole: DictConfig, parent: str, leaf: str, given: str, names: list[str]) -> str:
     """Where an unknown key may have been meant: the same name one level down (`lr` ->
-    optimizer.lr, for a top-level key), else a close match among the keys and groups there."""
+    optimizer.lr, `logger.every` -> logger.tensorboard.every), else a close match among the keys
+    and groups there."""
     value = given.split("=", 1)[1]
-    if not parent:
-        owners = [str(k) for k, v in whole.items() if isinstance(v, DictConfig) and leaf in v]
-        if owners:
-            return "; did you mean " + " or ".join(f"{o}.{leaf}={value}" for o in sorted(owners)) + "?"
+    node = OmegaConf.select(whole, parent) if parent else whole
+    owners = [f"{parent + '.' if parent else ''}{k}" for k, v in node.items() if isinstance(v, DictConfig) and leaf in v]
+    if owners:
+        return "; did you mean " + " or ".join(f"{o}.{leaf}={value}" for o in sorted(owners)) + "?"
     close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6)
     return f"; did you mean {parent + '.' if parent else ''}{close[0]}={value}?" if close else ""
 

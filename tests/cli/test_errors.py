@@ -26,11 +26,12 @@ def refused(capsys, *args: str) -> str:
     ("scheduler=cosin", "did you mean cosine?"),
     ("optimzer=adam", "did you mean optimizer=adam?"),
     ("epoch=3", "did you mean epochs=3?"),
-    ("optimizer.lrr=0.1", "did you mean optimizer.lr=0.1?"),
+    ("optimizer.lrr=0.1", "did you mean optimizer.lr=0.1, or +optimizer.lrr=0.1 to pass another argument"),
+    ("logger=tensorboard logger.every=5", "did you mean logger.tensorboard.every=5?"),
 ])
 def test_a_misspelt_override_points_to_the_right_key(capsys, tmp_path, monkeypatch, override, expected):
     monkeypatch.chdir(tmp_path)
-    err = refused(capsys, "train", *TINY, override)
+    err = refused(capsys, "train", *TINY, *override.split())
     assert err.startswith("nnopt: error: invalid config: ") and expected in err
     assert not (tmp_path / "outputs").exists()
 
