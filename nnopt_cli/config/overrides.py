@@ -49,6 +49,8 @@ LABEL_ALLOWED = "letters, digits and _ . + - (at most 64, not starting with a sy
 
 
 def check_name(value: object) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # name=2024 is a name
     if value is not None and not (isinstance(value, str) and LABEL.fullmatch(value)):
         raise ConfigError("name", value, f"a run name of {LABEL_ALLOWED}, or null")
 
