@@ -7,7 +7,7 @@
 - SetupSignals: SIGTERM / Ctrl-C outside the training loop become an interrupt the app records;
 - keep_recorded_threads: a resumed run keeps the thread count it ran with;
 - resume_config: `resume=`'s config, read from the folder as untrusted input;
-- link_latest: outputs/latest, a link to the last single run's folder.
+- link_latest / unlink_latest: outputs/latest, a link to the last single run's folder.
 """
 
 from __future__ import annotations
@@ -190,21 +190,45 @@ def resume_config(run_dir: Path, current: dict, overrides: list[str]) -> dict:
     return saved
 
 
-def link_latest(run_dir: Path) -> None:
-    """Point <outputs>/latest at a single run's folder <outputs>/<date>/<time>-..., replacing the
-    link atomically. Only for that layout (a run folder chosen by hydra.run.dir is left alone),
-    and quietly not where links cannot be made (some Windows setups, read-only folders)."""
-    run_dir = Path(run_dir)
-    if not DATE_FOLDER.fullmatch(run_dir.parent.name):
-        return
-    root = run_dir.parent.parent
+def _point_latest(root: Path, target: str) -> None:
+    """<root>/latest -> target, replaced atomically; quietly nothing where links cannot be made
+    (some Windows setups, read-only folders)."""
     tmp = root / f".{layout.LATEST}.{os.getpid()}"
     try:
         tmp.unlink(missing_ok=True)
-        tmp.symlink_to(Path(run_dir.parent.name) / run_dir.name, target_is_directory=True)
+        tmp.symlink_to(target, target_is_directory=True)
         os.replace(tmp, root / layout.LATEST)
     except OSError:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+
+
+def link_latest(run_dir: Path) -> str | None:
+    """Point <outputs>/latest at a single run's folder <outputs>/<date>/<time>-... Only for that
+    layout (a run folder chosen by hydra.run.dir is left alone). Returns where it pointed before."""
+    run_dir = Path(run_dir)
+    if not DATE_FOLDER.fullmatch(run_dir.parent.name):
+        return None
+    root = run_dir.parent.parent
+    try:
+        previous = os.readlink(root / layout.LATEST)
+    except OSError:
+        previous = None
+    _point_latest(root, os.path.join(run_dir.parent.name, run_dir.name))
+    return previous
+
+
+def unlink_latest(run_dir: Path, previous: str | None) -> None:
+    """A refused run whose folder was discarded: <outputs>/latest points where it did before."""
+    link = Path(run_dir).parent.parent / layout.LATEST
+    try:
+        if not (link.is_symlink() and os.path.realpath(link) == os.path.realpath(run_dir)):
+            return
+        if previous is None:
+            link.unlink()
+        else:
+            _point_latest(link.parent, previous)
+    except OSError:
+        pass

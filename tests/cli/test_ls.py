@@ -9,7 +9,7 @@ import pytest
 
 from nnopt_cli.cli.main import main
 from nnopt_cli.loggers.tensorboard import run_hparams
-from nnopt_cli.run.job import link_latest
+from nnopt_cli.run.job import link_latest, unlink_latest
 from nnopt_cli.store import layout
 from nnopt_cli.store.layout import experiment_config
 from tests.conftest import TINY, compose_cfg
@@ -27,6 +27,8 @@ def test_named_runs_are_in_their_folder_names_ls_latest_and_compare(cli, tmp_pat
     assert summaries[1]["name"] == "other" and "tags" not in summaries[1]  # no tags given
     latest = tmp_path / "outputs" / layout.LATEST
     assert latest.is_symlink() and latest.resolve() == folders[1].resolve()
+    refused = cli("train", *TINY, "device=cuda:7")  # refused after Hydra made its folder: discarded
+    assert refused.returncode == 2 and latest.resolve() == folders[1].resolve()
 
     listed = cli("ls", "--format", "json")
     assert listed.returncode == 0, listed.stderr
@@ -77,9 +79,14 @@ def test_latest_is_replaced_and_only_made_for_the_dated_layout(tmp_path):
     a, b = tmp_path / "outputs" / "2026-01-02" / "10-00-00-1", tmp_path / "outputs" / "2026-01-03" / "09-00-00-2"
     for d in (a, b):
         d.mkdir(parents=True)
-        link_latest(d)
+    assert link_latest(a) is None
+    previous = link_latest(b)
     latest = tmp_path / "outputs" / layout.LATEST
     assert os.readlink(latest) == os.path.join("2026-01-03", "09-00-00-2") and latest.resolve() == b.resolve()
+    unlink_latest(b, previous)  # b was refused and its folder discarded: back to a
+    assert latest.resolve() == a.resolve()
+    unlink_latest(b, None)  # no longer points at b: left alone
+    assert latest.resolve() == a.resolve()
     assert [p.name for p in (tmp_path / "outputs").iterdir() if p.name.startswith(".")] == []  # no temporary left
     elsewhere = tmp_path / "mine" / "run"
     elsewhere.mkdir(parents=True)
