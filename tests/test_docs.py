@@ -191,7 +191,7 @@ def test_every_train_command_in_the_docs_composes_and_validates(where, command):
         if skip_next:
             skip_next = False
         elif w in INFO_FLAGS:
-            skip_next = w in ("--cfg", "-c", "--info", "-i")  # their value: job, hydra, all
+            skip_next = w in ("--cfg", "-c", "--info", "-i", "-sc", "--shell-completion")  # their value: job, install=bash, ...
         elif not w.startswith("-"):
             overrides.append(w)
     for o in overrides:

@@ -1,4 +1,4 @@
-"""The `nnopt` command: dispatches to subcommands (train, tune, compare, export)."""
+"""The `nnopt` command: dispatches to subcommands (train, tune, compare, ls, export, ...)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ commands:
   tune      hyper-parameter search with Optuna (ask/tell, pruning, a journal file per study)
             nnopt tune hparams_search=mnist_optuna tune.n_trials=12 epochs=3
             nnopt tune --help         samplers, pruners, continuing and sharing a study
+  ls        recent runs, newest first: time, status, name, tags, test/acc (outputs/latest: the last run)
+            nnopt ls                  nnopt ls outputs/multirun -n 0
   compare   tables, seed averages and plots over run folders
             nnopt compare outputs/ --group-by optimizer --sort test/acc
             nnopt compare outputs/ --plot curves.png --format csv
@@ -34,6 +36,8 @@ commands:
   tune-lr   tune each optimizer's LR on a grid, rerun the best over seeds, beside the default LR
             nnopt tune-lr dataset=mnist1d epochs=20 --optimizers sgd,adam --lrs 8 --seeds 3
             nnopt tune-lr --help      grid, seeds, metric and study folder
+  completion  a bash script completing commands and, after train, config groups, options and keys
+            eval "$(nnopt completion bash)"    (add the line to ~/.bashrc to keep it)
 
 options:
   -h, --help     show this message
@@ -46,10 +50,12 @@ COMMANDS = {
     "tune": "nnopt_cli.cli.tune",
     "compare": "nnopt_cli.cli.compare",
     "report": "nnopt_cli.cli.report",
+    "ls": "nnopt_cli.cli.ls",
     "export": "nnopt_cli.cli.export",
     "lr-find": "nnopt_cli.cli.lr_find",
     "landscape": "nnopt_cli.cli.landscape",
     "tune-lr": "nnopt_cli.cli.tune_lr",
+    "completion": "nnopt_cli.cli.completion",
 }
 
 
@@ -62,9 +68,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"nnopt {__version__}")
         return
     command, rest = args[0], args[1:]
+    if command == "completion" or (command == "train" and any(a in ("-sc", "--shell-completion") for a in rest)):
+        completion = import_module(COMMANDS["completion"])  # it needs the command list; it may not import this
+        if command == "completion":
+            completion.run(rest, list(COMMANDS))
+            return
+        if completion.hydra_flag(rest, list(COMMANDS)):
+            return
     if command in COMMANDS:
         import_module(COMMANDS[command]).run(rest)
         return
-    print(f"nnopt: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see nnopt --help)",
+    from difflib import get_close_matches
+
+    close = get_close_matches(command, COMMANDS, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    print(f"nnopt: error: unknown command {command!r}; {hint}choose one of: {', '.join(COMMANDS)} (see nnopt --help)",
           file=sys.stderr)
     raise SystemExit(2)

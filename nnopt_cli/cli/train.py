@@ -31,8 +31,10 @@ from nnopt_cli.run.job import (
     SetupSignals,
     discard_unused_folder,
     keep_recorded_threads,
+    link_latest,
     refuse_reuse,
     resume_config,
+    unlink_latest,
     write_hydra_files,
 )
 from nnopt_cli.run.recipe import RunContext, train
@@ -96,6 +98,7 @@ def train_app(cfg: DictConfig) -> float:
     checked = False  # the config passed its checks (an error before: the config was refused)
     continues = False  # resume=: the folder is an earlier run's, never removed
     lock = None
+    previous_latest = None  # where outputs/latest pointed before this run (put back if it is refused)
     hydra_subdir = os.environ.get(HYDRA_SUBDIR_ENV) if distributed.is_rank0() else None
     signals = SetupSignals().install()  # SIGTERM outside the training loop: an interrupt, not a silent death
     try:
@@ -150,6 +153,8 @@ def train_app(cfg: DictConfig) -> float:
             if hydra_subdir:
                 write_hydra_files(run_dir, written, hydra_subdir)
             record = True
+            if not multirun and distributed.is_rank0():
+                previous_latest = link_latest(run_dir)
         jobs = parallel_jobs(hc)
         if multirun and jobs > 1:  # several jobs at once on one machine: one GPU each
             plain["device"] = distributed.sweep_device(plain["device"], hc.job.num)
@@ -170,6 +175,7 @@ def train_app(cfg: DictConfig) -> float:
         if distributed.is_rank0() and not continues and (not checked or isinstance(e, ConfigError)) and \
                 discard_unused_folder(run_dir, f"{hc.job.name}.log", hydra_subdir or hc.output_subdir):
             record = False  # refused before it started: no folder that `nnopt compare` would read as a run
+            unlink_latest(run_dir, previous_latest)
         status = getattr(e, "status", Status.FAILED)  # a post-training fine-tune that diverged: "diverged"
         if record and distributed.is_rank0():
             record_failure(run_dir, e, status=status)
@@ -240,8 +246,9 @@ def run(args: list[str]) -> None:
         if search is not None:  # a search preset only means something to nnopt tune (Optuna)
             raise ConfigError("hparams_search", search.split("=", 1)[1], "a search preset for nnopt tune: "
                               f"nnopt tune {search} (nnopt train runs one config; -m sweeps a grid)")
-        check_overrides(args)
-        check_keys(args)
+        if not any(a in ("-sc", "--shell-completion") for a in args):  # query=bash is no override
+            check_overrides(args)
+            check_keys(args)
     except NnoptError as e:
         print(f"nnopt: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None

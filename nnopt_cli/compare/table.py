@@ -16,6 +16,7 @@ import yaml
 from nnopt_cli.compare.discover import Run, finite, is_number
 from nnopt_cli.compare.files import Loader
 from nnopt_cli.errors import NnoptError
+from nnopt_cli.store.layout import LABEL_KEYS
 
 # the final metrics shown when --metric is not given (those that no run has are dropped)
 DEFAULT_METRICS = ("test/acc", "test/loss", "best/val/acc", "best/val/epoch", "epochs_run", "train_time_s")
@@ -196,8 +197,21 @@ def matches(value: Any, wanted: str) -> bool:
     return False
 
 
+def matches_key(run: Run, key: str, wanted: str) -> bool:
+    """`tags=baseline`: a run whose tags include it (`tags=[a,b]` still compares the whole list)."""
+    value = value_of(run, key)
+    if key == "tags" and isinstance(value, list) and not wanted.startswith("["):
+        return any(matches(t, w) for t in value for w in wanted.split(","))
+    return matches(value, wanted)
+
+
 def filter_runs(runs: list[Run], where: list[tuple[str, str]]) -> list[Run]:
-    return [r for r in runs if all(matches(value_of(r, k), v) for k, v in where)]
+    return [r for r in runs if all(matches_key(r, k, v) for k, v in where)]
+
+
+def label_keys(runs: list[Run]) -> list[str]:
+    """name and tags, when some run has them: shown beside the folder whether or not they differ."""
+    return [k for k in LABEL_KEYS if any(r.config.get(k) for r in runs)]
 
 
 # ---------------------------------------------------------------------------- sorting
@@ -232,16 +246,17 @@ def sort_rows(rows: list[dict], key: str, descending: bool) -> list[dict]:
 def build_table(runs: list[Run], metrics: list[str], group_by: list[str] | None = None,
                 sort: str | None = None) -> Table:
     """The table for runs already filtered: one row per run, or one per group with aggregates."""
-    diff = differing_keys(runs)
+    labels = label_keys(runs)
+    diff = [k for k in differing_keys(runs) if k not in labels]
     if group_by:
         table = _grouped(runs, metrics, group_by)
     else:
-        cols = [Column("run", "run"), *(Column(k, "config") for k in diff),
+        cols = [Column("run", "run"), *(Column(k, "text") for k in labels), *(Column(k, "config") for k in diff),
                 *(Column(m, "metric") for m in metrics), Column("status", "status")]
         rows = []
         for r in runs:
             vals = r.metrics()
-            row = {"run": r.label, **{k: r.config.get(k) for k in diff},
+            row = {"run": r.label, **{k: r.config.get(k) for k in (*labels, *diff)},
                    **{m: vals.get(m) for m in metrics}, "status": r.status, MEMBERS: [r]}
             rows.append(row)
         table = Table(cols, rows)

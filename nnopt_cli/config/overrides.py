@@ -4,17 +4,66 @@ the value and what is allowed, instead of Hydra's multi-line report, and no run 
 - check_overrides: unparsable overrides, unknown group options, an empty key, a run folder that is a file;
 - check_keys: an override of a key the config does not have, and `+key=value` that adds a key nnopt
   would never read (`+post.prune.thresh=0.01`, `+loss=mse`): refused instead of silently ignored.
+
+Each message leads somewhere: a close match for a misspelt option or key ("did you mean adam?"),
+the key below a group for a value given to the group itself (`batch_size=256` -> batch_size.size),
+the group key for a top-level key that lives in a group (`lr=0.01` -> optimizer.lr).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
+import re
+from collections.abc import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
 from nnopt_cli.config import conf_dir
 from nnopt_cli.errors import ConfigError, NnoptError
+
+# a value given to the group itself (`batch_size=256`) meant this key of the group
+GROUP_VALUE_KEYS = {"batch_size": "size", "optimizer": "lr", "grad_clip": "max_norm"}
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """"; did you mean X?" for the closest of `choices` (difflib), or ""."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def group_value_hint(group: str, value: object) -> str:
+    """`batch_size=256`: a number meant for a key of the group, not an option's name."""
+    key = GROUP_VALUE_KEYS.get(group)
+    if key is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return ""
+    return f"; to set {group}.{key} write {group}.{key}={value}"
+
+
+# a run name or tag: it becomes part of a folder name
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+LABEL_ALLOWED = "letters, digits and _ . + - (at most 64, not starting with a symbol)"
+
+
+def check_name(value: object) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # name=2024 is a name
+    if value is not None and not (isinstance(value, str) and LABEL.fullmatch(value)):
+        raise ConfigError("name", value, f"a run name of {LABEL_ALLOWED}, or null")
+
+
+def check_tags(value: object) -> None:
+    if isinstance(value, str):
+        raise ConfigError("tags", value, f"a list: tags=[{value}]")
+    if not isinstance(value, list) or not all(isinstance(t, str) and LABEL.fullmatch(t) for t in value):
+        raise ConfigError("tags", value, f"a list of tags of {LABEL_ALLOWED}: tags=[baseline,adam]")
+
+
+LABEL_CHECKS = {"name": check_name, "tags": check_tags}
+
 
 # flags with which Hydra prints something and exits without running the job
 INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
@@ -67,6 +116,8 @@ def check_overrides(args: list[str]) -> None:
             raise ConfigError(a.split("=", 1)[0], a.split("=", 1)[1],
                               f"{key} is in the defaults list already (conf/train.yaml): "
                               f"write {key}={a.split('=', 1)[1]}, without the +")
+        if key in LABEL_CHECKS and not override.is_sweep_override():
+            LABEL_CHECKS[key](override.value())
         groups = groups if groups is not None else group_options()
         if key not in groups:
             continue
@@ -82,7 +133,8 @@ def check_overrides(args: list[str]) -> None:
             if v is None and null_ok:
                 continue
             if not isinstance(v, str) or v not in options:
-                raise ConfigError(key, v, "one of " + ", ".join(options) + (" or null" if null_ok else ""))
+                hint = group_value_hint(key, v) or did_you_mean(v, options)
+                raise ConfigError(key, v, "one of " + ", ".join(options) + (" or null" if null_ok else "") + hint)
 
 
 @functools.cache
@@ -110,7 +162,6 @@ def check_keys(args: list[str]) -> None:
 
     Composes the config once with the overrides (a sweep's first value for each swept key);
     any other composition problem is left to Hydra to report as it does."""
-    import re
 
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -144,15 +195,18 @@ def check_keys(args: list[str]) -> None:
             return
         key = m.group(1)
         given = next((a for a in plain if a.split("=", 1)[0] == key), f"{key}=...")
-        parent, _, _ = key.rpartition(".")
+        parent, _, leaf = key.rpartition(".")
         known, hint = "", ""
         try:
-            node = compose_with([a for a in plain if a != given])
-            node = OmegaConf.select(node, parent) if parent else node
+            whole = compose_with([a for a in plain if a != given])
+            node = OmegaConf.select(whole, parent) if parent else whole
             if isinstance(node, DictConfig):
-                known = ", ".join(sorted(map(str, node.keys())))
+                names = sorted(map(str, node.keys()))
+                known = ", ".join(names)
+                hint = key_hint(whole, parent, leaf, given, [*names, *([] if parent else group_options())])
                 if "_target_" in node:  # new keys of a built class are its keyword arguments
-                    hint = f"; to pass another argument to {node['_target_']} write +{given}"
+                    extra = f"+{given} to pass another argument to {node['_target_']}"
+                    hint = f"{hint[:-1]}, or {extra}?" if hint else f"; write {extra}"
         except Exception:
             pass
         where = f"keys of {parent}" if parent else "top-level keys"
@@ -161,6 +215,19 @@ def check_keys(args: list[str]) -> None:
         raise
     except Exception:
         return
+
+
+def key_hint(whole: DictConfig, parent: str, leaf: str, given: str, names: list[str]) -> str:
+    """Where an unknown key may have been meant: the same name one level down (`lr` ->
+    optimizer.lr, `logger.every` -> logger.tensorboard.every), else a close match among the keys
+    and groups there."""
+    value = given.split("=", 1)[1]
+    node = OmegaConf.select(whole, parent) if parent else whole
+    owners = [f"{parent + '.' if parent else ''}{k}" for k, v in node.items() if isinstance(v, DictConfig) and leaf in v]
+    if owners:
+        return "; did you mean " + " or ".join(f"{o}.{leaf}={value}" for o in sorted(owners)) + "?"
+    close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6)
+    return f"; did you mean {parent + '.' if parent else ''}{close[0]}={value}?" if close else ""
 
 
 _MISSING = object()

@@ -10,8 +10,8 @@ with different batch sizes stay honest about the work done:
     <metrics row>        every number of the epoch's row (train/loss, val/acc, lr, grad_norm, the
                          diagnostics when on, ...) and `epoch`, at the step the epoch ended
     <summary>            test/acc, best/val/acc, ... and <stage>/<metric> for post-training stages
-    HParams              the run's Hydra choices and overridden keys (at the start, so a running
-                         or pruned run is in the table too) and its status (at the end)
+    HParams              the run's Hydra choices, overridden keys, name and tags (at the start, so
+                         a running or pruned run is in the table too) and its status (at the end)
 
 Only rank 0 writes (RunInfo.write). `nnopt export tensorboard` (export.py) writes the same events,
 but the per-step ones, from finished run folders with the functions below.
@@ -86,7 +86,7 @@ def run_hparams(flat_cfg: dict[str, Any], choices: dict[str, Any], overrides: li
     """The settings that tell a sweep's runs apart: each config group's choice, every key an
     override set (what a sweep varies) and a few always-interesting keys."""
     out = {str(g): hparam_value(v) for g, v in choices.items() if v is not None}
-    keys = list(ALWAYS_HPARAMS)
+    keys = [*(k for k in layout.LABEL_KEYS if flat_cfg.get(k)), *ALWAYS_HPARAMS]  # name=, tags= when given
     for o in overrides:
         key = str(o).split("=", 1)[0].lstrip("~+").split("@")[0].replace("/", ".")
         if not key.startswith("hydra"):
@@ -157,8 +157,8 @@ class TensorBoardLogger(Observer):
 
     def __init__(self, every: int | None = None, flush_secs: int = 10):
         if every is not None:
-            need_int("logger.every", every, 1)
-        need_int("logger.flush_secs", flush_secs, 1)
+            need_int("logger.tensorboard.every", every, 1)
+        need_int("logger.tensorboard.flush_secs", flush_secs, 1)
         self.writer_class = summary_writer_class()  # a missing package fails here, before any data
         self.every, self.flush_secs = every, flush_secs
         self.writer = None

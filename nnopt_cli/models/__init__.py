@@ -39,6 +39,9 @@ MODELS: dict[str, Builder] = {
     "cnn1d": cnn1d,
 }
 
+# the same kind of model for inputs of the other rank: (channels, length) signals or (c, h, w) images
+FOR_RANK = {2: "cnn1d", 3: "cnn"}
+
 
 def _builder(node: dict) -> tuple[Builder, str]:
     """The model's builder and the key that names it (model.name or model._target_)."""
@@ -114,8 +117,11 @@ def _call(fn: Builder, input_shape, num_classes: int, act, params: dict) -> nn.M
         else:
             model = fn(input_shape, num_classes, **params)
     except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch's own shape errors
-        raise ConfigError("model", {"name": getattr(fn, "__name__", fn), **params},
-                          f"{(str(e).splitlines() or [''])[0]} (input shape {tuple(input_shape)})") from None
+        name = getattr(fn, "__name__", str(fn))
+        other = FOR_RANK.get(len(input_shape))
+        hint = f"; for this input use model={other}" if name in FOR_RANK.values() and other != name else ""
+        raise ConfigError("model", name,
+                          f"{(str(e).splitlines() or [''])[0]} (input shape {tuple(input_shape)}){hint}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError("model._target_", getattr(fn, "__qualname__", fn), "a builder returning a torch.nn.Module")
     return model

@@ -9,12 +9,14 @@
 - resume_config: `resume=`'s config, read from the folder as untrusted input: every file the run
   reads back or appends to checked first, data locations from the user's own config, and the
   checkpoint checked against the config before anything of it is built.
+- link_latest / unlink_latest: outputs/latest, a link to the last single run's folder.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -41,6 +43,8 @@ from nnopt_cli.store.untrusted import (
     without_data_locations,
 )
 from nnopt_cli.training.device import pin_threads
+
+DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")  # hydra.run.dir's ${now:%Y-%m-%d}
 
 # what a fresh run would replace: a folder holding any of these holds a run
 RUN_FILES = (layout.SUMMARY, layout.METRICS, layout.CHECKPOINT, layout.MODEL)
@@ -259,3 +263,47 @@ def resume_config(run_dir: Path, current: dict, overrides: list[str]) -> dict:
     except NnoptError as e:
         raise RunDirError(str(e)) from None
     return saved
+
+
+def _point_latest(root: Path, target: str) -> None:
+    """<root>/latest -> target, replaced atomically; quietly nothing where links cannot be made
+    (some Windows setups, read-only folders)."""
+    tmp = root / f".{layout.LATEST}.{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target, target_is_directory=True)
+        os.replace(tmp, root / layout.LATEST)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def link_latest(run_dir: Path) -> str | None:
+    """Point <outputs>/latest at a single run's folder <outputs>/<date>/<time>-... Only for that
+    layout (a run folder chosen by hydra.run.dir is left alone). Returns where it pointed before."""
+    run_dir = Path(run_dir)
+    if not DATE_FOLDER.fullmatch(run_dir.parent.name):
+        return None
+    root = run_dir.parent.parent
+    try:
+        previous = os.readlink(root / layout.LATEST)
+    except OSError:
+        previous = None
+    _point_latest(root, os.path.join(run_dir.parent.name, run_dir.name))
+    return previous
+
+
+def unlink_latest(run_dir: Path, previous: str | None) -> None:
+    """A refused run whose folder was discarded: <outputs>/latest points where it did before."""
+    link = Path(run_dir).parent.parent / layout.LATEST
+    try:
+        if not (link.is_symlink() and os.path.realpath(link) == os.path.realpath(run_dir)):
+            return
+        if previous is None:
+            link.unlink()
+        else:
+            _point_latest(link.parent, previous)
+    except OSError:
+        pass

@@ -111,6 +111,7 @@ def base_summary(cfg: dict, device: torch.device, threads: int) -> dict[str, Any
         "git_sha": git_sha(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config_sha": config_fingerprint(cfg),  # what a sweep's skip_completed compares
+        **{k: cfg[k] for k in layout.LABEL_KEYS if cfg.get(k)},  # name=, tags=: what `nnopt ls` shows
     }
 
 

@@ -9,6 +9,7 @@
     <run>/checkpoint.pt          everything resume needs (checkpoint.keep decides whether it stays)
     <run>/checkpoint.best.pt     the checkpoint of the best validation epoch (checkpoint.keep=best)
     <run>/diagnostics.jsonl      per-layer diagnostics (diagnostics=basic|full)
+    <run>/metrics.csv            one row per epoch for spreadsheets (logger=csv)
     <run>/model.<stage>.pt       post-training stages' models
 
 and which config keys make a run's identity (experiment_config): what the checkpoint's fingerprint
@@ -34,8 +35,10 @@ INIT_MODEL = "model.init.pt"
 CHECKPOINT = "checkpoint.pt"
 BEST_CHECKPOINT = "checkpoint.best.pt"
 DIAGNOSTICS = "diagnostics.jsonl"
+METRICS_CSV = "metrics.csv"
 LOG = "train.log"
 SWEEP_REPORT = "report.json"
+LATEST = "latest"  # outputs/latest: a link to the last single run's folder
 
 
 class Status(str, Enum):
@@ -65,7 +68,9 @@ UNFINISHED = (Status.RUNNING, Status.POST_TRAINING)
 # Torch-free, so that compare (duplicate runs) and the checkpoint (resume) agree on them.
 
 # config keys that say how a run is driven, not what it computes: they may differ on resume
-NON_EXPERIMENT_KEYS = ("resume", "skip_completed", "checkpoint", "logger")
+NON_EXPERIMENT_KEYS = ("resume", "skip_completed", "checkpoint", "logger", "name", "tags")
+# a run's labels (name=, tags=): in summary.json, the single-run folder's name and `nnopt ls`
+LABEL_KEYS = ("name", "tags")
 # where and how fast a run ran, and where its files are: two runs that differ only here (and in
 # NON_EXPERIMENT_KEYS) computed the same experiment, so compare counts them once. Dotted for
 # nested keys. The resume fingerprint (checkpoint.py) still includes them.

@@ -54,6 +54,8 @@ def register_resolvers() -> None:
                                     use_cache=True, replace=True)
     # hydra.sweep.subdir: the job's folder named by its overrides (job_dirs.py)
     OmegaConf.register_new_resolver("nnopt_job_dir", job_dirs.job_dir, replace=True)
+    # hydra.run.dir: `-<name>` after the time for a run with name=... (checked before Hydra runs)
+    OmegaConf.register_new_resolver("nnopt_name_suffix", lambda name=None: f"-{name}" if name else "", replace=True)
 
 
 class SweepFolderError(NnoptError):

@@ -22,8 +22,9 @@ def available_cores() -> int:
 
 
 def resolve_device(spec: str) -> torch.device:
-    """auto | cpu | cuda | cuda:N -> torch.device, refusing devices this machine does not have."""
-    allowed = "auto, cpu, cuda or cuda:N"
+    """auto | cpu | cuda | cuda:N | mps -> torch.device, refusing devices this machine does not have.
+    auto picks CUDA when there is one, else the CPU (MPS only when asked for: some ops lack kernels)."""
+    allowed = "auto, cpu, cuda, cuda:N or mps"
     spec = str(spec)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -31,12 +32,16 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device("cpu")
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ConfigError("device", spec, f"CUDA is not available on this machine; use {allowed.replace(', cuda or cuda:N', '')} or cpu")
+            raise ConfigError("device", spec, "CUDA is not available on this machine; use auto or cpu")
         index = spec.partition(":")[2]
         if index:
             if not index.isdigit() or int(index) >= torch.cuda.device_count():
                 raise ConfigError("device", spec, f"this machine has {torch.cuda.device_count()} CUDA device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
         return torch.device(spec)
+    if spec == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device", spec, "MPS (Apple silicon) is not available on this machine; use auto or cpu")
+        return torch.device("mps")
     raise ConfigError("device", spec, f"one of {allowed}")
 
 

@@ -18,7 +18,8 @@ to end early (a pruned trial) raises StopRun from on_epoch_end; the run then end
 status, writes its summary and is not resumed.
 
 Observers come from the config: the `diagnostics` and `logger` groups (a node with a
-`_target_`), and `observers.<name>` entries for user classes:
+`_target_`, or one per option chosen: `logger=[tensorboard,csv]` gives logger.tensorboard and
+logger.csv), and `observers.<name>` entries for user classes:
     nnopt train +observers.mine._target_=my_module.MyObserver +observers.mine.every=10
 The class is built with the node's other keys and must subclass Observer.
 """
@@ -167,6 +168,9 @@ def observer_nodes(cfg: dict) -> dict[str, dict]:
         node = cfg.get(group)
         if node is not None and node.get("_target_") is not None:
             nodes[group] = node
+        elif isinstance(node, dict):  # several options of the group at once: logger=[tensorboard,csv]
+            nodes.update({f"{group}.{name}": sub for name, sub in node.items()
+                          if isinstance(sub, dict) and sub.get("_target_") is not None})
     for name, node in (cfg.get("observers") or {}).items():
         if node is not None:
             nodes[f"observers.{name}"] = node

@@ -63,14 +63,14 @@ def train_steps(logger, model, opt, epoch, first_step, n, x, y):
 
 
 def test_live_logger_writes_steps_epochs_summary_stages_and_hparams(tmp_path):
-    cfg = compose_cfg("logger=tensorboard", "logger.every=2", "optimizer=sgd", "optimizer.lr=0.05", "dataset.noise=2.0")
+    cfg = compose_cfg("logger=tensorboard", "logger.tensorboard.every=2", "optimizer=sgd", "optimizer.lr=0.05", "dataset.noise=2.0")
     hydra_files(tmp_path, {"optimizer": "sgd", "scheduler": "none", "dataset": "synthetic"},
                 ["optimizer=sgd", "optimizer.lr=0.05", "dataset.noise=2.0"])
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
-    logger = TensorBoardLogger(**{k: v for k, v in cfg["logger"].items() if k != "_target_"})
+    logger = TensorBoardLogger(**{k: v for k, v in cfg["logger"]["tensorboard"].items() if k != "_target_"})
     logger.on_run_start(RunInfo(cfg=cfg, run_dir=tmp_path, model=model, optimizer=opt, train_x=x, train_y=y))
     losses = train_steps(logger, model, opt, 1, 1, 5, x, y)
     row = {"epoch": 1, "train/loss": 0.9, "val/acc": 0.5, "lr": 0.05, "grad_norm": None, "steps": 5,
@@ -146,7 +146,7 @@ def test_logger_writes_nothing_on_other_ranks(tmp_path):
 
 @pytest.mark.parametrize("every, flush", [(0, 10), (1.5, 10), (None, 0)])
 def test_bad_settings_are_one_line(every, flush):
-    with pytest.raises(NnoptError, match=r"^invalid config: logger\.(every|flush_secs)="):
+    with pytest.raises(NnoptError, match=r"^invalid config: logger\.tensorboard\.(every|flush_secs)="):
         TensorBoardLogger(every=every, flush_secs=flush)
 
 
@@ -196,7 +196,7 @@ def test_logger_in_a_real_run_matches_metrics_and_summary(tmp_path):
 
     # 320 training samples in batches of 64: 5 equal steps an epoch, so an epoch's train/loss is the
     # mean of its step losses
-    cfg = compose_cfg("logger=tensorboard", "logger.every=1", "epochs=3")
+    cfg = compose_cfg("logger=tensorboard", "logger.tensorboard.every=1", "epochs=3")
     hydra_files(tmp_path, {"optimizer": "adam"}, ["logger=tensorboard"])
     summary = train(cfg, RunContext(run_dir=tmp_path, live_progress=False))
     rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -16,6 +16,7 @@ from nnopt_cli.data import load_splits
 from nnopt_cli.models import make_model
 from nnopt_cli.post.load import load_stage_model
 from nnopt_cli.run.recipe import RunContext, train
+from nnopt_cli.store import layout
 from nnopt_cli.store.folder import RunDir, read_metrics
 from nnopt_cli.training import distributed
 from nnopt_cli.training.metrics import evaluate
@@ -105,7 +106,8 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     # both ranks used one folder (rank 0's ${now}), and only rank 0 wrote into it
     outputs = tmp_path / "outputs"
     (folder,) = {p.parent for p in outputs.rglob("summary.json")}
-    assert {p for p in outputs.rglob("*") if p.is_dir()} == {folder, folder / ".hydra", folder.parent}
+    assert {p for p in outputs.rglob("*") if p.is_dir() and not p.is_symlink()} == {folder, folder / ".hydra", folder.parent}
+    assert (outputs / layout.LATEST).resolve() == folder.resolve()  # rank 0 alone made the link
     written = {".hydra", "metrics.jsonl", "summary.json", "model.pt", "model.init.pt", "train.log", ".nnopt.lock"}
     assert written <= {p.name for p in folder.iterdir()} <= with_checksums(written | {"checkpoint.pt"})
     assert (folder / "train.log").read_text().count("test/acc=") == 1
@@ -146,7 +148,8 @@ def test_post_training_stages_run_on_rank0_alone_after_ddp_training(tmp_path):
 
     outputs = tmp_path / "outputs"
     (folder,) = {p.parent for p in outputs.rglob("summary.json")}
-    assert {p for p in outputs.rglob("*") if p.is_dir()} == {folder, folder / ".hydra", folder.parent}
+    assert {p for p in outputs.rglob("*") if p.is_dir() and not p.is_symlink()} == {folder, folder / ".hydra", folder.parent}
+    assert (outputs / layout.LATEST).resolve() == folder.resolve()  # rank 0 alone made the link
     written = {".hydra", "metrics.jsonl", "summary.json", "model.pt", "model.init.pt", "model.pruned.pt", "train.log",
                ".nnopt.lock"}
     assert written <= {p.name for p in folder.iterdir()} <= with_checksums(written | {"checkpoint.pt"})
