@@ -20,7 +20,7 @@ from nnopt_cli.loggers.tensorboard import final_scalars, folder_hparams, scalars
 from nnopt_cli.store.layout import Status
 from nnopt_cli.training.observers import EpochInfo, Observer, RunInfo
 
-INSTALL_HINT = "logger=mlflow needs the mlflow package, which is not installed: pip install mlflow"
+INSTALL_HINT = "logger=mlflow needs the mlflow package, which is not installed: pip install 'nnopt[mlflow]' (or pip install mlflow)"
 # MLflow's run statuses for nnopt's
 END_STATUS = {Status.COMPLETED: "FINISHED", Status.INTERRUPTED: "KILLED", Status.PRUNED: "KILLED"}
 MAX_PARAM = 500  # characters MLflow keeps of a param value

@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.slow  # every test here starts the real command in a subprocess
+
 
 def run_folders(root):
     return sorted(p.parent for p in root.rglob("summary.json"))
@@ -60,7 +62,6 @@ def test_unknown_group_option_lists_valid_ones(cli):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
 def test_multirun_sweeps_every_combination(cli, tmp_path):
     out = cli("train", "--multirun", *TINY, "epochs=1", "optimizer=sgd,adam", "seed=0,1")
     assert out.returncode == 0, out.stderr
@@ -70,7 +71,6 @@ def test_multirun_sweeps_every_combination(cli, tmp_path):
     assert all(s["status"] == "completed" for s in summaries)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "parallel"])
 def test_parallel_launchers_run_jobs_at_once_without_oversubscribing(cli, tmp_path, launcher):
     overrides = [o for o in TINY if not o.startswith("threads=")]  # let nnopt pick the thread count
