@@ -1,5 +1,5 @@
 """A run folder is untrusted input: a corpus of hostile folders against resume=, teacher_run=,
-load_stage_model and compare (issue 10). Each attack is first shown to work without nnopt's checks
+load_stage_model and compare. Each attack is first shown to work without nnopt's checks
 (so the test can fail), then shown refused with one line and nothing built, written or printed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing silently wrong (issue 10): one writer per run folder, .hydra/ kept for jobs
+"""Nothing lost, nothing silently wrong: one writer per run folder, .hydra/ kept for jobs
 nnopt refuses or skips, no run replaced, checksums, full disks, signals outside the loop, odd values."""
 
 from __future__ import annotations
