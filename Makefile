@@ -19,11 +19,11 @@ install: $(STAMP) ## Create .venv and install nnopt with its dev tools
 run: $(STAMP) ## Train the default config (MLP on the shipped MNIST) and print the test accuracy
 	$(BIN)/nnopt train
 
-test: $(STAMP) ## Run the whole test suite
-	$(BIN)/python -m pytest -q
+test: $(STAMP) ## Run the whole test suite (two pytest workers: the tests are small and single-threaded)
+	$(BIN)/python -m pytest -q -n 2
 
 test-fast: $(STAMP) ## Run the tests not marked slow
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 bench: $(STAMP) ## Time nnopt's epoch against a plain PyTorch loop (ratios), compare over 1,000 runs, a run's and a sweep job's fixed cost, 1 thread against every core, Muon against AdamW
 	$(BIN)/python -m benchmarks.epoch_overhead
