@@ -432,10 +432,23 @@ def former_targets(node: Any) -> Any:
 # ---------------------------------------------------------------------------- summary.json
 
 
-def _parse_int(text: str) -> int | float:
+def parse_int(text: str) -> int | float:
     """JSON integers of any size: beyond 18 digits a float (inf past float range), so a
     hand-edited 10**400 is a value readers can show and skip, never an exception."""
     return int(text) if len(text) <= 19 else float(text)
+
+
+def json_object(text: str) -> tuple[dict | None, str | None]:
+    """(the JSON object in `text`, None), or (None, why not) in a few words; never raises."""
+    try:
+        obj = json.loads(text, parse_int=parse_int)
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({'truncated' if e.pos >= len(text.rstrip()) else e.msg} at byte {e.pos})"
+    except (ValueError, RecursionError) as e:  # an integer of more than 4300 digits, nesting too deep
+        return None, f"not readable JSON ({type(e).__name__}: {str(e)[:80]})"
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    return obj, None
 
 
 def summary_or_reason(run_dir: Path) -> tuple[dict | None, str | None]:
@@ -451,15 +464,7 @@ def summary_or_reason(run_dir: Path) -> tuple[dict | None, str | None]:
         return None, str(e).removeprefix(f"{path} ")
     except OSError as e:
         return None, f"cannot read it ({e.strerror})"
-    try:
-        obj = json.loads(text, parse_int=_parse_int)
-    except json.JSONDecodeError as e:
-        return None, f"not valid JSON ({'truncated' if e.pos >= len(text.rstrip()) else e.msg} at byte {e.pos})"
-    except (ValueError, RecursionError) as e:  # an integer of more than 4300 digits, nesting too deep
-        return None, f"not readable JSON ({type(e).__name__}: {str(e)[:80]})"
-    if not isinstance(obj, dict):
-        return None, "not a JSON object"
-    return obj, None
+    return json_object(text)
 
 
 def read_summary(run_dir: Path) -> dict | None:
