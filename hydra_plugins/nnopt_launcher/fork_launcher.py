@@ -43,8 +43,11 @@ _SWEEP: dict[str, Any] = globals().get("_SWEEP", {})
 
 def _ignore_sigint_between_jobs() -> None:
     """A worker leaves Ctrl-C to its job (nnopt's training loop checkpoints and stops) and to the
-    sweep's process (which cancels the jobs not started): idle, it ignores it."""
+    sweep's process (which cancels the jobs not started): idle, it ignores it. SIGTERM gets its
+    default back (the worker inherits the sweep process's handler): an idle worker the pool ends
+    exits quietly, and a job installs its own handler while it runs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_one(idx: int, overrides: Sequence[str]) -> JobReturn:
