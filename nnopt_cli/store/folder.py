@@ -27,6 +27,7 @@ import torch
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.store import layout
 from nnopt_cli.store.layout import Status
+from nnopt_cli.store.outputs import replace_file
 from nnopt_cli.store.untrusted import METRICS_MAX_BYTES, UntrustedFileError, read_summary, read_text
 
 log = logging.getLogger("nnopt")
@@ -90,19 +91,10 @@ def remove_file(path: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace `path` with `data` (tmp file, fsync, rename). On failure (a full disk) the old
     file stays and the temporary one is removed."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_file(path, data)
     except OSError as e:
-        remove_file(tmp)
         raise _write_error(path, e) from None
-    except BaseException:
-        remove_file(tmp)
-        raise
     _fsync_dir(path.parent)
 
 

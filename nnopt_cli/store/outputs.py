@@ -36,30 +36,34 @@ def out_of_space(e: BaseException | None) -> bool:
     return False
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` (a temporary file beside it, then a rename); OutputWriteError
-    on failure, with the temporary file removed and any earlier `path` left as it was."""
-    path = Path(path)
+def replace_file(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: a temporary file beside it, fsynced, then renamed. On any failure
+    the temporary file is removed, `path` is left as it was, and the error is raised as it came.
+    The one core of every atomic write in nnopt (run-folder files too: store/folder.py)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise OutputWriteError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         try:
             tmp.unlink()
         except OSError:
             pass
         raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` (replace_file); OutputWriteError on failure, with the temporary
+    file removed and any earlier `path` left as it was."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, data)
+    except OSError as e:
+        raise OutputWriteError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def write_text(path: Path, text: str) -> None:

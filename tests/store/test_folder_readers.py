@@ -30,6 +30,7 @@ from nnopt_cli.store.folder import read_metrics, save_state_dict
 from nnopt_cli.store.untrusted import UntrustedFileError, interpolation_size, load_config
 from nnopt_cli.sweep.report import job_action
 from tests.conftest import compose_cfg
+from tests.store.test_hostile_folders import copy_run
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +42,6 @@ def good_run(tmp_path_factory) -> Path:
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     return run
-
-
-def copy_run(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for f in src.rglob("*"):
-        if f.is_file():
-            (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-            (dst / f.relative_to(src)).write_bytes(f.read_bytes())
-    return dst
 
 
 def unfinished(run: Path) -> None:

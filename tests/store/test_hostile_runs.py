@@ -517,12 +517,14 @@ def test_a_folder_nnopt_may_not_write_is_one_line_before_anything_runs(tmp_path,
     with pytest.raises(RunDirError, match=r"cannot lock run folder .*: Permission denied") as e:
         RunLock(tmp_path).acquire()
     assert "\n" not in str(e.value)
-    from nnopt_cli.store import folder as run_dir
 
     def denied_file(path, mode="r", *a, **kw):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(run_dir, "open", denied_file, raising=False)  # shadows the builtin there
+    from nnopt_cli.store import outputs
+
+    # shadows the builtin where run-folder files are opened for writing (the atomic-write core)
+    monkeypatch.setattr(outputs, "open", denied_file, raising=False)
     with pytest.raises(RunWriteError, match=r"cannot write .*summary.json: Permission denied"):
         RunDir(tmp_path).write_summary({"status": "running"})
     record_failure(tmp_path, RunWriteError("cannot write x: Permission denied"))  # no second line
