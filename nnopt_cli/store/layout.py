@@ -92,6 +92,7 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "post.quantize.bits": 8,
     "post.quantize.finetune_epochs": 1,
     "post.quantize.lr_scale": 1.0,
+    "post.distill.targets": "soft",
     "averaging": {"name": "none"},
 }
 
