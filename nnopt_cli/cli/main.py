@@ -33,6 +33,8 @@ commands:
             nnopt lr-find optimizer=sgd model=cnn
   landscape loss along the line init -> final weights (or to another run) and a 2-D slice
             nnopt landscape outputs/2026-11-23/10-00-00 --to outputs/2026-11-23/11-00-00
+  fuse      a model soup: average the weights of runs fine-tuned from one parent, beside their ensemble
+            nnopt fuse outputs/multirun/.../* --method greedy --ensemble -o outputs/soup
   tune-lr   tune each optimizer's LR on a grid, rerun the best over seeds, beside the default LR
             nnopt tune-lr dataset=mnist1d epochs=20 --optimizers sgd,adam --lrs 8 --seeds 3
             nnopt tune-lr --help      grid, seeds, metric and study folder
@@ -55,6 +57,7 @@ COMMANDS = {
     "lr-find": "nnopt_cli.cli.lr_find",
     "landscape": "nnopt_cli.cli.landscape",
     "tune-lr": "nnopt_cli.cli.tune_lr",
+    "fuse": "nnopt_cli.cli.fuse",
     "completion": "nnopt_cli.cli.completion",
 }
 
