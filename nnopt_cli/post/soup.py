@@ -29,7 +29,7 @@ from nnopt_cli.post.ensemble import Ensemble
 from nnopt_cli.post.load import load_run_model, read_run_config, trained_shape
 from nnopt_cli.store import layout
 from nnopt_cli.store.folder import RunDir, atomic_write_bytes, save_state_dict
-from nnopt_cli.store.untrusted import without_data_locations
+from nnopt_cli.store.untrusted import summary_or_reason, without_data_locations
 from nnopt_cli.training.metrics import evaluate
 
 METHODS = ("uniform", "greedy")
@@ -65,6 +65,11 @@ def load_members(runs: list[Path], trusted=()) -> list[Member]:
     members = []
     for run in runs:
         cfg = read_run_config(run, "RUN", trusted)
+        summary, why = summary_or_reason(run)
+        status = (summary or {}).get("status")
+        if status != layout.Status.COMPLETED:  # a failed or unfinished run's weights are not its result
+            detail = f"{layout.SUMMARY}: {why}" if summary is None else f"status {status}"
+            raise FuseError(f"{run}: not a completed run ({detail}); a soup takes completed runs")
         shape, classes = trained_shape(run, cfg)
         model, cfg = load_run_model(run, shape, classes, trusted, key="RUN")
         members.append(Member(run, cfg, model.eval(), shape, classes))
@@ -209,12 +214,21 @@ def summary_of(soup: Soup, members: list[Member], ensemble: dict[str, Any] | Non
     return summary
 
 
+def shared_config(cfgs: list[Any]) -> Any:
+    """What the configs agree on; a setting they differ in (seed, lr, ...) is null: no single value
+    of it made the soup, so none is shown beside its numbers."""
+    if all(isinstance(c, dict) for c in cfgs):
+        keys = list(dict.fromkeys(k for c in cfgs for k in c))
+        return {k: shared_config([c.get(k) for c in cfgs]) for k in keys}
+    return cfgs[0] if all(c == cfgs[0] for c in cfgs) else None
+
+
 def write_folder(out: Path, soup: Soup, summary: dict[str, Any]) -> RunDir:
-    """A run-like folder: .hydra/config.yaml (the best ingredient's config and a `fuse` node, so
-    compare never takes the soup for one of its runs), model.pt, and summary.json written last,
+    """A run-like folder: .hydra/config.yaml (what the ingredients' configs share, and a `fuse` node
+    so compare never takes the soup for one of its runs), model.pt, and summary.json written last,
     so a folder cut short by a kill never reads as completed."""
     run = RunDir(out)
-    cfg = {**soup.ingredients[0].cfg,
+    cfg = {**shared_config([m.cfg for m in soup.ingredients]),
            "fuse": {"method": soup.method, "runs": [m["run"] for m in summary["fuse"]["members"]],
                     "soup": summary["fuse"]["soup"]}}
     (run.path / layout.HYDRA_DIR).mkdir(exist_ok=True)

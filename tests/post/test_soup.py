@@ -71,6 +71,9 @@ def test_the_uniform_soup_of_two_runs_is_the_mean_of_their_weights(family, tmp_p
     assert all(torch.equal(loaded.model.state_dict()[k], (wa[k] + wb[k]) / 2) for k in wa)
     assert loaded.summary["test/acc"] == soup.scores["test/acc"]
     assert loaded.summary["fuse"]["soup"] == [str(a), str(b)] and loaded.config["fuse"]["method"] == "uniform"
+    # what the two runs share is the soup's; their seeds are not
+    assert loaded.config["seed"] is None and loaded.config["optimizer"]["lr"] == 0.05
+    assert loaded.config["init_from"] == str(family["parent"])
 
 
 def test_greedy_soup_leaves_out_a_bad_member(family):

@@ -18,6 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from nnopt_cli.cli import export as export_cli
+from nnopt_cli.cli import fuse as fuse_cli
 from nnopt_cli.cli import landscape as landscape_cli
 from nnopt_cli.cli.compare import run as compare_run
 from nnopt_cli.errors import NnoptError
@@ -195,6 +196,7 @@ def test_every_folder_reader_refuses_or_safely_reads_every_hostile_folder(good_r
                                                              "--out", str(tmp_path / "ls")], capsys),
         "export tensorboard": lambda r: _cli(export_cli.run, ["tensorboard", str(r), "--out", str(tmp_path / "tb")],
                                              capsys),
+        "fuse": lambda r: _cli(fuse_cli.run, [str(good_run), str(r), "-o", str(tmp_path / "soup")], capsys),
         "compare": lambda r: _cli(compare_run, [str(r.parent), "--format", "csv"], capsys),
     }
     refused_by_resume = []
