@@ -14,6 +14,9 @@ and run(ctx, model, model_cfg) -> StageResult (stage.py); adding one is that mod
 conf/post/<stage>.yaml and one line in STAGES.
 
 Under torchrun the stages run on rank 0 alone, after DDP training (runner.train).
+
+Beside the stages, fusing several finished runs: ensemble.py (models as one, the mean of their
+softmaxes: distillation from several teacher runs) and soup.py (weight averages, `nnopt fuse`).
 """
 
 from __future__ import annotations
