@@ -98,13 +98,14 @@ def profile(shown: list[Run], group_by: list[str], times: dict, time_name: str) 
     taus = np.linspace(1.0, stats.TAU_MAX, 601)
     rho = stats.performance_profile(ratios, taus)
     ranked = sorted(zip(labels, scores, strict=True), key=lambda p: -p[1])
+    scores_text = "score: " + ", ".join(f"{lab} {s:.3f}" for lab, s in ranked)
     if len(workloads) < plots.MIN_PROFILE_WORKLOADS:
-        print(f"nnopt compare: warning: the performance profile is over {len(workloads)} workload(s); with fewer "
-              f"than {plots.MIN_PROFILE_WORKLOADS} its scores rank nothing (compare the groups with --target "
-              "or --baseline instead)", file=sys.stderr)
+        print(f"nnopt compare: warning: performance profile ({time_name} to target) over {len(workloads)} "
+              f"workload(s), fewer than {plots.MIN_PROFILE_WORKLOADS}: its scores rank nothing ({scores_text}); "
+              "compare the groups with --target or --baseline instead", file=sys.stderr)
     else:
-        print(f"nnopt compare: performance profile ({time_name} to target, {len(workloads)} workloads), score: "
-              + ", ".join(f"{lab} {s:.3f}" for lab, s in ranked), file=sys.stderr)
+        print(f"nnopt compare: performance profile ({time_name} to target, {len(workloads)} workloads), "
+              + scores_text, file=sys.stderr)
     done = [r for r in shown if r.completed or r.status == Status.DIVERGED]
     return plots.profile_figure(labels, rho, taus, scores, time_name, workloads, done,
                                 "each point: the median time of a group's seeds on a workload")

@@ -217,7 +217,7 @@ def test_a_profile_over_fewer_than_three_workloads_says_it_ranks_nothing(study, 
     monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig))
     compare_main([str(study), "--plot", str(tmp_path / "p.png"), "--plot-kind", "profile", *KIND_ARGS["profile"]])
     err = [line for line in capsys.readouterr().err.splitlines() if "performance profile" in line]
-    assert len(err) == 1 and "2 workload(s)" in err[0] and "fewer than 3" in err[0] and "score:" not in err[0]
+    assert len(err) == 1 and "2 workload(s), fewer than 3: its scores rank nothing" in err[0]
     (fig,) = drawn
     assert "only 2 workload(s)" in texts(fig)
     assert not any("score" in t for t in legend_texts(fig))
