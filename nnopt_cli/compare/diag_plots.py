@@ -120,10 +120,10 @@ def lines_figure(series: list, quantity: str):
     for ax in axes[:len(layers)]:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
+    figures.legend(fig, axes[min(cols, len(layers)) - 1], handles=list(handles.values()), labels=list(handles))
     figures.titled(fig, f"{quantity} per layer" + (" (mean, band = ± 1 sample std)"
                                                    if any(len(s.runs) > 1 for s in series) else ""),
                    _runs(series), figures.per_point(len(s.runs) for s in series))
-    figures.legend(fig, axes[min(cols, len(layers)) - 1], handles=list(handles.values()), labels=list(handles))
     return fig
 
 

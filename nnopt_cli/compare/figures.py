@@ -85,7 +85,8 @@ def plain(text: str) -> str:
 
 
 def titled(fig, title: str, runs: list[Run], *extra: str) -> None:
-    """The figure's title and, below it, the context line, both wrapped to the figure's width."""
+    """The figure's title and, below it, the context line, both wrapped to the figure's width (call
+    it after `legend`, which may widen the figure)."""
     width = max(40, int(fig.get_figwidth() / TITLE_CHAR_WIDTH))
     lines = [*textwrap.wrap(title, width), *textwrap.wrap(context(runs, *extra), width)]
     fig.suptitle(plain("\n".join(lines)), fontsize="medium")

@@ -72,13 +72,13 @@ def curves_figure(series: list[Series], metric: str) -> Figure:
     ax = fig.add_subplot()
     figures.crowded(_plot_series(ax, series, metric))
     grouped = any(len(s.runs) > 1 for s in series)
+    figures.legend(fig, ax)
     figures.titled(fig, f"{metric} per epoch" + (" (mean, band = ± 1 sample std)" if grouped else ""),
                    _runs(series), figures.per_point(len(s.runs) for s in series))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    figures.legend(fig, ax)
     return fig
 
 
@@ -97,9 +97,9 @@ def schedule_figure(series: list[Series]) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
+    figures.legend(fig, ax_bs, *ax_lr.get_legend_handles_labels())  # right of both panels
     figures.titled(fig, "schedules: lr and batch_size", _runs(series),
                    figures.per_point(len(s.runs) for s in series))
-    figures.legend(fig, ax_bs, *ax_lr.get_legend_handles_labels())  # right of both panels
     return fig
 
 
@@ -190,12 +190,12 @@ def tradeoff_figure(runs: list[Run], x: str = "size", labels: dict[str, str] | N
             ax.set_xscale("log")
         else:
             ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+    figures.legend(fig, ax)
     figures.titled(fig, f"test accuracy vs {xname} after each post-training stage", runs,
                    "one point per run and stage (no mean)")
     ax.set_xlabel(xname)
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
-    figures.legend(fig, ax)
     return fig
 
 
@@ -256,8 +256,6 @@ def lr_figure(series: list[LrSeries], metric: str, runs: list[Run] | None = None
         if s.default_lr is not None and s.default_lr > 0:
             ax.axvline(s.default_lr, color=line.get_color(), linestyle=":", linewidth=1.5)
     ax.set_xscale("log")
-    figures.titled(fig, f"LR sensitivity: final {metric} (band = ± 1 sample std over seeds)", runs or [],
-                   figures.per_point(counts))
     ax.set_xlabel("optimizer.lr")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3, which="both")
@@ -266,6 +264,8 @@ def lr_figure(series: list[LrSeries], metric: str, runs: list[Run] | None = None
                 Line2D([], [], color="0.4", linestyle=":", linewidth=1.5)]
     labels += [f"tuned LR ({'highest' if higher_is_better else 'lowest'} mean)", "default LR (its optimizer config)"]
     figures.legend(fig, ax, handles=handles, labels=labels)
+    figures.titled(fig, f"LR sensitivity: final {metric} (band = ± 1 sample std over seeds)", runs or [],
+                   figures.per_point(counts))
     return fig
 
 
@@ -323,9 +323,9 @@ def profile_figure(labels: list[str], rho: Any, taus: Any, scores: Any, time_nam
                 f"with fewer than {MIN_PROFILE_WORKLOADS} its order means nothing",
                 transform=ax.transAxes, ha="center", va="center", fontsize="medium", color="red",
                 bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "red"})
+    figures.legend(fig, ax)
     figures.titled(fig, f"performance profile over {len(workloads)} workload(s): {'; '.join(workloads)}",
                    runs or [], per_workload)
-    figures.legend(fig, ax)
     return fig
 
 
