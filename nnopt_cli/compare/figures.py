@@ -1,7 +1,7 @@
 """What every figure shares: a subtitle that names what it shows, line styles that stay apart, a
 legend that stays inside the saved image, and byte axes in kB/MB.
 
-    context      'dataset=mnist1d model=mlp | optimizer: sgd, adam | mean of n=3 seeds per point'
+    context      'dataset=mnist1d model=mlp | optimizers: sgd, adam | mean of n=3 seeds per point'
     style(i)     the i-th line's colour and dash: 20 distinct pairs (10 colours x solid/dashed)
     crowded      one console line when a figure has more lines than that (group them instead)
     legend       beside the axes (constrained layout makes room), the figure widened to hold it

@@ -177,6 +177,14 @@ def test_long_labels_widen_the_figure_instead_of_spilling(study):
     render_strictly(plots.curves_figure(series, "val/acc"))
 
 
+def test_a_crowded_legend_takes_columns_and_stays_inside(study, capsys):
+    runs = discover([study])[:1]
+    fig = plots.curves_figure([plots.Series(f"run {i:02d} seed={i}", runs) for i in range(45)], "val/acc")
+    render_strictly(fig)
+    assert fig.axes[0].get_legend()._ncols >= 2
+    assert "45 lines" in capsys.readouterr().err
+
+
 def test_diagnostics_panels_name_layers_by_module_type_and_shape(study):
     runs = discover([study])
     fig = diag_plots.lines_figure([plots.Series("all", runs)], "grad_norm")
