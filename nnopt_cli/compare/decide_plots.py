@@ -12,9 +12,9 @@ from nnopt_cli.compare.discover import Run, finite
 from nnopt_cli.compare.evals import Target
 from nnopt_cli.compare.files import read_yaml
 from nnopt_cli.compare.render import fmt
-from nnopt_cli.compare.table import Interval, descending_by_default
+from nnopt_cli.compare.table import Interval, descending_by_default, differing_keys
 from nnopt_cli.config import conf_dir
-from nnopt_cli.store.layout import Status
+from nnopt_cli.store.layout import PLACE_KEYS, Status
 
 
 def figure(args, shown: list[Run], table, group_by: list[str], metric: str | None, times: dict,
@@ -37,6 +37,7 @@ def lr(shown: list[Run], group_by: list[str], metric: str) -> Figure:
         keys.append("optimizer")
     series: dict[str, plots.LrSeries] = {}
     optimizers: dict[str, set] = {}
+    at_point: dict[tuple[str, float], list[Run]] = {}
     used = []
     for r in done:
         lr_, v = r.config.get("optimizer.lr"), r.metrics().get(metric)
@@ -44,10 +45,21 @@ def lr(shown: list[Run], group_by: list[str], metric: str) -> Figure:
             label = " ".join(f"{k}={fmt(r.config.get(k))}" for k in keys)
             series.setdefault(label, plots.LrSeries(label, [])).points.append((float(lr_), float(v)))
             optimizers.setdefault(label, set()).add(fmt(r.config.get("optimizer")))
+            at_point.setdefault((label, float(lr_)), []).append(r)
             used.append(r)
     for label, s in series.items():
         if len(optimizers[label]) == 1:
             s.default_lr = default_lr(next(iter(optimizers[label])))
+    # a point's runs are seeds only when nothing else differs between them
+    for (label, _), members in at_point.items():
+        other = [k for k in differing_keys(members) if k != "seed" and k not in PLACE_KEYS
+                 and k.split(".", 1)[0] not in PLACE_KEYS]
+        series[label].also_differ = list(dict.fromkeys([*series[label].also_differ, *other]))
+    mixed = [s for s in series.values() if s.also_differ]
+    if mixed:
+        print(f"nnopt compare: warning: LR sensitivity: the runs at one LR of {mixed[0].label} differ in "
+              f"{', '.join(mixed[0].also_differ[:3])}, not only in seed: their mean mixes settings "
+              "(add the key to --group-by, or --where it to one value)", file=sys.stderr)
     return plots.lr_figure([series[k] for k in sorted(series)], metric, used,
                            higher_is_better=descending_by_default(metric, True))
 

@@ -63,7 +63,7 @@ def optimizer_text(runs: list[Run]) -> str:
     return f"optimizer{'s' if len(names) > 1 else ''}: {', '.join(names)}" if names else ""
 
 
-def per_point(counts: Iterable[int], what: str = "point") -> str:
+def per_point(counts: Iterable[int], what: str = "point", unit: str = "seeds") -> str:
     """'mean of n=3 seeds per point', 'n=2-3 ...', or '1 run per line' when nothing is averaged."""
     counts = sorted(set(counts))
     if not counts:
@@ -71,7 +71,7 @@ def per_point(counts: Iterable[int], what: str = "point") -> str:
     if counts == [1]:
         return "1 run per line (no mean)"
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    return f"mean of n={n} seeds per {what}"
+    return f"mean of n={n} {unit} per {what}"
 
 
 def context(runs: list[Run], *extra: str) -> str:

@@ -8,7 +8,7 @@ band of ± one sample standard deviation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,7 @@ class LrSeries:
     label: str
     points: list[tuple[float, float]]
     default_lr: float | None = None
+    also_differ: list[str] = field(default_factory=list)  # keys besides seed that vary at one LR
 
 
 def lr_figure(series: list[LrSeries], metric: str, runs: list[Run] | None = None,
@@ -245,8 +246,10 @@ def lr_figure(series: list[LrSeries], metric: str, runs: list[Run] | None = None
         n = sorted({len(v) for v in by_lr.values()})
         counts += n
         seeds = f"n={n[0]}" if len(n) == 1 else f"n={n[0]}-{n[-1]}"
+        what = (f"{seeds} runs per point, also differing in {', '.join(s.also_differ[:3])}" if s.also_differ
+                else f"{seeds} seeds per point")
         look = figures.style(i)
-        (line,) = ax.plot(lrs, means, marker="o", markersize=4, label=f"{s.label} ({seeds} seeds per point)", **look)
+        (line,) = ax.plot(lrs, means, marker="o", markersize=4, label=f"{s.label} ({what})", **look)
         ax.fill_between(lrs, [m - s for m, s in zip(means, stds, strict=True)],
                         [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2,
                         linewidth=0)
@@ -265,7 +268,7 @@ def lr_figure(series: list[LrSeries], metric: str, runs: list[Run] | None = None
     labels += [f"tuned LR ({'highest' if higher_is_better else 'lowest'} mean)", "default LR (its optimizer config)"]
     figures.legend(fig, ax, handles=handles, labels=labels)
     figures.titled(fig, f"LR sensitivity: final {metric} (band = ± 1 sample std over seeds)", runs or [],
-                   figures.per_point(counts))
+                   figures.per_point(counts, unit="runs" if any(s.also_differ for s in series) else "seeds"))
     return fig
 
 

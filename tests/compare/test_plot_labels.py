@@ -148,6 +148,22 @@ def test_lr_sensitivity_says_seeds_per_point_and_marks_the_default_and_tuned_lr(
     assert defaults == sorted(conf.values())
 
 
+def test_runs_at_one_lr_that_differ_in_more_than_the_seed_are_not_called_seeds(tmp_path, capsys):
+    for i, wd in enumerate((0.0, 0.1)):
+        make_run(tmp_path / f"r{i}", "mnist1d", "sgd", 0.1, 0)
+        cfg = tmp_path / f"r{i}" / ".hydra" / "config.yaml"
+        doc = yaml.safe_load(cfg.read_text())
+        doc["optimizer"]["weight_decay"] = wd
+        cfg.write_text(yaml.safe_dump(doc))
+    make_run(tmp_path / "r2", "mnist1d", "sgd", 0.01, 0)
+    fig = decide_plots.lr(discover([tmp_path]), [], "test/acc")
+    render_strictly(fig)
+    assert "optimizer=sgd (n=1-2 runs per point, also differing in optimizer.weight_decay)" in legend_texts(fig)
+    assert "mean of n=1-2 runs per point" in texts(fig)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differ in optimizer.weight_decay, not only in seed" in err
+
+
 def test_a_loss_is_tuned_to_its_lowest_mean(study):
     runs = [r for r in discover([study]) if r.config["dataset"] == "mnist1d"]
     fig = decide_plots.lr(runs, ["optimizer", "optimizer.lr"], "test/loss")
