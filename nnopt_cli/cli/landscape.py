@@ -131,12 +131,14 @@ def landscape(args: argparse.Namespace) -> dict:
         raise NnoptError(f"{run}/model.pt does not fit the model of its config ({str(e).splitlines()[0][:150]})") from None
     out = runs.output_dir("landscape", args.out)
     x, y = subset(data, args.samples, args.seed)
-    bs = runs.run_config(run)["eval_batch_size"]
+    cfg = runs.run_config(run)
+    bs = cfg["eval_batch_size"]
     steps = args.points - 1
     alphas = sorted({lo + (hi - lo) * i / steps for i in range(args.points)} | {0.0, 1.0})
     line = [{"alpha": a, **dict(zip(("loss", "acc"), loss_at(model, blend(start, end, a), x, y, bs), strict=True))}
             for a in alphas]
     doc = {"run": str(run), "line": {"from": line_from, "to": line_to, "rows": line},
+           "workload": {"dataset": cfg["dataset"].get("name"), "model": cfg["model"].get("name")},
            "samples": len(x), "subset": "training split", "seed": args.seed}
     if args.grid:
         g = torch.Generator().manual_seed(args.seed)
@@ -166,11 +168,21 @@ def write(out: Path, doc: dict) -> None:
     outputs.write_files(out, files)
 
 
+def endpoint(path: str) -> str:
+    """'outputs/2026-12-07/10-00-00 final weights (model.pt)': which run, and which of its weights."""
+    p = Path(path)
+    folder = str(p.parent) if len(str(p.parent)) <= 60 else ".../" + "/".join(p.parent.parts[-3:])
+    which = "initial" if p.name == layout.INIT_MODEL else "final"
+    return f"{folder} {which} weights ({p.name})"
+
+
 def figure(doc: dict):
     from matplotlib.figure import Figure
 
+    from nnopt_cli.compare import figures
+
     surf = doc.get("surface")
-    fig = Figure(figsize=(12 if surf else 6, 4.5))
+    fig = Figure(figsize=(12 if surf else 7, 5.2), layout="constrained")
     axes = fig.subplots(1, 2 if surf else 1, squeeze=False)[0]
     rows = doc["line"]["rows"]
     ax = axes[0]
@@ -179,7 +191,8 @@ def figure(doc: dict):
         ax.axvline(a, color="0.6", linestyle=":", linewidth=1)
     ax.set_xlabel("alpha (0 = from, 1 = to)")
     ax.set_ylabel("training loss (subset)")
-    ax.set_title(f"{Path(doc['line']['from']).name} -> {Path(doc['line']['to']).name}", fontsize="small")
+    ax.set_title(figures.plain(f"alpha=0: {endpoint(doc['line']['from'])}\nalpha=1: {endpoint(doc['line']['to'])}"),
+                 fontsize="small")
     ax.grid(alpha=0.3)
     if surf:
         import numpy as np
@@ -192,8 +205,11 @@ def figure(doc: dict):
         ax.plot([0], [0], marker="*", color="w", markersize=10)
         ax.set_xlabel("direction 1 (filter-normalized)")
         ax.set_ylabel("direction 2")
-        ax.set_title("2-D slice around the final weights", fontsize="small")
-    fig.tight_layout()
+        ax.set_title(figures.plain(f"2-D slice around {endpoint(doc['surface']['center'])}"), fontsize="small")
+    w = doc.get("workload") or {}
+    what = " ".join(f"{k}={w[k]}" for k in ("dataset", "model") if w.get(k)) or "workload not recorded"
+    fig.suptitle(figures.plain(f"loss landscape | {what} | {doc.get('samples', '?')} training samples"),
+                 fontsize="medium")
     return fig
 
 

@@ -129,10 +129,19 @@ def ramp_trainer(cfg: dict, model: nn.Module, n_train: int, device: torch.device
     return Trainer(cfg, model, n_train, device, epochs=epochs)
 
 
-def figure(test: RangeTest, sugg: dict[str, float]):
+def choice(overrides: list[str], group: str, fallback: str | None) -> str | None:
+    """The option the overrides picked for a config group (model=cnn), else the config's own name."""
+    picked = [o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == group and "=" in o]
+    return picked[-1] if picked else fallback
+
+
+def figure(test: RangeTest, sugg: dict[str, float], meta: dict | None = None):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5))
+    from nnopt_cli.compare import figures
+
+    meta = meta or {}
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     ax.plot(test.lrs, test.losses, color="0.75", linewidth=0.8, label="loss")
     ax.plot(test.lrs, test.smoothed, color="C0", label="smoothed loss (beta 0.98, debiased)")
@@ -145,9 +154,12 @@ def figure(test: RangeTest, sugg: dict[str, float]):
         ax.set_ylim(min(finite + raw) * 0.9, min(max(finite), 4 * min(finite)) * 1.1)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
-    ax.set_title("LR range test")
+    names = meta.get("names") or {}
+    what = " ".join(f"{k}={names[k]}" for k in ("optimizer", "model", "dataset") if names.get(k))
+    fig.suptitle(f"LR range test\n{what or 'optimizer, model and dataset not recorded'} | "
+                 f"batch size {meta.get('batch_size', '?')}, {len(test.lrs)} steps, one run", fontsize="medium")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small")
+    figures.legend(fig, ax)
     return fig
 
 
@@ -160,7 +172,7 @@ def write(out: Path, test: RangeTest, sugg: dict[str, float], meta: dict) -> Non
            "suggestion": {"rule": RULE, "optimizer.lr": sugg[RULE]}, "suggestions": sugg,
            "lr": test.lrs, "loss": clean, "smoothed_loss": [v if math.isfinite(v) else None for v in test.smoothed]}
     outputs.write_files(out, {"lr_find.csv": outputs.csv_text(rows), "lr_find.json": json.dumps(doc, indent=1) + "\n",
-                              "lr_find.png": outputs.figure_png(figure(test, sugg))})
+                              "lr_find.png": outputs.figure_png(figure(test, sugg, meta))})
 
 
 def parser() -> argparse.ArgumentParser:
@@ -198,7 +210,10 @@ def lr_find(args: argparse.Namespace) -> dict:
     sugg = test.suggestions()
     meta = {"overrides": list(args.overrides), "start_lr": args.start_lr, "end_lr": args.end_lr,
             "steps": args.steps, "beta": 0.98, "stop_factor": args.stop_factor, "batch_size": bs,
-            "optimizer": cfg["optimizer"].get("_target_")}
+            "optimizer": cfg["optimizer"].get("_target_"),
+            "names": {"optimizer": choice(args.overrides, "optimizer", str(cfg["optimizer"].get("_target_", "")).rsplit(".", 1)[-1]),
+                      "model": choice(args.overrides, "model", cfg["model"].get("name")),
+                      "dataset": choice(args.overrides, "dataset", cfg["dataset"].get("name"))}}
     write(out, test, sugg, meta)
     steep = sugg["steepest"]
     print(f"nnopt lr-find: {len(test.lrs)} steps, lr {test.lrs[0]:.2g} -> {test.lrs[-1]:.2g} "

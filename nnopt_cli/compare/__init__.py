@@ -9,6 +9,7 @@
     render.py    table (fitted to the terminal) / csv / markdown / json
     report.py    a study as one HTML or Markdown file (`nnopt report`)
     plots.py, decide_plots.py, diag_plots.py   the figures (matplotlib, imported when asked)
+    figures.py   what every figure shares: its subtitle, line styles, legend placement, byte axes
 
 Never imports torch or the training code, and never writes inside a run folder.
 """

@@ -55,6 +55,24 @@ def layer_curves(runs: list[Run], quantity: str) -> dict[str, dict[int, list[flo
     return out
 
 
+def layer_names(runs: list[Run]) -> dict[str, str]:
+    """layer -> 'net.0 Linear 784x256' (its module name, type and shape as diagnostics.jsonl recorded
+    them; older files name the type alone)."""
+    out: dict[str, str] = {}
+    for r in runs:
+        for row in step_rows(r)[:1]:
+            for layer, vals in row["layers"].items():
+                if layer in out or not isinstance(vals, dict):
+                    continue
+                parts = [str(vals[k]) for k in ("type", "shape") if isinstance(vals.get(k), str) and vals[k]]
+                out[layer] = " ".join([layer, *parts])
+    return out
+
+
+def _runs(series: list) -> list[Run]:
+    return [r for s in series for r in s.runs]
+
+
 def _mean_std(vs: list[float]) -> tuple[float, float | None]:
     m = math.fsum(vs) / len(vs)
     return m, math.sqrt(math.fsum((v - m) ** 2 for v in vs) / (len(vs) - 1)) if len(vs) > 1 else None
@@ -64,7 +82,11 @@ def lines_figure(series: list, quantity: str):
     """series: compare's plots.Series (label, runs)."""
     from matplotlib.figure import Figure
 
+    from nnopt_cli.compare import figures
+
+    figures.crowded(len(series))
     curves = [(s, layer_curves(s.runs, quantity)) for s in series]
+    names = layer_names(_runs(series))
     layers = list(dict.fromkeys(name for _, c in curves for name in c))
     if not layers:
         raise CompareError(f"no run shown has {quantity} in its {FILE}")
@@ -79,28 +101,37 @@ def lines_figure(series: list, quantity: str):
                 continue
             stats = [_mean_std(c[layer][t]) for t in steps]
             label = s.label if len(s.runs) == 1 else f"{s.label} (n={len(s.runs)})"
-            ax.plot(steps, [m for m, _ in stats], color=f"C{i % 10}", label=label, linewidth=1.2)
+            look = figures.style(i)
+            ax.plot(steps, [m for m, _ in stats], label=label, linewidth=1.2, **look)
             band = [(t, m, sd) for t, (m, sd) in zip(steps, stats, strict=True) if sd is not None]
             if band:
                 ax.fill_between([b[0] for b in band], [b[1] - b[2] for b in band], [b[1] + b[2] for b in band],
-                                color=f"C{i % 10}", alpha=0.2, linewidth=0)
+                                color=look["color"], alpha=0.2, linewidth=0)
         if quantity in LOG_SCALE:
             ax.set_yscale("log")
-        ax.set_title(f"layer {layer}", fontsize="small")
+        ax.set_title(names.get(layer, layer), fontsize="small")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(quantity)
         ax.grid(alpha=0.3)
     for ax in axes[len(layers):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize="x-small", loc="best")
-    fig.suptitle(f"{quantity} per layer" + (" (mean, band = ± 1 sample std)" if any(len(s.runs) > 1 for s in series)
-                                             else ""))
+    # one legend for all panels: the series a panel lacks still have their entry
+    handles = {}
+    for ax in axes[:len(layers)]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    figures.legend(fig, axes[min(cols, len(layers)) - 1], handles=list(handles.values()), labels=list(handles))
+    figures.titled(fig, f"{quantity} per layer" + (" (mean, band = ± 1 sample std)"
+                                                   if any(len(s.runs) > 1 for s in series) else ""),
+                   _runs(series), figures.per_point(len(s.runs) for s in series))
     return fig
 
 
 def heatmap_figure(series: list, quantity: str):
     import numpy as np
     from matplotlib.figure import Figure
+
+    from nnopt_cli.compare import figures
 
     maps = []
     for s in series[:8]:  # more panels than this are unreadable
@@ -126,17 +157,22 @@ def heatmap_figure(series: list, quantity: str):
     # one colour scale for every panel, so runs compare by colour
     finite_z = np.concatenate([z[np.isfinite(z)] for *_, z in grids])
     vmin, vmax = (float(finite_z.min()), float(finite_z.max())) if finite_z.size else (None, None)
+    names = layer_names(_runs(series))
     for ax, (s, layers, steps, z) in zip(axes, grids, strict=False):
         im = ax.imshow(z, aspect="auto", interpolation="nearest", cmap="magma", vmin=vmin, vmax=vmax,
                        extent=(steps[0] - 0.5, steps[-1] + 0.5, len(layers) - 0.5, -0.5))
-        ax.set_yticks(range(len(layers)), layers, fontsize="small")
+        ax.set_yticks(range(len(layers)), [names.get(layer, layer) for layer in layers], fontsize="small")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("layer")
-        ax.set_title(s.label, fontsize="small")
+        ax.set_title(s.label if len(s.runs) == 1 else f"{s.label} (mean of n={len(s.runs)} seeds)", fontsize="small")
         fig.colorbar(im, ax=ax, label=f"log10 {quantity}" if log else quantity)
     for ax in axes[len(maps):]:
         ax.set_visible(False)
-    fig.suptitle(f"{quantity}: layers x steps")
+    shown = [s for s, _ in maps]
+    left_out = len(series) - len(shown)
+    figures.titled(fig, f"{quantity}: layers x steps" + (f" (first {len(shown)} of {len(series)} panels)"
+                                                         if left_out else ""),
+                   _runs(shown), figures.per_point(len(s.runs) for s in shown))
     return fig
 
 

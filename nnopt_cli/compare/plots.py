@@ -8,13 +8,14 @@ band of ± one sample standard deviation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from nnopt_cli.compare import figures
 from nnopt_cli.compare.discover import Run, finite, flatten
 from nnopt_cli.compare.render import fmt
 from nnopt_cli.store import outputs
@@ -46,12 +47,12 @@ def mean_std_by_epoch(runs: list[Run], metric: str) -> tuple[list[int], list[flo
 
 def _plot_series(ax, series: list[Series], metric: str) -> int:
     drawn = 0
-    for s in series:
+    for i, s in enumerate(series):
         epochs, means, stds = mean_std_by_epoch(s.runs, metric)
         if not epochs:
             continue
         label = s.label if len(s.runs) == 1 else f"{s.label} (n={len(s.runs)})"
-        (line,) = ax.plot(epochs, means, marker="o", markersize=3, label=label)
+        (line,) = ax.plot(epochs, means, marker="o", markersize=3, label=label, **figures.style(i))
         drawn += 1
         band = [(e, m, sd) for e, m, sd in zip(epochs, means, stds, strict=True) if sd is not None]
         if band:
@@ -61,23 +62,23 @@ def _plot_series(ax, series: list[Series], metric: str) -> int:
     return drawn
 
 
-def _legend(ax, n: int) -> None:
-    if n:
-        ax.legend(fontsize="small", loc="best", ncols=1 if n <= 8 else 2)
+def _runs(series: list[Series]) -> list[Run]:
+    return [r for s in series for r in s.runs]
 
 
 def curves_figure(series: list[Series], metric: str) -> Figure:
     """A metric against epoch, one line per series (groups: mean, band = ± 1 sample std)."""
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    n = _plot_series(ax, series, metric)
+    figures.crowded(_plot_series(ax, series, metric))
     grouped = any(len(s.runs) > 1 for s in series)
-    ax.set_title(f"{metric} per epoch" + (" (mean, band = ± 1 sample std)" if grouped else ""))
+    figures.legend(fig, ax)
+    figures.titled(fig, f"{metric} per epoch" + (" (mean, band = ± 1 sample std)" if grouped else ""),
+                   _runs(series), figures.per_point(len(s.runs) for s in series))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    _legend(ax, n)
     return fig
 
 
@@ -85,7 +86,7 @@ def schedule_figure(series: list[Series]) -> Figure:
     """The learning rate and the batch size each epoch started with, one line per series."""
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax_lr, ax_bs = fig.subplots(1, 2)
-    n = _plot_series(ax_lr, series, "lr")
+    figures.crowded(_plot_series(ax_lr, series, "lr"))
     _plot_series(ax_bs, series, "batch_size")
     lrs = [row["lr"] for s in series for r in s.runs for row in r.epochs if finite(row.get("lr"))]
     if lrs and min(lrs) > 0 and max(lrs) / min(lrs) > 50:
@@ -96,8 +97,9 @@ def schedule_figure(series: list[Series]) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    _legend(ax_lr, n)
-    fig.suptitle("schedules: lr and batch_size")
+    figures.legend(fig, ax_bs, *ax_lr.get_legend_handles_labels())  # right of both panels
+    figures.titled(fig, "schedules: lr and batch_size", _runs(series),
+                   figures.per_point(len(s.runs) for s in series))
     return fig
 
 
@@ -153,7 +155,8 @@ def tradeoff_fronts(runs: list[Run], x: str, labels: dict[str, str] | None = Non
 def tradeoff_figure(runs: list[Run], x: str = "size", labels: dict[str, str] | None = None,
                     workloads: list[str] | None = None) -> Figure:
     """Test accuracy against model size (or latency, params, nonzeros) for runs with stages;
-    each workload's Pareto front (best accuracy for its size) is drawn as a line through its points."""
+    each workload's Pareto front (best accuracy for its size) is drawn as a line through its points.
+    Sizes in bytes go on a log axis in kB/MB."""
     pts = tradeoff_points(runs, x, labels=labels)
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
@@ -161,11 +164,14 @@ def tradeoff_figure(runs: list[Run], x: str = "size", labels: dict[str, str] | N
     for r in runs:
         for st in r.stages:
             xname = pick_key(st.after, x) or xname
+    in_bytes = x.startswith("size") or "bytes" in xname
+    lo, hi = (min(p[0] for p in pts), max(p[0] for p in pts)) if pts else (0.0, 0.0)
     if pts:
         stages = list(dict.fromkeys(p[2].rsplit(": ", 1)[1] for p in pts))  # trained, then pipeline order
-        for st in stages:
+        for i, st in enumerate(stages):
             sel = [p for p in pts if p[2].rsplit(": ", 1)[1] == st]
-            ax.scatter([p[0] for p in sel], [p[1] for p in sel], label=st, alpha=0.8)
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], label=st, alpha=0.8,
+                       color=figures.style(i)["color"], marker=MARKERS[i % len(MARKERS)])
         for i, (w, front) in enumerate(tradeoff_fronts(runs, x, labels, workloads).items()):
             if not front:
                 continue
@@ -174,17 +180,27 @@ def tradeoff_figure(runs: list[Run], x: str = "size", labels: dict[str, str] | N
                     linestyle=LINE_STYLES[i % len(LINE_STYLES)],
                     label=f"Pareto front{' ' + w if w else ''} ({len(front)} points)")
             for p in front:
-                ax.annotate(p[2], (p[0], p[1]), textcoords="offset points", xytext=(5, 5), fontsize="x-small")
-        if x in ("size", "latency") and min(p[0] for p in pts) > 0 and max(p[0] for p in pts) / min(p[0] for p in pts) > 20:
+                # points right of the middle get their label on their left: it stays inside the axes
+                left = p[0] > (math.sqrt(lo * hi) if in_bytes and lo > 0 else (lo + hi) / 2)
+                ax.annotate(figures.plain(p[2]), (p[0], p[1]), textcoords="offset points",
+                            xytext=(-5 if left else 5, 5), ha="right" if left else "left", fontsize="x-small")
+        if in_bytes and lo > 0:
+            figures.bytes_axis(ax.xaxis)
+        elif x == "latency" and lo > 0 and hi / lo > 20:
             ax.set_xscale("log")
-        ax.legend(fontsize="small", loc="lower right")
-    ax.set_title(f"test accuracy vs {xname} after each post-training stage")
+        else:
+            ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+    figures.legend(fig, ax)
+    figures.titled(fig, f"test accuracy vs {xname} after each post-training stage", runs,
+                   "one point per run and stage (no mean)")
     ax.set_xlabel(xname)
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     return fig
 
 
+# one marker per stage, so stages stay apart without colour
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 # one per workload's Pareto front
 LINE_STYLES = ("-", "--", ":", "-.")
 
@@ -197,33 +213,67 @@ def save(fig: Figure, path: Path) -> None:
 # ---------------------------------------------------------------------------- deciding plots
 
 
-def lr_figure(series: dict[str, list[tuple[float, float]]], metric: str) -> Figure:
+@dataclass
+class LrSeries:
+    """One line of the LR sensitivity plot: (lr, final metric) per run, and the LR its optimizer's
+    config sets by default (None when the line mixes optimizers or the config is not ours)."""
+
+    label: str
+    points: list[tuple[float, float]]
+    default_lr: float | None = None
+    also_differ: list[str] = field(default_factory=list)  # keys besides seed that vary at one LR
+
+
+def lr_figure(series: list[LrSeries], metric: str, runs: list[Run] | None = None,
+              higher_is_better: bool = True) -> Figure:
     """LR sensitivity (DeepOBS): the final metric against optimizer.lr on a log axis, one line per
-    series (optimizer); at each LR the mean over its runs, band = ± 1 sample std."""
+    series (optimizer); at each LR the mean over its seeds, band = ± 1 sample std. Each line's best
+    LR (the tuned one) is a star, its config's default LR a dotted vertical line."""
+    from matplotlib.lines import Line2D
+
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for label, points in series.items():
+    figures.crowded(len(series))
+    counts: list[int] = []
+    for i, s in enumerate(series):
         by_lr: dict[float, list[float]] = {}
-        for lr, v in points:
+        for lr, v in s.points:
             by_lr.setdefault(lr, []).append(v)
         lrs = sorted(by_lr)
         means = [math.fsum(by_lr[x]) / len(by_lr[x]) for x in lrs]
         stds = [math.sqrt(math.fsum((v - m) ** 2 for v in by_lr[x]) / (len(by_lr[x]) - 1))
                 if len(by_lr[x]) > 1 else 0.0 for x, m in zip(lrs, means, strict=True)]
-        (line,) = ax.plot(lrs, means, marker="o", markersize=4, label=f"{label} (n={len(points)})")
+        n = sorted({len(v) for v in by_lr.values()})
+        counts += n
+        seeds = f"n={n[0]}" if len(n) == 1 else f"n={n[0]}-{n[-1]}"
+        what = (f"{seeds} runs per point, also differing in {', '.join(s.also_differ[:3])}" if s.also_differ
+                else f"{seeds} seeds per point")
+        look = figures.style(i)
+        (line,) = ax.plot(lrs, means, marker="o", markersize=4, label=f"{s.label} ({what})", **look)
         ax.fill_between(lrs, [m - s for m, s in zip(means, stds, strict=True)],
                         [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2,
                         linewidth=0)
+        best = (max if higher_is_better else min)(range(len(lrs)), key=means.__getitem__)
+        ax.plot([lrs[best]], [means[best]], marker="*", markersize=14, color=line.get_color(),
+                markeredgecolor="black", linestyle="none")
+        if s.default_lr is not None and s.default_lr > 0:
+            ax.axvline(s.default_lr, color=line.get_color(), linestyle=":", linewidth=1.5)
     ax.set_xscale("log")
-    ax.set_title(f"LR sensitivity: final {metric} (mean, band = ± 1 sample std over seeds)")
     ax.set_xlabel("optimizer.lr")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3, which="both")
-    _legend(ax, len(series))
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], marker="*", markersize=12, color="0.4", markeredgecolor="black", linestyle="none"),
+                Line2D([], [], color="0.4", linestyle=":", linewidth=1.5)]
+    labels += [f"tuned LR ({'highest' if higher_is_better else 'lowest'} mean)", "default LR (its optimizer config)"]
+    figures.legend(fig, ax, handles=handles, labels=labels)
+    figures.titled(fig, f"LR sensitivity: final {metric} (band = ± 1 sample std over seeds)", runs or [],
+                   figures.per_point(counts, unit="runs" if any(s.also_differ for s in series) else "seeds"))
     return fig
 
 
-def target_figure(bars: list[tuple[str, float, float, float, str]], time_name: str, target: str) -> Figure:
+def target_figure(bars: list[tuple[str, float, float, float, str]], time_name: str, target: str,
+                  runs: list[Run] | None = None, per_bar: str = "") -> Figure:
     """Time to target per group: a bar at the median with 95% CI whiskers; 'never' where the
     median run did not reach it; each bar labelled with how many runs reached it."""
     fig = Figure(figsize=(max(7.0, 1.1 * len(bars) + 2), 5.0), layout="constrained")
@@ -247,28 +297,40 @@ def target_figure(bars: list[tuple[str, float, float, float, str]], time_name: s
                   ha="right" if crowded else "center", fontsize="small")
     ax.set_ylim(0, top * 1.08)
     ax.set_ylabel(f"{time_name} to target")
-    ax.set_title(f"{time_name} to {target}\n(median over runs, whiskers: 95% bootstrap CI)",
-                 fontsize="medium")
+    figures.titled(fig, f"{time_name} to {target} (median, whiskers: 95% bootstrap CI)", runs or [], per_bar)
     ax.grid(alpha=0.3, axis="y")
     return fig
 
 
 def profile_figure(labels: list[str], rho: Any, taus: Any, scores: Any, time_name: str,
-                   workloads: list[str]) -> Figure:
+                   workloads: list[str], runs: list[Run] | None = None, per_workload: str = "") -> Figure:
     """AlgoPerf performance profiles: the share of workloads on which each group reached the target
     within tau times the fastest group's time; the legend holds each one's score (the integral of
     its profile over [1, 4], divided by 3)."""
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
+    figures.crowded(len(labels))
+    ranks = len(workloads) >= MIN_PROFILE_WORKLOADS
     for n, i in enumerate(sorted(range(len(labels)), key=lambda i: -scores[i])):
         # equal profiles lie on top of each other: vary the dash and width so each stays visible
-        ax.step(taus, rho[i], where="post", label=f"{labels[i]} (score {scores[i]:.3f})",
+        ax.step(taus, rho[i], where="post", label=f"{labels[i]} (score {scores[i]:.3f})" if ranks else labels[i],
+                color=f"C{n % 10}",
                 linestyle=("-", "--", ":", "-.")[n % 4], linewidth=max(1.0, 3.0 - 0.5 * n))
     ax.set_xlim(taus[0], taus[-1])
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"tau: ratio of {time_name} to target to the fastest group's")
     ax.set_ylabel("share of workloads")
-    ax.set_title(f"performance profile over {len(workloads)} workload(s): {', '.join(workloads)}"[:90])
     ax.grid(alpha=0.3)
-    _legend(ax, len(labels))
+    if len(workloads) < MIN_PROFILE_WORKLOADS:
+        ax.text(0.5, 0.5, f"only {len(workloads)} workload(s): a profile ranks groups across workloads,\n"
+                f"with fewer than {MIN_PROFILE_WORKLOADS} its order means nothing",
+                transform=ax.transAxes, ha="center", va="center", fontsize="medium", color="red",
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "red"})
+    figures.legend(fig, ax)
+    figures.titled(fig, f"performance profile over {len(workloads)} workload(s): {'; '.join(workloads)}",
+                   runs or [], per_workload)
     return fig
+
+
+# a performance profile over fewer workloads than this ranks nothing (one workload: one race)
+MIN_PROFILE_WORKLOADS = 3

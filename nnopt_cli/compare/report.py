@@ -59,7 +59,8 @@ class Report:
 FIGURES = (
     ("curves", "Curves", "per epoch: mean over each group's completed runs, band ± one sample std"),
     ("target", "Time to target", "median time to the target per group, whiskers: 95% bootstrap CI"),
-    ("lr", "LR sensitivity", "final metric against optimizer.lr, one line per optimizer and workload"),
+    ("lr", "LR sensitivity", "final metric against optimizer.lr, one line per optimizer and workload; "
+                             "star: its tuned LR, dotted line: its config's default LR"),
     ("profile", "Performance profile", "AlgoPerf profile over the workloads: the share of workloads a "
                                        "group reaches the target within tau times the fastest"),
     ("diag", "Diagnostics", "per-layer gradient norm per optimizer step (diagnostics.jsonl)"),

@@ -164,7 +164,7 @@ class LayerDiagnostics(Observer):
         probed = self._probe()
         rows: dict[str, dict] = {}
         for i, layer in enumerate(self.layers):
-            row: dict[str, Any] = {"type": layer.kind}
+            row: dict[str, Any] = {"type": layer.kind, "shape": layer.shape}
             if layer.act_name is not None:
                 row["act"] = layer.act_name
             for key, values in per_layer.items():

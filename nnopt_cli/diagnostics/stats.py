@@ -34,9 +34,21 @@ class Layer:
     act_name: str | None = None
     act: nn.Module | None = None
     kind: str = field(init=False, default="")
+    shape: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         self.kind = type(self.module).__name__
+        self.shape = shape_text(self.module)
+
+
+def shape_text(m: nn.Module) -> str:
+    """'784x256' (in x out features), '1x16 k3x3' (in x out channels, kernel) for plots' labels."""
+    if isinstance(m, nn.Linear):
+        return f"{m.in_features}x{m.out_features}"
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return f"{m.in_channels}x{m.out_channels} k{'x'.join(map(str, m.kernel_size))}"
+    w = getattr(m, "weight", None)
+    return "x".join(map(str, w.shape)) if isinstance(w, torch.Tensor) else ""
 
 
 def _activation_kind(m: nn.Module) -> str | None:

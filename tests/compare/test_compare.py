@@ -152,7 +152,7 @@ def test_plots_are_png_with_one_line_per_run_or_group(sweep, capsys, tmp_path):
     fig = plots.curves_figure([plots.Series(r.label, [r]) for r in runs], "val/loss")
     ax = fig.axes[0]
     assert len(ax.get_lines()) == 4 and ax.get_xlabel() == "epoch" and ax.get_ylabel() == "val/loss"
-    assert "val/loss" in ax.get_title() and len(ax.get_legend().get_texts()) == 4
+    assert "val/loss" in fig.get_suptitle() and len(ax.get_legend().get_texts()) == 4
     line = ax.get_lines()[0]
     assert list(line.get_xdata()) == [1, 2] and list(line.get_ydata()) == [e["val/loss"] for e in runs[0].epochs]
 

@@ -38,7 +38,7 @@ def test_group_mean_and_band_per_layer_match_a_hand_computation(runs):
     adam = plots.Series("adam", [found["r2"]])
     fig = diag_plots.lines_figure([sgd, adam], "grad_norm")
     ax_a, ax_b = [ax for ax in fig.axes if ax.get_visible()][:2]
-    assert ax_a.get_title() == "layer a" and ax_b.get_title() == "layer b"
+    assert ax_a.get_title() == "a" and ax_b.get_title() == "b"  # no type or shape recorded: the name alone
     mean = ax_a.lines[0]
     assert list(mean.get_xdata()) == [1, 11, 21] and list(mean.get_ydata()) == [2.0, 3.0, 4.0]
     band = ax_a.collections[0].get_paths()[0].vertices

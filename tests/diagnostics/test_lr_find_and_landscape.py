@@ -42,6 +42,7 @@ def test_lr_find_suggests_an_lr_below_divergence_and_above_a_tiny_one(tmp_path, 
     assert f"optimizer.lr={sugg['min/10']:.3g}" in out and "min/10" in out and "steepest" in out
     doc = json.loads((tmp_path / "lrf" / "lr_find.json").read_text())
     assert doc["suggestion"] == {"rule": "min/10", "optimizer.lr": sugg["min/10"]}
+    assert doc["names"] == {"optimizer": "sgd", "model": "mlp", "dataset": "synthetic"}  # the figure's title
     assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 0
     assert len((tmp_path / "lrf" / "lr_find.csv").read_text().splitlines()) == len(test.lrs) + 1
 
@@ -54,6 +55,42 @@ def test_smoothing_is_fastais_debiased_average_and_the_rules_pick_by_hand():
     sugg = t.suggestions()
     assert sugg["min/10"] == pytest.approx(10 ** (20 / 10 - 3) / 10)
     assert sugg["steepest"] == pytest.approx(10 ** (11 / 10 - 3))  # the slope from 11 to 12 is the steepest
+
+
+def test_lr_find_figure_names_optimizer_model_and_dataset_and_renders_cleanly():
+    from tests.compare.test_plot_labels import render_strictly, texts
+
+    t = lr_find.RangeTest(lrs=[10.0 ** (i / 10 - 3) for i in range(30)], losses=[2.0 - 0.03 * i for i in range(30)])
+    t.smoothed = list(t.losses)
+    meta = {"batch_size": 64, "names": {"optimizer": "adam", "model": "cnn", "dataset": "mnist1d"}}
+    fig = lr_find.figure(t, {"min/10": 0.01, "steepest": 0.02}, meta)
+    render_strictly(fig)
+    assert "optimizer=adam model=cnn dataset=mnist1d" in texts(fig) and "30 steps" in texts(fig)
+
+
+def test_the_option_an_override_picked_names_the_group():
+    assert lr_find.choice(["model=cnn", "optimizer=sgd", "optimizer.lr=0.1", "+optimizer=adam"], "optimizer",
+                          "SGD") == "adam"
+    assert lr_find.choice(["optimizer.lr=0.1"], "optimizer", "SGD") == "SGD"
+
+
+def test_landscape_figure_names_which_run_is_alpha_0_and_which_alpha_1():
+    from nnopt_cli.cli import landscape
+    from tests.compare.test_plot_labels import render_strictly, texts
+
+    rows = [{"alpha": a / 4, "loss": 1.0 + (a / 4 - 0.5) ** 2, "acc": 0.5} for a in range(-2, 7)]
+    doc = {"run": "outputs/a", "line": {"from": "outputs/a/model.pt", "to": "outputs/b/model.pt", "rows": rows},
+           "workload": {"dataset": "mnist1d", "model": "mlp"}, "samples": 100,
+           "surface": {"center": "outputs/a/model.pt", "coords": [-1.0, 0.0, 1.0],
+                       "loss": [[2.0, 1.5, 2.0], [1.5, 1.0, 1.5], [2.0, 1.5, 2.0]]}}
+    fig = landscape.figure(doc)
+    render_strictly(fig)
+    text = texts(fig)
+    assert "alpha=0: outputs/a final weights (model.pt)" in text
+    assert "alpha=1: outputs/b final weights (model.pt)" in text
+    assert "dataset=mnist1d model=mlp" in text and "model.pt -> model.pt" not in text
+    doc["line"].update({"from": "outputs/a/model.init.pt", "to": "outputs/a/model.pt"})
+    assert "alpha=0: outputs/a initial weights (model.init.pt)" in texts(landscape.figure(doc))
 
 
 def test_lr_find_never_writes_into_a_run_folder(tmp_path):
@@ -157,6 +194,7 @@ def test_landscape_line_endpoints_are_the_losses_of_the_two_weight_sets(tmp_path
     cfg = make_run(tmp_path / "a", "model.batch_norm=true")
     doc = landscape.landscape(landscape_args(tmp_path / "a", tmp_path))
     rows = {r["alpha"]: r["loss"] for r in doc["line"]["rows"]}
+    assert doc["workload"] == {"dataset": "synthetic", "model": "mlp"}
     assert rows[0.0] == pytest.approx(direct_loss(cfg, tmp_path / "a" / "model.init.pt", 100, 0), rel=1e-6)
     assert rows[1.0] == pytest.approx(direct_loss(cfg, tmp_path / "a" / "model.pt", 100, 0), rel=1e-6)
     assert len(doc["surface"]["loss"]) == 3 and doc["surface"]["loss"][1][1] == pytest.approx(rows[1.0], rel=1e-6)
