@@ -182,7 +182,8 @@ def build(args: argparse.Namespace, study: Study, title: str) -> Report:
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
 table{border-collapse:collapse;font-size:.9rem;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.2rem .5rem}
-th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.wide{overflow-x:auto}  /* a wide table scrolls inside the page instead of spilling off it */
 .green{color:#17701f}.red{color:#b01c1c}.yellow{color:#8a6d00}img{max-width:100%}
 pre{background:#f6f6f6;padding:.5rem;overflow-x:auto;font-size:.8rem}.note{color:#555;font-size:.85rem}"""
 
@@ -195,7 +196,7 @@ def html_table(table: Table) -> str:
     keys = [c.key for c in table.columns]
     numeric = {k: is_numeric_column(table, k) for k in keys}
     styled = {c.key for c in table.columns if c.kind in ("status", "verdict")}
-    out = ["<table>", "<tr>" + "".join(f"<th>{_h(k)}</th>" for k in keys) + "</tr>"]
+    out = ['<div class="wide"><table>', "<tr>" + "".join(f"<th>{_h(k)}</th>" for k in keys) + "</tr>"]
     for row in table.rows:
         cells = []
         for k in keys:
@@ -206,7 +207,7 @@ def html_table(table: Table) -> str:
             attr = f' class="{" ".join(cls)}"' if cls else ""
             cells.append(f"<td{attr}>{_h(text)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     out += [f'<p class="note">{_h(n)}.</p>' for n in table.notes]
     return "\n".join(out)
 
