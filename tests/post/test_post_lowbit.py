@@ -143,7 +143,7 @@ def test_fake_stage_keeps_a_float_model_and_records_the_simulated_bits(tmp_path)
 
 @pytest.mark.parametrize("overrides,key", [
     (["post.quantize.bits=4"], "post.quantize.bits"),                                        # dynamic is int8
-    (["post.quantize.method=fake", "post.quantize.bits=1"], "post.quantize.bits"),
+    (["post.quantize.method=fake", "post.quantize.bits=0"], "post.quantize.bits"),
     (["post.quantize.method=fake", "post.quantize.bits=16"], "post.quantize.bits"),
     (["post.quantize.method=weight_only", "post.quantize.backend=torchao", "post.quantize.bits=4"],
      "post.quantize.granularity"),                                                           # no per-tensor intN
