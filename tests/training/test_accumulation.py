@@ -7,10 +7,15 @@ import torch
 from nnopt_cli.data import load_splits
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.models import make_model
+from nnopt_cli.run import recipe as runner
+from nnopt_cli.run.recipe import RunContext
+from nnopt_cli.run.recipe import train as run_train
 from nnopt_cli.run.validate import validate
 from nnopt_cli.training.observers import Observer, Observers
 from nnopt_cli.training.trainer import Trainer
 from tests.conftest import compose_cfg
+from tests.run.test_resume import assert_same_run
+from tests.training.test_interrupt import StopAfter
 
 # 100 samples: three steps of 32 and a short last one of 4 (split into micro-batches of 1)
 SMALL = ["dataset.n_train=164", "dataset.val_size=64", "epochs=2"]
@@ -116,3 +121,16 @@ def test_every_policy_takes_accumulate(policy):
     a = Trainer(cfg, model, 1000, torch.device("cpu")).policy.epoch_sizes(1, 10000)
     b = Trainer(plain, model, 1000, torch.device("cpu")).policy.epoch_sizes(1, 10000)
     assert a[0] == 2 * b[0] and sum(a) == sum(b) == 10000
+
+
+def test_an_interrupt_lands_between_optimizer_steps_and_resumes_bit_exact(tmp_path, monkeypatch):
+    # 320 samples / (8 x 4) = 10 optimizer steps an epoch: stopped after step 2 of epoch 1
+    cfg = compose_cfg("epochs=2", "batch_size.size=8", "batch_size.accumulate=4", "model.dropout=0.3",
+                      "scheduler=onecycle", "dataset.n_train=384", "dataset.val_size=64")
+    run_train(cfg, RunContext(tmp_path / "alone"))
+    with monkeypatch.context() as m:
+        m.setattr(runner, "Interrupt", lambda: StopAfter(3))
+        summary = run_train(cfg, RunContext(tmp_path / "cut"))
+    assert summary["status"] == "interrupted"
+    run_train(cfg, RunContext(tmp_path / "cut", resume=True))
+    assert_same_run(tmp_path / "alone", tmp_path / "cut")
