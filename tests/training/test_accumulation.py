@@ -1,6 +1,8 @@
 """Gradient accumulation (batch_size.accumulate=k): k micro-batches then one optimizer step compute
 what one step on the big batch does, and everything counted in steps counts optimizer steps."""
 
+import os
+
 import pytest
 import torch
 
@@ -13,8 +15,9 @@ from nnopt_cli.run.recipe import train as run_train
 from nnopt_cli.run.validate import validate
 from nnopt_cli.training.observers import Observer, Observers
 from nnopt_cli.training.trainer import Trainer
-from tests.conftest import compose_cfg
+from tests.conftest import REPO, TINY, compose_cfg
 from tests.run.test_resume import assert_same_run
+from tests.training.test_distributed import torchrun
 from tests.training.test_interrupt import StopAfter
 
 # 100 samples: three steps of 32 and a short last one of 4 (split into micro-batches of 1)
@@ -50,7 +53,7 @@ def assert_same_weights(a, b, atol=1e-6):
         torch.testing.assert_close(p, q, rtol=0, atol=atol, msg=name)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "momentum"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "momentum", "sam"])
 def test_four_micro_batches_of_8_step_like_one_batch_of_32(optimizer):
     extra = [f"optimizer={optimizer}", "scheduler=cosine"]  # a per-epoch LR schedule moves too
     big_model, big, big_rows, big_seen = train(*extra, "batch_size.size=32")
@@ -134,3 +137,19 @@ def test_an_interrupt_lands_between_optimizer_steps_and_resumes_bit_exact(tmp_pa
     assert summary["status"] == "interrupted"
     run_train(cfg, RunContext(tmp_path / "cut", resume=True))
     assert_same_run(tmp_path / "alone", tmp_path / "cut")
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_accumulating_train_like_one_big_batch(tmp_path):
+    # TINY's batch of 64 as 4 micro-batches of 16 (8 a rank), gradients synchronized once a step
+    args = [*TINY, "dataset.noise=2.0", "batch_size.size=16", "batch_size.accumulate=4"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("NNOPT_DEBUG", None)
+    out = torchrun(args, tmp_path, env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (folder,) = {p.parent for p in (tmp_path / "outputs").rglob("summary.json")}
+    run_train(compose_cfg(*args[len(TINY):], "batch_size.size=64", "batch_size.accumulate=1"),
+              RunContext(run_dir=tmp_path / "single", live_progress=False))
+    ddp, single = (torch.load(d / "model.pt", weights_only=True) for d in (folder, tmp_path / "single"))
+    for k in single:  # plain two-rank DDP is itself ~1e-5 from one process (all-reduce round-off)
+        torch.testing.assert_close(ddp[k], single[k], rtol=0, atol=5e-5, msg=k)
