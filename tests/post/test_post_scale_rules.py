@@ -159,6 +159,26 @@ def test_fake_stage_records_the_rule_and_per_layer_errors(tmp_path):
     assert all(torch.unique(row).numel() <= 15 for row in model[1].weight)
 
 
+def test_asymmetric_weight_only_stage_records_errors_and_reloads(tmp_path):
+    pytest.importorskip("torchao")
+    summary, data = run_stage(tmp_path, "model.hidden=[32]", "post.quantize.method=weight_only",
+                              "post.quantize.backend=torchao", "post.quantize.bits=4",
+                              "post.quantize.granularity=per_channel", "post.quantize.scheme=asymmetric")
+    st = summary["stages"][0]
+    assert st["status"] == "completed" and "ASYMMETRIC" in st["scale_rule"]
+    assert set(st["layer_errors"]) == {"1", "3"}
+    assert all(0 < v["rel_l2_error"] < 0.3 for v in st["layer_errors"].values())
+    model = load_stage_model(tmp_path, "model.quantized.pt")
+    assert model[1].weight.target_dtype == torch.int4 and bool((model[1].weight.zero_point != 0).any())
+    assert reloaded_acc(tmp_path, data) == pytest.approx(st["after"]["test/acc"])
+
+
+def test_dynamic_int8_stage_records_per_layer_errors(tmp_path):
+    summary, _ = run_stage(tmp_path, "model.hidden=[32]")
+    errors = summary["stages"][0]["layer_errors"]
+    assert set(errors) == {"1", "3"} and all(0 < v["rel_l2_error"] < 0.02 for v in errors.values())
+
+
 def test_one_bit_qat_trains_above_chance_and_saves_two_values_per_unit(tmp_path):
     summary, data = run_stage(tmp_path, "model.hidden=[64]", "post.quantize.method=qat", "post.quantize.bits=1",
                               "post.quantize.scale=mean", "post.quantize.granularity=per_channel",
