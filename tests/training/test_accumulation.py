@@ -153,3 +153,30 @@ def test_two_gloo_processes_accumulating_train_like_one_big_batch(tmp_path):
     ddp, single = (torch.load(d / "model.pt", weights_only=True) for d in (folder, tmp_path / "single"))
     for k in single:  # plain two-rank DDP is itself ~1e-5 from one process (all-reduce round-off)
         torch.testing.assert_close(ddp[k], single[k], rtol=0, atol=5e-5, msg=k)
+
+
+def test_lr_find_ramps_with_the_runs_micro_batches():
+    from nnopt_cli.cli.lr_find import ramp_trainer
+
+    cfg = compose_cfg("batch_size.size=16", "batch_size.accumulate=4")
+    model = make_model(cfg, (1, 28, 28), 10)
+    trainer = ramp_trainer(cfg, model, 320, torch.device("cpu"), 16, 12, accumulate=4)
+    assert trainer.accumulate == 4 and trainer.policy.epoch_sizes(0, 320) == [64] * 5
+    assert trainer.policy.epochs == 3  # 12 optimizer steps of 64 over 320 samples
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_loss_scaling_unscales_once_per_accumulated_step():
+    extra = ["device=cuda", "precision=fp16", "optimizer=adam"]
+    cfg_big = compose_cfg(*SMALL, "model.hidden=[16]", *extra, "batch_size.size=32")
+    cfg_acc = compose_cfg(*SMALL, "model.hidden=[16]", *extra, "batch_size.size=8", "batch_size.accumulate=4")
+    models = []
+    for cfg in (cfg_big, cfg_acc):
+        data = load_splits(cfg["dataset"]).to(torch.device("cuda"))
+        torch.manual_seed(cfg["seed"])
+        net = make_model(cfg, data.input_shape, data.num_classes).cuda()
+        trainer = Trainer(cfg, net, len(data.train_x), torch.device("cuda"))
+        trainer.train_epoch(1, data.train_x, data.train_y)
+        models.append(net)
+    assert_same_weights(*models, atol=1e-2)  # fp16 products differ with the batch's shape
