@@ -119,13 +119,14 @@ def range_test(trainer: Trainer, data, start_lr: float, end_lr: float, steps: in
 
 
 def ramp_trainer(cfg: dict, model: nn.Module, n_train: int, device: torch.device, batch_size: int,
-                 steps: int) -> Trainer:
-    """A Trainer for the range test: the run's settings, but one fixed batch size, no LR schedule,
-    no LR scaling and no weight averaging (the ramp alone sets the LR)."""
-    epochs = -(-steps // -(-n_train // batch_size))
+                 steps: int, accumulate: int = 1) -> Trainer:
+    """A Trainer for the range test: the run's settings, but one fixed batch size (micro-batches of
+    `batch_size`, `accumulate` of them a step, as the run), no LR schedule, no LR scaling and no
+    weight averaging (the ramp alone sets the LR)."""
+    epochs = -(-steps // -(-n_train // (batch_size * accumulate)))
     cfg = {**cfg, "scheduler": {"name": "none"}, "epochs": epochs,
            "batch_size": {"policy": "fixed", "size": batch_size, "lr_scaling": "none",
-                          "base_size": batch_size}}
+                          "base_size": batch_size, "accumulate": accumulate}}
     return Trainer(cfg, model, n_train, device, epochs=epochs)
 
 
@@ -205,11 +206,13 @@ def lr_find(args: argparse.Namespace) -> dict:
     data = runs.load_data(cfg["dataset"]).to(device)
     model = runs.make_model(cfg, data.input_shape, data.num_classes).to(device)
     bs = int(cfg["batch_size"].get("size") or cfg["batch_size"].get("base_size") or 128)
-    trainer = ramp_trainer(cfg, model, len(data.train_x), device, bs, args.steps)
+    accumulate = int(cfg["batch_size"].get("accumulate", 1))
+    trainer = ramp_trainer(cfg, model, len(data.train_x), device, bs, args.steps, accumulate)
     test = range_test(trainer, data, args.start_lr, args.end_lr, args.steps, stop_factor=args.stop_factor)
     sugg = test.suggestions()
     meta = {"overrides": list(args.overrides), "start_lr": args.start_lr, "end_lr": args.end_lr,
             "steps": args.steps, "beta": 0.98, "stop_factor": args.stop_factor, "batch_size": bs,
+            "accumulate": accumulate,
             "optimizer": cfg["optimizer"].get("_target_"),
             "names": {"optimizer": choice(args.overrides, "optimizer", str(cfg["optimizer"].get("_target_", "")).rsplit(".", 1)[-1]),
                       "model": choice(args.overrides, "model", cfg["model"].get("name")),

@@ -3,6 +3,11 @@
 Every policy answers one question up front: which batch sizes does epoch e use? Knowing the
 whole schedule before training lets per-step LR schedules (OneCycle, warm-up) get the exact
 number of steps, and makes `random` reproducible from the seed.
+
+Gradient accumulation (`accumulate=k`): every size a policy gives is that of a micro-batch; an
+optimizer step takes k of them, so the sizes listed here (one per optimizer step) are k times the
+policy's, drawn from the same permutation as one big batch, and the trainer splits each step's
+batch into its k micro-batches.
 """
 
 from __future__ import annotations
@@ -45,13 +50,17 @@ def check_batch_size(b: dict, scheduler: dict, batch_norm: bool = False) -> None
         need_int("batch_size.min_size", b.get("min_size"), least, MAX_BATCH)
         need_int("batch_size.max_size", b.get("max_size"), b["min_size"], MAX_BATCH)
     need_int("batch_size.base_size", b.get("base_size"), 1, MAX_BATCH)
+    # the largest micro-batch the policy gives; an optimizer step takes `accumulate` of them
+    largest = (max(b["start"], b["end"]) if b["policy"] == "ramp" else
+               b["max_size"] if b["policy"] in ("double", "random") else b["size"])
+    need_int("batch_size.accumulate", b.get("accumulate", 1), 1, MAX_BATCH // largest)
 
 
 class BatchSizePolicy:
     def __init__(self, policy: str, size: int, *, epochs: int, seed: int = 0, start: int | None = None,
                  end: int | None = None, every: int = 1, factor: float = 2.0, max_size: int | None = None,
                  min_size: int | None = None, growth_epochs: list[int] | None = None,
-                 lr_scaling: str = "none", base_size: int | None = None, min_batch: int = 1):
+                 lr_scaling: str = "none", base_size: int | None = None, min_batch: int = 1, accumulate: int = 1):
         self.policy, self.size, self.epochs, self.seed = policy, size, epochs, seed
         self.start, self.end = start, end
         self.every, self.factor, self.max_size, self.min_size = every, factor, max_size, min_size
@@ -62,6 +71,7 @@ class BatchSizePolicy:
         # the smallest batch a step may get: a shorter last batch joins the one before it
         # (BatchNorm needs 2 samples to train; 1 keeps every batch as it always was)
         self.min_batch = min_batch
+        self.accumulate = accumulate  # micro-batches per optimizer step
 
     @classmethod
     def from_config(cls, b: dict, scheduler: dict, epochs: int, seed: int, min_batch: int = 1) -> BatchSizePolicy:
@@ -76,6 +86,7 @@ class BatchSizePolicy:
             every=b.get("every", 1), factor=(1 / scheduler["gamma"]) if growth is not None else b.get("factor", 2.0),
             max_size=b.get("max_size"), min_size=b.get("min_size"), growth_epochs=growth,
             lr_scaling=b["lr_scaling"], base_size=b["base_size"], min_batch=min_batch,
+            accumulate=b.get("accumulate", 1),
         )
 
     def epoch_size(self, epoch: int) -> int:
@@ -98,16 +109,18 @@ class BatchSizePolicy:
         raise ValueError(f"policy {self.policy!r} has no single size per epoch")
 
     def epoch_sizes(self, epoch: int, n: int) -> list[int]:
-        """The batch sizes of every step of epoch `epoch` over `n` samples (the last may be short)."""
+        """The batch sizes of every optimizer step of epoch `epoch` over `n` samples (the last may be
+        short): `accumulate` micro-batches of the policy's size each."""
+        k = getattr(self, "accumulate", 1)  # a checkpoint written before accumulation had no such key
         if self.policy == "random":
             rng = np.random.default_rng([self.seed, epoch])
             sizes, left = [], n
             while left > 0:
-                b = int(rng.integers(self.min_size, self.max_size + 1))
+                b = int(rng.integers(self.min_size, self.max_size + 1)) * k
                 sizes.append(min(b, left))
                 left -= b
         else:
-            b = self.epoch_size(epoch)
+            b = self.epoch_size(epoch) * k
             full, rest = divmod(n, b)
             sizes = [b] * full + ([rest] if rest else [])
         if len(sizes) > 1 and sizes[-1] < getattr(self, "min_batch", 1):

@@ -105,7 +105,8 @@ def load_stage_model(run_dir: str | Path, file: str = "model.pruned.pt", trusted
     model = make_model({**cfg, "model": model_cfg}, shape, num_classes)
     if stage["name"] == "quantize":
         q = stage["settings"]
-        model = Q.rebuild_quantized(model, q["method"], q["backend"], q["granularity"], shape, q.get("bits", 8))
+        model = Q.rebuild_quantized(model, q["method"], q["backend"], q["granularity"], shape, q.get("bits", 8),
+                                     q.get("scheme", "symmetric"))
     verify_checksum(run_dir / file)
     model.load_state_dict(load_state(run_dir / file))
     return model.eval()

@@ -12,12 +12,18 @@ weight_only  `bits`-bit weights, dequantized for a float matmul; Linear layers; 
              bits=8: Int8WeightOnlyConfig. bits<8: IntxWeightOnlyConfig(torch.int<bits>), the CPU
              path (Int4WeightOnlyConfig needs CUDA kernels: tinygemm / mslk); its values are
              stored one per int8 byte, so the file is int8-sized (size_packed_bytes: b bits each)
-fake         `bits`-bit weights simulated in float (fake_quant.py): any width 2..8, per tensor
-             or per channel, Linear and Conv layers; for the accuracy-vs-bits curve
+fake         `bits`-bit weights simulated in float (fake_quant.py): any width 1..8 (1: binary),
+             per tensor or per channel, Linear and Conv layers, any scale rule and scheme; for the
+             accuracy-vs-bits curve
 qat          quantization-aware training (qat.py): torchao fake-quantizes the Linear weights to
              `bits` bits, the run's optimizer fine-tunes `finetune_epochs`, then it converts
-             to the weight_only model of the same bits
+             to the weight_only model of the same bits; bits=1: nnopt's own binarization (torchao
+             has no 1-bit config) of Linear and Conv weights, a float model at the end
 granularity  per_tensor: one scale per weight tensor; per_channel: one per output unit
+scale        how a group's clipping range is chosen (max | mean | percentile | mse, fake_quant.py);
+             torch.ao and torchao choose theirs by max|w|, so only fake and 1-bit qat take others
+scheme       symmetric (zero at the grid's centre) | asymmetric (unsigned range, zero point): fake,
+             and weight_only through torchao's MappingType.ASYMMETRIC
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ QUANTIZABLE = {"dynamic": (nn.Linear,), "static": (nn.Linear, nn.Conv2d), "weigh
 # torchao's symmetric intN mapping (choose_qparams_affine), for weight_only and qat
 TORCHAO_SCALE_RULE = ("symmetric: scale = max|w| / ((2^b - 1) / 2) per output unit, w' = clamp(round(w / scale), "
                       "-2^(b-1), 2^(b-1)-1) * scale (torchao MappingType.SYMMETRIC)")
+TORCHAO_ASYMMETRIC_RULE = ("asymmetric: scale = (max(w) - min(w)) / (2^b - 1) per output unit, zero point "
+                           "-2^(b-1) - round(min(w) / scale), w' = (clamp(round(w / scale) + zp, -2^(b-1), "
+                           "2^(b-1)-1) - zp) * scale (torchao MappingType.ASYMMETRIC)")
 # activations with an int8 CPU kernel (static quantization runs them on quantized tensors)
 STATIC_ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "sigmoid", "tanh")
 # sequences fused before static quantization (torch.ao.quantization.fuse_modules)
@@ -92,26 +101,59 @@ def check_settings(s: dict, activation: str) -> None:
     need_int("post.quantize.calibration_batches", s["calibration_batches"], 1)
     need_int("post.quantize.calibration_batch_size", s["calibration_batch_size"], 1)
     bits, method = s.get("bits", 8), s["method"]
-    need_int("post.quantize.bits", bits, 2, 8)
+    need_int("post.quantize.bits", bits, 1, 8)
     need_int("post.quantize.finetune_epochs", s.get("finetune_epochs", 1), 1)
     need_num("post.quantize.lr_scale", s.get("lr_scale", 1.0), gt=0)
+    check_rule(s)
     reason = check_combination(method, s["backend"])
-    if reason:
+    if reason and not (method == "qat" and bits == 1):  # 1-bit QAT is nnopt's own: no engine
         raise ConfigError("post.quantize.method", method, reason)
     if bits != 8 and method in ("dynamic", "static"):
         raise ConfigError("post.quantize.bits", bits, f"8 with method={method} (int8 kernels); below 8 bits: "
                           "method=weight_only or qat (torchao) or fake (simulated)")
-    if s["granularity"] == "per_tensor" and (method == "qat" or (method == "weight_only" and bits < 8)):
+    if s["granularity"] == "per_tensor" and ((method == "qat" and bits > 1) or (method == "weight_only" and bits < 8)):
         raise ConfigError("post.quantize.granularity", "per_tensor", f"per_channel for method={method} with "
                           f"bits={bits} (torchao's IntxWeightOnlyConfig has no per-tensor scale)")
     if method == "static" and activation not in STATIC_ACTIVATIONS:
         raise ConfigError("activation.name", activation, "with post.quantize.method=static one of "
                           + ", ".join(STATIC_ACTIVATIONS) + " (no int8 CPU kernel for it)")
-    if s["backend"] == "torchao" and method != "fake":
+    if s["backend"] == "torchao" and method != "fake" and not (method == "qat" and bits == 1):
         try:
             import_torchao()
         except ImportError:
             raise ConfigError("post.quantize.backend", "torchao", "needs the torchao package (pip install torchao)") from None
+
+
+def check_rule(s: dict) -> None:
+    """bits=1 and the scale / scheme keys, against the method (ConfigError on the first problem)."""
+    method, bits = s["method"], s.get("bits", 8)
+    need_choice("post.quantize.scale", s.get("scale", "auto"), F.SCALES)
+    scale, scheme = F.scale_rule(s), s.get("scheme", "symmetric")
+    need_choice("post.quantize.scheme", scheme, F.SCHEMES)
+    need_num("post.quantize.percentile", s.get("percentile", 99.9), gt=0, le=100)
+    need_num("post.quantize.mean_factor", s.get("mean_factor", 1.0), gt=0)
+    if bits == 1 and method not in ("fake", "qat"):
+        raise ConfigError("post.quantize.bits", 1, "1 (binary weights) with method=fake or qat "
+                          f"(method={method} has no 1-bit kernel); for {method}: 2..8")
+    if bits == 1 and scale == "max":
+        raise ConfigError("post.quantize.scale", "max", "mean (XNOR-Net: c = mean_factor * mean|w|, mean_factor=1), "
+                          "percentile or mse with bits=1 (max|w| would set nearly every weight to +-max|w|)")
+    own_rule = method == "fake" or (method == "qat" and bits == 1)
+    if scale != "max" and not own_rule:
+        raise ConfigError("post.quantize.scale", scale, f"max with method={method} (its engine sets the scale from "
+                          "max|w|); other rules: method=fake, or qat with bits=1")
+    if scheme == "asymmetric":
+        if bits == 1:
+            raise ConfigError("post.quantize.scheme", scheme, "symmetric with bits=1 (binary weights are +-c)")
+        if method not in ("fake", "weight_only"):
+            raise ConfigError("post.quantize.scheme", scheme, f"symmetric with method={method}; asymmetric: "
+                              "method=fake, or weight_only with backend=torchao")
+        if scale not in ("max", "percentile"):
+            raise ConfigError("post.quantize.scale", scale, "max or percentile with scheme=asymmetric (the range "
+                              "is min..max or the (100-p)th..pth percentiles of w)")
+        if method == "weight_only" and s["granularity"] != "per_channel":
+            raise ConfigError("post.quantize.granularity", s["granularity"], "per_channel with "
+                              "method=weight_only scheme=asymmetric (torchao's IntxWeightOnlyConfig)")
 
 
 def quantizable_layers(model: nn.Module, method: str) -> int:
@@ -145,7 +187,7 @@ def _eager_prepare_static(model: nn.Module, granularity: str) -> nn.Module:
 
 
 def quantize_model(model: nn.Module, method: str, backend: str, granularity: str,
-                   calibration: Iterable[torch.Tensor] = (), bits: int = 8) -> nn.Module:
+                   calibration: Iterable[torch.Tensor] = (), bits: int = 8, scheme: str = "symmetric") -> nn.Module:
     """A quantized copy of `model` on the CPU (the input model is unchanged); dynamic, static and
     weight_only (fake: fake_quant.fake_quantize_model; qat: qat.py, which ends here).
 
@@ -173,8 +215,8 @@ def quantize_model(model: nn.Module, method: str, backend: str, granularity: str
         gran = PerRow() if granularity == "per_channel" else PerTensor()
         if method == "dynamic":
             config = Int8DynamicActivationInt8WeightConfig(granularity=gran)
-        elif bits < 8 or method == "qat":  # qat converts with the config its fake quantizers simulated
-            config = intx_weight_config(bits)
+        elif bits < 8 or method == "qat" or scheme == "asymmetric":  # qat: the config its quantizers simulated
+            config = intx_weight_config(bits, scheme)
         else:
             config = Int8WeightOnlyConfig(granularity=gran)
         quantize_(model, config)
@@ -203,32 +245,75 @@ def _eager_quantize(model: nn.Module, method: str, granularity: str,
 
 
 def rebuild_quantized(model: nn.Module, method: str, backend: str, granularity: str,
-                      input_shape: tuple[int, ...], bits: int = 8) -> nn.Module:
+                      input_shape: tuple[int, ...], bits: int = 8, scheme: str = "symmetric") -> nn.Module:
     """The same quantized structure as the quantize stage made, ready for `load_state_dict` of a
     saved `model.quantized.pt` (the calibration here is a placeholder: the loaded state replaces
-    every scale and zero point). A fake-quantized model is a float model: returned as it is."""
-    if method == "fake":
+    every scale and zero point). A fake-quantized or 1-bit QAT model is a float model: returned as it is."""
+    if method == "fake" or (method == "qat" and bits == 1):
         return model
-    return quantize_model(model, method, backend, granularity, calibration=[torch.randn(2, *input_shape)], bits=bits)
+    return quantize_model(model, method, backend, granularity, calibration=[torch.randn(2, *input_shape)], bits=bits,
+                          scheme=scheme)
+
+
+def dequantized_weight(m: nn.Module) -> torch.Tensor | None:
+    """A layer's weight as float values, whichever engine quantized it (None: no weight)."""
+    w = getattr(m, "weight", None)
+    if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao's quantized modules: weight()
+        w = w()
+    if not isinstance(w, torch.Tensor):
+        return None
+    return w.dequantize().float() if (w.is_quantized or hasattr(w, "qdata")) else w.detach().float()
+
+
+def layer_errors(reference: nn.Module, quantized: nn.Module) -> dict[str, dict[str, float]]:
+    """Per quantizable layer (by name), the reconstruction error of its quantized weight against the
+    float weight it was made from (layers whose names changed, as static's fused ones, are left out)."""
+    ref = dict(reference.named_modules())
+    out = {}
+    for name, m in quantized.named_modules():
+        if not name or name not in ref or not isinstance(ref[name], F.LAYERS):
+            continue
+        w = dequantized_weight(m)
+        if w is not None and w.shape == ref[name].weight.shape:
+            out[name] = F.reconstruction_error(ref[name].weight.cpu(), w.cpu())
+    return out
 
 
 def run(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
     s = ctx.cfg["post"]["quantize"]
-    method, bits = s["method"], s.get("bits", 8)
+    method, bits, rule = s["method"], s.get("bits", 8), F.Rule.from_settings(s)
+    # zero points are stored like scales: one float32 each
+    per_scale = 2 if rule.scheme == "asymmetric" else 1
     if method == "fake":  # a float model on the weights' b-bit grid: stays on the run's device
-        q, layers = F.fake_quantize_model(model, bits, s["granularity"])
+        q, layers = F.fake_quantize_model(model, rule)
         scales = sum(v["scales"] for v in layers.values())
-        info = {"engine": "torch.fake_quantize_per_tensor_affine / _per_channel_affine (simulated, float model)",
-                "bits": bits, "scale_rule": F.SCALE_RULE.format(granularity=s["granularity"].replace("_", " ")),
+        info = {"engine": "torch.fake_quantize_per_channel_affine (simulated, float model)" if bits > 1 else
+                "sign(w) * c (simulated, float model)", "bits": bits, "scale_rule": rule.describe(),
                 "fake_layers": layers}
-        extra = {"weight_bits": float(bits), "size_packed_bytes": F.packed_bytes(q, bits, scales)}
+        extra = {"weight_bits": float(bits), "size_packed_bytes": F.packed_bytes(q, bits, per_scale * scales)}
         return StageResult(q, model_cfg, info, after_extra=extra,
-                           headline=f"quantize: {bits}-bit fake quantization ({s['granularity']}), float model")
+                           headline=f"quantize: {bits}-bit fake quantization ({s['granularity']}, scale={rule.scale}, "
+                                    f"{rule.scheme}), float model")
     info: dict[str, Any] = {"engine": "torch.ao.quantization (eager)" if s["backend"] == "eager" else "torchao.quantization"}
+    reference = model  # the float weights the quantized ones are compared with
+    if method == "qat" and bits == 1:
+        tag = {"stage": "quantize", "role": "qat", "bits": bits}
+        prepared, q = qat.quantization_aware_training(
+            model, rule, lambda m: ctx.fit(m, s["finetune_epochs"], tag, lr_scale=s["lr_scale"]))
+        reference = qat.real_valued(prepared, model)
+        groups = sum(len(m.weight) if rule.granularity == "per_channel" else 1 for m in q.modules()
+                     if isinstance(m, F.LAYERS))
+        info = {"engine": "nnopt binarization: sign(w) * c forward, BinaryConnect straight-through gradient "
+                          "(|w| <= 1), a float model", "bits": 1, "scale_rule": rule.describe(),
+                "fake_quantized": ctx.test(prepared), "layer_errors": layer_errors(reference, q)}
+        extra = {"weight_bits": 1.0, "size_packed_bytes": F.packed_bytes(q, 1, groups)}
+        return StageResult(q, model_cfg, info, after_extra=extra,
+                           headline=f"quantize: 1-bit QAT ({s['granularity']}, scale={rule.scale}), float model")
     if method == "qat":
         tag = {"stage": "quantize", "role": "qat", "bits": bits}
         prepared, q = qat.quantization_aware_training(
-            model, bits, lambda m: ctx.fit(m, s["finetune_epochs"], tag, lr_scale=s["lr_scale"]))
+            model, rule, lambda m: ctx.fit(m, s["finetune_epochs"], tag, lr_scale=s["lr_scale"]))
+        reference = prepared  # its float weights, as trained
         info.update(engine="torchao.quantization.qat (QATConfig prepare/convert with IntxWeightOnlyConfig)",
                     fake_quantized=ctx.test(prepared))  # the trained model before conversion
     else:
@@ -238,14 +323,17 @@ def run(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
         calibration = (ctx.data.train_x[perm[i:i + bs]]
                        for i in range(0, min(len(perm), bs * s["calibration_batches"]), bs))
         q = quantize_model(model, method, s["backend"], s["granularity"],
-                             calibration if method == "static" else (), bits=bits)
+                             calibration if method == "static" else (), bits=bits, scheme=rule.scheme)
+    info["layer_errors"] = layer_errors(reference, q)
     extra: dict[str, Any] = {}
-    if method in ("qat", "weight_only") and (bits < 8 or method == "qat"):
+    if rule.scheme == "asymmetric":
+        info["bits"], info["scale_rule"] = bits, TORCHAO_ASYMMETRIC_RULE
+    elif method in ("qat", "weight_only") and (bits < 8 or method == "qat"):
         info["bits"], info["scale_rule"] = bits, TORCHAO_SCALE_RULE
         info["storage"] = (f"int{bits} values stored one per int8 byte (IntxUnpackedToInt8Tensor): the file is "
                            f"int8-sized; size_packed_bytes counts {bits} bits per Linear weight")
         channels = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-        extra["size_packed_bytes"] = F.packed_bytes(model, bits, channels, layers=(nn.Linear,))
+        extra["size_packed_bytes"] = F.packed_bytes(model, bits, per_scale * channels, layers=(nn.Linear,))
     if method in ("dynamic", "static"):  # int8 kernels are invisible to torch's flop counter
         extra["flops"] = forward_flops(model, ctx.data.input_shape)
         info["flops_note"] = "FLOPs of the float model: same operations in int8, which torch's counter does not see"
@@ -253,3 +341,4 @@ def run(ctx: StageContext, model: nn.Module, model_cfg: dict) -> StageResult:
         info["note"] = f"quantized kernels run on the CPU: the quantized model was evaluated on the CPU (the run trained on {ctx.device})"
     return StageResult(q, model_cfg, info, quantized=True, after_extra=extra,
                        headline=f"quantize: {info.get('note', info['engine'])}")
+

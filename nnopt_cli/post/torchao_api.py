@@ -17,9 +17,11 @@ def import_torchao():
     return torchao
 
 
-def intx_weight_config(bits: int):
-    """torchao's weight-only config for `bits` < 8 (per output unit, symmetric; runs on the CPU)."""
+def intx_weight_config(bits: int, scheme: str = "symmetric"):
+    """torchao's weight-only config for `bits` bits (per output unit, symmetric or asymmetric with a
+    zero point; runs on the CPU)."""
     import_torchao()
-    from torchao.quantization import IntxWeightOnlyConfig, PerAxis
+    from torchao.quantization import IntxWeightOnlyConfig, MappingType, PerAxis
 
-    return IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=PerAxis(0))
+    mapping = MappingType.ASYMMETRIC if scheme == "asymmetric" else MappingType.SYMMETRIC
+    return IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=PerAxis(0), mapping_type=mapping)

@@ -93,6 +93,11 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "post.quantize.finetune_epochs": 1,
     "post.quantize.lr_scale": 1.0,
     "post.distill.targets": "soft",
+    "post.quantize.scale": "auto",
+    "post.quantize.scheme": "symmetric",
+    "post.quantize.percentile": 99.9,
+    "post.quantize.mean_factor": 1.0,
+    "batch_size.accumulate": 1,
     "averaging": {"name": "none"},
 }
 

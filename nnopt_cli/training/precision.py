@@ -37,12 +37,14 @@ class LossScaler:
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 create_graph: bool = False) -> None:
+                 create_graph: bool = False, unscale: bool = True) -> None:
+        """unscale=False: more gradients will be added first (accumulation unscales once, at the last)."""
         if self.scaler is None:
             loss.backward(create_graph=create_graph)
             return
         self.scaler.scale(loss).backward(create_graph=create_graph)
-        self.scaler.unscale_(optimizer)
+        if unscale:
+            self.scaler.unscale_(optimizer)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:

@@ -9,6 +9,14 @@ batch-size LR scaling (BatchSizePolicy.scaled_lr), DDP loss scaling (_batch_loss
 none, the base Observer, whose hooks do nothing). The resume of an epoch an interrupt cut short is
 EpochSums.resumed.
 
+Gradient accumulation (batch_size.accumulate=k): a step's batch is split into k micro-batches (the
+policy's size each: the big batch's own slices, from the same permutation); the closure runs forward
+and backward on each in turn, every micro-batch's loss weighted by its share of the step's samples
+(1/k when they are equal), so the summed gradient is the big batch's; the penalty joins once, then
+clipping and one optimizer step. A closure optimizer (L-BFGS, SAM's second pass) gets the whole
+step's gradient at every call. Everything counted in steps (scheduler, counters, log_every,
+eval_every_steps, gradient-norm samples) counts optimizer steps. With k = 1 the step is the plain one.
+
 The optimizer's protocol decides how the step gets its gradients, in one place for all of nnopt:
 optim.optimizers.optimizer_step. forward -> loss -> backward -> clip is the closure it is given; it
 calls the closure once (plain, create_graph), hands it to the optimizer (closure: L-BFGS calls it for
@@ -30,6 +38,7 @@ post-training fine-tunes and lr-find alike.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -78,6 +87,8 @@ class Trainer:
         n_epochs = cfg["epochs"] if epochs is None else epochs
         self.policy = BatchSizePolicy.from_config(cfg["batch_size"], cfg["scheduler"], n_epochs, cfg["seed"],
                                                   min_batch=min_batch)
+        self.accumulate = self.policy.accumulate  # micro-batches per optimizer step
+        self.min_micro = 2 if cfg["model"].get("batch_norm") else 1  # samples per micro-batch on a rank
         self.optimizer = build_optimizer(cfg["optimizer"], model)
         self.protocol = Protocol.from_config(cfg["optimizer"])
         # the batch growth replaces the LR decay
@@ -173,6 +184,8 @@ class Trainer:
         optimizer_step calls it (once or more) and steps the way the optimizer's protocol says. The first
         call keeps what it saw for the epoch's sums and calls the observers' before_step (gradients
         ready, weights not yet changed). fp16 is refused for every protocol that passes a closure."""
+        if self.accumulate > 1:
+            return self._accumulated_step(x, y, share, bs, measure, epoch)
         first: Step | None = None
 
         def closure(create_graph: bool = False) -> torch.Tensor:
@@ -191,6 +204,44 @@ class Trainer:
                 first = Step(out, loss, penalty, norm, info)
                 self.watching.before_step(info)
             return total
+
+        with self.policy.scaled_lr(self.optimizer, bs):
+            optimizer_step(self.optimizer, self.protocol.step, closure, self.scaler)
+        return first
+
+    def _accumulated_step(self, x: torch.Tensor, y: torch.Tensor, share: float, bs: int, measure: bool,
+                          epoch: int) -> Step:
+        """_step over `accumulate` micro-batches of (x, y): their gradients summed, then one step."""
+        first: Step | None = None
+        # near-equal slices, none smaller than batch norm can train on (a short last step has fewer)
+        parts = min(self.accumulate, max(1, len(y) // self.min_micro))
+        micro = list(zip(x.tensor_split(parts), y.tensor_split(parts), strict=True))
+
+        def closure(create_graph: bool = False) -> torch.Tensor:
+            nonlocal first
+            self.optimizer.zero_grad(set_to_none=True)
+            outs, losses = [], []
+            for j, (xj, yj) in enumerate(micro):
+                last = j == len(micro) - 1
+                # under DDP the gradients are averaged over the ranks once, at the last micro-batch
+                with self.net.no_sync() if self.world > 1 and not last else contextlib.nullcontext():
+                    with self.autocast:
+                        out = self.net(xj)
+                        mean = self.criterion(out, yj) if self.loss_fn is None else self.loss_fn(out, yj, xj)
+                        part = mean * (len(yj) / share)  # this micro-batch's share of the step's loss
+                    total, penalty = self.penalty.add_to(part, self.penalized) if last else (part, None)
+                    self.scaler.backward(total, self.optimizer, create_graph, unscale=last)
+                outs.append(out.detach())
+                losses.append(part.detach())
+            norm = self.clip(self.model, measure and first is None)
+            self.counters.forward_passes += 1  # passes over the step's batch, in micro-batches
+            self.counters.backward_passes += 1
+            loss = torch.stack(losses).sum()
+            if first is None:
+                info = StepInfo(epoch, self.counters.total_steps + 1, self.model, self.optimizer, loss, bs)
+                first = Step(torch.cat(outs), loss, penalty, norm, info)
+                self.watching.before_step(info)
+            return loss if penalty is None else loss + penalty.detach()
 
         with self.policy.scaled_lr(self.optimizer, bs):
             optimizer_step(self.optimizer, self.protocol.step, closure, self.scaler)
@@ -216,6 +267,7 @@ class Trainer:
         self.weights.to_training()
         model.train()
         sizes = self.policy.epoch_sizes(epoch - 1, n)
+        micro_size = max(1, sizes[0] // self.accumulate)  # what the model sees at once: BN recompute batches
         part = self.partial if self.partial and self.partial["epoch"] == epoch else None
         self.partial = None
         if part is not None:  # finish an epoch an interrupt cut short: same order, same sums so far
@@ -253,12 +305,12 @@ class Trainer:
             self._check_finite(done.loss, epoch, step, len(sizes))
             self.watching.after_step(done.info)
             if self.on_eval is not None:
-                eval_s += self._maybe_evaluate_at(t_start, eval_s, x_all, sizes[0])
+                eval_s += self._maybe_evaluate_at(t_start, eval_s, x_all, micro_size)
             if progress is not None and progress.live and step % self.log_every == 0:
                 progress.update(step, sums.loss_sum().item() / seen, sums.correct().item() / seen, current_lr(optimizer))
         if self.averager is not None:
             self.averager.end_epoch(model, epoch)  # SWA: the end-of-epoch weights join the average
-        self.weights.to_evaluation(x_all, sizes[0])
+        self.weights.to_evaluation(x_all, micro_size)
         self.counters.train_s += time.perf_counter() - t_start - eval_s
         loss_sum, penalty, correct = sums.loss_sum(), sums.penalty, sums.correct()
         if self.world > 1:  # the epoch's metrics count every rank's samples

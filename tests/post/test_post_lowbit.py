@@ -143,7 +143,7 @@ def test_fake_stage_keeps_a_float_model_and_records_the_simulated_bits(tmp_path)
 
 @pytest.mark.parametrize("overrides,key", [
     (["post.quantize.bits=4"], "post.quantize.bits"),                                        # dynamic is int8
-    (["post.quantize.method=fake", "post.quantize.bits=1"], "post.quantize.bits"),
+    (["post.quantize.method=fake", "post.quantize.bits=0"], "post.quantize.bits"),
     (["post.quantize.method=fake", "post.quantize.bits=16"], "post.quantize.bits"),
     (["post.quantize.method=weight_only", "post.quantize.backend=torchao", "post.quantize.bits=4"],
      "post.quantize.granularity"),                                                           # no per-tensor intN
@@ -170,7 +170,10 @@ def test_new_keys_at_their_defaults_keep_old_run_fingerprints():
     cfg = compose_cfg("post=[prune,quantize]")
     old = {**cfg, "post": {**cfg["post"], "prune": dict(cfg["post"]["prune"]), "quantize": dict(cfg["post"]["quantize"])}}
     del old["post"]["prune"]["threshold"]  # a run folder written before these keys existed
-    for key in ("bits", "finetune_epochs", "lr_scale"):
+    for key in ("bits", "finetune_epochs", "lr_scale", "scale", "scheme", "percentile", "mean_factor"):
         del old["post"]["quantize"][key]
+    old["batch_size"] = {k: v for k, v in cfg["batch_size"].items() if k != "accumulate"}
     assert config_fingerprint(cfg) == config_fingerprint(old)
     assert config_fingerprint(compose_cfg("post=[prune,quantize]", "post.quantize.bits=4")) != config_fingerprint(old)
+    for changed in ("post.quantize.scale=mse", "post.quantize.scheme=asymmetric", "batch_size.accumulate=2"):
+        assert config_fingerprint(compose_cfg("post=[prune,quantize]", changed)) != config_fingerprint(old)
