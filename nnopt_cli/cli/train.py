@@ -45,6 +45,7 @@ from nnopt_cli.store.layout import Status
 from nnopt_cli.store.lock import RunLock
 from nnopt_cli.sweep import compose as sweep_compose
 from nnopt_cli.sweep import report as sweep
+from nnopt_cli.sweep.progress import JobProgress
 from nnopt_cli.training import distributed
 from nnopt_cli.training.device import available_cores, pin_threads
 
@@ -101,6 +102,7 @@ def train_app(cfg: DictConfig) -> float:
     previous_latest = None  # where outputs/latest pointed before this run (put back if it is refused)
     hydra_subdir = os.environ.get(HYDRA_SUBDIR_ENV) if distributed.is_rank0() else None
     signals = SetupSignals().install()  # SIGTERM outside the training loop: an interrupt, not a silent death
+    job_progress = None  # a sweep job's place in the sweep (k/N, the sweep's ETA)
     try:
         try:
             plain = OmegaConf.to_container(cfg, resolve=True)
@@ -158,8 +160,17 @@ def train_app(cfg: DictConfig) -> float:
         jobs = parallel_jobs(hc)
         if multirun and jobs > 1:  # several jobs at once on one machine: one GPU each
             plain["device"] = distributed.sweep_device(plain["device"], hc.job.num)
-        live = None if distributed.is_rank0() else False  # rank 0 alone shows progress
-        summary = train(plain, RunContext(run_dir=run_dir, parallel_jobs=jobs, live_progress=live, resume=resume))
+        # rank 0 alone shows progress; jobs running at once cannot share one live display
+        live = None if distributed.is_rank0() and not (multirun and jobs > 1) else False
+        prefix = ""
+        if multirun:
+            job_progress = JobProgress(hc.sweep.dir, list(hc.overrides.task), hc.job.num, jobs)
+            log.info("%s", job_progress.start_line())
+            prefix = job_progress.prefix
+        summary = train(plain, RunContext(run_dir=run_dir, parallel_jobs=jobs, live_progress=live, resume=resume,
+                                          progress_prefix=prefix))
+        if job_progress is not None:
+            job_progress.finish(trained=True)
     except KeyboardInterrupt:  # a signal outside the training loop (which handles them itself)
         code = 128 + (signals.signum or signal.SIGINT)
         name = signal.Signals(code - 128).name
@@ -186,6 +197,8 @@ def train_app(cfg: DictConfig) -> float:
         print(f"nnopt: error: {message}", file=sys.stderr)
         if multirun:
             log.error("job %s failed: %s", hc.job.num, message)
+            if job_progress is not None:
+                job_progress.finish(trained=False)
             # the end-of-sweep report lists it, also when the job ran in another process (joblib)
             sweep.note_job(hc.sweep.dir, run_dir.name, status, message, list(hc.overrides.task))
             return FAILED_OBJECTIVE  # the sweep goes on; the job's summary.json says failed

@@ -1,0 +1,198 @@
+"""A sweep's progress: each job says which job of how many it is, and when the sweep should end.
+
+    job 3/8 optimizer=adam,seed=1: sweep eta 2m10s (2 of 8 jobs done, 32s each, 2 at once)
+
+`SweepProgress` (hydra.callbacks in conf/train.yaml) writes the plan at the start of a multirun:
+the jobs that will run, in order, by their identity (job_dirs.identity: the same whatever
+hydra.sweep.subdir names the folders). With skip_completed=true the jobs already done in the sweep
+folder are left out, so k/N and the ETA count what runs. Each job ends by recording how long it took;
+the ETA is the mean time of the finished jobs x the jobs not finished / the jobs running at once.
+Plan and times are files under <sweep dir>/.nnopt-jobs/progress/ (read by every launcher's
+processes: in-process, forked, joblib), never in a run folder. A sweeper without a known grid
+(Optuna) gets `job k` with the ETA of the jobs finished so far, as far as it knows N.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from nnopt_cli.store.folder import read_summary, write_json
+from nnopt_cli.store.layout import Status
+from nnopt_cli.sweep import job_dirs
+from nnopt_cli.sweep.report import JOB_NOTES
+from nnopt_cli.training.progress import duration
+
+log = logging.getLogger("nnopt")
+
+PROGRESS = "progress"  # <sweep dir>/.nnopt-jobs/progress/: plan.json and one <job>.done per finished job
+PLAN = "plan.json"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+_DONE = (Status.COMPLETED, Status.DIVERGED)
+
+
+def job_key(overrides: list[str]) -> str:
+    """A job's identity as one string, as in its folder name: dataset=mnist1d,optimizer=adam,seed=1."""
+    try:
+        ident = job_dirs.identity(overrides)
+    except Exception:
+        ident = tuple(str(o) for o in overrides)
+    return ",".join(ident) or job_dirs.DEFAULTS
+
+
+def labels(jobs: list[list[str]]) -> list[str]:
+    """What tells each job apart from the others of the sweep (optimizer=adam,seed=1): its
+    overrides without those every job shares."""
+    idents = []
+    for job in jobs:
+        try:
+            idents.append(job_dirs.identity(job))
+        except Exception:
+            idents.append(tuple(str(o) for o in job))
+    shared = set.intersection(*(set(i) for i in idents)) if len(idents) > 1 else set()
+    return [",".join(o for o in ident if o not in shared) for ident in idents]
+
+
+def progress_dir(sweep_dir: str | Path) -> Path:
+    return Path(str(sweep_dir)) / JOB_NOTES / PROGRESS
+
+
+def grid(config: DictConfig) -> list[list[str]] | None:
+    """Every job's overrides in the order the basic sweeper launches them; None for other sweepers."""
+    sweeper = config.hydra.sweeper
+    if sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def already_done(config: DictConfig, jobs: list[list[str]]) -> set[int]:
+    """With skip_completed=true and folders named by nnopt_job_dir: the jobs whose folder holds a
+    finished run (they are skipped, so they are not counted)."""
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+    if not config.get("skip_completed") or "nnopt_job_dir" not in str(subdir):
+        return set()
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    done = set()
+    for i, job in enumerate(jobs):
+        summary = read_summary(sweep_dir / job_dirs.job_dir(job, sweep_dir))
+        if summary is not None and summary.get("status") in _DONE:
+            done.add(i)
+    return done
+
+
+def write_plan(config: DictConfig) -> None:
+    folder = progress_dir(config.hydra.sweep.dir)
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier multirun's times in this sweep folder
+    jobs = grid(config)
+    plan: dict[str, Any] = {"jobs": None}
+    if jobs is not None:
+        skipped = already_done(config, jobs)
+        kept = [i for i in range(len(jobs)) if i not in skipped]
+        names = labels(jobs)  # over the whole grid: a skipped job still tells the others apart
+        plan = {"jobs": [job_key(jobs[i]) for i in kept], "labels": [names[i] for i in kept],
+                "skipped": len(skipped)}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / PLAN, plan)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes()[:1 << 24])
+    except (OSError, ValueError):
+        return None
+
+
+def finished_times(sweep_dir: str | Path) -> tuple[int, list[float]]:
+    """(jobs finished, the times of those that trained: a job refused at once tells nothing of the rest)."""
+    n, times = 0, []
+    folder = progress_dir(sweep_dir)
+    for f in (folder.glob("*.done") if folder.is_dir() else []):
+        rec = _read_json(f)
+        if not isinstance(rec, dict):
+            continue
+        n += 1
+        s = rec.get("seconds")
+        if rec.get("trained") and isinstance(s, (int, float)) and math.isfinite(s):
+            times.append(float(s))
+    return n, times
+
+
+def sweep_eta(total: int | None, finished: int, times: list[float], workers: int) -> str:
+    if total is None:
+        return f"{finished} job(s) done" + (f", {duration(sum(times) / len(times))} each" if times else "")
+    if not times:
+        return f"sweep eta after the first job ends ({finished} of {total} jobs done)"
+    each = sum(times) / len(times)
+    left = max(total - finished, 0)
+    at_once = max(1, min(workers, left))
+    eta = each * math.ceil(left / at_once)
+    return (f"sweep eta {duration(eta)} ({finished} of {total} jobs done, {duration(each)} each"
+            + (f", {at_once} at once)" if at_once > 1 else ")"))
+
+
+class JobProgress:
+    """One sweep job's place in the sweep: its prefix for progress lines and its start line."""
+
+    def __init__(self, sweep_dir: str | Path, overrides: list[str], job_num: int, workers: int = 1):
+        self.sweep_dir, self.workers = sweep_dir, workers
+        self.key = self.label = job_key(overrides)
+        plan = _read_json(progress_dir(sweep_dir) / PLAN)
+        jobs = plan.get("jobs") if isinstance(plan, dict) else None
+        names = plan.get("labels") if isinstance(plan, dict) else None
+        if isinstance(jobs, list) and self.key in jobs:
+            self.k, self.total = jobs.index(self.key) + 1, len(jobs)
+            if isinstance(names, list) and len(names) == len(jobs):
+                self.label = str(names[self.k - 1])
+        else:  # a sweeper without a grid known in advance
+            self.k, self.total = job_num + 1, None
+        self.started = time.perf_counter()
+
+    @property
+    def prefix(self) -> str:
+        """[job 3/8 optimizer=adam,seed=1]: which job a progress line of a parallel sweep is from."""
+        return f"[{self.name}]"
+
+    @property
+    def name(self) -> str:
+        of = f"/{self.total}" if self.total is not None else ""
+        return f"job {self.k}{of} {self.label}".rstrip()
+
+    def start_line(self) -> str:
+        finished, times = finished_times(self.sweep_dir)
+        return f"{self.name}: {sweep_eta(self.total, finished, times, self.workers)}"
+
+    def finish(self, trained: bool) -> None:
+        """Record this job's time for the ETA of the jobs after it; never fails the job."""
+        key = hashlib.sha256(self.key.encode()).hexdigest()[:16]
+        try:
+            folder = progress_dir(self.sweep_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / f"{key}-{os.getpid()}.done",
+                       {"job": self.key, "seconds": time.perf_counter() - self.started, "trained": trained})
+        except OSError as e:
+            log.debug("could not record the time of job %s (%s)", self.label, e)
+
+
+class SweepProgress(Callback):
+    """Hydra callback: at the start of a multirun, write which jobs will run (see the module doc)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            write_plan(config)
+        except Exception as e:  # progress lines must never cost the sweep
+            log.warning("no sweep progress: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
