@@ -124,6 +124,7 @@ def export_tensorboard(paths: list[Path], out: Path | None = None,
             continue
         evals = [r for r in read_jsonl(run.path / layout.EVALS)[0] if step_count(r.get("total_steps")) is not None]
         choices = {g: run.config[g] for g in config_groups() if isinstance(run.config.get(g), str)}
+        had_hparams_run = (target / HPARAMS_RUN).is_dir()
         try:
             with thread_write_errors() as failed:
                 target.mkdir(parents=True, exist_ok=True)
@@ -144,6 +145,9 @@ def export_tensorboard(paths: list[Path], out: Path | None = None,
         except OSError as e:  # a full disk: no half an event file stays for TensorBoard to show
             for f in event_files(target) - old:
                 f.unlink(missing_ok=True)
+            if not had_hparams_run:
+                with contextlib.suppress(OSError):  # (not empty: someone else's files, left alone)
+                    (target / HPARAMS_RUN).rmdir()
             raise OutputWriteError(f"cannot write TensorBoard events in {target}: {e.strerror or e}; "
                                    f"{len(written)} run(s) exported before it") from None
         for f in old:  # rewritten (--force): the earlier export's files go once the new ones are whole
