@@ -5,8 +5,9 @@
 `SweepProgress` (hydra.callbacks in conf/train.yaml) writes the plan at the start of a multirun:
 the jobs that will run, in order, by their identity (job_dirs.identity: the same whatever
 hydra.sweep.subdir names the folders). With skip_completed=true the jobs already done in the sweep
-folder are left out, so k/N and the ETA count what runs. Each job ends by recording how long it took;
-the ETA is the mean time of the finished jobs x the jobs not finished / the jobs running at once.
+folder are left out, so k/N and the ETA count what runs. Each job ends by adding how long it took to
+the sweep's totals; the ETA is the mean time of the finished jobs x the jobs not finished / the jobs
+running at once.
 Plan and times are files under <sweep dir>/.nnopt-jobs/progress/ (read by every launcher's
 processes: in-process, forked, joblib), never in a run folder. A sweeper without a known grid
 (Optuna) gets `job k` with the ETA of the jobs finished so far, as far as it knows N.
@@ -14,11 +15,10 @@ processes: in-process, forked, joblib), never in a run folder. A sweeper without
 
 from __future__ import annotations
 
-import hashlib
+import fcntl
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -36,8 +36,9 @@ from nnopt_cli.training.progress import duration
 
 log = logging.getLogger("nnopt")
 
-PROGRESS = "progress"  # <sweep dir>/.nnopt-jobs/progress/: plan.json and one <job>.done per finished job
+PROGRESS = "progress"  # <sweep dir>/.nnopt-jobs/progress/: the plan and the finished jobs' totals
 PLAN = "plan.json"
+TOTALS = "finished.json"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 _DONE = (Status.COMPLETED, Status.DIVERGED)
 
@@ -117,27 +118,46 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def finished_times(sweep_dir: str | Path) -> tuple[int, list[float]]:
-    """(jobs finished, the times of those that trained: a job refused at once tells nothing of the rest)."""
-    n, times = 0, []
+def finished_times(sweep_dir: str | Path) -> tuple[int, int, float]:
+    """(jobs finished, jobs among them that trained, their summed seconds): a job refused at once
+    tells nothing of how long the others take."""
+    rec = _read_json(progress_dir(sweep_dir) / TOTALS)
+    if not isinstance(rec, dict):
+        return 0, 0, 0.0
+    values = [rec.get(k) for k in ("finished", "trained", "seconds")]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return 0, 0, 0.0
+    return int(values[0]), int(values[1]), float(values[2])
+
+
+def add_finished(sweep_dir: str | Path, seconds: float, trained: bool) -> None:
+    """Add one finished job to the sweep's totals, under a lock: jobs of a parallel sweep end at once.
+    One small file, so a job's start line costs the same in a sweep of 10 or 10,000 jobs."""
     folder = progress_dir(sweep_dir)
-    for f in (folder.glob("*.done") if folder.is_dir() else []):
-        rec = _read_json(f)
-        if not isinstance(rec, dict):
-            continue
-        n += 1
-        s = rec.get("seconds")
-        if rec.get("trained") and isinstance(s, (int, float)) and math.isfinite(s):
-            times.append(float(s))
-    return n, times
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / TOTALS, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        try:
+            rec = json.loads(f.read() or "{}")
+        except ValueError:  # a job killed mid-write: the counts start again
+            rec = {}
+        rec = rec if isinstance(rec, dict) else {}
+        n, t, s = (rec.get(k, 0) for k in ("finished", "trained", "seconds"))
+        rec = {"finished": n + 1, "trained": t + int(trained), "seconds": s + (seconds if trained else 0.0)}
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(rec))
+        f.flush()
 
 
-def sweep_eta(total: int | None, finished: int, times: list[float], workers: int) -> str:
+def sweep_eta(total: int | None, finished: int, trained: int, seconds: float, workers: int) -> str:
+    """The sweep's ETA: the mean time of the jobs that trained x the rounds of jobs left."""
+    each = seconds / trained if trained else None
     if total is None:
-        return f"{finished} job(s) done" + (f", {duration(sum(times) / len(times))} each" if times else "")
-    if not times:
+        return f"{finished} job(s) done" + (f", {duration(each)} each" if each is not None else "")
+    if each is None:
         return f"sweep eta after the first job ends ({finished} of {total} jobs done)"
-    each = sum(times) / len(times)
     left = max(total - finished, 0)
     at_once = max(1, min(workers, left))
     eta = each * math.ceil(left / at_once)
@@ -173,17 +193,12 @@ class JobProgress:
         return f"job {self.k}{of} {self.label}".rstrip()
 
     def start_line(self) -> str:
-        finished, times = finished_times(self.sweep_dir)
-        return f"{self.name}: {sweep_eta(self.total, finished, times, self.workers)}"
+        return f"{self.name}: {sweep_eta(self.total, *finished_times(self.sweep_dir), self.workers)}"
 
     def finish(self, trained: bool) -> None:
         """Record this job's time for the ETA of the jobs after it; never fails the job."""
-        key = hashlib.sha256(self.key.encode()).hexdigest()[:16]
         try:
-            folder = progress_dir(self.sweep_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(folder / f"{key}-{os.getpid()}.done",
-                       {"job": self.key, "seconds": time.perf_counter() - self.started, "trained": trained})
+            add_finished(self.sweep_dir, time.perf_counter() - self.started, trained)
         except OSError as e:
             log.debug("could not record the time of job %s (%s)", self.label, e)
 

@@ -71,9 +71,26 @@ def test_the_live_bar_shows_the_runs_eta(capsys):
 
 def test_sweep_eta_is_the_mean_job_time_times_the_rounds_left():
     # 8 jobs, 2 done in 30 s and 34 s, 2 at once: 6 left = 3 rounds of 32 s
-    assert sweep_eta(8, 2, [30.0, 34.0], 2) == "sweep eta 1m36s (2 of 8 jobs done, 32s each, 2 at once)"
-    assert sweep_eta(3, 0, [], 1) == "sweep eta after the first job ends (0 of 3 jobs done)"
-    assert sweep_eta(None, 1, [10.0], 1) == "1 job(s) done, 10s each"
+    assert sweep_eta(8, 2, 2, 30.0 + 34.0, 2) == "sweep eta 1m36s (2 of 8 jobs done, 32s each, 2 at once)"
+    # a job refused at once counts as done, but its time is no measure of the others'
+    assert sweep_eta(8, 3, 2, 64.0, 1) == "sweep eta 2m40s (3 of 8 jobs done, 32s each)"
+    assert sweep_eta(3, 0, 0, 0.0, 1) == "sweep eta after the first job ends (0 of 3 jobs done)"
+    assert sweep_eta(None, 1, 1, 10.0, 1) == "1 job(s) done, 10s each"
+
+
+def test_jobs_finishing_at_once_all_reach_the_totals(tmp_path):
+    """Forked jobs add to the totals at the same moment: every one of them is counted."""
+    import multiprocessing
+
+    from nnopt_cli.sweep.progress import add_finished, finished_times
+
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=add_finished, args=(tmp_path, 2.0, i % 4 != 0)) for i in range(12)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert finished_times(tmp_path) == (12, 9, 18.0)
 
 
 def test_a_count_writes_a_line_at_each_tenth_not_each_step(capsys):
