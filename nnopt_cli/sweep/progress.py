@@ -9,8 +9,8 @@ folder are left out, so k/N and the ETA count what runs. Each job ends by adding
 the sweep's totals; the ETA is the mean time of the finished jobs x the jobs not finished / the jobs
 running at once.
 Plan and times are files under <sweep dir>/.nnopt-jobs/progress/ (read by every launcher's
-processes: in-process, forked, joblib), never in a run folder. A sweeper without a known grid
-(Optuna) gets `job k` with the ETA of the jobs finished so far, as far as it knows N.
+processes: in-process, forked, joblib), never in a run folder. Under a sweeper plugin whose jobs
+are not known in advance a job says `job k` and the mean time of the jobs finished so far.
 """
 
 from __future__ import annotations
