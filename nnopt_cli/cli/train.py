@@ -102,7 +102,9 @@ def train_app(cfg: DictConfig) -> float:
     previous_latest = None  # where outputs/latest pointed before this run (put back if it is refused)
     hydra_subdir = os.environ.get(HYDRA_SUBDIR_ENV) if distributed.is_rank0() else None
     signals = SetupSignals().install()  # SIGTERM outside the training loop: an interrupt, not a silent death
-    job_progress = None  # a sweep job's place in the sweep (k/N, the sweep's ETA)
+    # a sweep job's place in the sweep (k/N, the sweep's ETA); every planned job ends by counting itself
+    job_progress = JobProgress(hc.sweep.dir, list(hc.overrides.task), hc.job.num, parallel_jobs(hc)) \
+        if multirun else None
     try:
         try:
             plain = OmegaConf.to_container(cfg, resolve=True)
@@ -143,6 +145,7 @@ def train_app(cfg: DictConfig) -> float:
                 log.info("job %s: already done in %s, skipped (skip_completed=true)", hc.job.num, run_dir)
                 sweep.note_job(hc.sweep.dir, run_dir.name, Status.SKIPPED, "completed by an earlier run of this sweep",
                                list(hc.overrides.task))
+                job_progress.finish(trained=False)  # (found done only now: it was among the N)
                 return _objective(read_summary(run_dir) or {})
             if action == "resume":
                 keep_recorded_threads(plain, read_summary(run_dir) or {})
@@ -162,13 +165,10 @@ def train_app(cfg: DictConfig) -> float:
             plain["device"] = distributed.sweep_device(plain["device"], hc.job.num)
         # rank 0 alone shows progress; jobs running at once cannot share one live display
         live = None if distributed.is_rank0() and not (multirun and jobs > 1) else False
-        prefix = ""
-        if multirun:
-            job_progress = JobProgress(hc.sweep.dir, list(hc.overrides.task), hc.job.num, jobs)
+        if job_progress is not None:
             log.info("%s", job_progress.start_line())
-            prefix = job_progress.prefix
         summary = train(plain, RunContext(run_dir=run_dir, parallel_jobs=jobs, live_progress=live, resume=resume,
-                                          progress_prefix=prefix))
+                                          progress_prefix=job_progress.prefix if job_progress else ""))
         if job_progress is not None:
             job_progress.finish(trained=True)
     except KeyboardInterrupt:  # a signal outside the training loop (which handles them itself)

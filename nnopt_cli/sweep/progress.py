@@ -174,7 +174,9 @@ class JobProgress:
         plan = _read_json(progress_dir(sweep_dir) / PLAN)
         jobs = plan.get("jobs") if isinstance(plan, dict) else None
         names = plan.get("labels") if isinstance(plan, dict) else None
-        if isinstance(jobs, list) and self.key in jobs:
+        self.has_plan = isinstance(jobs, list)  # the sweeper's jobs were known at the start
+        self.planned = self.has_plan and self.key in jobs  # counted in N (not found done at the start)
+        if self.planned:
             self.k, self.total = jobs.index(self.key) + 1, len(jobs)
             if isinstance(names, list) and len(names) == len(jobs):
                 self.label = str(names[self.k - 1])
@@ -196,7 +198,10 @@ class JobProgress:
         return f"{self.name}: {sweep_eta(self.total, *finished_times(self.sweep_dir), self.workers)}"
 
     def finish(self, trained: bool) -> None:
-        """Record this job's time for the ETA of the jobs after it; never fails the job."""
+        """Record this job's time for the ETA of the jobs after it; never fails the job. A job the
+        plan left out (found done at the start) is not among the N, so not among those finished."""
+        if self.has_plan and not self.planned:
+            return
         try:
             add_finished(self.sweep_dir, time.perf_counter() - self.started, trained)
         except OSError as e:
