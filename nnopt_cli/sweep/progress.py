@@ -21,6 +21,7 @@ import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nnopt_cli.store.folder import read_summary, write_json
-from nnopt_cli.store.layout import Status
 from nnopt_cli.sweep import job_dirs
-from nnopt_cli.sweep.report import JOB_NOTES
+from nnopt_cli.sweep.report import DONE, JOB_NOTES
 from nnopt_cli.training.progress import duration
 
 log = logging.getLogger("nnopt")
@@ -40,7 +40,6 @@ PROGRESS = "progress"  # <sweep dir>/.nnopt-jobs/progress/: the plan and the fin
 PLAN = "plan.json"
 TOTALS = "finished.json"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-_DONE = (Status.COMPLETED, Status.DIVERGED)
 
 
 def job_key(overrides: list[str]) -> str:
@@ -91,7 +90,7 @@ def already_done(config: DictConfig, jobs: list[list[str]]) -> set[int]:
     done = set()
     for i, job in enumerate(jobs):
         summary = read_summary(sweep_dir / job_dirs.job_dir(job, sweep_dir))
-        if summary is not None and summary.get("status") in _DONE:
+        if summary is not None and summary.get("status") in DONE:
             done.add(i)
     return done
 
@@ -165,22 +164,53 @@ def sweep_eta(total: int | None, finished: int, trained: int, seconds: float, wo
             + (f", {at_once} at once)" if at_once > 1 else ")"))
 
 
+@dataclass
+class Plan:
+    index: dict[str, int]  # job key -> its place among the jobs that run
+    labels: list[str]
+
+
+# plan file -> (its version, plan): the jobs one process runs (basic launcher) read it once
+_PLANS: dict[str, tuple[tuple[int, int, int], Plan | None]] = {}
+
+
+def read_plan(sweep_dir: str | Path) -> Plan | None:
+    path = progress_dir(sweep_dir) / PLAN
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    version = (st.st_ino, st.st_mtime_ns, st.st_size)  # each multirun writes a new file
+    cached = _PLANS.get(str(path))
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    raw = _read_json(path)
+    jobs = raw.get("jobs") if isinstance(raw, dict) else None
+    names = raw.get("labels") if isinstance(raw, dict) else None
+    plan = None
+    if isinstance(jobs, list):
+        names = names if isinstance(names, list) and len(names) == len(jobs) else jobs
+        index: dict[str, int] = {}
+        for i, key in enumerate(jobs):
+            index.setdefault(str(key), i)
+        plan = Plan(index, [str(n) for n in names])
+    _PLANS[str(path)] = (version, plan)
+    return plan
+
+
 class JobProgress:
     """One sweep job's place in the sweep: its prefix for progress lines and its start line."""
 
     def __init__(self, sweep_dir: str | Path, overrides: list[str], job_num: int, workers: int = 1):
         self.sweep_dir, self.workers = sweep_dir, workers
         self.key = self.label = job_key(overrides)
-        plan = _read_json(progress_dir(sweep_dir) / PLAN)
-        jobs = plan.get("jobs") if isinstance(plan, dict) else None
-        names = plan.get("labels") if isinstance(plan, dict) else None
-        self.has_plan = isinstance(jobs, list)  # the sweeper's jobs were known at the start
-        self.planned = self.has_plan and self.key in jobs  # counted in N (not found done at the start)
+        plan = read_plan(sweep_dir)
+        self.has_plan = plan is not None  # the sweeper's jobs were known at the start
+        self.planned = plan is not None and self.key in plan.index  # counted in N (not found done at the start)
         if self.planned:
-            self.k, self.total = jobs.index(self.key) + 1, len(jobs)
-            if isinstance(names, list) and len(names) == len(jobs):
-                self.label = str(names[self.k - 1])
-        else:  # a sweeper without a grid known in advance
+            self.k, self.total = plan.index[self.key] + 1, len(plan.labels)
+            self.label = plan.labels[self.k - 1]
+        else:  # a sweeper without a grid known in advance, or a job found done at the start
             self.k, self.total = job_num + 1, None
         self.started = time.perf_counter()
 
