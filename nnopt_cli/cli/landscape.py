@@ -29,6 +29,7 @@ from nnopt_cli.run import tools as runs
 from nnopt_cli.store import layout, outputs
 from nnopt_cli.store.checkpoint import safe_load
 from nnopt_cli.training.metrics import evaluate
+from nnopt_cli.training.progress import Count
 
 State = dict[str, torch.Tensor]
 
@@ -135,16 +136,24 @@ def landscape(args: argparse.Namespace) -> dict:
     bs = cfg["eval_batch_size"]
     steps = args.points - 1
     alphas = sorted({lo + (hi - lo) * i / steps for i in range(args.points)} | {0.0, 1.0})
-    line = [{"alpha": a, **dict(zip(("loss", "acc"), loss_at(model, blend(start, end, a), x, y, bs), strict=True))}
-            for a in alphas]
+    count = Count(len(alphas) + args.grid ** 2, "nnopt landscape", "points")  # stderr: bar, else tenths
+
+    def at(state: State) -> tuple[float, float]:
+        loss_acc = loss_at(model, state, x, y, bs)
+        count.advance()
+        return loss_acc
+
+    with count:
+        line = [{"alpha": a, **dict(zip(("loss", "acc"), at(blend(start, end, a)), strict=True))} for a in alphas]
+        if args.grid:
+            g = torch.Generator().manual_seed(args.seed)
+            d1, d2 = direction(model, final, g), direction(model, final, g)
+            coords = [-args.span + 2 * args.span * i / max(args.grid - 1, 1) for i in range(args.grid)]
+            grid = [[at(shift(final, d1, d2, a, b))[0] for a in coords] for b in coords]
     doc = {"run": str(run), "line": {"from": line_from, "to": line_to, "rows": line},
            "workload": {"dataset": cfg["dataset"].get("name"), "model": cfg["model"].get("name")},
            "samples": len(x), "subset": "training split", "seed": args.seed}
     if args.grid:
-        g = torch.Generator().manual_seed(args.seed)
-        d1, d2 = direction(model, final, g), direction(model, final, g)
-        coords = [-args.span + 2 * args.span * i / max(args.grid - 1, 1) for i in range(args.grid)]
-        grid = [[loss_at(model, shift(final, d1, d2, a, b), x, y, bs)[0] for a in coords] for b in coords]
         doc["surface"] = {"center": str(run / layout.MODEL), "coords": coords, "loss": grid,
                           "normalization": "filter (Li et al. 2018)"}
     write(out, doc)

@@ -35,6 +35,7 @@ from nnopt_cli.training.device import configure_threads, resolve_device, seed_ev
 from nnopt_cli.training.fit import fit
 from nnopt_cli.training.metrics import Diverged
 from nnopt_cli.training.observers import Observer, Observers, StepInfo, StopRun
+from nnopt_cli.training.progress import Count
 from nnopt_cli.training.trainer import Trainer
 
 RULE = "min/10"
@@ -69,8 +70,9 @@ class LRRamp(Observer):
     of the ramp or once the smoothed loss blows up."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, start_lr: float, end_lr: float, steps: int,
-                 beta: float = 0.98, stop_factor: float = 4.0):
+                 beta: float = 0.98, stop_factor: float = 4.0, on_step=None):
         self.optimizer, self.start_lr, self.end_lr, self.steps = optimizer, start_lr, end_lr, steps
+        self.on_step = on_step  # progress: called once a step is recorded
         self.beta, self.stop_factor = beta, stop_factor
         self.test = RangeTest()
         self.avg, self.best = 0.0, math.inf
@@ -98,16 +100,18 @@ class LRRamp(Observer):
 
     def after_step(self, step: StepInfo) -> None:
         stopped = self.record(step.loss.item())  # the loss before the step, as for a plain optimizer
+        if self.on_step is not None:
+            self.on_step()
         if stopped is not None:
             raise StopRun("lr_find", stopped)
         self._set_lr(len(self.test.lrs))
 
 
 def range_test(trainer: Trainer, data, start_lr: float, end_lr: float, steps: int, beta: float = 0.98,
-               stop_factor: float = 4.0) -> RangeTest:
+               stop_factor: float = 4.0, on_step=None) -> RangeTest:
     """Run the exponential LR ramp with `trainer` (its loss, protocol, precision, clipping, batches)
     on data.train_x/train_y through fit(), for at most `steps` steps; returns the recorded curve."""
-    ramp = LRRamp(trainer.optimizer, start_lr, end_lr, steps, beta, stop_factor)
+    ramp = LRRamp(trainer.optimizer, start_lr, end_lr, steps, beta, stop_factor, on_step)
     trainer.observers = Observers({"lr_find": ramp})
     try:
         fit(trainer, data, itertools.count(1), validate=False)
@@ -208,7 +212,9 @@ def lr_find(args: argparse.Namespace) -> dict:
     bs = int(cfg["batch_size"].get("size") or cfg["batch_size"].get("base_size") or 128)
     accumulate = int(cfg["batch_size"].get("accumulate", 1))
     trainer = ramp_trainer(cfg, model, len(data.train_x), device, bs, args.steps, accumulate)
-    test = range_test(trainer, data, args.start_lr, args.end_lr, args.steps, stop_factor=args.stop_factor)
+    with Count(args.steps, "nnopt lr-find", "steps") as count:  # stderr: bar on a terminal, else tenths
+        test = range_test(trainer, data, args.start_lr, args.end_lr, args.steps, stop_factor=args.stop_factor,
+                          on_step=count.advance)
     sugg = test.suggestions()
     meta = {"overrides": list(args.overrides), "start_lr": args.start_lr, "end_lr": args.end_lr,
             "steps": args.steps, "beta": 0.98, "stop_factor": args.stop_factor, "batch_size": bs,

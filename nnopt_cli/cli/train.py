@@ -45,6 +45,7 @@ from nnopt_cli.store.layout import Status
 from nnopt_cli.store.lock import RunLock
 from nnopt_cli.sweep import compose as sweep_compose
 from nnopt_cli.sweep import report as sweep
+from nnopt_cli.sweep.progress import JobProgress
 from nnopt_cli.training import distributed
 from nnopt_cli.training.device import available_cores, pin_threads
 
@@ -101,6 +102,9 @@ def train_app(cfg: DictConfig) -> float:
     previous_latest = None  # where outputs/latest pointed before this run (put back if it is refused)
     hydra_subdir = os.environ.get(HYDRA_SUBDIR_ENV) if distributed.is_rank0() else None
     signals = SetupSignals().install()  # SIGTERM outside the training loop: an interrupt, not a silent death
+    # a sweep job's place in the sweep (k/N, the sweep's ETA); every planned job ends by counting itself
+    job_progress = JobProgress(hc.sweep.dir, list(hc.overrides.task), hc.job.num, parallel_jobs(hc)) \
+        if multirun else None
     try:
         try:
             plain = OmegaConf.to_container(cfg, resolve=True)
@@ -141,6 +145,7 @@ def train_app(cfg: DictConfig) -> float:
                 log.info("job %s: already done in %s, skipped (skip_completed=true)", hc.job.num, run_dir)
                 sweep.note_job(hc.sweep.dir, run_dir.name, Status.SKIPPED, "completed by an earlier run of this sweep",
                                list(hc.overrides.task))
+                job_progress.finish(trained=False)  # (found done only now: it was among the N)
                 return _objective(read_summary(run_dir) or {})
             if action == "resume":
                 keep_recorded_threads(plain, read_summary(run_dir) or {})
@@ -158,8 +163,14 @@ def train_app(cfg: DictConfig) -> float:
         jobs = parallel_jobs(hc)
         if multirun and jobs > 1:  # several jobs at once on one machine: one GPU each
             plain["device"] = distributed.sweep_device(plain["device"], hc.job.num)
-        live = None if distributed.is_rank0() else False  # rank 0 alone shows progress
-        summary = train(plain, RunContext(run_dir=run_dir, parallel_jobs=jobs, live_progress=live, resume=resume))
+        # rank 0 alone shows progress; jobs running at once cannot share one live display
+        live = None if distributed.is_rank0() and not (multirun and jobs > 1) else False
+        if job_progress is not None:
+            log.info("%s", job_progress.start_line())
+        summary = train(plain, RunContext(run_dir=run_dir, parallel_jobs=jobs, live_progress=live, resume=resume,
+                                          progress_prefix=job_progress.prefix if job_progress else ""))
+        if job_progress is not None:
+            job_progress.finish(trained=True)
     except KeyboardInterrupt:  # a signal outside the training loop (which handles them itself)
         code = 128 + (signals.signum or signal.SIGINT)
         name = signal.Signals(code - 128).name
@@ -186,6 +197,8 @@ def train_app(cfg: DictConfig) -> float:
         print(f"nnopt: error: {message}", file=sys.stderr)
         if multirun:
             log.error("job %s failed: %s", hc.job.num, message)
+            if job_progress is not None:
+                job_progress.finish(trained=False)
             # the end-of-sweep report lists it, also when the job ran in another process (joblib)
             sweep.note_job(hc.sweep.dir, run_dir.name, status, message, list(hc.overrides.task))
             return FAILED_OBJECTIVE  # the sweep goes on; the job's summary.json says failed

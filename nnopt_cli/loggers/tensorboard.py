@@ -4,14 +4,24 @@
 
 One x-axis for everything, the optimizer step (as Lightning does), so that a resumed run can
 drop the events written after its checkpoint (SummaryWriter's purge_step) and curves of runs
-with different batch sizes stay honest about the work done:
+with different batch sizes stay honest about the work done. Every scalar is under a section, so
+TensorBoard groups them and none sorts on its own before val/:
 
     step/loss, step/lr   every `every` optimizer steps: the only place the logger reads loss.item()
-    <metrics row>        every number of the epoch's row (train/loss, val/acc, lr, grad_norm, the
-                         diagnostics when on, ...) and `epoch`, at the step the epoch ended
-    <summary>            test/acc, best/val/acc, ... and <stage>/<metric> for post-training stages
-    HParams              the run's Hydra choices, overridden keys, name and tags (at the start, so
-                         a running or pruned run is in the table too) and its status (at the end)
+    train/, val/         the epoch's row at the step the epoch ended: train/loss, val/acc, and the
+                         row's plain keys as train/lr, train/batch_size, train/grad_norm
+    counters/            epoch, steps, total_steps, samples_seen, train_s, ... of that row
+    diag/                the diagnostics, when on
+    evals/val/...        `nnopt export` only: evals.jsonl's evaluations every eval_every_steps
+    <run>/hparams/       the HParams session: the run's Hydra choices, overridden keys, name and
+                         tags (at the start, so a running or pruned run is in the table too), its
+                         status (at the end) and its final values as the table's metrics: test/acc,
+                         best/val/acc, <stage>/<metric> of post-training stages, run/params, ...
+                         Kept in their own sub-run so the run's charts hold curves, not one-point
+                         charts, and the HParams table lists the final values, not every curve.
+
+No experiment summary is written: TensorBoard builds the table from every session's settings
+together, so runs of a sweep (or of several sweeps) may differ in their keys.
 
 Only rank 0 writes (RunInfo.write). `nnopt export tensorboard` (export.py) writes the same events,
 but the per-step ones, from finished run folders with the functions below.
@@ -60,20 +70,45 @@ def summary_writer_class(what: str = "logger=tensorboard"):
 # ---------------------------------------------------------------------------- what gets written
 
 
+HPARAMS_RUN = "hparams"  # the sub-run of the HParams session and the final values
+# a metrics row's plain keys that count work done; the other plain keys (lr, batch_size, grad_norm,
+# ...) describe training and go under train/
+COUNTER_KEYS = frozenset({"epoch", "steps", "total_steps", "samples_seen", "forward_passes", "backward_passes",
+                          "train_s", "time_s"})
+
+
+def section(name: str, plain: str = "train") -> str:
+    """The tag of a value: a name with a section (val/acc, diag/x) as it is; a plain one under
+    counters/ (a count of work done) or `plain`."""
+    if "/" in name:
+        return name
+    return f"counters/{name}" if name in COUNTER_KEYS else f"{plain}/{name}"
+
+
 def scalars(values: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, float]:
     """The finite numbers of a (nested) row, by slash-joined name: {"diag": {"x": 1}} -> diag/x."""
     flat = flatten({k: v for k, v in values.items() if k not in skip})
     return {k.replace(".", "/"): float(v) for k, v in flat.items() if is_number(v) and math.isfinite(v)}
 
 
+def epoch_scalars(row: dict[str, Any]) -> dict[str, float]:
+    """An epoch row's numbers by tag, each under its section."""
+    return {section(k): v for k, v in scalars(row, skip=("stage",)).items()}
+
+
+NOT_RESULTS = ("data",)  # the summary's record of the data's shape, for loading the model back
+
+
 def final_scalars(summary: dict[str, Any]) -> dict[str, float]:
-    """A summary's numbers under the names `nnopt compare` gives them, stage results included."""
-    out = {SUMMARY_RENAME.get(k, k): v for k, v in summary.items() if k not in SUMMARY_INFO_KEYS}
+    """A summary's numbers under the names `nnopt compare` gives them, stage results included; a
+    plain name (params, flops, epochs_run, train_time_s) under run/."""
+    out = {SUMMARY_RENAME.get(k, k): v for k, v in summary.items()
+           if k not in SUMMARY_INFO_KEYS and k not in NOT_RESULTS}
     for i, st in enumerate(summary.get("stages") or []):
         if isinstance(st, dict):
             stage = Stage(str(st.get("name") or f"stage{i + 1}"), {}, {}, st.get("after") or {})
             out.update(stage_metrics(stage))
-    return scalars(out)
+    return {k if "/" in k else f"run/{k}": v for k, v in scalars(out).items()}
 
 
 def hparam_value(v: Any) -> bool | int | float | str:
@@ -138,15 +173,29 @@ def write_session_end(writer, status: str) -> None:
 
 
 def write_epoch(writer, row: dict[str, Any], step: int) -> None:
-    for tag, value in scalars(row, skip=("stage",)).items():
+    for tag, value in epoch_scalars(row).items():
         writer.add_scalar(tag, value, step)
 
 
-def write_final(writer, summary: dict[str, Any], step: int) -> None:
+EVAL_KEYS = ("val/loss", "val/acc")
+
+
+def write_evals(writer, rows: list[dict[str, Any]], steps: list[int]) -> None:
+    """evals.jsonl's evaluations (every eval_every_steps steps and at epoch ends) as evals/val/...,
+    apart from the epoch rows' val/ curves."""
+    for row, step in zip(rows, steps, strict=True):
+        for key in EVAL_KEYS:
+            v = row.get(key)
+            if is_number(v) and math.isfinite(v):
+                writer.add_scalar(f"evals/{key}", float(v), step)
+
+
+def write_final(hp_writer, summary: dict[str, Any], step: int) -> None:
+    """The final values as the HParams session's metrics, then its end (with the run's status)."""
     for tag, value in final_scalars(summary).items():
-        writer.add_scalar(tag, value, step)
-    writer.add_text("status", str(summary.get("status", "unknown")), step)
-    write_session_end(writer, str(summary.get("status", "unknown")))
+        hp_writer.add_scalar(tag, value, step)
+    hp_writer.add_text("status", str(summary.get("status", "unknown")), step)
+    write_session_end(hp_writer, str(summary.get("status", "unknown")))
 
 
 # ---------------------------------------------------------------------------- the live logger
@@ -162,6 +211,7 @@ class TensorBoardLogger(Observer):
         self.writer_class = summary_writer_class()  # a missing package fails here, before any data
         self.every, self.flush_secs = every, flush_secs
         self.writer = None
+        self.hp_writer = None  # the HPARAMS_RUN sub-run
         self.step = 0  # the last optimizer step seen; in the checkpoint, so a resume drops later events
 
     def on_run_start(self, run: RunInfo) -> None:
@@ -172,7 +222,9 @@ class TensorBoardLogger(Observer):
         # after a resume, events past the checkpoint (a killed run wrote them) are dropped by readers
         purge = self.step + 1 if run.resumed_epoch or self.step else None
         self.writer = self.writer_class(log_dir=str(run.run_dir), purge_step=purge, flush_secs=self.flush_secs)
-        write_session_start(self.writer, folder_hparams(run.run_dir, flatten(run.cfg)))
+        self.hp_writer = self.writer_class(log_dir=str(run.run_dir / HPARAMS_RUN), flush_secs=self.flush_secs)
+        write_session_start(self.hp_writer, folder_hparams(run.run_dir, flatten(run.cfg)))
+        self.hp_writer.flush()  # a running run is in the table at once
 
     def after_step(self, step: StepInfo) -> None:
         if self.writer is None:
@@ -192,13 +244,15 @@ class TensorBoardLogger(Observer):
     def on_run_end(self, summary: dict[str, Any]) -> None:
         if self.writer is None:
             return
-        write_final(self.writer, summary, self.step)
+        write_final(self.hp_writer, summary, self.step)
+        self.hp_writer.flush()
         self.writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        for w in (self.writer, self.hp_writer):
+            if w is not None:
+                w.close()
+        self.writer = self.hp_writer = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step}

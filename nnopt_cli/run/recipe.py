@@ -61,6 +61,7 @@ class RunContext:
     parallel_jobs: int = 1
     live_progress: bool | None = None
     resume: bool = False  # continue from run_dir/checkpoint.pt (from scratch if the run died before one)
+    progress_prefix: str = ""  # before each progress line: a sweep job's [job k/N overrides]
 
 
 @dataclass
@@ -264,7 +265,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         return state.stop_reason != "max_epochs"
 
     try:
-        with Progress(cfg["epochs"], live=ctx.live_progress) as progress:
+        with Progress(cfg["epochs"], live=ctx.live_progress, prefix=ctx.progress_prefix) as progress:
             fit(trainer, data, range(state.epoch + 1, last_epoch + 1),
                 FitHooks(epoch_start, measure, record, epoch_end), progress, validation,
                 state.epoch_elapsed_s)

@@ -15,7 +15,7 @@ from nnopt_cli.loggers.tensorboard import TensorBoardLogger
 from nnopt_cli.store import layout
 from nnopt_cli.training.observers import EpochInfo, RunInfo, build_observers, observer_nodes
 from tests.conftest import compose_cfg
-from tests.loggers.test_tensorboard import hydra_files, read_events, same, scalar
+from tests.loggers.test_tensorboard import hparams_run, hydra_files, same, scalar
 
 
 def read_csv(folder):
@@ -41,7 +41,7 @@ def test_tensorboard_and_csv_at_once_in_a_real_run(tmp_path):
         assert float(r["val/acc"]) == row["val/acc"] and float(r["train/loss"]) == pytest.approx(row["train/loss"])
         assert r["test/acc"] == ""  # a column of the final row only
     assert final["epoch"] == "" and float(final["test/acc"]) == summary["test/acc"]
-    assert same(scalar(read_events(tmp_path), "test/acc"), [(15, summary["test/acc"])])  # TensorBoard too
+    assert same(scalar(hparams_run(tmp_path), "test/acc"), [(15, summary["test/acc"])])  # TensorBoard too
 
 
 def run_info(tmp_path, resumed_epoch=0):

@@ -36,6 +36,14 @@ def same(got, expected):
         [v for _, v in expected], rel=1e-6)
 
 
+def hparams_run(folder):
+    """The run's HParams sub-run: its session and final values."""
+    return read_events(folder / tb.HPARAMS_RUN)
+
+
+SECTIONS = ("step/", "train/", "val/", "counters/", "diag/", "evals/")
+
+
 def session_hparams(acc) -> dict:
     content = acc.PluginTagToContent("hparams")[hp_metadata.SESSION_START_INFO_TAG]
     info = hp_metadata.parse_session_start_info_plugin_data(content)
@@ -85,22 +93,29 @@ def test_live_logger_writes_steps_epochs_summary_stages_and_hparams(tmp_path):
     # every 2nd step: the loss of exactly that step, and the LR
     assert same(scalar(acc, "step/loss"), [(2, losses[1]), (4, losses[3])])
     assert same(scalar(acc, "step/lr"), [(2, 0.05), (4, 0.05)])
-    # the epoch row at the step the epoch ended; nested diagnostics flattened; None / NaN left out
-    assert scalar(acc, "val/acc") == [(5, 0.5)] and scalar(acc, "epoch") == [(5, 1.0)]
+    # the epoch row at the step the epoch ended, each value under its section; nested diagnostics
+    # flattened; None / NaN left out
+    assert scalar(acc, "val/acc") == [(5, 0.5)] and scalar(acc, "counters/epoch") == [(5, 1.0)]
+    assert scalar(acc, "counters/steps") == [(5, 5.0)] and same(scalar(acc, "train/lr"), [(5, 0.05)])
     assert scalar(acc, "diag/weight_norm") == [(5, 2.5)]
     tags = set(acc.Tags()["scalars"])
-    assert "grad_norm" not in tags and "diag/bad" not in tags
+    assert tags == {"step/loss", "step/lr", "train/loss", "train/lr", "val/acc", "counters/epoch",
+                    "counters/steps", "diag/weight_norm"}
+    # the final values are the HParams session's, not one-point charts among the run's curves
+    final = hparams_run(tmp_path)
     # summary under compare's names, stage results as <stage>/<metric>, sparsity from nonzeros/params
-    assert scalar(acc, "test/acc") == [(5, 0.75)] and scalar(acc, "epochs_run") == [(5, 1.0)]
-    assert same(scalar(acc, "prune/test/acc"), [(5, 0.7)])
-    assert same(scalar(acc, "prune/sparsity"), [(5, 1 - 5 / 20)])
-    assert "device" not in tags
+    assert scalar(final, "test/acc") == [(5, 0.75)] and scalar(final, "run/epochs_run") == [(5, 1.0)]
+    assert scalar(final, "best/val/acc") == [(5, 0.5)]
+    assert same(scalar(final, "prune/test/acc"), [(5, 0.7)])
+    assert same(scalar(final, "prune/sparsity"), [(5, 1 - 5 / 20)])
+    assert all(t.startswith(("test/", "best/", "run/", "prune/")) for t in final.Tags()["scalars"])
+    assert "run/device" not in final.Tags()["scalars"]
     # HParams: the group choices, the overridden keys and the always-shown ones
-    hp = session_hparams(acc)
+    hp = session_hparams(final)
     assert hp == {"optimizer": "sgd", "scheduler": "none", "dataset": "synthetic", "optimizer.lr": 0.05,
                   "dataset.noise": 2.0, "seed": 0.0, "epochs": 2.0}
     end = hp_metadata.parse_session_end_info_plugin_data(
-        acc.PluginTagToContent("hparams")[hp_metadata.SESSION_END_INFO_TAG])
+        final.PluginTagToContent("hparams")[hp_metadata.SESSION_END_INFO_TAG])
     assert end.status == 1  # api_pb2.STATUS_SUCCESS
 
 
@@ -144,6 +159,38 @@ def test_logger_writes_nothing_on_other_ranks(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_hparams_table_lists_the_final_values_as_metrics(tmp_path):
+    """What TensorBoard's HParams dashboard shows: one session per run, its settings as hparams, and
+    as metrics the final values alone (no curve of the run is a column)."""
+    from tensorboard import context as tb_context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+
+    cfg = compose_cfg("logger=tensorboard", "epochs=2")
+    for name, lr in (("a", "0.01"), ("b", "0.1")):
+        hydra_files(tmp_path / name, {"optimizer": "adam"}, [f"optimizer.lr={lr}"])
+        from nnopt_cli.run.recipe import RunContext, train
+
+        train({**cfg, "optimizer": {**cfg["optimizer"], "lr": float(lr)}},
+              RunContext(run_dir=tmp_path / name, live_progress=False))
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(tmp_path))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
+    ctx = backend_context.Context(base_plugin.TBContext(logdir=str(tmp_path), data_provider=provider))
+    request = tb_context.RequestContext()
+    content = ctx.hparams_metadata(request, "")
+    experiment = ctx.experiment_from_metadata(request, "", True, content,
+                                              ctx.hparams_from_data_provider(request, "", 0))
+    metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
+    assert ("", "test/acc") in metrics and ("", "best/val/acc") in metrics
+    assert all(tag.startswith(("test/", "best/", "run/")) for _, tag in metrics)  # no train/loss curve
+    assert {h.name for h in experiment.hparam_infos} >= {"optimizer", "optimizer.lr", "seed", "epochs"}
+    assert sorted(r for r, tags in content.items() if hp_metadata.SESSION_START_INFO_TAG in tags) == \
+        ["a/hparams", "b/hparams"]
+
+
 @pytest.mark.parametrize("every, flush", [(0, 10), (1.5, 10), (None, 0)])
 def test_bad_settings_are_one_line(every, flush):
     with pytest.raises(NnoptError, match=r"^invalid config: logger\.tensorboard\.(every|flush_secs)="):
@@ -177,18 +224,20 @@ def test_export_back_fills_event_files_from_run_folders(cli, tmp_path):
     for job, opt in (("0", "sgd"), ("1", "adam")):
         rows = [json.loads(r) for r in (sweep / job / "metrics.jsonl").read_text().splitlines()]
         summary = json.loads((sweep / job / "summary.json").read_text())
-        acc = read_events(sweep / job)
+        acc, final = read_events(sweep / job), hparams_run(sweep / job)
         steps = [sum(r["steps"] for r in rows[:i + 1]) for i in range(len(rows))]
         assert same(scalar(acc, "val/loss"), list(zip(steps, [r["val/loss"] for r in rows], strict=True)))
-        assert same(scalar(acc, "test/acc"), [(steps[-1], summary["test/acc"])])
-        assert same(scalar(acc, "prune/test/acc"), [(steps[-1], summary["stages"][0]["after"]["test/acc"])])
-        hp = session_hparams(acc)
+        assert same(scalar(final, "test/acc"), [(steps[-1], summary["test/acc"])])
+        assert same(scalar(final, "prune/test/acc"), [(steps[-1], summary["stages"][0]["after"]["test/acc"])])
+        hp = session_hparams(final)
         assert hp["optimizer"] == opt and hp["post"] == "prune" and hp["post.prune.finetune_epochs"] == 0
-    # a second export leaves the folders alone; --out writes a copy elsewhere
+    # a second export leaves the folders alone and says so in one line; --out writes a copy elsewhere
     again = cli("export", "tensorboard", str(sweep))
-    assert "already has TensorBoard event files" in again.stderr and "for 0 run(s)" in again.stdout
+    assert again.stderr.strip() == "nnopt: 2 run(s) already exported; --force rewrites them"
+    assert "for 0 run(s)" in again.stdout
     copy = cli("export", "tensorboard", str(sweep), "--out", str(tmp_path / "tb"))
     assert copy.returncode == 0 and len(list((tmp_path / "tb").glob("*/events.out.tfevents.*"))) == 2
+    assert len(list((tmp_path / "tb").glob("*/hparams/events.out.tfevents.*"))) == 2
 
 
 def test_logger_in_a_real_run_matches_metrics_and_summary(tmp_path):
@@ -207,6 +256,69 @@ def test_logger_in_a_real_run_matches_metrics_and_summary(tmp_path):
         assert sum(v for _, v in losses[5 * i:5 * i + 5]) / 5 == pytest.approx(row["train/loss"], rel=1e-5)
     ends = [r["total_steps"] for r in rows]
     assert same(scalar(acc, "val/acc"), [(s, r["val/acc"]) for s, r in zip(ends, rows, strict=True)])
-    assert same(scalar(acc, "samples_seen"), [(s, r["samples_seen"]) for s, r in zip(ends, rows, strict=True)])
-    assert same(scalar(acc, "test/acc"), [(15, summary["test/acc"])])
-    assert session_hparams(acc)["optimizer"] == "adam"
+    assert same(scalar(acc, "counters/samples_seen"),
+                [(s, r["samples_seen"]) for s, r in zip(ends, rows, strict=True)])
+    # every number of the row under a section: none sorts on its own before val/acc
+    tags = acc.Tags()["scalars"]
+    assert all(t.startswith(SECTIONS) for t in tags), tags
+    assert {"train/lr", "train/grad_norm", "train/batch_size", "counters/total_steps", "counters/time_s"} <= set(tags)
+    final = hparams_run(tmp_path)
+    assert same(scalar(final, "test/acc"), [(15, summary["test/acc"])])
+    assert session_hparams(final)["optimizer"] == "adam"
+
+
+def trained_run(folder, *overrides, choices=None):
+    """A run folder as `nnopt train` leaves it (its .hydra/ files included), trained in-process."""
+    from nnopt_cli.run.recipe import RunContext, train
+
+    cfg = compose_cfg(*overrides)
+    hydra_files(folder, choices or {"optimizer": "adam"}, list(overrides))
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    train(cfg, RunContext(run_dir=folder, live_progress=False))
+    return [json.loads(r) for r in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def export(*args):
+    from nnopt_cli.cli import export as export_cli
+
+    export_cli.run(["tensorboard", *map(str, args)])
+
+
+def test_export_writes_evals_and_force_rewrites_an_earlier_export(tmp_path, capsys):
+    # 5 steps an epoch, evaluated every 2 steps and at each epoch's end
+    trained_run(tmp_path / "runs" / "a", "eval_every_steps=2")
+    evals = [json.loads(r) for r in (tmp_path / "runs" / "a" / "evals.jsonl").read_text().splitlines()]
+    export(tmp_path / "runs")
+    out = capsys.readouterr()
+    assert "for 1 run(s)" in out.out and out.err == ""
+    acc = read_events(tmp_path / "runs" / "a")
+    assert [s for s, _ in scalar(acc, "evals/val/acc")] == [2, 4, 5, 6, 8, 10]
+    assert same(scalar(acc, "evals/val/loss"), [(r["total_steps"], r["val/loss"]) for r in evals])
+    assert all(t.startswith(SECTIONS) for t in acc.Tags()["scalars"])
+    first = sorted((tmp_path / "runs" / "a").rglob("events.out.tfevents.*"))
+    assert len(first) == 2  # the run's curves and its HParams session
+
+    export(tmp_path / "runs")  # exported before: one line, nothing written
+    out = capsys.readouterr()
+    assert out.err == "nnopt: 1 run(s) already exported; --force rewrites them\n" and "for 0 run(s)" in out.out
+    assert sorted((tmp_path / "runs" / "a").rglob("events.out.tfevents.*")) == first
+
+    export(tmp_path / "runs", "--force")  # rewritten: new files in place of the old, the same numbers
+    assert "for 1 run(s)" in capsys.readouterr().out
+    now = sorted((tmp_path / "runs" / "a").rglob("events.out.tfevents.*"))
+    assert len(now) == 2 and not set(now) & set(first)
+    again = read_events(tmp_path / "runs" / "a")
+    for tag in ("val/acc", "evals/val/acc", "counters/total_steps"):
+        assert scalar(again, tag) == scalar(acc, tag)
+    assert scalar(hparams_run(tmp_path / "runs" / "a"), "test/acc") == \
+        [(10, pytest.approx(json.loads((tmp_path / "runs" / "a" / "summary.json").read_text())["test/acc"]))]
+
+
+def test_force_never_replaces_the_events_a_run_logged_while_training(tmp_path, capsys):
+    trained_run(tmp_path / "live", "logger=tensorboard", "logger.tensorboard.every=1")
+    before = {f: f.read_bytes() for f in (tmp_path / "live").rglob("events.out.tfevents.*")}
+    export(tmp_path / "live", "--force")
+    out = capsys.readouterr()
+    assert "live: has the event files logger=tensorboard wrote while it trained, kept (use --out DIR)" in out.err
+    assert {f: f.read_bytes() for f in (tmp_path / "live").rglob("events.out.tfevents.*")} == before
+    assert len(scalar(read_events(tmp_path / "live"), "step/loss")) == 10  # the per-step loss is still there

@@ -192,7 +192,7 @@ def test_compare_on_a_full_disk_is_one_line(run_folder, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("limit", [60, 2000])
+@pytest.mark.parametrize("limit", [60, 1000])  # at the first write; part way through the epochs
 def test_export_on_a_full_disk_is_one_line_and_removes_its_event_file(run_folder, tmp_path, limit):
     err = one_line(nnopt("export", "tensorboard", str(run_folder), "--out", "tb", cwd=tmp_path, limit=limit))
     assert err == ("nnopt export: error: cannot write TensorBoard events in tb/run: File too large; "

@@ -273,9 +273,9 @@ def test_dashboard_and_tensorboard_serve_the_study_on_localhost(tmp_path, monkey
                 "--port", str(port)])
     try:
         runs = json.loads(get_when_up(f"http://127.0.0.1:{port}/data/runs", tb))
-        assert sorted(runs) == ["0", "1"]
+        assert sorted(runs) == ["0", "0/hparams", "1", "1/hparams"]  # each trial's curves and HParams session
         tags = json.loads(get_when_up(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", tb))
-        assert "val/acc" in tags["0"] and "test/acc" in tags["1"]
+        assert "val/acc" in tags["0"] and "test/acc" in tags["1/hparams"] and "test/acc" not in tags["1"]
     finally:
         tb.kill()
         tb.communicate()
