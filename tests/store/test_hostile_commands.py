@@ -251,11 +251,14 @@ def test_compare_statistics_flags_out_of_range_are_one_line(run_folder, args, me
     (["optimizer=lbfgs", "optimizer.max_iter=-5"], "optimizer.max_iter=-5: an integer >= 1"),
     (["optimizer=lbfgs", "optimizer.history_size=0"], "optimizer.history_size=0: an integer >= 1"),
     (["optimizer=lbfgs", "+optimizer.max_eval=0"], "optimizer.max_eval=0: an integer >= 1"),
-    (["post=prune", "~post.prune.sparsity"], "post.prune.sparsity=None: a value (the post.prune config lacks it"),
-    (["post=quantize", "~post.quantize.bits"], "post.quantize.bits=None: a value (the post.quantize config lacks"),
-    (["post=prune", "~post.measure.latency_repeats"], "post.measure.latency_repeats=None: a value"),
-    (["post=distill", "~post.distill.student"], "post.distill.student=None: a value (the post.distill config lacks"),
-    (["~checkpoint.every"], "checkpoint.every=None: a value (the checkpoint config lacks it"),
+    (["post=prune", "~post.prune.sparsity"], "~post.prune.sparsity: deleted, but nnopt reads this key; set a "
+                                             "value instead, e.g. post.prune.sparsity=0.9"),
+    (["post=quantize", "~post.quantize.bits"], "~post.quantize.bits: deleted, but nnopt reads this key"),
+    (["post=prune", "~post.measure.latency_repeats"], "~post.measure.latency_repeats: deleted"),
+    (["post=distill", "~post.distill.student"], "~post.distill.student: deleted, but nnopt reads this key; set its "
+                                               "keys instead (post.distill.student.name, "),
+    (["~checkpoint.every"], "~checkpoint.every: deleted, but nnopt reads this key; set a value instead, "
+                            "e.g. checkpoint.every=1"),
     (["optimizer=adam", "+optimizer/wrapper=lookahead"],
      "+optimizer/wrapper='lookahead': optimizer/wrapper is in the defaults list already (conf/train.yaml): "
      "write optimizer/wrapper=lookahead, without the +"),
