@@ -296,9 +296,19 @@ def test_a_run_folder_that_holds_runs_below_it_is_refused(run_folder, tmp_path):
 def test_nnopt_train_into_a_folder_of_runs_is_one_line_and_trains_nothing(run_folder, tmp_path):
     (tmp_path / "outputs" / "a").mkdir(parents=True)
     (tmp_path / "outputs" / "a" / "summary.json").write_bytes((run_folder / "summary.json").read_bytes())
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "outputs").rglob("*"))
     err = one_line(nnopt("train", *TINY, "hydra.run.dir=outputs", cwd=tmp_path), code=2)
     assert "outputs holds other runs" in err
-    assert not (tmp_path / "outputs" / "metrics.jsonl").exists() and not (tmp_path / "outputs" / "model.pt").exists()
+    # nothing left behind: no Hydra log, no lock, no .hydra/
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "outputs").rglob("*")) == before
+    # a folder that holds a run itself: refused, and every file of it as it was
+    import shutil
+
+    shutil.copytree(run_folder, tmp_path / "one")
+    files = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
+    err = one_line(nnopt("train", *TINY, "hydra.run.dir=one", cwd=tmp_path), code=2)
+    assert "one already holds a run" in err and "nothing in it was changed" in err
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()} == files
 
 
 def test_a_fifo_in_place_of_the_mnist1d_cache_is_regenerated_not_waited_on(tmp_path, caplog):
