@@ -143,7 +143,10 @@ def export(ns: argparse.Namespace) -> None:
     written, notes = export_tensorboard(ns.paths, ns.out)
     for n in notes:
         print(f"nnopt: {n}", file=sys.stderr)
+    if not written:  # exit 1: a script that exports and then reads the events learns nothing was written
+        why = (f"every run found ({len(notes)}) was skipped, see above" if notes else
+               f"no run folder found under {', '.join(map(str, ns.paths))}")
+        print(f"nnopt export: error: nothing exported: {why}", file=sys.stderr)
+        raise SystemExit(1)
     print(f"wrote TensorBoard event files for {len(written)} run(s); view them with: "
           f"tensorboard --logdir {ns.out or ns.paths[0]}")
-    if not written and not notes:
-        raise SystemExit(1)

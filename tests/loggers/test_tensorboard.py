@@ -186,7 +186,8 @@ def test_export_back_fills_event_files_from_run_folders(cli, tmp_path):
         assert hp["optimizer"] == opt and hp["post"] == "prune" and hp["post.prune.finetune_epochs"] == 0
     # a second export leaves the folders alone; --out writes a copy elsewhere
     again = cli("export", "tensorboard", str(sweep))
-    assert "already has TensorBoard event files" in again.stderr and "for 0 run(s)" in again.stdout
+    assert again.returncode == 1 and "already has TensorBoard event files" in again.stderr and not again.stdout
+    assert again.stderr.splitlines()[-1] == "nnopt export: error: nothing exported: every run found (2) was skipped, see above"
     copy = cli("export", "tensorboard", str(sweep), "--out", str(tmp_path / "tb"))
     assert copy.returncode == 0 and len(list((tmp_path / "tb").glob("*/events.out.tfevents.*"))) == 2
 
@@ -210,3 +211,27 @@ def test_logger_in_a_real_run_matches_metrics_and_summary(tmp_path):
     assert same(scalar(acc, "samples_seen"), [(s, r["samples_seen"]) for s, r in zip(ends, rows, strict=True)])
     assert same(scalar(acc, "test/acc"), [(15, summary["test/acc"])])
     assert session_hparams(acc)["optimizer"] == "adam"
+
+
+def test_an_export_that_writes_nothing_exits_1_and_says_why(tmp_path, capsys):
+    from nnopt_cli.cli import export
+    from nnopt_cli.run.recipe import RunContext, train
+
+    run_dir = tmp_path / "runs" / "a"
+    cfg = compose_cfg("epochs=1")
+    hydra_files(run_dir, {"optimizer": "adam"}, [])
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    train(cfg, RunContext(run_dir=run_dir, live_progress=False))
+    export.run(["tensorboard", str(tmp_path / "runs")])
+    assert "for 1 run(s)" in capsys.readouterr().out and list(run_dir.glob("events.out.tfevents.*"))
+    with pytest.raises(SystemExit) as e:  # every run already has its events
+        export.run(["tensorboard", str(tmp_path / "runs")])
+    out = capsys.readouterr()
+    assert e.value.code == 1 and not out.out
+    assert out.err.splitlines() == ["nnopt: a: already has TensorBoard event files, skipped (use --out DIR)",
+                                    "nnopt export: error: nothing exported: every run found (1) was skipped, see above"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        export.run(["tensorboard", str(tmp_path / "empty")])
+    assert e.value.code == 1
+    assert capsys.readouterr().err == f"nnopt export: error: nothing exported: no run folder found under {tmp_path / 'empty'}\n"
