@@ -74,6 +74,9 @@ class WandbLogger(Observer):
         self.run.summary.update(final)
         self.run.finish(exit_code=EXIT_CODE.get(summary.get("status"), 1))
         self.run = None
+        # finish() can return before W&B's service has written the run's last records: shutting the
+        # service down waits for them, so the W&B run is whole when the nnopt run ends
+        self.wandb.teardown()
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "step": self.step}

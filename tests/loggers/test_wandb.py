@@ -93,3 +93,26 @@ def test_a_run_reads_back_from_its_offline_wandb_files(tmp_path, monkeypatch):
     assert end.exit_code == 0 and kinds.index("run") < kinds.index("exit")
     assert (run_dir / layout.METRICS_CSV).is_file()  # with the other logger chosen beside it
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_resumed_run_goes_on_in_the_same_wandb_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from nnopt_cli.training.observers import EpochInfo, RunInfo
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_cfg("logger=wandb", "name=base")
+    first = WandbLogger()
+    first.on_run_start(RunInfo(cfg=cfg, run_dir=tmp_path, model=None, optimizer=None, train_x=None, train_y=None))
+    first.on_epoch_end(EpochInfo(epoch=1, step=5, row={"epoch": 1, "val/acc": 0.5}, model=None, optimizer=None))
+    first.on_run_end({"status": "interrupted"})
+    resumed = WandbLogger()
+    resumed.load_state_dict(first.state_dict())  # what the checkpoint carries
+    resumed.on_run_start(RunInfo(cfg=cfg, run_dir=tmp_path, model=None, optimizer=None, train_x=None, train_y=None))
+    resumed.on_epoch_end(EpochInfo(epoch=2, step=10, row={"epoch": 2, "val/acc": 0.75}, model=None, optimizer=None))
+    resumed.on_run_end({"status": "completed", "test/acc": 0.7})
+    files = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and {f.name for f in files} == {f"run-{first.run_id}.wandb"}
+    ids = [[r.run.run_id for r in wandb_records(f) if r.WhichOneof("record_type") == "run"] for f in files]
+    assert ids == [[first.run_id], [first.run_id]]
+    exits = [[r.exit.exit_code for r in wandb_records(f) if r.WhichOneof("record_type") == "exit"] for f in files]
+    assert sorted(exits) == [[0], [130]]
