@@ -223,9 +223,12 @@ def test_export_refuses_step_counts_an_event_file_cannot_hold(run_folder, tmp_pa
     rows[-1].pop("total_steps", None)
     rows[-1]["steps"] = steps
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run(["tensorboard", str(run_dir), "--out", str(tmp_path / "tb")])  # the note is the answer: exit 0
+    with pytest.raises(SystemExit) as e:  # the note says why; nothing exported: exit 1
+        run(["tensorboard", str(run_dir), "--out", str(tmp_path / "tb")])
     err = capsys.readouterr().err
-    assert f"nnopt: run: epoch row {len(rows)} of metrics.jsonl has steps={steps!r}, not a step count; not exported" in err
+    assert e.value.code == 1 and err.splitlines() == [
+        f"nnopt: run: epoch row {len(rows)} of metrics.jsonl has steps={steps!r}, not a step count; not exported",
+        "nnopt export: error: nothing exported: every run found (1) was skipped, see above"]
     assert not (tmp_path / "tb").exists()
 
 
