@@ -106,9 +106,8 @@ def test_every_source_path_the_docs_name_exists(page):
 
 COMMAND_PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 INLINE_TRAIN = re.compile(r"`(nnopt train(?: [^`]*)?)`")
-# keys whose value is a run folder the reader made earlier (outputs/2026-11-23/17-00-00-...): the
-# docs name folders that exist only on the reader's disk, so a line naming one that is missing here
-# is not composed (its other overrides are checked by the lines around it)
+# keys whose value is a run folder the reader made earlier (outputs/2026-11-23/17-00-00-...): a line
+# naming one that is missing here is composed with a tiny real run folder in its place (doc_runs)
 FOLDER_KEYS = ("resume", "continue_from", "init_from", "post.distill.teacher_run")
 DATA_KEYS = ("dataset.path",)  # the reader's own data on disk
 # the packages the docs' examples of "your own class" live in
@@ -168,14 +167,61 @@ def sweep_variants(overrides: list[str]) -> list[list[str]]:
 DOC_COMMANDS = [c for page in COMMAND_PAGES for c in train_commands(page)]
 
 
+def names_reader_folder(command: str) -> bool:
+    """Whether a train line names a run folder of the reader's (resume=outputs/...) that is not here."""
+    import shlex
+
+    return any(w.partition("=")[0] in FOLDER_KEYS and w.partition("=")[2] and
+               not (ROOT / w.partition("=")[2].split(":")[0]).exists() for w in shlex.split(command, comments=True))
+
+
+def doc_train_params():
+    slow = pytest.mark.slow  # the tiny run folders they need are made by a real sweep (a subprocess)
+    return [pytest.param(w, c, id=w, marks=[slow] if names_reader_folder(c) else []) for w, c in DOC_COMMANDS]
+
+
+# the doc_runs tree: sweeps of tiny runs with what the docs' compare / report / export lines read
+# (two optimizers, two activations for dead ReLUs and saturated tanh units, diagnostics with
+# sharpness, a prune stage with its measurements, tags; a second workload for cross-workload plots)
+DOC_SWEEP = "outputs/multirun/2026-11-23"
+DOC_DATA = ["dataset=synthetic", "dataset.n_train=256", "dataset.n_test=64", "dataset.val_size=64"]
+DOC_RUNS = [*DOC_DATA, "device=cpu", "epochs=2", "batch_size.size=64", "threads=1", "model.hidden=[16]",
+            "activation=relu,tanh", "optimizer=sgd,adam", "seed=0", "diagnostics=full", "diagnostics.every=2",
+            "diagnostics.sharpness.samples=64", "diagnostics.sharpness.iters=5", "diagnostics.sharpness.trace_samples=2",
+            "post=prune", "post.prune.finetune_epochs=0", "post.measure.latency_repeats=2", "tags=[paper]"]
+OTHER_WORKLOAD = ["dataset=mnist1d", "dataset.num_samples=400", "dataset.val_size=50", "device=cpu", "epochs=2",
+                  "threads=1", "model.hidden=[16]", "optimizer=sgd,adam"]
+
+
+@pytest.fixture(scope="module")
+def doc_runs(tmp_path_factory) -> Path:
+    """A folder whose outputs/multirun/2026-11-23/<job> are six tiny completed runs (two workloads)
+    made by `nnopt train -m`, for the docs' lines that name run folders."""
+    from tests.conftest import run_cli
+
+    home = tmp_path_factory.mktemp("doc_runs")
+    for overrides, folder in ((DOC_RUNS, DOC_SWEEP), (OTHER_WORKLOAD, DOC_SWEEP + "-mnist1d")):
+        done = run_cli("train", "-m", *overrides, f"hydra.sweep.dir={folder}", cwd=home)
+        assert done.returncode == 0, done.stderr[-2000:]
+    return home
+
+
+def doc_run_folder(doc_runs: Path, value: str) -> str:
+    """A tiny run folder (keeping a `:file` part) in place of the reader's folder in `value`."""
+    folder, colon, file = value.partition(":")
+    runs = sorted(p for p in (doc_runs / DOC_SWEEP).iterdir() if (p / "summary.json").is_file())
+    return str(runs[0]) + colon + file
+
+
 def test_the_docs_show_train_commands_to_check():
     assert len(DOC_COMMANDS) > 60 and any("-m" in c.split() for _, c in DOC_COMMANDS)
 
 
-@pytest.mark.parametrize("where, command", DOC_COMMANDS, ids=[w for w, _ in DOC_COMMANDS])
-def test_every_train_command_in_the_docs_composes_and_validates(where, command):
+@pytest.mark.parametrize("where, command", doc_train_params())
+def test_every_train_command_in_the_docs_composes_and_validates(where, command, request):
     """Each `nnopt train` line of the README and docs/ composes and passes nnopt's checks as
-    written (a -m line: each value of each sweep); lines meant to be refused show that they are."""
+    written (a -m line: each value of each sweep), a run folder of the reader's replaced by a tiny
+    real one; lines meant to be refused show that they are."""
     import shlex
 
     from nnopt_cli.errors import NnoptError
@@ -196,10 +242,12 @@ def test_every_train_command_in_the_docs_composes_and_validates(where, command):
             skip_next = w in ("--cfg", "-c", "--info", "-i")  # their value: job, hydra, all
         elif not w.startswith("-"):
             overrides.append(w)
-    for o in overrides:
+    for o in list(overrides):
         key, _, value = o.partition("=")
         if key in FOLDER_KEYS and value and not (ROOT / value.split(":")[0]).exists():
-            pytest.skip(f"{key}= names a run folder of the reader's ({value})")
+            overrides[overrides.index(o)] = f"{key}={doc_run_folder(request.getfixturevalue('doc_runs'), value)}"
+            if not any(w.startswith("dataset=") for w in overrides):  # a teacher must share the dataset
+                overrides[:0] = DOC_DATA
         if key in DATA_KEYS and value and not (ROOT / value).exists():
             pytest.skip(f"{key}= names data of the reader's ({value})")
     refused = "optimizer.lr=-1" in overrides  # the docs' example of a refused value
@@ -210,6 +258,78 @@ def test_every_train_command_in_the_docs_composes_and_validates(where, command):
             continue
         try:
             compose_config(variant)
+        except NnoptError as e:
+            if "is not installed: pip install" in str(e):  # an optional extra (logger=mlflow, wandb) not here
+                pytest.skip(str(e))
+            pytest.fail(f"{where}: `{command}` ({' '.join(variant)}): {e}")
         except Exception as e:  # the test's answer names the line and the first line of the error
             pytest.fail(f"{where}: `{command}` ({' '.join(variant)}): {type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:300]}")
+
+
+# ---------------------------------------------------------------------------- commands on run folders
+
+FOLDER_COMMANDS = ("compare", "ls", "report", "export")
+SHELL_ENDS = ("&&", "|", ">", ";")
+
+
+def folder_commands(page: Path) -> list[tuple[str, str]]:
+    """(where, command) for every `nnopt compare|ls|report|export ...` line of the page's code blocks
+    (with their `\\` continuations), cut where the shell takes over (`> runs.csv`, `&& tensorboard`)."""
+    found, in_fence, pending, start = [], False, "", 0
+    for n, line in enumerate(page.read_text().splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            in_fence, pending = not in_fence, ""
+            continue
+        if not in_fence:
+            continue
+        text = line.strip().removeprefix("$ ")
+        if pending:
+            text, pending = pending + " " + text, ""
+        elif not re.match(rf"nnopt (?:{'|'.join(FOLDER_COMMANDS)})(?: |$)", text):
+            continue
+        else:
+            start = n
+        if text.endswith("\\"):
+            pending = text[:-1]
+            continue
+        found.append((f"{page.relative_to(ROOT)}:{start}", text))
+    return found
+
+
+FOLDER_DOC_COMMANDS = [c for page in COMMAND_PAGES for c in folder_commands(page)]
+
+
+def test_the_docs_show_folder_commands_to_run():
+    commands = {c.split()[1] for _, c in FOLDER_DOC_COMMANDS}
+    assert set(FOLDER_COMMANDS) <= commands and len(FOLDER_DOC_COMMANDS) > 30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where, command", FOLDER_DOC_COMMANDS, ids=[w for w, _ in FOLDER_DOC_COMMANDS])
+def test_every_folder_command_in_the_docs_runs_on_tiny_run_folders(where, command, doc_runs, tmp_path,
+                                                                   monkeypatch, capsys):
+    """Each `nnopt compare|ls|report|export` line runs as written in a copy of doc_runs (where
+    outputs/ holds a sweep of tiny runs), a folder of the reader's (outputs/study, outputs/...)
+    replaced by outputs/; it exits 0 and what it says it writes is there."""
+    import shlex
+    import shutil
+
+    from nnopt_cli.cli.main import main
+
+    words = shlex.split(command, comments=True)
+    for end in SHELL_ENDS:
+        words = words[:words.index(end)] if end in words else words
+    if any("<" in w for w in words):
+        pytest.skip("a placeholder for the reader to fill in (<study>, ...)")
+    shutil.copytree(doc_runs, tmp_path / "home")
+    monkeypatch.chdir(tmp_path / "home")
+    args = [("outputs" if w.startswith("outputs") and not Path(w).exists() else w) for w in words[1:]]
+    try:
+        main(args)
+    except SystemExit as e:
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.code in (0, None), f"{where}: `{command}` exited {e.code}: {err[-1] if err else ''}"
+    for flag in ("-o", "--plot", "--out"):
+        if flag in args:
+            assert Path(args[args.index(flag) + 1]).exists(), f"{where}: `{command}` wrote no {flag} output"

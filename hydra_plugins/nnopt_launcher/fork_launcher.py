@@ -35,6 +35,9 @@ from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
 
+WORKER_DIED = ("nnopt: a worker process of the sweep died (killed, or out of memory); the jobs not started "
+               "were not run")
+
 # What a forked worker needs besides its job's overrides: set in the sweep's process just before
 # the workers are forked, so it reaches them by fork, never by pickling. Hydra re-runs this module's
 # code when it rescans its plugins (Plugins.instance() after a reset): the dict must survive that.
@@ -122,8 +125,7 @@ class ForkLauncher(Launcher):
             if isinstance(e, KeyboardInterrupt):
                 _stop_running_jobs(futures)
             if isinstance(e, BrokenProcessPool):  # the sweep report says which job; Hydra's would be a traceback
-                print("nnopt: a worker process of the sweep died (killed, or out of memory); the jobs not "
-                      "started were not run", file=sys.stderr, flush=True)
+                print(WORKER_DIED, file=sys.stderr, flush=True)
                 raise SystemExit(1) from None
             raise
         finally:  # the running jobs stop at a step boundary with a checkpoint (they got the signal too)

@@ -96,16 +96,17 @@ def logged_live(run: Run) -> bool:
 
 
 def export_tensorboard(paths: list[Path], out: Path | None = None,
-                       force: bool = False) -> tuple[list[Path], list[str]]:
+                       force: bool = False) -> tuple[list[Path], list[str], int]:
     """Write one event file per run found below `paths` (and one for its HParams session); returns
-    (folders written, notes). Runs exported before are counted in one note, or with `force`
-    rewritten. A run whose event files cannot be written whole (a full disk) stops the export with
+    (folders written, notes, runs that could not be exported). Runs exported before are counted in
+    one note, or with `force` rewritten. A run whose event files cannot be written whole (a full disk) stops the export with
     one line; its half-written event files are removed and the earlier ones kept."""
     writer_class = summary_writer_class("nnopt export tensorboard")
     written: list[Path] = []
     notes: list[str] = []
-    exported_before = 0
+    exported_before = failed = found = 0
     for run in discover(paths):
+        found += 1
         target = run.path if out is None else out / run.label
         old = event_files(target)
         if old and out is None and logged_live(run):
@@ -117,10 +118,12 @@ def export_tensorboard(paths: list[Path], out: Path | None = None,
             continue
         if run.status in ("corrupt", "incomplete") and not run.epochs:
             notes.append(f"{run.label}: {run.status}, nothing to export")
+            failed += 1
             continue
         steps = epoch_steps(run.epochs)
         if isinstance(steps, str):
             notes.append(f"{run.label}: {steps}; not exported")
+            failed += 1
             continue
         evals = [r for r in read_jsonl(run.path / layout.EVALS)[0] if step_count(r.get("total_steps")) is not None]
         choices = {g: run.config[g] for g in config_groups() if isinstance(run.config.get(g), str)}
@@ -155,7 +158,9 @@ def export_tensorboard(paths: list[Path], out: Path | None = None,
         written.append(target)
     if exported_before:
         notes.append(f"{exported_before} run(s) already exported; --force rewrites them")
-    return written, notes
+    if not found:
+        notes.append(f"no run folder found under {', '.join(map(str, paths))}")
+    return written, notes, failed if found else 1
 
 
 def run(args: list[str]) -> None:
@@ -177,10 +182,11 @@ def export(ns: argparse.Namespace) -> None:
     missing = [str(p) for p in ns.paths if not p.exists()]
     if missing:
         raise NnoptError(f"no such folder: {', '.join(missing)}")
-    written, notes = export_tensorboard(ns.paths, ns.out, ns.force)
+    written, notes, failed = export_tensorboard(ns.paths, ns.out, ns.force)
     for n in notes:
         print(f"nnopt: {n}", file=sys.stderr)
+    if failed and not written:  # exit 1: a script that exports and then reads the events learns nothing was written
+        print("nnopt export: error: nothing exported, see above", file=sys.stderr)
+        raise SystemExit(1)
     print(f"wrote TensorBoard event files for {len(written)} run(s); view them with: "
           f"tensorboard --logdir {ns.out or ns.paths[0]}")
-    if not written and not notes:
-        raise SystemExit(1)

@@ -33,6 +33,7 @@ from nnopt_cli.run.job import (
     keep_recorded_threads,
     link_latest,
     refuse_reuse,
+    refuse_reused_run_dir,
     resume_config,
     unlink_latest,
     write_hydra_files,
@@ -262,6 +263,7 @@ def run(args: list[str]) -> None:
         if not any(a in ("-sc", "--shell-completion") for a in args):  # query=bash is no override
             check_overrides(args)
             check_keys(args)
+            refuse_reused_run_dir(args)  # before Hydra opens its log file there
     except NnoptError as e:
         print(f"nnopt: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None

@@ -3,7 +3,9 @@ the value and what is allowed, instead of Hydra's multi-line report, and no run 
 
 - check_overrides: unparsable overrides, unknown group options, an empty key, a run folder that is a file;
 - check_keys: an override of a key the config does not have, and `+key=value` that adds a key nnopt
-  would never read (`+post.prune.thresh=0.01`, `+loss=mse`): refused instead of silently ignored.
+  would never read (`+post.prune.thresh=0.01`, `+loss=mse`): refused instead of silently ignored;
+- check_deletes: `~group.key` of a key the chosen options define (nnopt reads every one), and `~group`
+  of a group nnopt needs: refused instead of a KeyError mid-run or a silently different run.
 
 Each message leads somewhere: a close match for a misspelt option or key ("did you mean adam?"),
 the key below a group for a value given to the group itself (`batch_size=256` -> batch_size.size),
@@ -169,7 +171,7 @@ def check_keys(args: list[str]) -> None:
 
     parser, plain = OverridesParser.create(), []
     for a in args:
-        if a.startswith("-") or "=" not in a:
+        if a.startswith("-") or ("=" not in a and not a.startswith("~")):  # flags; `~key` has no =
             continue
         o = parser.parse_override(a)  # check_overrides has parsed every one already
         if o.key_or_group.startswith("hydra"):
@@ -187,6 +189,7 @@ def check_keys(args: list[str]) -> None:
             return compose(config_name="train", overrides=overrides)
 
     try:
+        check_deletes(plain, compose_with)
         composed = compose_with(plain)
         check_added_keys(plain, composed, compose_with)
     except ConfigCompositionException as e:
@@ -264,3 +267,92 @@ def check_added_keys(plain: list[str], composed, compose_with) -> None:
         where = f"keys of {parent}" if parent else "top-level keys"
         raise ConfigError(key, a.split("=", 1)[1] if "=" in a else None,
                           f"nnopt reads no such key, so it would be ignored ({where}: {known or '?'})")
+
+
+class DeletedKeyError(ConfigError):
+    """`~key`: one line naming the deleted key and what to write instead."""
+
+    def __init__(self, key: str, allowed: str):
+        self.key, self.value, self.allowed = key, None, allowed
+        NnoptError.__init__(self, f"invalid config: ~{key}: {allowed}")
+
+
+def _yaml_value(v: object) -> str:
+    """A composed value as it is written on the command line: 3, true, null, [256], adam."""
+    if isinstance(v, DictConfig):
+        return "{...}"
+    v = OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+    if isinstance(v, bool) or v is None:
+        return {True: "true", False: "false", None: "null"}[v]
+    if isinstance(v, list):
+        return "[" + ",".join(_yaml_value(x) for x in v) + "]"
+    return str(v)
+
+
+def _new_class(key: str, plain: list[str]) -> bool:
+    """Whether the command line chooses another class for the node that holds `key`
+    (`optimizer._target_=torch.optim.Rprop`, `optimizer.base_optimizer._target_=...`): the node's
+    keys are then that class's arguments, and deleting one the class does not take is the fix."""
+    parent = key.rpartition(".")[0]
+    for a in plain:
+        target = a.split("=", 1)[0].lstrip("+")
+        if target.endswith("._target_") and (target == f"{parent}._target_" or
+                                             (parent and target.startswith(parent + "."))):
+            return True
+    return False
+
+
+def check_deletes(plain: list[str], compose_with) -> None:
+    """`~key` / `~group`: nnopt reads every key the chosen options (conf/<group>/<option>.yaml) and
+    conf/train.yaml define, so deleting one would end in a KeyError mid-run or silently change the
+    run (a default in the code instead of the YAML's). Refused in one line naming the key and what
+    to write instead. Allowed: `~group` of a group whose default is null (diagnostics, post, ...),
+    a key the same command line adds with `+`, the arguments of a class the command line chooses
+    with `..._target_=` (`~optimizer.betas` for torch.optim.Rprop), and keys under observers/hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, groups = OverridesParser.create(), group_options()
+    deletes = [a for a in plain if a.startswith("~")]
+    if not deletes:
+        return
+    added = {a.split("=", 1)[0].lstrip("+") for a in plain if a.startswith("+")}
+    without = None
+    for a in deletes:
+        key = parser.parse_override(a).key_or_group
+        if key.split(".")[0] in USER_NODES or key in added:
+            continue
+        if key in groups:
+            options, null_ok = groups[key]
+            if not null_ok:
+                raise DeletedKeyError(key, f"nnopt needs the {key} group; choose an option with {key}=NAME "
+                                           f"(one of {', '.join(options)})")
+            continue
+        if without is None:
+            without = compose_with([x for x in plain if x not in deletes])
+        parent, _, leaf = key.rpartition(".")
+        holder = OmegaConf.select(without, parent) if parent else without
+        if isinstance(holder, DictConfig) and leaf in list(holder.keys()) and OmegaConf.is_missing(holder, leaf):
+            raise DeletedKeyError(key, f"deleted, but nnopt reads this key (??? in the YAML: a value you must "
+                                       f"give); set it instead: {key}=...")
+        value = OmegaConf.select(without, key, default=_MISSING)
+        if value is _MISSING:
+            node = OmegaConf.select(without, parent) if parent else without
+            names = sorted(map(str, node.keys())) if isinstance(node, DictConfig) else []
+            owners = [f"{parent + '.' if parent else ''}{k}" for k, v in node.items()
+                      if isinstance(v, DictConfig) and leaf in v] if isinstance(node, DictConfig) else []
+            close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6)
+            hint = (f"; did you mean ~{owners[0]}.{leaf}?" if owners else
+                    f"; did you mean ~{parent + '.' if parent else ''}{close[0]}?" if close else "")
+            where = f"keys of {parent}" if parent else "top-level keys"
+            raise DeletedKeyError(key, f"no such key to delete ({where}: {', '.join(names) or 'none'}){hint}")
+        if value is None:
+            raise DeletedKeyError(key, f"{key} is null (unset) already: leave out ~{key}")
+        if _new_class(key, plain):
+            continue
+        if isinstance(value, DictConfig):
+            instead = "set its keys instead (" + ", ".join(f"{key}.{k}" for k in value) + ")"
+        else:
+            instead = f"set a value instead, e.g. {key}={_yaml_value(value)}"
+            if key.endswith("._target_") or leaf == "name":
+                instead = f"choose another option of the group instead ({parent}=NAME)"
+        raise DeletedKeyError(key, f"deleted, but nnopt reads this key; {instead}")

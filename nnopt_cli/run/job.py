@@ -1,6 +1,7 @@
 """A job's run folder: the parts of `nnopt train` that make a folder the job's own before the run.
 
 - refuse_reuse: a fresh run never replaces another run's files (a fixed hydra.run.dir reused);
+  refuse_reused_run_dir checks a `hydra.run.dir=` of the command line before Hydra touches the folder;
 - discard_unused_folder: a config refused before training leaves no folder that reads as a run;
 - write_hydra_files: nnopt, not Hydra, writes .hydra/ once the folder is locked (run_lock.py) and
   known to be the job's, so a job that is skipped or refused leaves the earlier .hydra/ as it was;
@@ -24,6 +25,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from nnopt_cli.config.overrides import INFO_FLAGS
 from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.store import layout
 from nnopt_cli.store.checkpoint import CheckpointError, config_diff, load_checkpoint
@@ -132,6 +134,27 @@ def refuse_reuse(run_dir: Path, multirun: bool) -> None:
     if below is not None:
         raise RunDirError(f"{run_dir} holds other runs ({below} is one); a run's folder holds one run: "
                           "choose another hydra.run.dir")
+
+
+def refuse_reused_run_dir(args: list[str]) -> None:
+    """`nnopt train hydra.run.dir=<folder>` (a single run): refuse_reuse before Hydra runs, because
+    Hydra opens its log file in the folder first, and the app locks it: a refused folder that holds
+    runs is then left exactly as it was. Skipped for sweeps, resume=, Hydra's info flags and
+    torchrun's other ranks (rank 0 makes the folder they share)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if int(os.environ.get("RANK", "0")) != 0 or any(a in ("-m", "--multirun") for a in args) or any(
+            a.split("=")[0] in INFO_FLAGS for a in args):
+        return
+    folder = None
+    for a in args:
+        key = a.split("=", 1)[0]
+        if key.lstrip("+") == "resume" or key == "hydra.mode":
+            return
+        if key.lstrip("+") == "hydra.run.dir":
+            folder = OverridesParser.create().parse_override(a).value()
+    if isinstance(folder, str) and "${" not in folder and os.path.isdir(folder):
+        refuse_reuse(Path(folder), multirun=False)
 
 
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")

@@ -184,6 +184,8 @@ def check_observers(cfg: dict) -> None:
             raise ConfigError(name, node, "a node with _target_: a subclass of nnopt_cli.training.observers.Observer")
         cls = locate(f"{name}._target_", node["_target_"], Observer)
         bind(name, cls, (), settings(node))
+        if name.split(".")[0] in OBSERVER_GROUPS and cls.__module__.startswith("nnopt_cli."):
+            cls(**settings(node))  # nnopt's loggers and diagnostics check their values when built (no files yet)
 
 
 def build_observers(cfg: dict) -> Observers:

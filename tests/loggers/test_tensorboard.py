@@ -233,6 +233,7 @@ def test_export_back_fills_event_files_from_run_folders(cli, tmp_path):
         assert hp["optimizer"] == opt and hp["post"] == "prune" and hp["post.prune.finetune_epochs"] == 0
     # a second export leaves the folders alone and says so in one line; --out writes a copy elsewhere
     again = cli("export", "tensorboard", str(sweep))
+    assert again.returncode == 0
     assert again.stderr.strip() == "nnopt: 2 run(s) already exported; --force rewrites them"
     assert "for 0 run(s)" in again.stdout
     copy = cli("export", "tensorboard", str(sweep), "--out", str(tmp_path / "tb"))
@@ -322,3 +323,33 @@ def test_force_never_replaces_the_events_a_run_logged_while_training(tmp_path, c
     assert "live: has the event files logger=tensorboard wrote while it trained, kept (use --out DIR)" in out.err
     assert {f: f.read_bytes() for f in (tmp_path / "live").rglob("events.out.tfevents.*")} == before
     assert len(scalar(read_events(tmp_path / "live"), "step/loss")) == 10  # the per-step loss is still there
+
+
+def test_an_export_that_writes_nothing_exits_1_and_says_why(tmp_path, capsys):
+    from nnopt_cli.cli import export
+    from nnopt_cli.run.recipe import RunContext, train
+
+    run_dir = tmp_path / "runs" / "a"
+    cfg = compose_cfg("epochs=1")
+    hydra_files(run_dir, {"optimizer": "adam"}, [])
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    train(cfg, RunContext(run_dir=run_dir, live_progress=False))
+    export.run(["tensorboard", str(tmp_path / "runs")])
+    assert "for 1 run(s)" in capsys.readouterr().out and list(run_dir.glob("events.out.tfevents.*"))
+    export.run(["tensorboard", str(tmp_path / "runs")])  # every run already has its events: up to date, exit 0
+    out = capsys.readouterr()
+    assert "for 0 run(s)" in out.out
+    assert out.err.splitlines() == ["nnopt: 1 run(s) already exported; --force rewrites them"]
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1, "steps": "many"}\n')  # a run that cannot be exported
+    with pytest.raises(SystemExit) as e:
+        export.run(["tensorboard", str(tmp_path / "runs"), "--force"])
+    out = capsys.readouterr()
+    assert e.value.code == 1 and not out.out
+    assert out.err.splitlines() == ["nnopt: a: epoch row 1 of metrics.jsonl has steps='many', not a step count; not exported",
+                                    "nnopt export: error: nothing exported, see above"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        export.run(["tensorboard", str(tmp_path / "empty")])
+    assert e.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [f"nnopt: no run folder found under {tmp_path / 'empty'}",
+                                                    "nnopt export: error: nothing exported, see above"]

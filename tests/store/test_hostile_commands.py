@@ -223,9 +223,12 @@ def test_export_refuses_step_counts_an_event_file_cannot_hold(run_folder, tmp_pa
     rows[-1].pop("total_steps", None)
     rows[-1]["steps"] = steps
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run(["tensorboard", str(run_dir), "--out", str(tmp_path / "tb")])  # the note is the answer: exit 0
+    with pytest.raises(SystemExit) as e:  # the note says why; nothing exported: exit 1
+        run(["tensorboard", str(run_dir), "--out", str(tmp_path / "tb")])
     err = capsys.readouterr().err
-    assert f"nnopt: run: epoch row {len(rows)} of metrics.jsonl has steps={steps!r}, not a step count; not exported" in err
+    assert e.value.code == 1 and err.splitlines() == [
+        f"nnopt: run: epoch row {len(rows)} of metrics.jsonl has steps={steps!r}, not a step count; not exported",
+        "nnopt export: error: nothing exported, see above"]
     assert not (tmp_path / "tb").exists()
 
 
@@ -251,11 +254,14 @@ def test_compare_statistics_flags_out_of_range_are_one_line(run_folder, args, me
     (["optimizer=lbfgs", "optimizer.max_iter=-5"], "optimizer.max_iter=-5: an integer >= 1"),
     (["optimizer=lbfgs", "optimizer.history_size=0"], "optimizer.history_size=0: an integer >= 1"),
     (["optimizer=lbfgs", "+optimizer.max_eval=0"], "optimizer.max_eval=0: an integer >= 1"),
-    (["post=prune", "~post.prune.sparsity"], "post.prune.sparsity=None: a value (the post.prune config lacks it"),
-    (["post=quantize", "~post.quantize.bits"], "post.quantize.bits=None: a value (the post.quantize config lacks"),
-    (["post=prune", "~post.measure.latency_repeats"], "post.measure.latency_repeats=None: a value"),
-    (["post=distill", "~post.distill.student"], "post.distill.student=None: a value (the post.distill config lacks"),
-    (["~checkpoint.every"], "checkpoint.every=None: a value (the checkpoint config lacks it"),
+    (["post=prune", "~post.prune.sparsity"], "~post.prune.sparsity: deleted, but nnopt reads this key; set a "
+                                             "value instead, e.g. post.prune.sparsity=0.9"),
+    (["post=quantize", "~post.quantize.bits"], "~post.quantize.bits: deleted, but nnopt reads this key"),
+    (["post=prune", "~post.measure.latency_repeats"], "~post.measure.latency_repeats: deleted"),
+    (["post=distill", "~post.distill.student"], "~post.distill.student: deleted, but nnopt reads this key; set its "
+                                               "keys instead (post.distill.student.name, "),
+    (["~checkpoint.every"], "~checkpoint.every: deleted, but nnopt reads this key; set a value instead, "
+                            "e.g. checkpoint.every=1"),
     (["optimizer=adam", "+optimizer/wrapper=lookahead"],
      "+optimizer/wrapper='lookahead': optimizer/wrapper is in the defaults list already (conf/train.yaml): "
      "write optimizer/wrapper=lookahead, without the +"),
@@ -293,9 +299,19 @@ def test_a_run_folder_that_holds_runs_below_it_is_refused(run_folder, tmp_path):
 def test_nnopt_train_into_a_folder_of_runs_is_one_line_and_trains_nothing(run_folder, tmp_path):
     (tmp_path / "outputs" / "a").mkdir(parents=True)
     (tmp_path / "outputs" / "a" / "summary.json").write_bytes((run_folder / "summary.json").read_bytes())
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "outputs").rglob("*"))
     err = one_line(nnopt("train", *TINY, "hydra.run.dir=outputs", cwd=tmp_path), code=2)
     assert "outputs holds other runs" in err
-    assert not (tmp_path / "outputs" / "metrics.jsonl").exists() and not (tmp_path / "outputs" / "model.pt").exists()
+    # nothing left behind: no Hydra log, no lock, no .hydra/
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "outputs").rglob("*")) == before
+    # a folder that holds a run itself: refused, and every file of it as it was
+    import shutil
+
+    shutil.copytree(run_folder, tmp_path / "one")
+    files = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
+    err = one_line(nnopt("train", *TINY, "hydra.run.dir=one", cwd=tmp_path), code=2)
+    assert "one already holds a run" in err and "nothing in it was changed" in err
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()} == files
 
 
 def test_a_fifo_in_place_of_the_mnist1d_cache_is_regenerated_not_waited_on(tmp_path, caplog):
