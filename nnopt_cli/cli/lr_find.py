@@ -119,14 +119,15 @@ def range_test(trainer: Trainer, data, start_lr: float, end_lr: float, steps: in
 
 
 def ramp_trainer(cfg: dict, model: nn.Module, n_train: int, device: torch.device, batch_size: int,
-                 steps: int) -> Trainer:
+                 steps: int, class_counts: torch.Tensor | None = None) -> Trainer:
     """A Trainer for the range test: the run's settings, but one fixed batch size, no LR schedule,
-    no LR scaling and no weight averaging (the ramp alone sets the LR)."""
+    no LR scaling and no weight averaging (the ramp alone sets the LR). class_counts: the training
+    samples per class, for loss.class_weights."""
     epochs = -(-steps // -(-n_train // batch_size))
     cfg = {**cfg, "scheduler": {"name": "none"}, "epochs": epochs,
            "batch_size": {"policy": "fixed", "size": batch_size, "lr_scaling": "none",
-                          "base_size": batch_size}}
-    return Trainer(cfg, model, n_train, device, epochs=epochs)
+                          "base_size": batch_size, "sampler": cfg["batch_size"].get("sampler", "random")}}
+    return Trainer(cfg, model, n_train, device, epochs=epochs, class_counts=class_counts)
 
 
 def figure(test: RangeTest, sugg: dict[str, float]):
@@ -193,7 +194,7 @@ def lr_find(args: argparse.Namespace) -> dict:
     data = runs.load_data(cfg["dataset"]).to(device)
     model = runs.make_model(cfg, data.input_shape, data.num_classes).to(device)
     bs = int(cfg["batch_size"].get("size") or cfg["batch_size"].get("base_size") or 128)
-    trainer = ramp_trainer(cfg, model, len(data.train_x), device, bs, args.steps)
+    trainer = ramp_trainer(cfg, model, len(data.train_x), device, bs, args.steps, data.class_counts())
     test = range_test(trainer, data, args.start_lr, args.end_lr, args.steps, stop_factor=args.stop_factor)
     sugg = test.suggestions()
     meta = {"overrides": list(args.overrides), "start_lr": args.start_lr, "end_lr": args.end_lr,

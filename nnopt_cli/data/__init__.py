@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from nnopt_cli.config.checks import need_choice, need_int, need_num
+from nnopt_cli.data import imbalance as long_tail
 from nnopt_cli.data import mnist1d, own
 from nnopt_cli.errors import ConfigError, DataError
 
@@ -61,6 +62,10 @@ class Splits:
     def clone(self) -> Splits:
         copies = {k: getattr(self, k).clone() for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
         return Splits(name=self.name, num_classes=self.num_classes, **copies)
+
+    def class_counts(self) -> torch.Tensor:
+        """Training samples per class, on the labels' device."""
+        return torch.bincount(self.train_y, minlength=self.num_classes)
 
 
 def default_root() -> Path:
@@ -215,7 +220,7 @@ def _load(name: str, **kwargs) -> Splits:
     if name in own.OWN_DATASETS:
         tx, ty, sx, sy, classes = own.load({"name": name, **kwargs})
         return _split(name, tx, ty, sx, sy, classes, kwargs["val_size"], kwargs.get("split_seed", 0),
-                      normalize=kwargs.get("normalize", False))
+                      normalize=kwargs.get("normalize", False), imbalance=kwargs.get("imbalance"))
     return _load_builtin(name, **kwargs)
 
 
@@ -236,6 +241,7 @@ def _load_builtin(
     final_seq_length: int = 40,
     shuffle_seq: bool = False,
     seed: int = 42,
+    imbalance: float | None = None,
 ) -> Splits:
     root = Path(root).expanduser() if root else default_root()
     if name == "mnist":  # the shipped, md5-verified IDX files, read directly (importing torchvision costs ~1 s)
@@ -259,17 +265,22 @@ def _load_builtin(
         raise ConfigError("dataset.name", name, f"one of {', '.join(DATASETS)}")
     if images:
         tx, sx = tx.unsqueeze(1), sx.unsqueeze(1)  # views; scaled to [0, 1] after the split (4x less to move)
-    return _split(name, tx, ty, sx, sy, num_classes, val_size, split_seed, normalize=True, images=images)
+    return _split(name, tx, ty, sx, sy, num_classes, val_size, split_seed, normalize=True, images=images,
+                  imbalance=imbalance)
 
 
 def _split(name: str, tx: torch.Tensor, ty: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, num_classes: int,
-           val_size: int, split_seed: int, *, normalize: bool, images: bool = False) -> Splits:
-    """Carve the seeded validation split from the training set, then normalize with the training
+           val_size: int, split_seed: int, *, normalize: bool, images: bool = False,
+           imbalance: float | None = None) -> Splits:
+    """Carve the seeded validation split from the training set, make the rest long-tailed if
+    `imbalance` is set (imbalance.py: the training split only), then normalize with the training
     split's mean and std (images: bytes scaled to [0, 1] first)."""
     if not 1 <= val_size < len(tx):
         raise ConfigError("dataset.val_size", val_size, f"an integer in [1, {len(tx) - 1}] for dataset={name}")
     perm = torch.randperm(len(tx), generator=torch.Generator().manual_seed(split_seed))
     val_idx, train_idx = perm[:val_size], perm[val_size:]
+    if imbalance is not None:
+        train_idx = train_idx[long_tail.subsample(ty[train_idx], num_classes, imbalance, split_seed, name)]
     # split first (on bytes for images: 4x less to move), then scale: the same values as scaling first
     train_x, val_x = tx[train_idx], tx[val_idx]
     if images:
@@ -315,9 +326,17 @@ def num_classes(node: dict) -> int:
     return node["num_classes"] if node.get("num_classes") is not None else 10
 
 
+def stated_num_classes(node: dict) -> int | None:
+    """The number of classes when the config fixes it; None for your own data that leaves it to the labels."""
+    if node.get("name") in own.OWN_DATASETS and node.get("num_classes") is None:
+        return None
+    return num_classes(node)
+
+
 def check_dataset(d: dict) -> None:
     need_choice("dataset.name", d.get("name"), DATASETS)
     need_int("dataset.val_size", d.get("val_size"), 1)
+    long_tail.check(d.get("imbalance"))
     if "split_seed" in d:
         need_int("dataset.split_seed", d["split_seed"], 0)
     if d["name"] == "synthetic":

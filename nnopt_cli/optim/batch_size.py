@@ -18,6 +18,7 @@ from nnopt_cli.errors import ConfigError
 _NO_SCALING = contextlib.nullcontext()
 
 POLICIES = ("fixed", "ramp", "double", "random")
+SAMPLERS = ("random", "balanced")  # training/sampler.py: every sample once per epoch, or class-balanced draws
 
 
 MAX_BATCH = 2**31 - 1  # index tensors and sizes stay within int32
@@ -45,6 +46,7 @@ def check_batch_size(b: dict, scheduler: dict, batch_norm: bool = False) -> None
         need_int("batch_size.min_size", b.get("min_size"), least, MAX_BATCH)
         need_int("batch_size.max_size", b.get("max_size"), b["min_size"], MAX_BATCH)
     need_int("batch_size.base_size", b.get("base_size"), 1, MAX_BATCH)
+    need_choice("batch_size.sampler", b.get("sampler", "random"), SAMPLERS)
 
 
 class BatchSizePolicy:

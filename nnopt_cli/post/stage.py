@@ -38,7 +38,8 @@ class StageContext:
         cfg = self.cfg
         if lr_scale != 1.0:
             cfg = {**cfg, "optimizer": {**cfg["optimizer"], "lr": cfg["optimizer"]["lr"] * lr_scale}}
-        trainer = Trainer(cfg, model, len(self.data.train_x), self.device, epochs=epochs, loss_fn=loss_fn)
+        trainer = Trainer(cfg, model, len(self.data.train_x), self.device, epochs=epochs, loss_fn=loss_fn,
+                          class_counts=self.data.class_counts())
         write = FitHooks(epoch_row=lambda row: self.run.append_metrics({**tag, **row}))
         fit(trainer, self.data, range(1, epochs + 1), write)
 

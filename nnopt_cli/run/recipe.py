@@ -43,7 +43,7 @@ from nnopt_cli.training.device import configure_threads, resolve_device, seed_ev
 from nnopt_cli.training.early_stopping import EarlyStopping
 from nnopt_cli.training.fit import FitHooks, fit
 from nnopt_cli.training.interrupt import Interrupt, Interrupted
-from nnopt_cli.training.metrics import Diverged, evaluate
+from nnopt_cli.training.metrics import Diverged, evaluate, evaluate_split
 from nnopt_cli.training.observers import EpochInfo, RunInfo, StopRun, build_observers
 from nnopt_cli.training.precision import check_precision
 from nnopt_cli.training.progress import Progress
@@ -178,11 +178,12 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     model = make_model(cfg, data.input_shape, data.num_classes).to(device)
     summary["params"] = count_params(model)
     # what rebuilds the model from the folder alone (nnopt_cli.load_run), own datasets included
-    summary["data"] = {"input_shape": list(data.input_shape), "num_classes": data.num_classes}
+    summary["data"] = {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                       "train_class_counts": data.class_counts().tolist()}
     frozen = freeze(model, cfg.get("freeze"))  # before the optimizer sees the parameters
     if frozen:
         summary["frozen"] = frozen
-    trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers)
+    trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers, class_counts=data.class_counts())
     stopper = EarlyStopping.from_config(cfg["early_stopping"])
     if parent is not None:
         parent.keep_plan(cfg, trainer)  # before any state is loaded: a schedule made for the parent's length
@@ -225,8 +226,8 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     if trainer.world == 1:  # under DDP the ranks must agree, so they stop at epoch boundaries only
         trainer.should_stop = lambda: interrupt.requested
 
-    def validation(model) -> tuple[float, float]:  # every rank scores a share of the split
-        return evaluate(model, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"], sharded=True)
+    def validation(model) -> dict:  # every rank scores a share of the split
+        return evaluate_split(model, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"], sharded=True)
 
     def epoch_start(epoch: int) -> None:
         epoch_of[0] = epoch
@@ -299,8 +300,8 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     if stopper is not None and stopper.restore_best and stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
         summary["restored_epoch"] = stopper.best_epoch
-    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg["eval_batch_size"], cfg["precision"],
-                                   sharded=True)
+    test = evaluate_split(model, data.test_x, data.test_y, cfg["eval_batch_size"], cfg["precision"], sharded=True)
+    test_loss, test_acc = test["loss"], test["acc"]
     run.save_model(model)
     stages = stage_names(cfg)
     summary.update({
@@ -309,6 +310,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         "status": layout.Status.POST_TRAINING if stages else layout.Status.COMPLETED,
         "test/loss": test_loss,
         "test/acc": test_acc,
+        **{f"test/{k}": v for k, v in test.items() if k not in ("loss", "acc")},
         "flops": forward_flops(model, data.input_shape),  # forward FLOPs per sample (post/flops.py)
         "best/val/acc": state.best_val_acc,
         "best/val/epoch": state.best_val_epoch,

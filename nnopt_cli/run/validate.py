@@ -65,7 +65,7 @@ def validate(cfg: dict) -> None:
     check_optimizer(cfg["optimizer"], cfg["precision"], distributed.launched_by_torchrun())
     check_scheduler(cfg["scheduler"])
     check_regularizer(cfg["regularizer"])
-    check_loss(cfg.get("loss"))
+    check_loss(cfg.get("loss"), data.stated_num_classes(cfg["dataset"]))
     check_transfer(cfg)
     check_batch_size(cfg["batch_size"], cfg["scheduler"], batch_norm=bool(cfg["model"].get("batch_norm")))
     check_grad_clip(cfg["grad_clip"])

@@ -3,6 +3,7 @@ epoch kept on the device, and the Diverged signal."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,16 @@ class Diverged(Exception):
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              precision: str = "fp32", sharded: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y), in eval mode.
+    """Mean cross-entropy and accuracy over (x, y), in eval mode (see evaluate_split)."""
+    got = evaluate_split(model, x, y, batch_size, precision, sharded)
+    return got["loss"], got["acc"]
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                   precision: str = "fp32", sharded: bool = False) -> dict[str, Any]:
+    """loss (mean cross-entropy), acc and the class metrics of the confusion matrix (class_metrics)
+    over (x, y), in eval mode.
 
     sharded: under DDP each rank scores every world_size-th sample and the sums are added over
     the ranks, so every rank gets the numbers of the whole set (all ranks must call it).
@@ -34,18 +44,45 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     was_training = model.training
     model.eval()
     loss_sum = x.new_zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    confusion: torch.Tensor | None = None  # [true class, predicted class] counts
     with autocast_context(precision, x.device):
         for i in range(0, len(x), batch_size):
             out = model(x[i:i + batch_size]).float()
             yb = y[i:i + batch_size]
             loss_sum += F.cross_entropy(out, yb, reduction="sum").double()
-            correct += (out.argmax(1) == yb).sum()
+            classes = out.shape[1]
+            pairs = torch.bincount(yb * classes + out.argmax(1), minlength=classes * classes)
+            confusion = pairs if confusion is None else confusion + pairs
     model.train(was_training)
+    if confusion is None:  # an empty split
+        confusion = torch.zeros(0, dtype=torch.long, device=x.device)
     if sharded and world > 1:
-        loss_sum, correct = distributed.sum_over_ranks(loss_sum, correct)
+        loss_sum = distributed.sum_over_ranks(loss_sum)[0]
+        confusion = distributed.sum_tensor_over_ranks(confusion)
+    classes = math.isqrt(confusion.numel())
+    confusion = confusion.reshape(classes, classes).cpu()
     n = max(n_all, 1)
-    return loss_sum.item() / n, correct.item() / n
+    return {"loss": loss_sum.item() / n, "acc": confusion.diagonal().sum().item() / n,
+            **class_metrics(confusion)}
+
+
+def class_metrics(confusion: torch.Tensor) -> dict[str, Any]:
+    """Per-class accuracy (recall), balanced accuracy and macro-F1 of a [true, predicted] count
+    matrix, as scikit-learn defines them: balanced_acc is the mean recall over the classes present
+    in the split; macro_f1 the mean of 2 tp / (2 tp + fp + fn) over the classes present in the
+    split or predicted. class_acc maps each present class ("0", "1", ...) to its accuracy."""
+    confusion = confusion.double()
+    tp = confusion.diagonal()
+    true, predicted = confusion.sum(1), confusion.sum(0)
+    present = true > 0
+    if not present.any():
+        return {"balanced_acc": None, "macro_f1": None, "class_acc": {}}
+    recall = tp[present] / true[present]
+    seen = present | (predicted > 0)
+    f1 = 2 * tp[seen] / (true[seen] + predicted[seen])  # 2tp + fp + fn = true + predicted
+    return {"balanced_acc": recall.mean().item(), "macro_f1": f1.mean().item(),
+            "class_acc": {str(c): v for c, v in zip(torch.nonzero(present).flatten().tolist(),
+                                                    recall.tolist(), strict=True)}}
 
 
 @dataclass
