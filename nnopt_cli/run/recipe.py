@@ -43,7 +43,7 @@ from nnopt_cli.training.device import configure_threads, resolve_device, seed_ev
 from nnopt_cli.training.early_stopping import EarlyStopping
 from nnopt_cli.training.fit import FitHooks, fit
 from nnopt_cli.training.interrupt import Interrupt, Interrupted
-from nnopt_cli.training.metrics import Diverged, evaluate, evaluate_split
+from nnopt_cli.training.metrics import Diverged, evaluate_split
 from nnopt_cli.training.observers import EpochInfo, RunInfo, StopRun, build_observers
 from nnopt_cli.training.precision import check_precision
 from nnopt_cli.training.progress import Progress
@@ -139,8 +139,8 @@ def _eval_logger(run: RunDir, cfg: dict, model, data, trainer: Trainer, epoch_of
     path = run.path / layout.EVALS
 
     def on_eval(train_s: float) -> None:
-        val_loss, val_acc = evaluate(model, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"],
-                                     sharded=True)
+        got = evaluate_split(model, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"], sharded=True)
+        val_loss, val_acc = got["loss"], got["acc"]
         row = {"epoch": epoch_of[0], **trainer.counters.as_row(), "train_s": train_s,
                "val/loss": val_loss, "val/acc": val_acc}
         run.append_jsonl(path, row)
