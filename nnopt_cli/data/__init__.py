@@ -22,7 +22,7 @@ import torch
 
 from nnopt_cli.config.checks import need_choice, need_int, need_num
 from nnopt_cli.data import imbalance as long_tail
-from nnopt_cli.data import mnist1d, own
+from nnopt_cli.data import mnist1d, own, regression
 from nnopt_cli.errors import ConfigError, DataError
 
 PACKAGED_MNIST = Path(__file__).parent / "mnist"
@@ -35,12 +35,14 @@ MNIST_MD5 = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 
-DATASETS = ("mnist", "fashion_mnist", "kmnist", "mnist1d", "synthetic", *own.OWN_DATASETS)
+DATASETS = ("mnist", "fashion_mnist", "kmnist", "mnist1d", "synthetic", "regression", *own.OWN_DATASETS)
+CLASSIFICATION, REGRESSION = "classification", regression.TASK
 
 
 @dataclass
 class Splits:
-    """Train/val/test tensors of one dataset, already normalized."""
+    """Train/val/test tensors of one dataset, already normalized. Classification: integer labels and
+    num_classes outputs; regression: float targets of shape (N,) and one output (num_classes=1)."""
 
     name: str
     train_x: torch.Tensor
@@ -63,8 +65,14 @@ class Splits:
         copies = {k: getattr(self, k).clone() for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
         return Splits(name=self.name, num_classes=self.num_classes, **copies)
 
-    def class_counts(self) -> torch.Tensor:
-        """Training samples per class, on the labels' device."""
+    @property
+    def task(self) -> str:
+        return REGRESSION if self.train_y.is_floating_point() else CLASSIFICATION
+
+    def class_counts(self) -> torch.Tensor | None:
+        """Training samples per class, on the labels' device; None for regression."""
+        if self.task == REGRESSION:
+            return None
         return torch.bincount(self.train_y, minlength=self.num_classes)
 
 
@@ -242,6 +250,8 @@ def _load_builtin(
     shuffle_seq: bool = False,
     seed: int = 42,
     imbalance: float | None = None,
+    n_features: int = 10,
+    teacher_hidden: int = 10,
 ) -> Splits:
     root = Path(root).expanduser() if root else default_root()
     if name == "mnist":  # the shipped, md5-verified IDX files, read directly (importing torchvision costs ~1 s)
@@ -261,6 +271,9 @@ def _load_builtin(
         num_classes = mnist1d.NUM_CLASSES
     elif name == "synthetic":
         tx, ty, sx, sy = _synthetic(n_train, n_test, num_classes, noise, split_seed)
+    elif name == "regression":
+        tx, ty, sx, sy = regression.load(n_train, n_test, n_features, teacher_hidden, noise, seed)
+        return _split(name, tx, ty, sx, sy, 1, val_size, split_seed, normalize=False)
     else:
         raise ConfigError("dataset.name", name, f"one of {', '.join(DATASETS)}")
     if images:
@@ -294,14 +307,15 @@ def _split(name: str, tx: torch.Tensor, ty: torch.Tensor, sx: torch.Tensor, sy: 
                             "there is nothing to learn (or set dataset.normalize=false)")
         for t in (train_x, val_x, sx):  # in place, on tensors made here: the same values as (t - mean) / std
             t.sub_(mean).div_(std)
+    target = (lambda t: t.float()) if ty.is_floating_point() else (lambda t: t.long())  # regression: floats
     return Splits(
         name=name,
         train_x=train_x.contiguous(),
-        train_y=ty[train_idx].long(),
+        train_y=target(ty[train_idx]),
         val_x=val_x.contiguous(),
-        val_y=ty[val_idx].long(),
+        val_y=target(ty[val_idx]),
         test_x=sx.contiguous(),
-        test_y=sy.long(),
+        test_y=target(sy),
         num_classes=num_classes,
     )
 
@@ -318,12 +332,22 @@ def input_shape(node: dict) -> tuple[int, ...] | None:
         return own.input_shape(node)
     if node.get("name") == "mnist1d":
         return (1, node["final_seq_length"])
+    if node.get("name") == "regression":
+        return (node["n_features"],)
     return (1, 28, 28)
 
 
 def num_classes(node: dict) -> int:
-    """The number of classes known from the config alone (10 where it is not: only model checks use it)."""
+    """The number of classes known from the config alone (10 where it is not: only model checks use
+    it); 1 for regression: the model's one output."""
+    if task(node) == REGRESSION:
+        return 1
     return node["num_classes"] if node.get("num_classes") is not None else 10
+
+
+def task(node: dict) -> str:
+    """classification or regression, from the config alone."""
+    return REGRESSION if node.get("name") == "regression" else CLASSIFICATION
 
 
 def stated_num_classes(node: dict) -> int | None:
@@ -346,5 +370,9 @@ def check_dataset(d: dict) -> None:
         need_num("dataset.noise", d.get("noise"), ge=0)
     if d["name"] == "mnist1d":
         mnist1d.check(d)
+    if d["name"] == "regression":
+        regression.check(d)
+        if d.get("imbalance") is not None:
+            raise ConfigError("dataset.imbalance", d["imbalance"], "null for dataset=regression (it has no classes)")
     if d["name"] in own.OWN_DATASETS:
         own.check(d)

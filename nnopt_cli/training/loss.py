@@ -1,6 +1,9 @@
-"""The training loss (conf/loss/*.yaml): cross-entropy, label smoothing, or mean squared error.
+"""The training loss (conf/loss/*.yaml): cross-entropy, label smoothing, mean squared error, Huber.
 
-Every loss maps (logits, integer labels) to the batch mean. The penalty terms of `regularizer`
+Every loss maps (outputs, targets) to the batch mean. Classification (integer labels): cross_entropy,
+label_smoothing, and mse between softmax(logits) and the one-hot target. Regression (dataset=regression,
+float targets, one output): mse and huber on the output itself; `val/loss` / `test/loss` are then the
+MSE. The penalty terms of `regularizer`
 are added to it in the training step; distillation brings its own loss. Validation and test
 always report cross-entropy as `val/loss` / `test/loss`, so runs with different training losses
 compare on one scale.
@@ -29,6 +32,18 @@ def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(torch.softmax(out, dim=1), target)
 
 
+def regression_mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Plain mean squared error of the one output against the target."""
+    return F.mse_loss(out.reshape(y.shape), y)
+
+
+def huber(out: torch.Tensor, y: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
+    """Huber loss (torch's F.huber_loss): squared below `delta`, linear above it."""
+    return F.huber_loss(out.reshape(y.shape), y, delta=delta)
+
+
+REGRESSION_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"mse": regression_mse, "huber": huber}
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "cross_entropy": lambda out, y, class_weights=None: F.cross_entropy(out, y, weight=class_weights),
     "label_smoothing": lambda out, y, smoothing=0.1, class_weights=None: F.cross_entropy(
@@ -39,10 +54,18 @@ WEIGHTED = ("cross_entropy", "label_smoothing")  # the losses that take loss.cla
 WEIGHTS_ALLOWED = "balanced, null, or a list of one weight >= 0 per class, not all 0"
 
 
-def check_loss(node: dict | None, num_classes: int | None = None) -> None:
+def check_loss(node: dict | None, num_classes: int | None = None, task: str = "classification") -> None:
     """num_classes: when the config states it, a list of class weights must have that length."""
     node = node or {"name": "cross_entropy"}
-    need_choice("loss.name", node.get("name"), tuple(LOSSES))
+    need_choice("loss.name", node.get("name"), (*LOSSES, *(n for n in REGRESSION_LOSSES if n not in LOSSES)))
+    if task == "regression" and node["name"] not in REGRESSION_LOSSES:
+        raise ConfigError("loss", node["name"], "mse or huber for dataset=regression (loss=mse: plain MSE on the "
+                          "output; cross_entropy and label_smoothing need classes)")
+    if task != "regression" and node["name"] not in LOSSES:
+        raise ConfigError("loss", node["name"], "one of " + ", ".join(LOSSES) + " for a classification dataset "
+                          f"(loss={node['name']} is for dataset=regression)")
+    if node["name"] == "huber":
+        need_num("loss.delta", node.get("delta"), gt=0)
     if node["name"] == "label_smoothing":
         need_num("loss.smoothing", node.get("smoothing"), ge=0, lt=1)
     weights = node.get("class_weights")
@@ -78,12 +101,12 @@ def class_weights(setting, class_counts: torch.Tensor | None) -> torch.Tensor | 
     return torch.tensor(setting, dtype=torch.float32, device=counts.device)
 
 
-def make_loss(node: dict | None, class_counts: torch.Tensor | None = None
+def make_loss(node: dict | None, class_counts: torch.Tensor | None = None, task: str = "classification"
               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(logits, labels) -> the batch mean of the configured loss; None = cross-entropy (old run folders).
+    """(outputs, targets) -> the batch mean of the configured loss; None = cross-entropy (old run folders).
     class_counts: the training samples per class, for loss.class_weights."""
     node = node or {"name": "cross_entropy"}
-    fn = LOSSES[node["name"]]
+    fn = (REGRESSION_LOSSES if task == "regression" else LOSSES)[node["name"]]
     settings = {k: v for k, v in node.items() if k != "name" and v is not None}
     if "class_weights" in settings:
         settings["class_weights"] = class_weights(settings["class_weights"], class_counts)

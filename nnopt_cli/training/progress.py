@@ -9,7 +9,7 @@ log = logging.getLogger("nnopt")
 
 
 def _fmt(row: dict) -> str:
-    keys = ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "batch_size", "time_s")
+    keys = ("train/loss", "train/acc", "val/loss", "val/acc", "val/rmse", "val/r2", "lr", "batch_size", "time_s")
     parts = []
     for k in keys:
         v = row.get(k)
@@ -48,15 +48,18 @@ class Progress:
             desc = f"{self.label} epoch {epoch}/{self.epochs}"
             self._task = self._bar.add_task(desc, total=steps, stats="")
 
-    def update(self, step: int, loss: float, acc: float, lr: float) -> None:
+    def update(self, step: int, loss: float, acc: float | None, lr: float) -> None:
+        """acc: None for regression."""
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, stats=f"loss {loss:.4f} acc {acc:.4f} lr {lr:.3g}")
+            shown = f" acc {acc:.4f}" if acc is not None else ""
+            self._bar.update(self._task, completed=step, stats=f"loss {loss:.4f}{shown} lr {lr:.3g}")
 
     def end_epoch(self, row: dict) -> None:
         msg = f"{self.label} epoch {row['epoch']}/{self.epochs} {_fmt(row)}"
         if self._bar is not None:
             task = self._bar.tasks[-1]
             self._bar.update(self._task, completed=task.total,
-                             stats=f"val/loss {row['val/loss']:.4f} val/acc {row['val/acc']:.4f}")
+                             stats=" ".join(f"{k} {row[k]:.4f}" for k in ("val/loss", "val/acc", "val/rmse")
+                                            if row.get(k) is not None))
         else:
             log.info(msg)

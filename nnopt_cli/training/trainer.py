@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from nnopt_cli import data
 from nnopt_cli.optim.averaging import Averager
 from nnopt_cli.optim.batch_size import BatchSizePolicy
 from nnopt_cli.optim.optimizers import Protocol, build_optimizer, current_lr, optimizer_step
@@ -75,7 +76,8 @@ class Trainer:
         """class_counts: the training samples per class (loss.class_weights=balanced needs them)."""
         self.cfg, self.model, self.n_train, self.device = cfg, model, n_train, device
         # conf/loss: (logits, labels) -> batch mean
-        self.criterion = make_loss(cfg.get("loss"), None if class_counts is None else class_counts.to(device))
+        self.criterion = make_loss(cfg.get("loss"), None if class_counts is None else class_counts.to(device),
+                                   data.task(cfg.get("dataset") or {}))
         self.balanced = cfg["batch_size"].get("sampler", "random") == "balanced"
         self.sampler: BalancedSampler | None = None  # made from the first epoch's labels
         self.loss_fn = loss_fn  # (out, y, x) -> batch mean in place of the criterion (distillation)
@@ -230,7 +232,8 @@ class Trainer:
         drawn = self._draw(y_all)  # balanced sampler: the samples this epoch visits (else every one once)
         batches = distributed.epoch_batches(n, sizes, self.generator, self.rank, self.world)
         base_lr = current_lr(optimizer) if part is None else part["base_lr"]
-        sums = EpochSums(self.device) if part is None else EpochSums.resumed(part, self.device)
+        classes = not y_all.is_floating_point()  # regression: no accuracy
+        sums = EpochSums(self.device, classes) if part is None else EpochSums.resumed(part, self.device, classes)
         if progress is not None:
             progress.start_epoch(epoch, len(sizes))
         seen = 0  # samples this rank has trained on so far this epoch
@@ -264,7 +267,8 @@ class Trainer:
             if self.on_eval is not None:
                 eval_s += self._maybe_evaluate_at(t_start, eval_s, x_all, sizes[0])
             if progress is not None and progress.live and step % self.log_every == 0:
-                progress.update(step, sums.loss_sum().item() / seen, sums.correct().item() / seen, current_lr(optimizer))
+                progress.update(step, sums.loss_sum().item() / seen,
+                                sums.correct().item() / seen if classes else None, current_lr(optimizer))
         if self.averager is not None:
             self.averager.end_epoch(model, epoch)  # SWA: the end-of-epoch weights join the average
         self.weights.to_evaluation(x_all, sizes[0])
@@ -274,7 +278,7 @@ class Trainer:
             loss_sum, penalty, correct = distributed.sum_over_ranks(loss_sum, penalty, correct)
         row = {
             "train/loss": loss_sum.item() / n,
-            "train/acc": correct.item() / n,
+            **({"train/acc": correct.item() / n} if classes else {}),
             "lr": self.policy.epoch_lr(base_lr, sizes),
             # the random policy has no single size: report the mean size of the epoch
             "batch_size": sizes[0] if self.policy.policy != "random" else round(n / len(sizes), 1),
