@@ -228,7 +228,8 @@ def check_plot(args, kind: str, runs: list[Run], shown: list[Run], metrics: list
     # numbers only: a row's per-class accuracies (val/class_acc) are a mapping, not a curve
     epoch_metrics = sorted({k for r in shown for row in r.epochs for k, v in row.items()
                             if k not in ("epoch", "stage") and (is_number(v) or v is None)})
-    metric = args.plot_metric or next((m for m in metrics if m in epoch_metrics), "val/acc")
+    fallback = "val/acc" if "val/acc" in epoch_metrics or "val/loss" not in epoch_metrics else "val/loss"
+    metric = args.plot_metric or next((m for m in metrics if m in epoch_metrics), fallback)
     check_names("--plot-metric", [metric], epoch_metrics)
     return metric
 
