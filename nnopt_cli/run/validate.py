@@ -87,5 +87,5 @@ def check_regression(cfg: dict) -> None:
         raise ConfigError("early_stopping.monitor", "val/acc", f"val/loss (the validation MSE) {why}: no accuracy)")
     if cfg["scheduler"].get("monitor") == "val/acc":
         raise ConfigError("scheduler.monitor", "val/acc", f"val/loss (the validation MSE) {why}: no accuracy)")
-    if stage_names(cfg):
-        raise ConfigError("post", stage_names(cfg), f"null {why}: the post-training stages report accuracy)")
+    if any(name != "prune" for name in stage_names(cfg)):
+        raise ConfigError("post", stage_names(cfg), f"null or prune {why}: quantize and distill score by accuracy)")

@@ -79,6 +79,7 @@ def test_other_groups_work_on_regression(group, tmp_path):
     (["early_stopping.enabled=true", "early_stopping.monitor=val/acc"], "early_stopping.monitor"),
     (["scheduler=plateau", "scheduler.monitor=val/acc"], "scheduler.monitor"),
     (["post=quantize"], "post"),
+    (["post=[prune,distill]"], "post"),
     (["+dataset.imbalance=10"], "dataset.imbalance"),
     (["dataset.noise=-1"], "dataset.noise"),
 ])
@@ -92,3 +93,11 @@ def test_huber_on_a_classification_dataset_is_refused():
     with pytest.raises(ConfigError) as e:
         validate(compose_cfg("loss=huber"))
     assert e.value.key == "loss" and "dataset=regression" in str(e.value)
+
+
+def test_prune_measures_the_pruned_model_by_its_rmse(tmp_path):
+    summary = train(reg_cfg("epochs=2", "post=prune"), RunContext(tmp_path))
+    stage = summary["stages"][0]
+    assert stage["status"] == "completed" and "test/acc" not in stage["after"]
+    assert stage["after"]["test/rmse"] == pytest.approx(math.sqrt(stage["after"]["test/mse"]))
+    assert stage["after"]["sparsity"] > stage["before"]["sparsity"]
