@@ -101,3 +101,19 @@ def test_prune_measures_the_pruned_model_by_its_rmse(tmp_path):
     assert stage["status"] == "completed" and "test/acc" not in stage["after"]
     assert stage["after"]["test/rmse"] == pytest.approx(math.sqrt(stage["after"]["test/mse"]))
     assert stage["after"]["sparsity"] > stage["before"]["sparsity"]
+
+
+def test_a_killed_regression_run_resumes_bit_exact(tmp_path, monkeypatch):
+    from tests.run.test_resume import Crash, crash_after, strip_time
+
+    cfg = reg_cfg("epochs=3", "optimizer.lr=0.01", "checkpoint.keep=best")
+    whole = train(cfg, RunContext(tmp_path / "alone"))
+    with monkeypatch.context() as m:
+        crash_after(m, 2)  # killed while epoch 3 is validated
+        with pytest.raises(Crash):
+            train(cfg, RunContext(tmp_path / "cut"))
+    resumed = train(cfg, RunContext(tmp_path / "cut", resume=True))
+    assert strip_time(read_metrics(tmp_path / "alone" / "metrics.jsonl")) == \
+        strip_time(read_metrics(tmp_path / "cut" / "metrics.jsonl"))
+    for key in ("test/mse", "test/r2", "best/val/loss", "best/val/epoch", "noise_floor"):
+        assert whole[key] == resumed[key], key

@@ -97,3 +97,17 @@ def test_a_run_with_weights_and_the_sampler_completes(tmp_path):
     cfg = compose_cfg("dataset.imbalance=10", "loss.class_weights=balanced", "batch_size.sampler=balanced")
     summary = train(cfg, RunContext(tmp_path))
     assert summary["status"] == "completed" and summary["test/balanced_acc"] is not None
+
+
+def test_a_killed_run_with_the_balanced_sampler_resumes_bit_exact(tmp_path, monkeypatch):
+    from tests.run.test_resume import Crash, assert_same_run, crash_after
+
+    cfg = compose_cfg("dataset.imbalance=10", "loss.class_weights=balanced", "batch_size.sampler=balanced",
+                      "epochs=3")
+    train(cfg, RunContext(tmp_path / "alone"))
+    with monkeypatch.context() as m:
+        crash_after(m, 2)
+        with pytest.raises(Crash):
+            train(cfg, RunContext(tmp_path / "cut"))
+    train(cfg, RunContext(tmp_path / "cut", resume=True))
+    assert_same_run(tmp_path / "alone", tmp_path / "cut")
