@@ -238,6 +238,11 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     def validation(model) -> dict:  # every rank scores a share of the split
         return evaluate_split(model, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"], sharded=True)
 
+    untested = {"test/loss": None, **({} if regression else {"test/acc": None})}  # a run that ended untested
+
+    def best_val() -> dict:  # the best validation score so far: regression's lowest MSE, else accuracy
+        return {"best/val/loss": state.best_val_loss} if regression else {"best/val/acc": state.best_val_acc}
+
     def epoch_start(epoch: int) -> None:
         epoch_of[0] = epoch
         if stop_agreed(interrupt, device):
@@ -283,19 +288,18 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
                 state.epoch_elapsed_s)
     except Diverged as d:
         summary.update(status=layout.Status.DIVERGED, epochs=state.epoch, train_time_s=state.train_time_s,
-                       diverged_at={"epoch": d.epoch, "step": d.step}, **{"test/loss": None, "test/acc": None},
+                       diverged_at={"epoch": d.epoch, "step": d.step}, **untested,
                        message=f"training diverged: {d}; metrics of the {state.epoch} finished epoch(s) are kept")
         return _end(run, observers, summary, log.error)
     except StopRun as s:
         summary.update(status=s.status, epochs=state.epoch, train_time_s=state.train_time_s,
-                       **{"best/val/acc": state.best_val_acc, "best/val/epoch": state.best_val_epoch,
-                          "test/loss": None, "test/acc": None}, message=str(s))
+                       **{**best_val(), "best/val/epoch": state.best_val_epoch, **untested}, message=str(s))
         return _end(run, observers, summary, log.info)
     except Interrupted as i:
         # a second signal here exits at once (the handlers stay until `finally`): files are atomic
         checkpoint(i.elapsed_s if trainer.partial is not None else 0.0)
         summary.update(status=layout.Status.INTERRUPTED, signal=interrupt.name, exit_code=interrupt.exit_code,
-                       epochs=state.epoch, train_time_s=state.train_time_s, **{"test/loss": None, "test/acc": None},
+                       epochs=state.epoch, train_time_s=state.train_time_s, **untested,
                        message=f"interrupted by {interrupt.name} at {i}; checkpoint saved, continue with: "
                                f"nnopt train resume={run.path}")
         observers.close()
@@ -322,7 +326,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         "status": layout.Status.POST_TRAINING if stages else layout.Status.COMPLETED,
         **{f"test/{k}": v for k, v in test.items()},
         "flops": forward_flops(model, data.input_shape),  # forward FLOPs per sample (post/flops.py)
-        **({"best/val/loss": state.best_val_loss} if regression else {"best/val/acc": state.best_val_acc}),
+        **best_val(),
         "best/val/epoch": state.best_val_epoch,
         "epochs": state.epoch,
         "stop_reason": state.stop_reason,
