@@ -67,3 +67,18 @@ def test_a_ratio_that_empties_the_rarest_class_is_one_line():
     with pytest.raises(ConfigError) as e:
         load_splits(dataset("dataset.imbalance=100000"))
     assert e.value.key == "dataset.imbalance" and "would keep none" in str(e.value)
+
+
+def test_your_own_data_takes_it_too(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x_train=rng.normal(size=(400, 3)).astype(np.float32), y_train=np.arange(400) % 4,
+             x_test=rng.normal(size=(40, 3)).astype(np.float32), y_test=np.arange(40) % 4)
+    node = ["dataset=npz", f"dataset.path={path}", "dataset.val_size=40"]
+    plain = load_splits(dataset(*node))
+    got = load_splits(dataset(*node, "dataset.imbalance=8"))
+    n_max = min(torch.bincount(plain.train_y, minlength=4).tolist())
+    assert torch.bincount(got.train_y, minlength=4).tolist() == [math.floor(n_max * 8 ** (-c / 3)) for c in range(4)]
+    assert torch.equal(got.val_y, plain.val_y) and torch.equal(got.test_x, plain.test_x)
