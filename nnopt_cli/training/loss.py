@@ -2,11 +2,10 @@
 
 Every loss maps (outputs, targets) to the batch mean. Classification (integer labels): cross_entropy,
 label_smoothing, and mse between softmax(logits) and the one-hot target. Regression (dataset=regression,
-float targets, one output): mse and huber on the output itself; `val/loss` / `test/loss` are then the
-MSE. The penalty terms of `regularizer`
-are added to it in the training step; distillation brings its own loss. Validation and test
-always report cross-entropy as `val/loss` / `test/loss`, so runs with different training losses
-compare on one scale.
+float targets, one output): mse and huber on the output itself. The penalty terms of `regularizer` are
+added to it in the training step; distillation brings its own loss. Validation and test always report
+one measure as `val/loss` / `test/loss` whatever the training loss (classification: cross-entropy;
+regression: the MSE), so runs with different training losses compare on one scale.
 
 `loss.class_weights` (cross_entropy, label_smoothing) weighs each sample's loss by its class:
 `balanced` gives class c the weight n / (C * n_c) of the training split (scikit-learn's
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from nnopt_cli.config.checks import is_num, need_choice, need_num
+from nnopt_cli.data import REGRESSION
 from nnopt_cli.errors import ConfigError
 
 
@@ -58,10 +58,10 @@ def check_loss(node: dict | None, num_classes: int | None = None, task: str = "c
     """num_classes: when the config states it, a list of class weights must have that length."""
     node = node or {"name": "cross_entropy"}
     need_choice("loss.name", node.get("name"), (*LOSSES, *(n for n in REGRESSION_LOSSES if n not in LOSSES)))
-    if task == "regression" and node["name"] not in REGRESSION_LOSSES:
+    if task == REGRESSION and node["name"] not in REGRESSION_LOSSES:
         raise ConfigError("loss", node["name"], "mse or huber for dataset=regression (loss=mse: plain MSE on the "
                           "output; cross_entropy and label_smoothing need classes)")
-    if task != "regression" and node["name"] not in LOSSES:
+    if task != REGRESSION and node["name"] not in LOSSES:
         raise ConfigError("loss", node["name"], "one of " + ", ".join(LOSSES) + " for a classification dataset "
                           f"(loss={node['name']} is for dataset=regression)")
     if node["name"] == "huber":
@@ -106,7 +106,7 @@ def make_loss(node: dict | None, class_counts: torch.Tensor | None = None, task:
     """(outputs, targets) -> the batch mean of the configured loss; None = cross-entropy (old run folders).
     class_counts: the training samples per class, for loss.class_weights."""
     node = node or {"name": "cross_entropy"}
-    fn = (REGRESSION_LOSSES if task == "regression" else LOSSES)[node["name"]]
+    fn = (REGRESSION_LOSSES if task == REGRESSION else LOSSES)[node["name"]]
     settings = {k: v for k, v in node.items() if k != "name" and v is not None}
     if "class_weights" in settings:
         settings["class_weights"] = class_weights(settings["class_weights"], class_counts)
