@@ -117,3 +117,22 @@ def test_a_killed_regression_run_resumes_bit_exact(tmp_path, monkeypatch):
         strip_time(read_metrics(tmp_path / "cut" / "metrics.jsonl"))
     for key in ("test/mse", "test/r2", "best/val/loss", "best/val/epoch", "noise_floor"):
         assert whole[key] == resumed[key], key
+
+
+def test_tune_lr_refuses_regression_before_any_run(tmp_path, capsys):
+    from nnopt_cli.cli.tune_lr import run as tune_lr
+
+    with pytest.raises(SystemExit) as e:
+        tune_lr([*REG, "epochs=1", "--optimizers", "adam", "--lrs", "2", "--dir", str(tmp_path / "study")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "dataset='regression'" in err and "tune.objective=best/val/loss" in err
+    assert not (tmp_path / "study").exists()
+
+
+def test_compare_takes_the_class_metrics_as_metrics(tmp_path):
+    from nnopt_cli.compare.table import metric_names
+
+    train(compose_cfg("epochs=1", "dataset.imbalance=5"), RunContext(tmp_path))
+    names = metric_names(discover([tmp_path]))
+    assert {"test/balanced_acc", "test/macro_f1", "val/balanced_acc", "val/macro_f1"} <= set(names)
