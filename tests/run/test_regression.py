@@ -60,6 +60,8 @@ def test_a_10_10_1_mlp_with_adam_gets_near_the_noise_floor(tmp_path):
     # compare shows the task's own metrics first
     runs = discover([tmp_path])
     assert default_metrics(runs)[:4] == ["test/rmse", "test/r2", "test/loss", "noise_floor"]
+    from nnopt_cli.cli.ls import runs_table  # nnopt ls adds the regression's headline
+    assert runs_table(runs, 0).rows[0]["test/rmse"] == summary["test/rmse"]
 
 
 @pytest.mark.parametrize("group", [
