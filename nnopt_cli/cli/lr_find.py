@@ -123,15 +123,16 @@ def range_test(trainer: Trainer, data, start_lr: float, end_lr: float, steps: in
 
 
 def ramp_trainer(cfg: dict, model: nn.Module, n_train: int, device: torch.device, batch_size: int,
-                 steps: int, accumulate: int = 1) -> Trainer:
+                 steps: int, accumulate: int = 1, class_counts: torch.Tensor | None = None) -> Trainer:
     """A Trainer for the range test: the run's settings, but one fixed batch size (micro-batches of
     `batch_size`, `accumulate` of them a step, as the run), no LR schedule, no LR scaling and no
-    weight averaging (the ramp alone sets the LR)."""
+    weight averaging (the ramp alone sets the LR). class_counts: the training samples per class, for
+    loss.class_weights."""
     epochs = -(-steps // -(-n_train // (batch_size * accumulate)))
     cfg = {**cfg, "scheduler": {"name": "none"}, "epochs": epochs,
-           "batch_size": {"policy": "fixed", "size": batch_size, "lr_scaling": "none",
-                          "base_size": batch_size, "accumulate": accumulate}}
-    return Trainer(cfg, model, n_train, device, epochs=epochs)
+           "batch_size": {"policy": "fixed", "size": batch_size, "lr_scaling": "none", "base_size": batch_size,
+                          "accumulate": accumulate, "sampler": cfg["batch_size"].get("sampler", "random")}}
+    return Trainer(cfg, model, n_train, device, epochs=epochs, class_counts=class_counts)
 
 
 def choice(overrides: list[str], group: str, fallback: str | None) -> str | None:
@@ -211,7 +212,7 @@ def lr_find(args: argparse.Namespace) -> dict:
     model = runs.make_model(cfg, data.input_shape, data.num_classes).to(device)
     bs = int(cfg["batch_size"].get("size") or cfg["batch_size"].get("base_size") or 128)
     accumulate = int(cfg["batch_size"].get("accumulate", 1))
-    trainer = ramp_trainer(cfg, model, len(data.train_x), device, bs, args.steps, accumulate)
+    trainer = ramp_trainer(cfg, model, len(data.train_x), device, bs, args.steps, accumulate, data.class_counts())
     with Count(args.steps, "nnopt lr-find", "steps") as count:  # stderr: bar on a terminal, else tenths
         test = range_test(trainer, data, args.start_lr, args.end_lr, args.steps, stop_factor=args.stop_factor,
                           on_step=count.advance)

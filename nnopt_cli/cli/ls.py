@@ -17,12 +17,14 @@ from nnopt_cli.compare.table import Column, Table
 from nnopt_cli.errors import NnoptError, report_errors
 
 HEADLINE = "test/acc"
+REGRESSION_HEADLINE = "test/rmse"  # shown as well when a listed run is a regression (no accuracy)
 
 EPILOG = """examples:
   nnopt ls                          the 20 newest runs under outputs/
   nnopt ls outputs/multirun -n 0    every run of every sweep
   nnopt ls --format csv > runs.csv
-The headline metric is test/acc; nnopt compare shows every metric, by config key."""
+The headline metric is test/acc (and test/rmse when a regression run is listed); nnopt compare
+shows every metric, by config key."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,10 +57,11 @@ def runs_table(runs: list[Run], limit: int) -> Table:
     newest = sorted(runs, key=started, reverse=True)
     if limit > 0:
         newest = newest[:limit]
+    headlines = [HEADLINE] + ([REGRESSION_HEADLINE] if any(REGRESSION_HEADLINE in r.metrics() for r in newest) else [])
     cols = [Column("started", "text"), Column("status", "status"), Column("name", "text"), Column("tags", "text"),
-            Column(HEADLINE, "metric"), Column("run", "run")]
+            *(Column(h, "metric") for h in headlines), Column("run", "run")]
     rows = [{"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started(r))), "status": r.status,
-             "name": label(r, "name"), "tags": label(r, "tags"), HEADLINE: r.metrics().get(HEADLINE),
+             "name": label(r, "name"), "tags": label(r, "tags"), **{h: r.metrics().get(h) for h in headlines},
              "run": str(r.path)} for r in newest]
     notes = [f"{len(newest)} of {len(runs)} runs, newest first (-n 0: all)"] if len(newest) < len(runs) else []
     return Table(cols, rows, notes=notes)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nnopt_cli.compare import decide, workload
-from nnopt_cli.compare.discover import Run, discover
+from nnopt_cli.compare.discover import Run, discover, is_number
 from nnopt_cli.compare.duplicates import drop_duplicates
 from nnopt_cli.compare.evals import TIME_KEYS, Target
 from nnopt_cli.compare.render import fmt
@@ -225,8 +225,11 @@ def check_plot(args, kind: str, runs: list[Run], shown: list[Run], metrics: list
         return diag_plots.check(shown, args.plot_metric)
     if kind != "curves":
         return None
-    epoch_metrics = sorted({k for r in shown for row in r.epochs for k in row if k not in ("epoch", "stage")})
-    metric = args.plot_metric or next((m for m in metrics if m in epoch_metrics), "val/acc")
+    # numbers only: a row's per-class accuracies (val/class_acc) are a mapping, not a curve
+    epoch_metrics = sorted({k for r in shown for row in r.epochs for k, v in row.items()
+                            if k not in ("epoch", "stage") and (is_number(v) or v is None)})
+    fallback = "val/acc" if "val/acc" in epoch_metrics or "val/loss" not in epoch_metrics else "val/loss"
+    metric = args.plot_metric or next((m for m in metrics if m in epoch_metrics), fallback)
     check_names("--plot-metric", [metric], epoch_metrics)
     return metric
 

@@ -18,12 +18,15 @@ from nnopt_cli.compare.files import Loader
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.store.layout import LABEL_KEYS
 
-# the final metrics shown when --metric is not given (those that no run has are dropped)
-DEFAULT_METRICS = ("test/acc", "test/loss", "best/val/acc", "best/val/epoch", "epochs_run", "train_time_s")
+# the final metrics shown when --metric is not given (those that no run has are dropped): the first is
+# the task's own (classification: test/acc; regression: test/rmse, beside its noise floor, an MSE)
+DEFAULT_METRICS = ("test/acc", "test/rmse", "test/r2", "test/loss", "noise_floor", "best/val/acc", "best/val/loss",
+                   "best/val/epoch", "epochs_run", "train_time_s")
 # per stage, the first metric that is (or else contains) one of these, in this order
-STAGE_DEFAULTS = (("test/acc",), ("size_bytes", "size"), ("sparsity",), ("latency_ms", "latency"))
+STAGE_DEFAULTS = (("test/acc", "test/rmse"), ("size_bytes", "size"), ("sparsity",), ("latency_ms", "latency"))
 # metrics where smaller is better: --sort puts the smallest first for these, the largest for the rest
-LOWER_IS_BETTER = ("loss", "time", "latency", "size", "bytes", "params", "nonzeros", "penalty", "grad_norm")
+LOWER_IS_BETTER = ("loss", "mse", "noise_floor", "time", "latency", "size", "bytes", "params", "nonzeros",
+                   "penalty", "grad_norm")
 MISSING = object()
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from nnopt_cli.config.checks import need_choice, need_int, need_num
-from nnopt_cli.data import mnist1d, own
+from nnopt_cli.data import imbalance as long_tail
+from nnopt_cli.data import mnist1d, own, regression
 from nnopt_cli.errors import ConfigError, DataError
 
 PACKAGED_MNIST = Path(__file__).parent / "mnist"
@@ -34,12 +35,14 @@ MNIST_MD5 = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 
-DATASETS = ("mnist", "fashion_mnist", "kmnist", "mnist1d", "synthetic", *own.OWN_DATASETS)
+DATASETS = ("mnist", "fashion_mnist", "kmnist", "mnist1d", "synthetic", "regression", *own.OWN_DATASETS)
+CLASSIFICATION, REGRESSION = "classification", regression.TASK
 
 
 @dataclass
 class Splits:
-    """Train/val/test tensors of one dataset, already normalized."""
+    """Train/val/test tensors of one dataset, already normalized. Classification: integer labels and
+    num_classes outputs; regression: float targets of shape (N,) and one output (num_classes=1)."""
 
     name: str
     train_x: torch.Tensor
@@ -61,6 +64,16 @@ class Splits:
     def clone(self) -> Splits:
         copies = {k: getattr(self, k).clone() for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
         return Splits(name=self.name, num_classes=self.num_classes, **copies)
+
+    @property
+    def task(self) -> str:
+        return REGRESSION if self.train_y.is_floating_point() else CLASSIFICATION
+
+    def class_counts(self) -> torch.Tensor | None:
+        """Training samples per class, on the labels' device; None for regression."""
+        if self.task == REGRESSION:
+            return None
+        return torch.bincount(self.train_y, minlength=self.num_classes)
 
 
 def default_root() -> Path:
@@ -215,7 +228,7 @@ def _load(name: str, **kwargs) -> Splits:
     if name in own.OWN_DATASETS:
         tx, ty, sx, sy, classes = own.load({"name": name, **kwargs})
         return _split(name, tx, ty, sx, sy, classes, kwargs["val_size"], kwargs.get("split_seed", 0),
-                      normalize=kwargs.get("normalize", False))
+                      normalize=kwargs.get("normalize", False), imbalance=kwargs.get("imbalance"))
     return _load_builtin(name, **kwargs)
 
 
@@ -236,6 +249,9 @@ def _load_builtin(
     final_seq_length: int = 40,
     shuffle_seq: bool = False,
     seed: int = 42,
+    imbalance: float | None = None,
+    n_features: int = 10,
+    teacher_hidden: int = 10,
 ) -> Splits:
     root = Path(root).expanduser() if root else default_root()
     if name == "mnist":  # the shipped, md5-verified IDX files, read directly (importing torchvision costs ~1 s)
@@ -255,21 +271,29 @@ def _load_builtin(
         num_classes = mnist1d.NUM_CLASSES
     elif name == "synthetic":
         tx, ty, sx, sy = _synthetic(n_train, n_test, num_classes, noise, split_seed)
+    elif name == "regression":
+        tx, ty, sx, sy = regression.load(n_train, n_test, n_features, teacher_hidden, noise, seed)
+        return _split(name, tx, ty, sx, sy, 1, val_size, split_seed, normalize=False)
     else:
         raise ConfigError("dataset.name", name, f"one of {', '.join(DATASETS)}")
     if images:
         tx, sx = tx.unsqueeze(1), sx.unsqueeze(1)  # views; scaled to [0, 1] after the split (4x less to move)
-    return _split(name, tx, ty, sx, sy, num_classes, val_size, split_seed, normalize=True, images=images)
+    return _split(name, tx, ty, sx, sy, num_classes, val_size, split_seed, normalize=True, images=images,
+                  imbalance=imbalance)
 
 
 def _split(name: str, tx: torch.Tensor, ty: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, num_classes: int,
-           val_size: int, split_seed: int, *, normalize: bool, images: bool = False) -> Splits:
-    """Carve the seeded validation split from the training set, then normalize with the training
+           val_size: int, split_seed: int, *, normalize: bool, images: bool = False,
+           imbalance: float | None = None) -> Splits:
+    """Carve the seeded validation split from the training set, make the rest long-tailed if
+    `imbalance` is set (imbalance.py: the training split only), then normalize with the training
     split's mean and std (images: bytes scaled to [0, 1] first)."""
     if not 1 <= val_size < len(tx):
         raise ConfigError("dataset.val_size", val_size, f"an integer in [1, {len(tx) - 1}] for dataset={name}")
     perm = torch.randperm(len(tx), generator=torch.Generator().manual_seed(split_seed))
     val_idx, train_idx = perm[:val_size], perm[val_size:]
+    if imbalance is not None:
+        train_idx = train_idx[long_tail.subsample(ty[train_idx], num_classes, imbalance, split_seed, name)]
     # split first (on bytes for images: 4x less to move), then scale: the same values as scaling first
     train_x, val_x = tx[train_idx], tx[val_idx]
     if images:
@@ -283,14 +307,15 @@ def _split(name: str, tx: torch.Tensor, ty: torch.Tensor, sx: torch.Tensor, sy: 
                             "there is nothing to learn (or set dataset.normalize=false)")
         for t in (train_x, val_x, sx):  # in place, on tensors made here: the same values as (t - mean) / std
             t.sub_(mean).div_(std)
+    target = (lambda t: t.float()) if ty.is_floating_point() else (lambda t: t.long())  # regression: floats
     return Splits(
         name=name,
         train_x=train_x.contiguous(),
-        train_y=ty[train_idx].long(),
+        train_y=target(ty[train_idx]),
         val_x=val_x.contiguous(),
-        val_y=ty[val_idx].long(),
+        val_y=target(ty[val_idx]),
         test_x=sx.contiguous(),
-        test_y=sy.long(),
+        test_y=target(sy),
         num_classes=num_classes,
     )
 
@@ -307,17 +332,35 @@ def input_shape(node: dict) -> tuple[int, ...] | None:
         return own.input_shape(node)
     if node.get("name") == "mnist1d":
         return (1, node["final_seq_length"])
+    if node.get("name") == "regression":
+        return (node["n_features"],)
     return (1, 28, 28)
 
 
 def num_classes(node: dict) -> int:
-    """The number of classes known from the config alone (10 where it is not: only model checks use it)."""
+    """The number of classes known from the config alone (10 where it is not: only model checks use
+    it); 1 for regression: the model's one output."""
+    if task(node) == REGRESSION:
+        return 1
     return node["num_classes"] if node.get("num_classes") is not None else 10
+
+
+def task(node: dict) -> str:
+    """classification or regression, from the config alone."""
+    return REGRESSION if node.get("name") == "regression" else CLASSIFICATION
+
+
+def stated_num_classes(node: dict) -> int | None:
+    """The number of classes when the config fixes it; None for your own data that leaves it to the labels."""
+    if node.get("name") in own.OWN_DATASETS and node.get("num_classes") is None:
+        return None
+    return num_classes(node)
 
 
 def check_dataset(d: dict) -> None:
     need_choice("dataset.name", d.get("name"), DATASETS)
     need_int("dataset.val_size", d.get("val_size"), 1)
+    long_tail.check(d.get("imbalance"))
     if "split_seed" in d:
         need_int("dataset.split_seed", d["split_seed"], 0)
     if d["name"] == "synthetic":
@@ -327,5 +370,9 @@ def check_dataset(d: dict) -> None:
         need_num("dataset.noise", d.get("noise"), ge=0)
     if d["name"] == "mnist1d":
         mnist1d.check(d)
+    if d["name"] == "regression":
+        regression.check(d)
+        if d.get("imbalance") is not None:
+            raise ConfigError("dataset.imbalance", d["imbalance"], "null for dataset=regression (it has no classes)")
     if d["name"] in own.OWN_DATASETS:
         own.check(d)

@@ -27,7 +27,7 @@ from nnopt_cli.errors import ConfigError, DataError
 OWN_DATASETS = ("custom", "npz", "image_folder")
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 # dataset.<key>s nnopt reads itself; every other key of dataset=custom goes to the function
-RESERVED = ("name", "val_size", "split_seed", "normalize", "num_classes")
+RESERVED = ("name", "val_size", "split_seed", "normalize", "num_classes", "imbalance")
 COLORS = {"grayscale": 1, "rgb": 3}
 
 

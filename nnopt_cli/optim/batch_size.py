@@ -23,6 +23,7 @@ from nnopt_cli.errors import ConfigError
 _NO_SCALING = contextlib.nullcontext()
 
 POLICIES = ("fixed", "ramp", "double", "random")
+SAMPLERS = ("random", "balanced")  # training/sampler.py: every sample once per epoch, or class-balanced draws
 
 
 MAX_BATCH = 2**31 - 1  # index tensors and sizes stay within int32
@@ -54,6 +55,7 @@ def check_batch_size(b: dict, scheduler: dict, batch_norm: bool = False) -> None
     largest = (max(b["start"], b["end"]) if b["policy"] == "ramp" else
                b["max_size"] if b["policy"] in ("double", "random") else b["size"])
     need_int("batch_size.accumulate", b.get("accumulate", 1), 1, MAX_BATCH // largest)
+    need_choice("batch_size.sampler", b.get("sampler", "random"), SAMPLERS)
 
 
 class BatchSizePolicy:

@@ -108,7 +108,8 @@ def validate_post(cfg: dict) -> None:
 
 def _summary_line(name: str, before: dict, after: dict) -> str:
     lat = " ".join(f"b{b} {before['latency_ms'][b]:.3g}->{after['latency_ms'][b]:.3g}ms" for b in after["latency_ms"])
-    return (f"{name}: test/acc {before['test/acc']:.4f} -> {after['test/acc']:.4f} | sparsity "
+    score = "test/acc" if "test/acc" in after else "test/rmse"  # regression: the RMSE
+    return (f"{name}: {score} {before[score]:.4f} -> {after[score]:.4f} | sparsity "
             f"{before['sparsity']:.3f} -> {after['sparsity']:.3f} | nonzeros {before['nonzeros']} -> {after['nonzeros']} | "
             f"size {before['size_bytes']} -> {after['size_bytes']} B (zip {after['size_zip_bytes']} B) | "
             f"flops {before['flops']} -> {after['flops']} | {lat}")

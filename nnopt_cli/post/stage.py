@@ -19,7 +19,7 @@ from nnopt_cli.models.flops import forward_flops
 from nnopt_cli.post.measure import cpu_latency_ms, file_sizes, sparsity_report, weight_bits
 from nnopt_cli.store.folder import save_state_dict
 from nnopt_cli.training.fit import FitHooks, fit
-from nnopt_cli.training.metrics import evaluate
+from nnopt_cli.training.metrics import evaluate_split
 from nnopt_cli.training.trainer import Trainer
 
 
@@ -38,7 +38,8 @@ class StageContext:
         cfg = self.cfg
         if lr_scale != 1.0:
             cfg = {**cfg, "optimizer": {**cfg["optimizer"], "lr": cfg["optimizer"]["lr"] * lr_scale}}
-        trainer = Trainer(cfg, model, len(self.data.train_x), self.device, epochs=epochs, loss_fn=loss_fn)
+        trainer = Trainer(cfg, model, len(self.data.train_x), self.device, epochs=epochs, loss_fn=loss_fn,
+                          class_counts=self.data.class_counts())
         write = FitHooks(epoch_row=lambda row: self.run.append_metrics({**tag, **row}))
         fit(trainer, self.data, range(1, epochs + 1), write)
 
@@ -53,8 +54,10 @@ class StageContext:
         x, y = self.data.test_x, self.data.test_y
         if quantized:  # int8 kernels are CPU kernels
             x, y = x.cpu(), y.cpu()
-        loss, acc = evaluate(model, x, y, self.cfg["eval_batch_size"], "fp32" if quantized else self.cfg["precision"])
-        return {"test/loss": loss, "test/acc": acc, "test/errors": round((1 - acc) * len(y)),
+        got = evaluate_split(model, x, y, self.cfg["eval_batch_size"], "fp32" if quantized else self.cfg["precision"])
+        if "acc" not in got:  # regression: its error measures, no accuracy
+            return {**{f"test/{k}": got[k] for k in ("loss", "mse", "rmse", "r2")}, "device": str(x.device)}
+        return {"test/loss": got["loss"], "test/acc": got["acc"], "test/errors": round((1 - got["acc"]) * len(y)),
                 "device": str(x.device)}
 
     def measure(self, model: nn.Module, path: Path, quantized: bool = False) -> dict[str, Any]:

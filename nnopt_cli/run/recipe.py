@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 import nnopt_cli
-from nnopt_cli.data import load_splits
+from nnopt_cli.data import REGRESSION, load_splits
 from nnopt_cli.models import count_params, make_model
 from nnopt_cli.models.flops import forward_flops
 from nnopt_cli.post import run_stages, stage_names
@@ -43,13 +43,16 @@ from nnopt_cli.training.device import configure_threads, resolve_device, seed_ev
 from nnopt_cli.training.early_stopping import EarlyStopping
 from nnopt_cli.training.fit import FitHooks, fit
 from nnopt_cli.training.interrupt import Interrupt, Interrupted
-from nnopt_cli.training.metrics import Diverged, evaluate
+from nnopt_cli.training.metrics import Diverged, evaluate_split
 from nnopt_cli.training.observers import EpochInfo, RunInfo, StopRun, build_observers
 from nnopt_cli.training.precision import check_precision
 from nnopt_cli.training.progress import Progress
 from nnopt_cli.training.trainer import Trainer
 
 log = logging.getLogger("nnopt")
+
+# what evals.jsonl records of each evaluation: classification's loss and acc, regression's loss and rmse
+EVAL_KEYS = ("loss", "acc", "rmse")
 
 
 
@@ -72,12 +75,14 @@ class LoopState:
     train_time_s: float = 0.0
     stop_reason: str = "max_epochs"
     best_val_acc: float = -1.0
+    best_val_loss: float = float("inf")  # regression's best: the lowest val/loss (the MSE)
     best_val_epoch: int = 0
     epoch_elapsed_s: float = 0.0  # seconds already spent in an epoch an interrupt cut short
     rows: list[dict] = field(default_factory=list)  # metrics so far: resuming repeats none
 
     def progress(self, epoch_elapsed: float = 0.0) -> dict[str, Any]:
         return {"epoch": self.epoch, "best_val_acc": self.best_val_acc, "best_val_epoch": self.best_val_epoch,
+                "best_val_loss": self.best_val_loss,
                 "train_time_s": self.train_time_s, "stop_reason": self.stop_reason,
                 "epoch_elapsed_s": epoch_elapsed}
 
@@ -86,6 +91,7 @@ class LoopState:
         return cls(epoch=progress["epoch"], train_time_s=progress["train_time_s"],
                    stop_reason=progress["stop_reason"], best_val_acc=progress["best_val_acc"],
                    best_val_epoch=progress["best_val_epoch"], epoch_elapsed_s=progress["epoch_elapsed_s"],
+                   best_val_loss=progress.get("best_val_loss", float("inf")),
                    rows=list(ckpt["metrics"]))
 
 
@@ -140,10 +146,9 @@ def _eval_logger(run: RunDir, cfg: dict, model, data, trainer: Trainer, epoch_of
     path = run.path / layout.EVALS
 
     def on_eval(train_s: float) -> None:
-        val_loss, val_acc = evaluate(model, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"],
-                                     sharded=True)
+        got = evaluate_split(model, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"], sharded=True)
         row = {"epoch": epoch_of[0], **trainer.counters.as_row(), "train_s": train_s,
-               "val/loss": val_loss, "val/acc": val_acc}
+               **{f"val/{k}": got[k] for k in EVAL_KEYS if k in got}}
         run.append_jsonl(path, row)
     return on_eval
 
@@ -179,11 +184,16 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     model = make_model(cfg, data.input_shape, data.num_classes).to(device)
     summary["params"] = count_params(model)
     # what rebuilds the model from the folder alone (nnopt_cli.load_run), own datasets included
-    summary["data"] = {"input_shape": list(data.input_shape), "num_classes": data.num_classes}
+    regression = data.task == REGRESSION
+    summary["data"] = {"input_shape": list(data.input_shape), "num_classes": data.num_classes, "task": data.task}
+    if regression:  # no model beats this test MSE in expectation: the target noise's variance
+        summary["noise_floor"] = cfg["dataset"]["noise"] ** 2
+    else:
+        summary["data"]["train_class_counts"] = data.class_counts().tolist()
     frozen = freeze(model, cfg.get("freeze"))  # before the optimizer sees the parameters
     if frozen:
         summary["frozen"] = frozen
-    trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers)
+    trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers, class_counts=data.class_counts())
     stopper = EarlyStopping.from_config(cfg["early_stopping"])
     if parent is not None:
         parent.keep_plan(cfg, trainer)  # before any state is loaded: a schedule made for the parent's length
@@ -226,8 +236,13 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     if trainer.world == 1:  # under DDP the ranks must agree, so they stop at epoch boundaries only
         trainer.should_stop = lambda: interrupt.requested
 
-    def validation(model) -> tuple[float, float]:  # every rank scores a share of the split
-        return evaluate(model, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"], sharded=True)
+    def validation(model) -> dict:  # every rank scores a share of the split
+        return evaluate_split(model, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"], sharded=True)
+
+    untested = {"test/loss": None, **({} if regression else {"test/acc": None})}  # a run that ended untested
+
+    def best_val() -> dict:  # the best validation score so far: regression's lowest MSE, else accuracy
+        return {"best/val/loss": state.best_val_loss} if regression else {"best/val/acc": state.best_val_acc}
 
     def epoch_start(epoch: int) -> None:
         epoch_of[0] = epoch
@@ -246,7 +261,10 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         run.append_metrics(row)
         state.rows.append(row)
         progress.end_epoch(row)
-        if row["val/acc"] > state.best_val_acc:
+        if regression:
+            if row["val/loss"] < state.best_val_loss:
+                state.best_val_loss, state.best_val_epoch = row["val/loss"], row["epoch"]
+        elif row["val/acc"] > state.best_val_acc:
             state.best_val_acc, state.best_val_epoch = row["val/acc"], row["epoch"]
 
     def epoch_end(row: dict) -> bool:  # the schedules advanced: what the checkpoint must hold
@@ -271,19 +289,18 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
                 state.epoch_elapsed_s)
     except Diverged as d:
         summary.update(status=layout.Status.DIVERGED, epochs=state.epoch, train_time_s=state.train_time_s,
-                       diverged_at={"epoch": d.epoch, "step": d.step}, **{"test/loss": None, "test/acc": None},
+                       diverged_at={"epoch": d.epoch, "step": d.step}, **untested,
                        message=f"training diverged: {d}; metrics of the {state.epoch} finished epoch(s) are kept")
         return _end(run, observers, summary, log.error)
     except StopRun as s:
         summary.update(status=s.status, epochs=state.epoch, train_time_s=state.train_time_s,
-                       **{"best/val/acc": state.best_val_acc, "best/val/epoch": state.best_val_epoch,
-                          "test/loss": None, "test/acc": None}, message=str(s))
+                       **{**best_val(), "best/val/epoch": state.best_val_epoch, **untested}, message=str(s))
         return _end(run, observers, summary, log.info)
     except Interrupted as i:
         # a second signal here exits at once (the handlers stay until `finally`): files are atomic
         checkpoint(i.elapsed_s if trainer.partial is not None else 0.0)
         summary.update(status=layout.Status.INTERRUPTED, signal=interrupt.name, exit_code=interrupt.exit_code,
-                       epochs=state.epoch, train_time_s=state.train_time_s, **{"test/loss": None, "test/acc": None},
+                       epochs=state.epoch, train_time_s=state.train_time_s, **untested,
                        message=f"interrupted by {interrupt.name} at {i}; checkpoint saved, continue with: "
                                f"nnopt train resume={run.path}")
         observers.close()
@@ -300,18 +317,17 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     if stopper is not None and stopper.restore_best and stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
         summary["restored_epoch"] = stopper.best_epoch
-    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg["eval_batch_size"], cfg["precision"],
-                                   sharded=True)
+    test = evaluate_split(model, data.test_x, data.test_y, cfg["eval_batch_size"], cfg["precision"], sharded=True)
+    test_loss = test["loss"]
     run.save_model(model)
     stages = stage_names(cfg)
     summary.update({
         # a run is completed only once its post-training stages are: a kill during them must not
         # leave a folder that resume / skip_completed take for finished
         "status": layout.Status.POST_TRAINING if stages else layout.Status.COMPLETED,
-        "test/loss": test_loss,
-        "test/acc": test_acc,
+        **{f"test/{k}": v for k, v in test.items()},
         "flops": forward_flops(model, data.input_shape),  # forward FLOPs per sample (post/flops.py)
-        "best/val/acc": state.best_val_acc,
+        **best_val(),
         "best/val/epoch": state.best_val_epoch,
         "epochs": state.epoch,
         "stop_reason": state.stop_reason,
@@ -319,8 +335,9 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     run.write_summary(summary)
-    log.info("test/acc=%.4f test/loss=%.4f (%d epochs, %.1fs) -> %s", test_acc, test_loss, state.epoch,
-             state.train_time_s, run.path)
+    shown = f"test/rmse={test['rmse']:.4f} (noise floor {summary['noise_floor'] ** 0.5:.4f})" if regression \
+        else f"test/acc={test['acc']:.4f}"
+    log.info("%s test/loss=%.4f (%d epochs, %.1fs) -> %s", shown, test_loss, state.epoch, state.train_time_s, run.path)
     if stages:  # post-training stages (nnopt_cli/post), on the saved model
         # under DDP the stages are single-process work on the trained model: the process group
         # ends here, the other ranks finish, and rank 0 runs them with plain (non-DDP) training
@@ -348,8 +365,8 @@ def _log_epoch_eval(run: RunDir, cfg: dict, row: dict) -> None:
     if not cfg.get("eval_every_steps") or row["total_steps"] % cfg["eval_every_steps"] == 0:
         return
     keys = ("epoch", "total_steps", "samples_seen", "forward_passes", "backward_passes", "train_s",
-            "val/loss", "val/acc")
-    run.append_jsonl(run.path / layout.EVALS, {k: row[k] for k in keys})
+            *(f"val/{k}" for k in EVAL_KEYS))
+    run.append_jsonl(run.path / layout.EVALS, {k: row[k] for k in keys if k in row})
 
 
 def _end(run: RunDir, observers, summary: dict, say) -> dict[str, Any]:

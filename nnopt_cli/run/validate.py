@@ -15,7 +15,7 @@ from nnopt_cli.optim.averaging import check as check_averaging
 from nnopt_cli.optim.batch_size import MAX_BATCH, check_batch_size
 from nnopt_cli.optim.optimizers import check_optimizer
 from nnopt_cli.optim.schedulers import check_scheduler
-from nnopt_cli.post import validate_post
+from nnopt_cli.post import stage_names, validate_post
 from nnopt_cli.run.transfer import check_transfer
 from nnopt_cli.store.folder import CHECKPOINT_KEEP
 from nnopt_cli.training import distributed
@@ -65,7 +65,7 @@ def validate(cfg: dict) -> None:
     check_optimizer(cfg["optimizer"], cfg["precision"], distributed.launched_by_torchrun())
     check_scheduler(cfg["scheduler"])
     check_regularizer(cfg["regularizer"])
-    check_loss(cfg.get("loss"))
+    check_loss(cfg.get("loss"), data.stated_num_classes(cfg["dataset"]), data.task(cfg["dataset"]))
     check_transfer(cfg)
     check_batch_size(cfg["batch_size"], cfg["scheduler"], batch_norm=bool(cfg["model"].get("batch_norm")))
     check_grad_clip(cfg["grad_clip"])
@@ -73,3 +73,19 @@ def validate(cfg: dict) -> None:
     check_early_stopping(cfg["early_stopping"])
     check_observers(cfg)
     validate_post(cfg)  # post-training stages: checked before training starts
+    if data.task(cfg["dataset"]) == data.REGRESSION:
+        check_regression(cfg)
+
+
+def check_regression(cfg: dict) -> None:
+    """What needs classes is refused for dataset=regression, in one line."""
+    why = "for dataset=regression (it has no classes"
+    if cfg["batch_size"].get("sampler", "random") != "random":
+        raise ConfigError("batch_size.sampler", cfg["batch_size"]["sampler"], f"random {why} to balance)")
+    stopping = cfg["early_stopping"]
+    if stopping["enabled"] and stopping["monitor"] == "val/acc":
+        raise ConfigError("early_stopping.monitor", "val/acc", f"val/loss (the validation MSE) {why}: no accuracy)")
+    if cfg["scheduler"].get("monitor") == "val/acc":
+        raise ConfigError("scheduler.monitor", "val/acc", f"val/loss (the validation MSE) {why}: no accuracy)")
+    if any(name != "prune" for name in stage_names(cfg)):
+        raise ConfigError("post", stage_names(cfg), f"null or prune {why}: quantize and distill score by accuracy)")

@@ -84,7 +84,10 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "observers": {},
     "diagnostics": None,
     "eval_every_steps": None,
+    "loss.class_weights": None,  # before "loss": an unweighted cross-entropy is then {"name": ...} alone
     "loss": {"name": "cross_entropy"},
+    "dataset.imbalance": None,
+    "batch_size.sampler": "random",
     "init_from": None,
     "continue_from": None,
     "freeze": None,

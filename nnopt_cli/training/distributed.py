@@ -134,6 +134,15 @@ def sum_over_ranks(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return list(flat.unbind())
 
 
+def sum_tensor_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """A tensor of counts summed element-wise over all ranks (one all-reduce)."""
+    if world_size() == 1:
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
 def leave_to_rank0() -> bool:
     """End the process group once every rank gets here; True on rank 0, which goes on alone.
 

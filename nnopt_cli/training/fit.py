@@ -22,11 +22,11 @@ from typing import Any
 from torch import nn
 
 from nnopt_cli.training.interrupt import Interrupted
-from nnopt_cli.training.metrics import Diverged, evaluate
+from nnopt_cli.training.metrics import Diverged, evaluate_split
 from nnopt_cli.training.progress import Progress
 from nnopt_cli.training.trainer import Trainer
 
-Validation = Callable[[nn.Module], tuple[float, float]]
+Validation = Callable[[nn.Module], dict[str, Any]]  # model -> {loss, acc, ...}: the row's val/<name>
 
 
 def _nothing(_: Any) -> None:
@@ -46,7 +46,8 @@ class FitHooks:
 def fit(trainer: Trainer, data: Any, epochs: Iterable[int], hooks: FitHooks | None = None,
         progress: Progress | None = None, validate: bool | Validation = True, elapsed_s: float = 0.0) -> None:
     """Train `trainer` on data.train_x/train_y for `epochs` (epoch numbers, 1-based), validating after
-    each one: validate=True on data.val_x/val_y, a callable model -> (val/loss, val/acc) its own way
+    each one: validate=True on data.val_x/val_y (metrics.evaluate_split), a callable model -> {loss, acc,
+    ...} its own way
     (the runner's: a share per DDP rank), False not at all.
 
     elapsed_s: seconds an interrupt-cut first epoch already took (its time_s adds them). An
@@ -54,7 +55,7 @@ def fit(trainer: Trainer, data: Any, epochs: Iterable[int], hooks: FitHooks | No
     hooks = hooks or FitHooks()
     cfg, model = trainer.cfg, trainer.model
     if validate is True:
-        validate = lambda m: evaluate(m, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"])
+        validate = lambda m: evaluate_split(m, data.val_x, data.val_y, cfg["eval_batch_size"], cfg["precision"])
     for epoch in epochs:
         t0, elapsed_s = time.perf_counter() - elapsed_s, 0.0
         try:
@@ -64,7 +65,7 @@ def fit(trainer: Trainer, data: Any, epochs: Iterable[int], hooks: FitHooks | No
             i.elapsed_s = time.perf_counter() - t0
             raise
         if validate:
-            row["val/loss"], row["val/acc"] = validate(model)
+            row.update({f"val/{k}": v for k, v in validate(model).items()})
             if not math.isfinite(row["val/loss"]):
                 raise Diverged(epoch, row["steps"], row["val/loss"])
         hooks.measure(row)

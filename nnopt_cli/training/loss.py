@@ -1,9 +1,16 @@
-"""The training loss (conf/loss/*.yaml): cross-entropy, label smoothing, or mean squared error.
+"""The training loss (conf/loss/*.yaml): cross-entropy, label smoothing, mean squared error, Huber.
 
-Every loss maps (logits, integer labels) to the batch mean. The penalty terms of `regularizer`
-are added to it in the training step; distillation brings its own loss. Validation and test
-always report cross-entropy as `val/loss` / `test/loss`, so runs with different training losses
-compare on one scale.
+Every loss maps (outputs, targets) to the batch mean. Classification (integer labels): cross_entropy,
+label_smoothing, and mse between softmax(logits) and the one-hot target. Regression (dataset=regression,
+float targets, one output): mse and huber on the output itself. The penalty terms of `regularizer` are
+added to it in the training step; distillation brings its own loss. Validation and test always report
+one measure as `val/loss` / `test/loss` whatever the training loss (classification: cross-entropy;
+regression: the MSE), so runs with different training losses compare on one scale.
+
+`loss.class_weights` (cross_entropy, label_smoothing) weighs each sample's loss by its class:
+`balanced` gives class c the weight n / (C * n_c) of the training split (scikit-learn's
+compute_class_weight("balanced")), a list gives the weights themselves. The batch mean is then
+torch's weighted mean: sum(w_y * loss) / sum(w_y).
 """
 
 from __future__ import annotations
@@ -13,11 +20,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from nnopt_cli.config.checks import need_choice, need_num
-
-
-def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(out, y)
+from nnopt_cli.config.checks import is_num, need_choice, need_num
+from nnopt_cli.data import REGRESSION
+from nnopt_cli.errors import ConfigError
 
 
 def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -27,23 +32,82 @@ def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(torch.softmax(out, dim=1), target)
 
 
+def regression_mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Plain mean squared error of the one output against the target."""
+    return F.mse_loss(out.reshape(y.shape), y)
+
+
+def huber(out: torch.Tensor, y: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
+    """Huber loss (torch's F.huber_loss): squared below `delta`, linear above it."""
+    return F.huber_loss(out.reshape(y.shape), y, delta=delta)
+
+
+REGRESSION_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"mse": regression_mse, "huber": huber}
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "cross_entropy": cross_entropy,
-    "label_smoothing": lambda out, y, smoothing=0.1: F.cross_entropy(out, y, label_smoothing=smoothing),
+    "cross_entropy": lambda out, y, class_weights=None: F.cross_entropy(out, y, weight=class_weights),
+    "label_smoothing": lambda out, y, smoothing=0.1, class_weights=None: F.cross_entropy(
+        out, y, weight=class_weights, label_smoothing=smoothing),
     "mse": mse,
 }
+WEIGHTED = ("cross_entropy", "label_smoothing")  # the losses that take loss.class_weights
+WEIGHTS_ALLOWED = "balanced, null, or a list of one weight >= 0 per class, not all 0"
 
 
-def check_loss(node: dict | None) -> None:
+def check_loss(node: dict | None, num_classes: int | None = None, task: str = "classification") -> None:
+    """num_classes: when the config states it, a list of class weights must have that length."""
     node = node or {"name": "cross_entropy"}
-    need_choice("loss.name", node.get("name"), tuple(LOSSES))
+    need_choice("loss.name", node.get("name"), (*LOSSES, *(n for n in REGRESSION_LOSSES if n not in LOSSES)))
+    if task == REGRESSION and node["name"] not in REGRESSION_LOSSES:
+        raise ConfigError("loss", node["name"], "mse or huber for dataset=regression (loss=mse: plain MSE on the "
+                          "output; cross_entropy and label_smoothing need classes)")
+    if task != REGRESSION and node["name"] not in LOSSES:
+        raise ConfigError("loss", node["name"], "one of " + ", ".join(LOSSES) + " for a classification dataset "
+                          f"(loss={node['name']} is for dataset=regression)")
+    if node["name"] == "huber":
+        need_num("loss.delta", node.get("delta"), gt=0)
     if node["name"] == "label_smoothing":
         need_num("loss.smoothing", node.get("smoothing"), ge=0, lt=1)
+    weights = node.get("class_weights")
+    if weights is None:
+        return
+    if node["name"] not in WEIGHTED:
+        raise ConfigError("loss.class_weights", weights, f"null for loss={node['name']} (class weights apply to "
+                          + " and ".join(f"loss={n}" for n in WEIGHTED) + ")")
+    if weights == "balanced":
+        return
+    if (not isinstance(weights, list) or not weights or not all(is_num(w) and 0 <= w < float("inf") for w in weights)
+            or not any(weights)):
+        raise ConfigError("loss.class_weights", weights, WEIGHTS_ALLOWED)
+    if num_classes is not None and len(weights) != num_classes:
+        raise ConfigError("loss.class_weights", weights, f"{num_classes} weights, one per class of the dataset")
 
 
-def make_loss(node: dict | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(logits, labels) -> the batch mean of the configured loss; None = cross-entropy (old run folders)."""
+def class_weights(setting, class_counts: torch.Tensor | None) -> torch.Tensor | None:
+    """The weight of each class (on the counts' device), or None for an unweighted loss."""
+    if setting is None:
+        return None
+    if class_counts is None:
+        raise ConfigError("loss.class_weights", setting, "null here (the training split's classes are unknown)")
+    counts = class_counts.double()
+    classes = len(counts)
+    if setting == "balanced":
+        if not (counts > 0).all():
+            missing = torch.nonzero(counts == 0).flatten().tolist()
+            raise ConfigError("loss.class_weights", setting, f"null or a list: class(es) {missing} have no "
+                              "training sample, so their balanced weight n / (C * n_c) is undefined")
+        return (counts.sum() / (classes * counts)).float()
+    check_loss({"name": "cross_entropy", "class_weights": setting}, classes)
+    return torch.tensor(setting, dtype=torch.float32, device=counts.device)
+
+
+def make_loss(node: dict | None, class_counts: torch.Tensor | None = None, task: str = "classification"
+              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(outputs, targets) -> the batch mean of the configured loss; None = cross-entropy (old run folders).
+    class_counts: the training samples per class, for loss.class_weights."""
     node = node or {"name": "cross_entropy"}
-    fn = LOSSES[node["name"]]
-    settings = {k: v for k, v in node.items() if k != "name"}
+    fn = (REGRESSION_LOSSES if task == REGRESSION else LOSSES)[node["name"]]
+    settings = {k: v for k, v in node.items() if k != "name" and v is not None}
+    if "class_weights" in settings:
+        settings["class_weights"] = class_weights(settings["class_weights"], class_counts)
     return (lambda out, y: fn(out, y, **settings)) if settings else fn

@@ -3,6 +3,7 @@ epoch kept on the device, and the Diverged signal."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,19 @@ class Diverged(Exception):
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              precision: str = "fp32", sharded: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y), in eval mode.
+    """Mean cross-entropy and accuracy over (x, y), in eval mode (see evaluate_split); regression
+    (float targets): the MSE and None."""
+    got = evaluate_split(model, x, y, batch_size, precision, sharded)
+    return got["loss"], got.get("acc")
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                   precision: str = "fp32", sharded: bool = False) -> dict[str, Any]:
+    """loss (mean cross-entropy), acc and the class metrics of the confusion matrix (class_metrics)
+    over (x, y), in eval mode.
+
+    Float targets (regression): loss = mse, rmse and r2 (regression_metrics) instead.
 
     sharded: under DDP each rank scores every world_size-th sample and the sums are added over
     the ranks, so every rank gets the numbers of the whole set (all ranks must call it).
@@ -31,21 +44,77 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     n_all, world = len(x), distributed.world_size()
     if sharded and world > 1:
         x, y = x[distributed.rank()::world], y[distributed.rank()::world]
+    if y.is_floating_point():
+        return _evaluate_regression(model, x, y, batch_size, precision, sharded and world > 1, n_all)
     was_training = model.training
     model.eval()
     loss_sum = x.new_zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    confusion: torch.Tensor | None = None  # [true class, predicted class] counts
     with autocast_context(precision, x.device):
         for i in range(0, len(x), batch_size):
             out = model(x[i:i + batch_size]).float()
             yb = y[i:i + batch_size]
             loss_sum += F.cross_entropy(out, yb, reduction="sum").double()
-            correct += (out.argmax(1) == yb).sum()
+            classes = out.shape[1]
+            pairs = torch.bincount(yb * classes + out.argmax(1), minlength=classes * classes)
+            confusion = pairs if confusion is None else confusion + pairs
     model.train(was_training)
+    if confusion is None:  # an empty split
+        confusion = torch.zeros(0, dtype=torch.long, device=x.device)
     if sharded and world > 1:
-        loss_sum, correct = distributed.sum_over_ranks(loss_sum, correct)
+        loss_sum = distributed.sum_over_ranks(loss_sum)[0]
+        confusion = distributed.sum_tensor_over_ranks(confusion)
+    classes = math.isqrt(confusion.numel())
+    confusion = confusion.reshape(classes, classes).cpu()
     n = max(n_all, 1)
-    return loss_sum.item() / n, correct.item() / n
+    return {"loss": loss_sum.item() / n, "acc": confusion.diagonal().sum().item() / n,
+            **class_metrics(confusion)}
+
+
+@torch.no_grad()
+def _evaluate_regression(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, precision: str,
+                         sharded: bool, n_all: int) -> dict[str, Any]:
+    was_training = model.training
+    model.eval()
+    sums = x.new_zeros(3, dtype=torch.float64)  # squared errors, targets, squared targets
+    with autocast_context(precision, x.device):
+        for i in range(0, len(x), batch_size):
+            out = model(x[i:i + batch_size]).float().reshape(-1).double()
+            yb = y[i:i + batch_size].double()
+            sums += torch.stack([((out - yb) ** 2).sum(), yb.sum(), (yb ** 2).sum()])
+    model.train(was_training)
+    if sharded:
+        sums = distributed.sum_tensor_over_ranks(sums)
+    sse, total, squares = sums.tolist()
+    return regression_metrics(sse, total, squares, n_all)
+
+
+def regression_metrics(sse: float, total: float, squares: float, n: int) -> dict[str, Any]:
+    """mse, rmse and r2 = 1 - SSE / SST (SST: squared deviations from the split's mean target) from
+    the sums of squared errors, targets and squared targets; loss is the mse."""
+    n = max(n, 1)
+    mse = sse / n
+    sst = squares - total * total / n
+    return {"loss": mse, "mse": mse, "rmse": math.sqrt(mse), "r2": 1 - sse / sst if sst > 0 else None}
+
+
+def class_metrics(confusion: torch.Tensor) -> dict[str, Any]:
+    """Per-class accuracy (recall), balanced accuracy and macro-F1 of a [true, predicted] count
+    matrix, as scikit-learn defines them: balanced_acc is the mean recall over the classes present
+    in the split; macro_f1 the mean of 2 tp / (2 tp + fp + fn) over the classes present in the
+    split or predicted. class_acc maps each present class ("0", "1", ...) to its accuracy."""
+    confusion = confusion.double()
+    tp = confusion.diagonal()
+    true, predicted = confusion.sum(1), confusion.sum(0)
+    present = true > 0
+    if not present.any():
+        return {"balanced_acc": None, "macro_f1": None, "class_acc": {}}
+    recall = tp[present] / true[present]
+    seen = present | (predicted > 0)
+    f1 = 2 * tp[seen] / (true[seen] + predicted[seen])  # 2tp + fp + fn = true + predicted
+    return {"balanced_acc": recall.mean().item(), "macro_f1": f1.mean().item(),
+            "class_acc": {str(c): v for c, v in zip(torch.nonzero(present).flatten().tolist(),
+                                                    recall.tolist(), strict=True)}}
 
 
 @dataclass
@@ -78,8 +147,9 @@ class EpochSums:
     KEEP_STEPS = 1024
     KEEP_ELEMENTS = 1 << 22  # 16 MB of float32 logits at most (1,000 classes: 16 steps of 256)
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, count_correct: bool = True):
+        """count_correct: False for regression (no classes: the outputs are not kept)."""
+        self.device, self.count_correct = device, count_correct
         self.loss = torch.zeros((), dtype=torch.float64, device=device)  # the steps summed so far
         self.penalty = torch.zeros((), device=device)
         self._correct = torch.zeros((), dtype=torch.long, device=device)
@@ -99,9 +169,10 @@ class EpochSums:
             self.grad_norms.append(grad_norm)
         self._losses.append(loss.detach())
         self._shares.append(share)
-        self._logits.append(out.detach())
-        self._labels.append(y)
-        self._held += out.numel()
+        if self.count_correct:
+            self._logits.append(out.detach())
+            self._labels.append(y)
+            self._held += out.numel()
         if len(self._losses) == self.KEEP_STEPS:
             self.loss, self._losses, self._shares = self.loss_sum(), [], []
             self.correct()
@@ -123,9 +194,9 @@ class EpochSums:
         return self._correct
 
     @classmethod
-    def resumed(cls, part: dict, device: torch.device) -> EpochSums:
+    def resumed(cls, part: dict, device: torch.device, count_correct: bool = True) -> EpochSums:
         """The sums of an epoch an interrupt cut short, as its checkpoint saved them."""
-        sums = cls(device)
+        sums = cls(device, count_correct)
         sums.loss = part["loss_sum"].to(device, torch.float64)
         sums.penalty = part["reg_sum"].to(device)
         sums._correct = part["correct"].to(device)

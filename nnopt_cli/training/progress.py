@@ -31,7 +31,7 @@ def duration(seconds: float) -> str:
 
 
 def _fmt(row: dict) -> str:
-    keys = ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "batch_size", "time_s")
+    keys = ("train/loss", "train/acc", "val/loss", "val/acc", "val/rmse", "val/r2", "lr", "batch_size", "time_s")
     parts = []
     for k in keys:
         v = row.get(k)
@@ -84,9 +84,11 @@ class Progress:
             self._task = self._bar.add_task(desc, total=steps, stats="",
                                             eta="" if eta is None else f"run eta {duration(eta)}")
 
-    def update(self, step: int, loss: float, acc: float, lr: float) -> None:
+    def update(self, step: int, loss: float, acc: float | None, lr: float) -> None:
+        """acc: None for regression."""
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, stats=f"loss {loss:.4f} acc {acc:.4f} lr {lr:.3g}")
+            shown = f" acc {acc:.4f}" if acc is not None else ""
+            self._bar.update(self._task, completed=step, stats=f"loss {loss:.4f}{shown} lr {lr:.3g}")
 
     def end_epoch(self, row: dict) -> None:
         if self._epoch_started is not None:
@@ -97,7 +99,8 @@ class Progress:
         if self._bar is not None:
             task = self._bar.tasks[-1]
             self._bar.update(self._task, completed=task.total, eta="" if eta is None else f"run eta {duration(eta)}",
-                             stats=f"val/loss {row['val/loss']:.4f} val/acc {row['val/acc']:.4f}")
+                             stats=" ".join(f"{k} {row[k]:.4f}" for k in ("val/loss", "val/acc", "val/rmse")
+                                            if row.get(k) is not None))
         else:
             log.info("%s%s epoch %s/%s %s%s", self.prefix, self.label, row["epoch"], self.epochs, _fmt(row), eta_text)
 

@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from nnopt_cli import data
 from nnopt_cli.optim.averaging import Averager
 from nnopt_cli.optim.batch_size import BatchSizePolicy
 from nnopt_cli.optim.optimizers import Protocol, build_optimizer, current_lr, optimizer_step
@@ -60,6 +61,7 @@ from nnopt_cli.training.observers import Observer, Observers, StepInfo
 from nnopt_cli.training.precision import LossScaler, autocast_context
 from nnopt_cli.training.progress import Progress
 from nnopt_cli.training.regularizer import Penalty
+from nnopt_cli.training.sampler import BalancedSampler
 from nnopt_cli.training.weights import EvalWeights
 
 
@@ -78,9 +80,15 @@ class Trainer:
     scheduler, batch-size policy, penalty, clipping, precision. `train_epoch` runs one epoch."""
 
     def __init__(self, cfg: dict, model: nn.Module, n_train: int, device: torch.device,
-                 epochs: int | None = None, loss_fn=None, observers: Observers | None = None):
+                 epochs: int | None = None, loss_fn=None, observers: Observers | None = None,
+                 class_counts: torch.Tensor | None = None):
+        """class_counts: the training samples per class (loss.class_weights=balanced needs them)."""
         self.cfg, self.model, self.n_train, self.device = cfg, model, n_train, device
-        self.criterion = make_loss(cfg.get("loss"))  # conf/loss: (logits, labels) -> batch mean
+        # conf/loss: (logits, labels) -> batch mean
+        self.criterion = make_loss(cfg.get("loss"), None if class_counts is None else class_counts.to(device),
+                                   data.task(cfg.get("dataset") or {}))
+        self.balanced = cfg["batch_size"].get("sampler", "random") == "balanced"
+        self.sampler: BalancedSampler | None = None  # made from the first epoch's labels
         self.loss_fn = loss_fn  # (out, y, x) -> batch mean in place of the criterion (distillation)
         # batch norm cannot train on a one-sample batch: the policy folds such a last batch into the one before
         min_batch = 2 * distributed.world_size() if cfg["model"].get("batch_norm") else 1
@@ -273,9 +281,11 @@ class Trainer:
         if part is not None:  # finish an epoch an interrupt cut short: same order, same sums so far
             self.generator.set_state(part["generator"])
         order_state = self.generator.get_state()
+        drawn = self._draw(y_all)  # balanced sampler: the samples this epoch visits (else every one once)
         batches = distributed.epoch_batches(n, sizes, self.generator, self.rank, self.world)
         base_lr = current_lr(optimizer) if part is None else part["base_lr"]
-        sums = EpochSums(self.device) if part is None else EpochSums.resumed(part, self.device)
+        classes = not y_all.is_floating_point()  # regression: no accuracy
+        sums = EpochSums(self.device, classes) if part is None else EpochSums.resumed(part, self.device, classes)
         if progress is not None:
             progress.start_epoch(epoch, len(sizes))
         seen = 0  # samples this rank has trained on so far this epoch
@@ -288,6 +298,8 @@ class Trainer:
                 self.partial = sums.cut(epoch, step - 1, order_state, base_lr)
                 self.counters.train_s += time.perf_counter() - t_start - eval_s
                 raise Interrupted(f"epoch {epoch}, step {step - 1}")
+            if drawn is not None:
+                idx = drawn[idx]
             x, y = x_all[idx], y_all[idx]
             share = bs / self.world  # this rank's part of the global batch
             measure = (step - 1) % self.log_every == 0  # the gradient norm is sampled: it costs time
@@ -307,7 +319,8 @@ class Trainer:
             if self.on_eval is not None:
                 eval_s += self._maybe_evaluate_at(t_start, eval_s, x_all, micro_size)
             if progress is not None and progress.live and step % self.log_every == 0:
-                progress.update(step, sums.loss_sum().item() / seen, sums.correct().item() / seen, current_lr(optimizer))
+                progress.update(step, sums.loss_sum().item() / seen,
+                                sums.correct().item() / seen if classes else None, current_lr(optimizer))
         if self.averager is not None:
             self.averager.end_epoch(model, epoch)  # SWA: the end-of-epoch weights join the average
         self.weights.to_evaluation(x_all, micro_size)
@@ -317,7 +330,7 @@ class Trainer:
             loss_sum, penalty, correct = distributed.sum_over_ranks(loss_sum, penalty, correct)
         row = {
             "train/loss": loss_sum.item() / n,
-            "train/acc": correct.item() / n,
+            **({"train/acc": correct.item() / n} if classes else {}),
             "lr": self.policy.epoch_lr(base_lr, sizes),
             # the random policy has no single size: report the mean size of the epoch
             "batch_size": sizes[0] if self.policy.policy != "random" else round(n / len(sizes), 1),
@@ -327,6 +340,13 @@ class Trainer:
         if self.penalty.enabled:
             row["train/penalty"] = penalty.item() / n
         return row
+
+    def _draw(self, y_all: torch.Tensor) -> torch.Tensor | None:
+        if not self.balanced:
+            return None
+        if self.sampler is None:
+            self.sampler = BalancedSampler(y_all)
+        return self.sampler.draw(self.generator)
 
     def _maybe_evaluate_at(self, t_start: float, eval_s: float, x_all: torch.Tensor, batch_size: int) -> float:
         """The step-interval evaluation sees train_s up to this step (evaluations excluded), and the

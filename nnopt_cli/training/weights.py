@@ -60,9 +60,10 @@ class EvalWeights:
 
     def raw_metrics(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, precision: str) -> dict[str, float]:
         """With averaging: the raw (training) weights' loss and accuracy on (x, y), to record beside
-        the average's as raw/val/loss, raw/val/acc. Empty while the model holds no average."""
+        the average's as raw/val/loss, raw/val/acc (regression: the loss alone). Empty while the model
+        holds no average."""
         with self.raw_in_model() as raw:
             if not raw:
                 return {}
             loss, acc = evaluate(self.model, x, y, batch_size, precision, sharded=True)
-        return {"raw/val/loss": loss, "raw/val/acc": acc}
+        return {"raw/val/loss": loss, **({"raw/val/acc": acc} if acc is not None else {})}

@@ -217,6 +217,10 @@ class Study:
                     del cfg["hydra"]
                 default_lr = float(cfg.optimizer.lr)
                 plan = Plan(opt, cfg, choices, default_lr, grid_fn(default_lr))
+                if cfg.dataset.name == "regression":  # its table and picks are by accuracy
+                    raise ConfigError("dataset", "regression", "a classification dataset for nnopt tune-lr "
+                                      "(tune a regression's LR with nnopt tune tune.objective=best/val/loss "
+                                      "tune.direction=minimize)")
                 validate(self.config(plan, plan.grid.lr(0), 0))
                 plans.append(plan)
         return plans

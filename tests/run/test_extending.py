@@ -103,7 +103,7 @@ def test_user_model_and_observer_resume_bit_exact(tmp_path, monkeypatch):
     cfg = compose_cfg(*USER)
     train(cfg, RunContext(tmp_path / "alone"))
     calls = {"n": 0}
-    original = runner.evaluate
+    original = runner.evaluate_split
 
     def crash_in_epoch_2(*args, **kwargs):  # a kill while epoch 2 is validated
         calls["n"] += 1
@@ -111,10 +111,10 @@ def test_user_model_and_observer_resume_bit_exact(tmp_path, monkeypatch):
             raise Crash
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "evaluate", crash_in_epoch_2)
+    monkeypatch.setattr(runner, "evaluate_split", crash_in_epoch_2)
     with pytest.raises(Crash):
         train(cfg, RunContext(tmp_path / "cut"))
-    monkeypatch.setattr(runner, "evaluate", original)
+    monkeypatch.setattr(runner, "evaluate_split", original)
     summary = train(cfg, RunContext(tmp_path / "cut", resume=True))
     assert summary["status"] == "completed" and summary["resumed_from_epoch"] == 1
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "train_s")} for r in rows]

@@ -56,7 +56,7 @@ class Crash(Exception):
 
 def crash_after(monkeypatch, n_evals: int) -> None:
     calls = {"n": 0}
-    original = runner.evaluate
+    original = runner.evaluate_split
 
     def evaluate(*args, **kwargs):
         calls["n"] += 1
@@ -64,7 +64,7 @@ def crash_after(monkeypatch, n_evals: int) -> None:
             raise Crash
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "evaluate", evaluate)
+    monkeypatch.setattr(runner, "evaluate_split", evaluate)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -81,7 +81,7 @@ def test_resume_of_an_init_from_run_is_bit_exact(source, tmp_path, monkeypatch):
 
     cfg = compose_cfg(*SMALL, f"init_from={source}", "epochs=3")
     train(cfg, RunContext(tmp_path / "alone"))
-    calls, original = {"n": 0}, runner.evaluate
+    calls, original = {"n": 0}, runner.evaluate_split
 
     def crash(*a, **k):
         calls["n"] += 1
@@ -89,10 +89,10 @@ def test_resume_of_an_init_from_run_is_bit_exact(source, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # a kill while epoch 2 is validated
         return original(*a, **k)
 
-    monkeypatch.setattr(runner, "evaluate", crash)
+    monkeypatch.setattr(runner, "evaluate_split", crash)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, RunContext(tmp_path / "cut"))
-    monkeypatch.setattr(runner, "evaluate", original)
+    monkeypatch.setattr(runner, "evaluate_split", original)
     train(cfg, RunContext(tmp_path / "cut", resume=True))
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "train_s")} for r in rows]  # noqa: E731
     assert strip(read_metrics(tmp_path / "alone/metrics.jsonl")) == strip(read_metrics(tmp_path / "cut/metrics.jsonl"))

@@ -66,13 +66,13 @@ def test_interrupt_mid_epoch_then_resume_is_bit_exact(reads, tmp_path, monkeypat
 
 def test_real_sigint_during_training_checkpoints_and_reports(tmp_path, monkeypatch):
     cfg = compose_cfg("epochs=3")
-    original = runner.evaluate
+    original = runner.evaluate_split
 
-    def evaluate(*args, **kwargs):  # Ctrl-C arrives while epoch 1 is being validated
+    def evaluate_split(*args, **kwargs):  # Ctrl-C arrives while epoch 1 is being validated
         signal.raise_signal(signal.SIGINT)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "evaluate", evaluate)
+    monkeypatch.setattr(runner, "evaluate_split", evaluate_split)
     summary = train(cfg, RunContext(tmp_path))
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT" and summary["exit_code"] == 130
     assert summary["epochs"] == 1 and len(read_metrics(tmp_path / "metrics.jsonl")) == 1
