@@ -93,6 +93,7 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "post.quantize.finetune_epochs": 1,
     "post.quantize.lr_scale": 1.0,
     "averaging": {"name": "none"},
+    "async_sgd": {"mode": "none"},
 }
 
 
