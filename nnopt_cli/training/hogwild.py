@@ -168,15 +168,16 @@ class HogwildTrainer(Trainer):
             if kind == "ready":
                 ready.add(rank)
 
-    def _receive(self, reported: set[int]) -> tuple[str, int, Any]:
-        """The next message of a worker; a worker's error or death is raised here."""
+    def _receive(self, reported: set[int], pass_stop: bool = False) -> tuple[str, int, Any]:
+        """The next message of a worker; a worker's error or death is raised here. pass_stop: while
+        waiting, hand a stop request on to the workers (they are training)."""
         while True:
             try:
                 kind, rank, payload = self._outbox.get(timeout=WAIT_S)
             except queue.Empty:
                 self._check_alive(reported)
-                if self.should_stop() and not self._stop.is_set():
-                    self._stop.set()
+                if pass_stop:
+                    self._pass_stop()
                 continue
             if kind == "error":
                 raise RuntimeError(f"hogwild worker {rank} failed:\n{payload}")
@@ -206,6 +207,7 @@ class HogwildTrainer(Trainer):
         self.partial = None
         finished = dict(part["finished"]) if part is not None else {}  # worker -> its row of this epoch
         self._stop.clear()
+        self._pass_stop()
         for rank in range(self.workers):
             if rank not in finished:
                 cut = part["cut"].get(rank) if part is not None else None
@@ -214,7 +216,7 @@ class HogwildTrainer(Trainer):
             progress.start_epoch(epoch, 1)  # the steps happen in the workers: one mark per epoch
         cut: dict[int, dict] = {}
         while len(finished) + len(cut) < self.workers:
-            kind, rank, payload = self._receive(set(finished) | set(cut))
+            kind, rank, payload = self._receive(set(finished) | set(cut), pass_stop=True)
             report = _unpack(payload)
             if kind == "diverged":
                 raise Diverged(epoch, report["step"], report["loss"])
@@ -234,6 +236,10 @@ class HogwildTrainer(Trainer):
             raise Interrupted(f"epoch {epoch}, {sum(int(c['step']) for c in cut.values())} steps of "
                               f"{len(cut)} worker(s) into it")
         return self._epoch_row([finished[r] for r in range(self.workers)], len(x_all))
+
+    def _pass_stop(self) -> None:
+        if not self._stop.is_set() and self.should_stop():
+            self._stop.set()  # each worker stops after its current step and reports how far it got
 
     def _check_alive(self, reported: set[int]) -> None:
         for rank, p in enumerate(self._procs):
