@@ -37,9 +37,11 @@ from torch import nn
 
 from nnopt_cli.config.build import locate
 from nnopt_cli.config.checks import need_choice, need_int
+from nnopt_cli.data import load_splits
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.optim.optimizers import Protocol, current_lr
 from nnopt_cli.optim.staleness import check_staleness
+from nnopt_cli.training.device import seed_everything
 from nnopt_cli.training.interrupt import Interrupted
 from nnopt_cli.training.metrics import Counters, Diverged
 from nnopt_cli.training.observers import Observer, Observers, observer_nodes
@@ -333,13 +335,10 @@ def _alive(pid: int) -> bool:
 
 def _worker_setup(rank: int, workers: int, cfg: dict, model: nn.Module, state: dict | None,
                   threads: int) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
-    from nnopt_cli.data import load_splits  # the worker loads its own copy: no shared-memory data
-    from nnopt_cli.training.device import seed_everything
-
     torch.set_num_threads(threads)
     seed = cfg["seed"] + rank  # its own data order and dropout masks
     seed_everything(seed, cfg["deterministic"])
-    data = load_splits(cfg["dataset"])
+    data = load_splits(cfg["dataset"])  # its own copy: no shared-memory data (/dev/shm may be small)
     x, y = data.train_x[rank::workers].contiguous(), data.train_y[rank::workers].contiguous()
     trainer = Trainer({**cfg, "seed": seed}, model, len(x), torch.device("cpu"))
     if state is not None:
