@@ -286,41 +286,49 @@ def _worker(rank: int, workers: int, cfg: dict, model: nn.Module, state: bytes, 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)  # the parent decides when to stop, and tells the workers
     try:
-        trainer, x, y = _worker_setup(rank, workers, cfg, model, _unpack(state), threads)
-        parent_gone = lambda: not _alive(parent_pid)  # noqa: E731
-        trainer.should_stop = lambda: stop.is_set() or parent_gone()
-        outbox.put(("ready", rank, None))
-        while True:
-            try:
-                kind, payload = inbox.get(timeout=1.0)
-            except queue.Empty:
-                if parent_gone():
-                    break
-                continue
-            if kind == "close":
-                break
-            job = _unpack(payload)
-            trainer.partial = job["partial"]
-            trainer.counters = Counters()  # the parent adds each epoch's counts to the run's
-            try:
-                row = trainer.train_epoch(job["epoch"], x, y)
-                kind, report = "done", {"row": row}
-            except Interrupted:
-                kind, report = "stopped", {"partial": trainer.partial}
-            except Diverged as d:
-                outbox.put(("diverged", rank, _pack({"step": d.step, "loss": d.loss})))
-                continue
-            report.update(counters=trainer.counters.as_row(), state={
-                "optimizer": trainer.optimizer.state_dict(), "generator": trainer.generator.get_state()})
-            outbox.put((kind, rank, _pack(report)))
+        _serve(rank, workers, cfg, model, state, threads, inbox, outbox, stop, parent_pid)
+        # the parent reads nothing more (or is gone): a report it left unread must not hold the exit
+        outbox.cancel_join_thread()
     except BaseException:
-        outbox.put(("error", rank, traceback.format_exc()))
-    # out without the interpreter's teardown of torch (seconds): flush what was sent, then exit
+        outbox.put(("error", rank, traceback.format_exc()))  # the parent is waiting for it
+    # out without the interpreter's teardown of torch (seconds): flush what is still to send, then exit
     outbox.close()
     outbox.join_thread()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _serve(rank: int, workers: int, cfg: dict, model: nn.Module, state: bytes, threads: int,
+           inbox, outbox, stop, parent_pid: int) -> None:
+    """Train each epoch the parent hands out; return when it says close, or when it is gone."""
+    trainer, x, y = _worker_setup(rank, workers, cfg, model, _unpack(state), threads)
+    parent_gone = lambda: not _alive(parent_pid)  # noqa: E731
+    trainer.should_stop = lambda: stop.is_set() or parent_gone()
+    outbox.put(("ready", rank, None))
+    while True:
+        try:
+            kind, payload = inbox.get(timeout=1.0)
+        except queue.Empty:
+            if parent_gone():
+                return
+            continue
+        if kind == "close":
+            return
+        job = _unpack(payload)
+        trainer.partial = job["partial"]
+        trainer.counters = Counters()  # the parent adds each epoch's counts to the run's
+        try:
+            row = trainer.train_epoch(job["epoch"], x, y)
+            kind, report = "done", {"row": row}
+        except Interrupted:
+            kind, report = "stopped", {"partial": trainer.partial}
+        except Diverged as d:
+            outbox.put(("diverged", rank, _pack({"step": d.step, "loss": d.loss})))
+            continue
+        report.update(counters=trainer.counters.as_row(), state={
+            "optimizer": trainer.optimizer.state_dict(), "generator": trainer.generator.get_state()})
+        outbox.put((kind, rank, _pack(report)))
 
 
 def _alive(pid: int) -> bool:

@@ -74,6 +74,13 @@ def test_stop_mid_epoch_checkpoints_every_worker_and_resumes(tmp_path, monkeypat
     assert resumed["test/acc"] > 0.5
 
 
+@pytest.mark.slow
+def test_a_worker_that_diverges_ends_the_run_as_diverged(tmp_path):
+    summary = train(compose_cfg(*HOGWILD, "optimizer.lr=1e8"), RunContext(tmp_path))
+    assert summary["status"] == layout.Status.DIVERGED and summary["diverged_at"]["epoch"] == 1
+    assert summary["test/acc"] is None and read_metrics(tmp_path / layout.METRICS) == []
+
+
 def start_in_own_group(args: list[str], cwd) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "nnopt_cli", *args], cwd=cwd, env=env, start_new_session=True,
