@@ -42,8 +42,7 @@ from nnopt_cli.training import distributed
 from nnopt_cli.training.device import configure_threads, resolve_device, seed_everything
 from nnopt_cli.training.early_stopping import EarlyStopping
 from nnopt_cli.training.fit import FitHooks, fit
-from nnopt_cli.training.hogwild import HogwildTrainer, summary_note
-from nnopt_cli.training.hogwild import enabled as hogwild_enabled
+from nnopt_cli.training.hogwild import HogwildTrainer, async_summary, is_hogwild
 from nnopt_cli.training.interrupt import Interrupt, Interrupted
 from nnopt_cli.training.metrics import Diverged, evaluate
 from nnopt_cli.training.observers import EpochInfo, RunInfo, StopRun, build_observers
@@ -170,7 +169,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
 
     run = distributed.rank0_writes(RunDir(ctx.run_dir))  # under DDP only rank 0 writes the folder
     parent = Continuation.of(cfg, run.path, ctx.resume)  # continue_from: a finished run goes on
-    summary = {**base_summary(cfg, device, threads), **summary_note(cfg)}  # async_sgd: reproducible or not
+    summary = {**base_summary(cfg, device, threads), **async_summary(cfg)}  # async_sgd: reproducible or not
     if parent is not None:
         summary["continued_from"] = parent.record
     run.write_summary(summary)
@@ -184,7 +183,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     frozen = freeze(model, cfg.get("freeze"))  # before the optimizer sees the parameters
     if frozen:
         summary["frozen"] = frozen
-    if hogwild_enabled(cfg):  # worker processes train on the shared weights; this process does the rest
+    if is_hogwild(cfg):  # worker processes train on the shared weights; this process does the rest
         trainer = HogwildTrainer(cfg, model, len(data.train_x), device, observers=observers, threads=threads)
     else:
         trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers)

@@ -53,11 +53,11 @@ MAX_WORKERS = 256
 WAIT_S = 0.05  # how often the parent, waiting for its workers, looks at a stop request and at dead workers
 
 
-def enabled(cfg: dict) -> bool:
+def is_hogwild(cfg: dict) -> bool:
     return (cfg.get("async_sgd") or {}).get("mode") == "hogwild"
 
 
-def summary_note(cfg: dict) -> dict[str, Any]:
+def async_summary(cfg: dict) -> dict[str, Any]:
     """What summary.json says of an asynchronous run (nothing for a synchronous one)."""
     node = cfg.get("async_sgd") or {}
     if node.get("mode") == "hogwild":
@@ -151,7 +151,8 @@ class HogwildTrainer(Trainer):
         self._stop, self._outbox = ctx.Event(), ctx.Queue()
         self._inboxes = [ctx.Queue() for _ in range(self.workers)]
         for rank in range(self.workers):
-            p = ctx.Process(target=_worker, daemon=True, name=f"nnopt-hogwild-{rank}",
+            # daemonic: ended with this process; a daemonic process (a pool's worker) may have no children
+            p = ctx.Process(target=_worker, daemon=not mp.current_process().daemon, name=f"nnopt-hogwild-{rank}",
                             args=(rank, self.workers, self.cfg, self.model, _pack(self.worker_states[rank]),
                                   self.worker_threads, self._inboxes[rank], self._outbox, self._stop,
                                   os.getpid()))
