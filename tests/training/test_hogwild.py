@@ -18,6 +18,7 @@ from nnopt_cli.run.validate import validate
 from nnopt_cli.store import layout
 from nnopt_cli.store.checkpoint import load_checkpoint
 from nnopt_cli.store.folder import read_metrics
+from nnopt_cli.training.hogwild import HogwildTrainer, async_summary, is_hogwild
 from tests.conftest import REPO, TINY, compose_cfg
 from tests.hold import hold_overrides, release, wait_until_held
 from tests.training.test_interrupt import StopAfter
@@ -79,6 +80,25 @@ def test_a_worker_that_diverges_ends_the_run_as_diverged(tmp_path):
     summary = train(compose_cfg(*HOGWILD, "optimizer.lr=1e8"), RunContext(tmp_path))
     assert summary["status"] == layout.Status.DIVERGED and summary["diverged_at"]["epoch"] == 1
     assert summary["test/acc"] is None and read_metrics(tmp_path / layout.METRICS) == []
+
+
+def test_epoch_row_sums_over_the_workers_shares():
+    cfg = compose_cfg(*HOGWILD, "async_sgd.workers=2")
+    model = torch.nn.Linear(3, 2)
+    trainer = HogwildTrainer(cfg, model, 5, torch.device("cpu"))  # no worker starts before start()
+    rows = [{"train/loss": 1.0, "train/acc": 2 / 3, "lr": 0.05, "batch_size": 16, "steps": 1, "grad_norm": 2.0},
+            {"train/loss": 2.0, "train/acc": 1 / 2, "lr": 0.05, "batch_size": 16, "steps": 1, "grad_norm": None}]
+    row = trainer._epoch_row(rows, 5)  # shares of 5 samples: 3 (0, 2, 4) and 2 (1, 3)
+    assert row["train/loss"] == pytest.approx((3 * 1.0 + 2 * 2.0) / 5)
+    assert row["train/acc"] == pytest.approx(3 / 5)  # 2 of 3 and 1 of 2 correct
+    assert row["steps"] == 2 and row["grad_norm"] == 2.0 and row["lr"] == 0.05
+
+
+def test_a_config_from_before_the_group_is_synchronous():
+    cfg = compose_cfg()
+    del cfg["async_sgd"]
+    validate(cfg)
+    assert async_summary(cfg) == {} and not is_hogwild(cfg)
 
 
 def start_in_own_group(args: list[str], cwd) -> subprocess.Popen:
