@@ -50,11 +50,12 @@ def test_two_workers_train_above_chance_into_a_normal_run_folder(tmp_path):
 
 @pytest.mark.slow
 def test_stop_mid_epoch_checkpoints_every_worker_and_resumes(tmp_path, monkeypatch):
-    # a long first epoch (2 workers x 375 steps of 2): the stop reaches the workers while they train
-    cfg = compose_cfg(*HOGWILD, "batch_size.size=2", "optimizer.lr=0.01", "dataset.n_train=1564", "epochs=2")
-    n = 1500
+    # a long first epoch (2 workers x 1500 steps of 2, 0.1 s at least): the stop reaches them while they train
+    n, per_worker = 6000, 3000
+    cfg = compose_cfg(*HOGWILD, "batch_size.size=2", "optimizer.lr=0.01", f"dataset.n_train={n + 64}", "epochs=2")
     with monkeypatch.context() as m:
-        # flag looks: the start of epoch 1, the parent's look before handing out the epoch, then the stop
+        # flag looks: the start of epoch 1, the parent's look before handing out the epoch, then (the
+        # stop) its first look while it waits for the workers
         m.setattr(runner, "Interrupt", lambda: StopAfter(2))
         summary = train(cfg, RunContext(tmp_path))
     assert summary["status"] == layout.Status.INTERRUPTED and summary["epochs"] == 0
@@ -63,7 +64,7 @@ def test_stop_mid_epoch_checkpoints_every_worker_and_resumes(tmp_path, monkeypat
     assert partial["epoch"] == 1 and len(partial["cut"]) + len(partial["finished"]) == 2
     assert partial["cut"]  # at least one worker was cut inside its share
     done = ckpt["trainer"]["counters"]["samples_seen"]
-    assert done == sum(2 * int(c["step"]) for c in partial["cut"].values()) + 750 * len(partial["finished"])
+    assert done == sum(2 * int(c["step"]) for c in partial["cut"].values()) + per_worker * len(partial["finished"])
     assert done < n
 
     resumed = train(cfg, RunContext(tmp_path, resume=True))
@@ -71,7 +72,7 @@ def test_stop_mid_epoch_checkpoints_every_worker_and_resumes(tmp_path, monkeypat
     rows = read_metrics(tmp_path / layout.METRICS)
     # the cut epoch is finished, not redone: each sample exactly once per epoch over both processes' work
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert [r["samples_seen"] for r in rows] == [n, 2 * n] and [r["steps"] for r in rows] == [750, 750]
+    assert [r["samples_seen"] for r in rows] == [n, 2 * n] and [r["steps"] for r in rows] == [n // 2, n // 2]
     assert resumed["test/acc"] > 0.5
 
 
