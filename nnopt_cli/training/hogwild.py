@@ -10,11 +10,13 @@ its own order (seed + r), so one epoch covers every sample once. Each worker's e
 Trainer.train_epoch over its share: the one training step, batch-size policy and metric sums of nnopt.
 
 The parent process is the run: between epochs, while the workers wait, it validates, writes metrics,
-checkpoints and summary.json. A checkpoint holds the shared weights plus each worker's optimizer state
-and generator. A stop request (Ctrl-C, SIGTERM) reaches the workers through an event: each stops after
-its current step and reports how far it got, so the parent's interrupted checkpoint resumes every
-worker's share of the epoch where it stopped. The workers ignore the signals themselves (a terminal's
-Ctrl-C reaches the whole process group) and leave when the parent does.
+checkpoints and summary.json. Each worker has its own LR schedule over its own steps; at epoch ends
+the parent hands each one the epoch's row (plateau reads its val metrics). A checkpoint holds the
+shared weights plus each worker's optimizer state, schedule and generator. A stop request (Ctrl-C,
+SIGTERM) reaches the workers through an event: each stops after its current step and reports how far
+it got, so the parent's interrupted checkpoint resumes every worker's share of the epoch where it
+stopped. The workers ignore the signals themselves (a terminal's Ctrl-C reaches the whole process
+group) and leave when the parent does.
 
 Not bit-reproducible: the order in which the workers' reads and writes interleave is the OS scheduler's,
 so two runs with the same seed differ (summary.json records it).
@@ -100,9 +102,6 @@ def check_hogwild(cfg: dict, torchrun: bool) -> None:
     if cfg["optimizer"].get("wrapper") is not None:
         refuse("cannot run an optimizer wrapper (optimizer/wrapper writes its own copy of the weights over "
                "the shared ones); set optimizer/wrapper=null")
-    if (cfg.get("scheduler") or {}).get("name", "none") != "none":
-        refuse(f"runs without an LR schedule (each worker steps its own optimizer), got "
-               f"scheduler={cfg['scheduler'].get('name')}; set scheduler=none")
     if (cfg.get("averaging") or {}).get("name", "none") != "none":
         refuse(f"cannot average weights (averaging={cfg['averaging'].get('name')} updates after every "
                "step, and the steps happen in the workers); set averaging=none")
@@ -129,7 +128,7 @@ class HogwildTrainer(Trainer):
         self.workers = int(cfg["async_sgd"]["workers"])
         self.worker_threads = max(1, threads // self.workers)
         model.share_memory()  # in place: the parent's checkpoints and evaluations read the shared weights
-        # each worker's optimizer state and generator after its last report (checkpointed; None: fresh)
+        # each worker's optimizer, LR schedule and generator after its last report (checkpointed; None: fresh)
         self.worker_states: list[dict | None] = [None] * self.workers
         self._procs: list[Any] = []
 
@@ -240,6 +239,20 @@ class HogwildTrainer(Trainer):
                               f"{len(cut)} worker(s) into it")
         return self._epoch_row([finished[r] for r in range(self.workers)], len(x_all))
 
+    def end_epoch(self, row: dict) -> None:
+        """Each worker advances its own epoch-level LR schedule (with the row's val metrics, for
+        plateau) and reports its state, which the checkpoint written next holds."""
+        super().end_epoch(row)
+        if self.scheduler is None or self.interval != "epoch" or not self._procs:
+            return
+        for box in self._inboxes:
+            box.put(("end_epoch", _pack(row)))
+        ended: set[int] = set()
+        while len(ended) < self.workers:
+            _, rank, payload = self._receive(ended)
+            self.worker_states[rank] = _unpack(payload)["state"]
+            ended.add(rank)
+
     def _pass_stop(self) -> None:
         if not self._stop.is_set() and self.should_stop():
             self._stop.set()  # each worker stops after its current step and reports how far it got
@@ -316,6 +329,10 @@ def _serve(rank: int, workers: int, cfg: dict, model: nn.Module, state: bytes, t
             continue
         if kind == "close":
             return
+        if kind == "end_epoch":
+            trainer.end_epoch(_unpack(payload))
+            outbox.put(("ended", rank, _pack({"state": _state(trainer)})))
+            continue
         job = _unpack(payload)
         trainer.partial = job["partial"]
         trainer.counters = Counters()  # the parent adds each epoch's counts to the run's
@@ -327,9 +344,14 @@ def _serve(rank: int, workers: int, cfg: dict, model: nn.Module, state: bytes, t
         except Diverged as d:
             outbox.put(("diverged", rank, _pack({"step": d.step, "loss": d.loss})))
             continue
-        report.update(counters=trainer.counters.as_row(), state={
-            "optimizer": trainer.optimizer.state_dict(), "generator": trainer.generator.get_state()})
+        report.update(counters=trainer.counters.as_row(), state=_state(trainer))
         outbox.put((kind, rank, _pack(report)))
+
+
+def _state(trainer: Trainer) -> dict[str, Any]:
+    """What a worker's checkpoint entry holds: its optimizer, LR schedule and data-order generator."""
+    return {"optimizer": trainer.optimizer.state_dict(), "generator": trainer.generator.get_state(),
+            "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None}
 
 
 def _alive(pid: int) -> bool:
@@ -353,4 +375,6 @@ def _worker_setup(rank: int, workers: int, cfg: dict, model: nn.Module, state: d
     if state is not None:
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.generator.set_state(state["generator"])
+        if trainer.scheduler is not None:
+            trainer.scheduler.load_state_dict(state["scheduler"])
     return trainer, x, y

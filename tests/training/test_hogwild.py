@@ -52,7 +52,10 @@ def test_two_workers_train_above_chance_into_a_normal_run_folder(tmp_path):
 def test_stop_mid_epoch_checkpoints_every_worker_and_resumes(tmp_path, monkeypatch):
     # a long first epoch (2 workers x 1500 steps of 2, 0.1 s at least): the stop reaches them while they train
     n, per_worker = 6000, 3000
-    cfg = compose_cfg(*HOGWILD, "batch_size.size=2", "optimizer.lr=0.01", f"dataset.n_train={n + 64}", "epochs=2")
+    # onecycle: a per-step schedule over each worker's steps of the run, resumed mid-epoch (one step
+    # too many and torch's OneCycleLR raises)
+    cfg = compose_cfg(*HOGWILD, "batch_size.size=2", "optimizer.lr=0.01", f"dataset.n_train={n + 64}", "epochs=2",
+                      "scheduler=onecycle")
     with monkeypatch.context() as m:
         # flag looks: the start of epoch 1, the parent's look before handing out the epoch, then (the
         # stop) its first look while it waits for the workers
@@ -112,7 +115,9 @@ def start_in_own_group(args: list[str], cwd) -> subprocess.Popen:
 def test_ctrl_c_to_the_process_group_checkpoints_in_the_parent_and_resumes(tmp_path):
     flags = tmp_path / "flags"
     flags.mkdir()
-    args = ["train", *TINY, *HOGWILD, "epochs=3", "hydra.run.dir=run", *hold_overrides(flags)]
+    # an epoch-level LR schedule in each worker: its state goes into the checkpoint and comes back
+    args = ["train", *TINY, *HOGWILD, "epochs=3", "scheduler=exp", "scheduler.gamma=0.5", "hydra.run.dir=run",
+            *hold_overrides(flags)]
     proc = start_in_own_group(args, tmp_path)
     wait_until_held(flags, 1, proc)
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the workers too: they leave it to the parent
@@ -125,12 +130,16 @@ def test_ctrl_c_to_the_process_group_checkpoints_in_the_parent_and_resumes(tmp_p
     assert load_checkpoint(run / "checkpoint.pt")["trainer"]["hogwild"]["workers"][1]["optimizer"]["state"]
 
     release(flags)
-    train(compose_cfg(*HOGWILD, "epochs=3", *hold_overrides(flags)), RunContext(run, resume=True))
+    train(compose_cfg(*HOGWILD, "epochs=3", "scheduler=exp", "scheduler.gamma=0.5", *hold_overrides(flags)),
+          RunContext(run, resume=True))
     summary = json.loads((run / layout.SUMMARY).read_text())
     assert summary["status"] == layout.Status.COMPLETED and summary["resumed_from_epoch"] == 1
     rows = read_metrics(run / layout.METRICS)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["samples_seen"] for r in rows] == [N_TRAIN, 2 * N_TRAIN, 3 * N_TRAIN]
+    assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.025, 0.0125])  # momentum's lr, halved each epoch
+    workers = load_checkpoint(run / "checkpoint.pt")["trainer"]["hogwild"]["workers"]
+    assert [w["scheduler"]["last_epoch"] for w in workers] == [3, 3]
 
 
 @pytest.mark.parametrize("overrides,says", [
@@ -140,7 +149,6 @@ def test_ctrl_c_to_the_process_group_checkpoints_in_the_parent_and_resumes(tmp_p
     (["optimizer=sam"], "step=backward_closure"),
     (["optimizer=schedulefree_sgd"], "schedule-free"),
     (["optimizer/wrapper=lookahead"], "optimizer wrapper"),
-    (["scheduler=exp"], "scheduler=exp; set scheduler=none"),
     (["averaging=ema"], "averaging=ema"),
     (["eval_every_steps=5"], "eval_every_steps=null"),
     (["diagnostics=basic"], "diagnostics (nnopt_cli.diagnostics"),
