@@ -86,6 +86,9 @@ def check_hogwild(cfg: dict, torchrun: bool) -> None:
     def refuse(why: str) -> None:
         raise ConfigError("async_sgd", "hogwild", why)
 
+    if "forkserver" not in mp.get_all_start_methods():
+        refuse("needs the forkserver start method of Python's multiprocessing (Linux, macOS), which this "
+               "platform lacks")
     if torchrun:
         refuse("cannot run under torchrun/DDP (its workers are processes of one machine); start it without torchrun")
     if cfg["device"] != "cpu":

@@ -166,6 +166,12 @@ def test_hogwild_refuses_torchrun(monkeypatch):
         validate(compose_cfg(*HOGWILD))
 
 
+def test_hogwild_refuses_a_platform_without_a_fork_server(monkeypatch):
+    monkeypatch.setattr(torch.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    with pytest.raises(ConfigError, match="needs the forkserver start method"):
+        validate(compose_cfg(*HOGWILD))
+
+
 def test_epoch_level_observers_are_allowed(tmp_path):
     validate(compose_cfg(*HOGWILD, *hold_overrides(tmp_path)))
 
