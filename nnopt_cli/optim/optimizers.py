@@ -39,6 +39,7 @@ from torch.optim import Optimizer
 from nnopt_cli.config.checks import need_bool, need_int, need_num
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.optim import param_groups
+from nnopt_cli.optim.staleness import NO_DELAY, StaleGradients
 
 STEP_KINDS = ("plain", "closure", "backward_closure", "create_graph")
 META_KEYS = ("step", "train_eval", "bn_batches", "param_groups", "wrapper")
@@ -230,12 +231,14 @@ def create_graph_backward():
 
 
 def optimizer_step(optimizer: Optimizer, kind: str, closure: Callable[..., torch.Tensor],
-                   scaler=None) -> None:
+                   scaler=None, delay: StaleGradients = NO_DELAY) -> None:
     """One optimizer step the way `kind` says: the one place the protocol is dispatched (the trainer,
     lr-find and the config check all step through here). closure(create_graph=False) zeroes the
     gradients, runs forward + loss + backward (+ unscaling and clipping) and returns the loss.
     scaler: something with step(optimizer) that takes optimizer.step()'s place where the optimizer
-    gets no closure (fp16's GradScaler, which skips a step whose gradients overflowed)."""
+    gets no closure (fp16's GradScaler, which skips a step whose gradients overflowed).
+    delay: async_sgd=stale's queue (staleness.py), which swaps in the gradients of k steps ago and
+    says whether there are any yet; plain steps only (validation refuses the other kinds)."""
     if kind == "closure":
         optimizer.step(closure)  # the optimizer calls it for every gradient, the first one too
         return
@@ -244,6 +247,8 @@ def optimizer_step(optimizer: Optimizer, kind: str, closure: Callable[..., torch
             closure(create_graph=True)
     else:
         closure()
+    if not delay.ready(optimizer):
+        return  # a stale-gradient queue still filling: nothing to apply yet
     if kind == "backward_closure":
         optimizer.step(closure)  # the closure gives the extra gradients (SAM's perturbed weights)
     elif scaler is not None:

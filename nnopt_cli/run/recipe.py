@@ -42,6 +42,7 @@ from nnopt_cli.training import distributed
 from nnopt_cli.training.device import configure_threads, resolve_device, seed_everything
 from nnopt_cli.training.early_stopping import EarlyStopping
 from nnopt_cli.training.fit import FitHooks, fit
+from nnopt_cli.training.hogwild import HogwildTrainer, async_summary, is_hogwild
 from nnopt_cli.training.interrupt import Interrupt, Interrupted
 from nnopt_cli.training.metrics import Diverged, evaluate_split
 from nnopt_cli.training.observers import EpochInfo, RunInfo, StopRun, build_observers
@@ -174,7 +175,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
 
     run = distributed.rank0_writes(RunDir(ctx.run_dir))  # under DDP only rank 0 writes the folder
     parent = Continuation.of(cfg, run.path, ctx.resume)  # continue_from: a finished run goes on
-    summary = base_summary(cfg, device, threads)
+    summary = {**base_summary(cfg, device, threads), **async_summary(cfg)}  # async_sgd: reproducible or not
     if parent is not None:
         summary["continued_from"] = parent.record
     run.write_summary(summary)
@@ -193,7 +194,11 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     frozen = freeze(model, cfg.get("freeze"))  # before the optimizer sees the parameters
     if frozen:
         summary["frozen"] = frozen
-    trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers, class_counts=data.class_counts())
+    if is_hogwild(cfg):  # worker processes train on the shared weights; this process does the rest
+        trainer = HogwildTrainer(cfg, model, len(data.train_x), device, observers=observers, threads=threads)
+    else:
+        trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers,
+                          class_counts=data.class_counts())
     stopper = EarlyStopping.from_config(cfg["early_stopping"])
     if parent is not None:
         parent.keep_plan(cfg, trainer)  # before any state is loaded: a schedule made for the parent's length
@@ -284,6 +289,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
 
     try:
         with Progress(cfg["epochs"], live=ctx.live_progress, prefix=ctx.progress_prefix) as progress:
+            trainer.start()  # before the first epoch: a start-up is not training time
             fit(trainer, data, range(state.epoch + 1, last_epoch + 1),
                 FitHooks(epoch_start, measure, record, epoch_end), progress, validation,
                 state.epoch_elapsed_s)
@@ -313,6 +319,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     finally:
         interrupt.restore()
         trainer.should_stop = lambda: False
+        trainer.close()
 
     if stopper is not None and stopper.restore_best and stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)

@@ -22,6 +22,7 @@ from nnopt_cli.training import distributed
 from nnopt_cli.training.clip import check_grad_clip
 from nnopt_cli.training.device import max_threads
 from nnopt_cli.training.early_stopping import check_early_stopping
+from nnopt_cli.training.hogwild import check_async_sgd
 from nnopt_cli.training.loss import check_loss
 from nnopt_cli.training.observers import check_observers
 from nnopt_cli.training.precision import check_precision
@@ -70,6 +71,7 @@ def validate(cfg: dict) -> None:
     check_batch_size(cfg["batch_size"], cfg["scheduler"], batch_norm=bool(cfg["model"].get("batch_norm")))
     check_grad_clip(cfg["grad_clip"])
     check_averaging(cfg.get("averaging"))
+    check_async_sgd(cfg, distributed.launched_by_torchrun())
     check_early_stopping(cfg["early_stopping"])
     check_observers(cfg)
     validate_post(cfg)  # post-training stages: checked before training starts

@@ -102,6 +102,7 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "post.quantize.mean_factor": 1.0,
     "batch_size.accumulate": 1,
     "averaging": {"name": "none"},
+    "async_sgd": {"mode": "none"},
 }
 
 

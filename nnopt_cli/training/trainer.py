@@ -5,8 +5,9 @@
 `_step` reads in that order. Every optional mode is an object that does nothing when it is off, so the
 step has one code path: AMP loss scaling (precision.LossScaler, like GradScaler(enabled=False)), the
 penalty (regularizer.Penalty.add_to), clipping and the sampled gradient norm (clip.GradClip),
-batch-size LR scaling (BatchSizePolicy.scaled_lr), DDP loss scaling (_batch_loss) and observers (with
-none, the base Observer, whose hooks do nothing). The resume of an epoch an interrupt cut short is
+batch-size LR scaling (BatchSizePolicy.scaled_lr), DDP loss scaling (_batch_loss), stale gradients
+(StaleGradients, async_sgd=stale: off at staleness 0) and observers (with none, the base Observer,
+whose hooks do nothing). The resume of an epoch an interrupt cut short is
 EpochSums.resumed.
 
 Gradient accumulation (batch_size.accumulate=k): a step's batch is split into k micro-batches (the
@@ -52,6 +53,7 @@ from nnopt_cli.optim.averaging import Averager
 from nnopt_cli.optim.batch_size import BatchSizePolicy
 from nnopt_cli.optim.optimizers import Protocol, build_optimizer, current_lr, optimizer_step
 from nnopt_cli.optim.schedulers import build_scheduler
+from nnopt_cli.optim.staleness import StaleGradients
 from nnopt_cli.training import distributed
 from nnopt_cli.training.clip import GradClip
 from nnopt_cli.training.interrupt import Interrupted
@@ -114,6 +116,9 @@ class Trainer:
         self.precision = cfg["precision"]
         self.autocast = autocast_context(self.precision, device)  # fp32: a nullcontext (reusable)
         self.scaler = LossScaler(self.precision)
+        # async_sgd=stale belongs to the run, like averaging (post-training fine-tunes train in sync);
+        # otherwise it does nothing
+        self.delay = StaleGradients.from_config(cfg.get("async_sgd") if epochs is None else None)
         # a sync per step is nearly free on CPU (divergence caught at its step); on CUDA it would drain the queue
         self.check_every = 1 if device.type == "cpu" else cfg["log_every"]
         self.log_every = cfg["log_every"]
@@ -149,6 +154,7 @@ class Trainer:
             "averaging": self.averager.state_dict() if self.averager is not None else None,
             "swa_scheduler": self.swa_scheduler.state_dict() if self.swa_scheduler is not None else None,
             "raw_weights": self.weights.raw,
+            "stale_gradients": self.delay.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -166,6 +172,13 @@ class Trainer:
         if self.swa_scheduler is not None:
             self.swa_scheduler.load_state_dict(state["swa_scheduler"])
         self.weights.raw = state["raw_weights"]
+        self.delay.load_state_dict(state.get("stale_gradients"))  # absent before async_sgd existed
+
+    def start(self) -> None:
+        """Start what the epochs need beyond this process (hogwild's workers); nothing here."""
+
+    def close(self) -> None:
+        """Release what start() started; nothing here."""
 
     # ------------------------------------------------------------------ the step's helpers
 
@@ -214,7 +227,7 @@ class Trainer:
             return total
 
         with self.policy.scaled_lr(self.optimizer, bs):
-            optimizer_step(self.optimizer, self.protocol.step, closure, self.scaler)
+            optimizer_step(self.optimizer, self.protocol.step, closure, self.scaler, self.delay)
         return first
 
     def _accumulated_step(self, x: torch.Tensor, y: torch.Tensor, share: float, bs: int, measure: bool,
