@@ -229,6 +229,9 @@ def load_preset(name: str, overrides: list[tuple[str, Any]] = ()) -> Preset:
             target = str(value.pop("_target_", "")).rsplit(".", 1)[-1]
             settings["sampler"].update({"name": SAMPLER_CLASSES.get(target, settings["sampler"]["name"]), **value})
             continue
+        if key in ("sampler", "pruner") and isinstance(value, str):  # `pruner: none`, as on the command line
+            _apply(settings, key, value)
+            continue
         if key in ("sampler", "pruner", "params") and isinstance(value, dict):
             settings[key] = {**settings[key], **value} if key != "params" else dict(value)
             continue
