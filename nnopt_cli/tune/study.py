@@ -211,8 +211,12 @@ def open_study(folder: StudyFolder, settings: dict, pruner, identity: dict, objs
     try:
         had_study = folder.journal.exists() and settings["study_name"] in optuna.get_all_study_names(
             journal_storage(folder.journal))
-        study = optuna.create_study(study_name=settings["study_name"], storage=journal_storage(folder.journal),
-                                    directions=[o.direction for o in objs], pruner=pruner, load_if_exists=True)
+        storage = journal_storage(folder.journal)
+        if had_study:  # loaded, not created again: the journal gains no record from a refused rerun
+            study = optuna.load_study(study_name=settings["study_name"], storage=storage, pruner=pruner)
+        else:
+            study = optuna.create_study(study_name=settings["study_name"], storage=storage,
+                                        directions=[o.direction for o in objs], pruner=pruner, load_if_exists=True)
     except (KeyError, TypeError, ValueError, AttributeError, AssertionError) as e:  # JSON lines, not Optuna records
         raise NnoptError(f"{folder.journal} cannot be replayed ({type(e).__name__}: {str(e)[:80]}); the study "
                          "journal is corrupt: restore it or use another tune.dir") from None
