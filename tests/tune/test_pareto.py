@@ -249,3 +249,11 @@ def test_nnopt_compare_prints_the_front_of_a_study_folder(study):
     assert f"Pareto front of study mo ({study_dir}): {len(rec['front'])} of {N_TRIALS}" in r.stdout
     r = run_cli("compare", str(study_dir), "--format", "csv", cwd=study_dir.parent)
     assert r.returncode == 0 and "Pareto front" not in r.stdout and f"see {study_dir / 'pareto.json'}" in r.stderr
+
+
+def test_a_pareto_json_that_is_not_a_regular_file_is_refused_without_reading(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pareto.json")  # opening a FIFO to read would wait for a writer forever
+    front, problem = front_view.read(tmp_path)
+    assert front is None and "regular file" in problem
