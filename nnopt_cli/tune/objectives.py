@@ -89,17 +89,19 @@ def check_stages(objectives: list[Objective], stages: list[str], latency_batch_s
     """Refuse, before any trial, a stage objective the trials cannot measure: a stage they do not
     run, or a key no stage records (a typo would fail every trial)."""
     keys = [*STAGE_KEYS, *(f"latency_ms.{b}" for b in latency_batch_sizes)]
+    where = "tune.objectives" if len(objectives) > 1 else "tune.objective"
     for o in objectives:
         sk = stage_key(o.name)
         if sk is None:
             continue
         stage, key = sk
         if stage not in stages:
-            runs = f"post={','.join(stages)}" if stages else "no post-training stage"
-            raise ConfigError("tune.objectives", o.name, f"a number of a stage the trials run ({runs}); "
-                                                         f"add post=[...,{stage}] to measure {stage}/{key}")
+            runs = f"post=[{','.join(stages)}]" if stages else "no post-training stage"
+            add = f"post=[{','.join([*stages, stage])}]" if stages else f"post={stage}"
+            raise ConfigError(where, o.name, f"a number of a stage the trials run ({runs}); run {add} "
+                                             f"to measure {o.name}")
         if key not in keys:
-            raise ConfigError("tune.objectives", o.name, f"{stage}/<key> with key one of {', '.join(keys)}")
+            raise ConfigError(where, o.name, f"{stage}/<key> with key one of {', '.join(keys)}")
 
 
 def value_of(summary: dict, name: str) -> float | None:
