@@ -10,6 +10,7 @@ study (resumed or retrained by hand) is pointed out.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,14 @@ def table(front: Front) -> Table:
     cols = [Column("trial", "run"), *(Column(k, "config") for k in params), *(Column(n, "metric") for n in names)]
     rows = [{"trial": m["trial"], **{k: m["params"].get(k) for k in params},
              **dict(zip(names, m["values"], strict=True))} for m in front.members]
-    return Table(cols, rows, notes=list(front.notes))
+    first: dict[str, int] = {}
+    repeats = []
+    for m in front.members:  # a sampler may propose the same point again: one result, shown twice
+        key = json.dumps(m["params"], sort_keys=True, default=str)
+        if key in first:
+            repeats.append(f"trial {m['trial']} repeats the parameters of trial {first[key]}")
+        first.setdefault(key, m["trial"])
+    return Table(cols, rows, notes=[*front.notes, *repeats])
 
 
 def find(paths: list[Path], runs: list[Run]) -> tuple[list[Front], list[str]]:

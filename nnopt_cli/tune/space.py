@@ -49,8 +49,8 @@ LEGACY_IGNORED = {"n_jobs": "start several `nnopt tune` processes on one study i
                   "storage": "the study is always a journal file in the study folder",
                   "max_failure_rate": "failed trials are recorded and the study goes on",
                   "_target_": None, "search_space": None, "custom_search_space": None}
-SAMPLER_CLASSES = {"TPESampler": "tpe", "NSGAIISampler": "nsga2", "RandomSampler": "random", "QMCSampler": "qmc", "GridSampler": "grid",
-                   "CmaEsSampler": "cmaes", "GPSampler": "gp"}
+SAMPLER_CLASSES = {"TPESampler": "tpe", "RandomSampler": "random", "QMCSampler": "qmc", "GridSampler": "grid",
+                   "CmaEsSampler": "cmaes", "GPSampler": "gp", "NSGAIISampler": "nsga2"}
 MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random", "qmc", "grid", "gp")  # cmaes optimizes one objective
 SPACE_SYNTAX = "choice(...), interval(a, b), range(a, b, step), or tag(log|int, ...) of one of them"
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
@@ -264,8 +264,9 @@ def one_or_many(settings: dict, in_preset: set[str], on_command_line: set[str]) 
     single = {"objective", "direction"}
     for keys, where in ((in_preset, "the preset"), (on_command_line, "the command line")):
         if "objectives" in keys and keys & single:
-            raise ConfigError("tune.objectives", settings["objectives"], f"either tune.objectives or tune.{'/'.join(sorted(keys & single))} ({where} "
-                              "gives both)")
+            both = "/".join(sorted(keys & single))
+            raise ConfigError("tune.objectives", settings["objectives"],
+                              f"either tune.objectives or tune.{both} ({where} gives both)")
     if "objectives" in on_command_line:
         settings["objective"], settings["direction"] = DEFAULTS["objective"], DEFAULTS["direction"]
     elif on_command_line & single:
@@ -288,8 +289,8 @@ def check_settings(s: dict) -> None:
             raise ConfigError("tune.pruner", s["pruner"]["name"], "none with tune.objectives: Optuna does not prune "
                                                                   "multi-objective studies (set tune.pruner=none)")
         if s["sampler"]["name"] not in MULTI_OBJECTIVE_SAMPLERS:
-            raise ConfigError("tune.sampler.name", s["sampler"]["name"], "one of "
-                              + ", ".join(MULTI_OBJECTIVE_SAMPLERS) + " with tune.objectives (it optimizes one objective)")
+            raise ConfigError("tune.sampler.name", s["sampler"]["name"], "one of " + ", ".join(MULTI_OBJECTIVE_SAMPLERS)
+                              + " with tune.objectives (it optimizes one objective)")
 
 
 def monitor_of(settings: dict) -> str:

@@ -259,3 +259,12 @@ def test_a_pareto_json_that_is_not_a_regular_file_is_refused_without_reading(tmp
     os.mkfifo(tmp_path / "pareto.json")  # opening a FIFO to read would wait for a writer forever
     front, problem = front_view.read(tmp_path)
     assert front is None and "regular file" in problem
+
+
+def test_a_point_the_sampler_proposed_twice_is_named_under_the_front(tmp_path):
+    members = [{"trial": t, "params": p, "values": v} for t, p, v in
+               [(0, {"a": 1, "b": [8]}, [0.5, 10]), (3, {"a": 2, "b": [8]}, [0.4, 5]), (5, {"b": [8], "a": 1}, [0.5, 10])]]
+    front = front_view.Front(tmp_path, "s", OBJECTIVES, members, n_trials=6)
+    t = front_view.table(front)
+    assert [r["trial"] for r in t.rows] == [0, 3, 5] and [r["best/val/acc"] for r in t.rows] == [0.5, 0.4, 0.5]
+    assert t.notes == ["trial 5 repeats the parameters of trial 0"]
