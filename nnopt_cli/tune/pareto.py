@@ -81,9 +81,11 @@ def figure(rec: dict[str, Any]):
     xs, ys = [m["values"][0] for m in front], [m["values"][1] for m in front]
     ax.plot(xs, ys, color="tab:red", marker="o", markersize=7, linewidth=1.2,
             label=f"Pareto front ({len(front)} trials)")
+    at: dict[tuple, list[str]] = {}  # trials with the same values share one label
     for m in front:
-        ax.annotate(str(m["trial"]), (m["values"][0], m["values"][1]), textcoords="offset points",
-                    xytext=(5, 5), fontsize=8)
+        at.setdefault(tuple(m["values"]), []).append(str(m["trial"]))
+    for (x, y), trials in at.items():
+        ax.annotate(", ".join(trials), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(axis_label(ox))
     ax.set_ylabel(axis_label(oy))
     ax.set_title(f"{rec['study']}: Pareto front of {len(rec['trials'])} completed trials")
