@@ -238,7 +238,8 @@ def load_preset(name: str, overrides: list[tuple[str, Any]] = ()) -> Preset:
         settings[key] = value
     for key, value in overrides:
         _apply(settings, key, value)
-    one_or_many(settings, set(section), {k.split(".", 1)[0] for k, _ in overrides})
+    one_or_many(settings, {k for k, v in section.items() if v is not None},
+                {k.split(".", 1)[0] for k, v in overrides if v is not None})
     base += flat_overrides(raw)  # epochs: 5 and the like
     unknown = sorted(set(settings) - set(DEFAULTS))
     if unknown:

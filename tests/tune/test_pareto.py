@@ -5,6 +5,7 @@ as pareto.json holds them."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -97,8 +98,11 @@ def test_directions_and_objectives_are_fixed_when_the_study_is_made(study, capsy
     for given, message in [(flipped, f"invalid config: tune.objectives='maximize best/val/acc and maximize "
                                      f"prune/size_bytes': {made} to maximize best/val/acc and minimize "
                                      "prune/size_bytes; rerun it as it was made"),
-                           (other, f"{made} with another objective")]:
-        preset = write_preset(root, "mo_rerun", objectives=given, study_name="mo")
+                           (other, f"{made} with another objective"),
+                           (None, f"invalid config: tune.direction='maximize': {made} to maximize and minimize "
+                                  "several objectives")]:
+        single = {"objective": "best/val/acc", "direction": "maximize"} if given is None else {}
+        preset = write_preset(root, "mo_rerun", objectives=given, study_name="mo", **single)
         with pytest.raises(SystemExit) as e:
             run([f"hparams_search={preset}", f"tune.dir={study_dir}", *TINY, "epochs=1", *FAST_STAGES])
         err = capsys.readouterr().err.strip()
@@ -130,6 +134,12 @@ def test_compare_and_report_show_the_front_as_pareto_json_holds_it(study, capsys
     report([str(study_dir), "-o", str(tmp_path / "r.md")])
     md = (tmp_path / "r.md").read_text()
     assert front_rows(md, "## Pareto front") == expected
+    report([str(study_dir), "-o", str(tmp_path / "r.html")])
+    page = (tmp_path / "r.html").read_text()
+    front_html = page[page.index("<h2>Pareto front</h2>"):]
+    front_html = front_html[:front_html.index("</table>")]
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", r) for r in front_html.split("<tr>")[2:]]
+    assert rows == [[html.escape(c) for c in row] for row in expected]
 
 
 def objectives_of(rec: dict) -> list[str]:
