@@ -278,3 +278,26 @@ def test_a_point_the_sampler_proposed_twice_is_named_under_the_front(tmp_path):
     t = front_view.table(front)
     assert [r["trial"] for r in t.rows] == [0, 3, 5] and [r["best/val/acc"] for r in t.rows] == [0.5, 0.4, 0.5]
     assert t.notes == ["trial 5 repeats the parameters of trial 0"]
+
+
+def test_three_objectives_give_the_front_as_a_table_and_no_plot(tmp_path):
+    import optuna
+
+    from nnopt_cli.tune import pareto
+    from nnopt_cli.tune.study import StudyFolder
+
+    preset = load_preset(preset_file(tmp_path, {"objectives": {"a": "maximize", "b": "minimize", "c": "minimize"}}))
+    objs = objectives.parse(preset.settings)
+    study = optuna.create_study(directions=[o.direction for o in objs])
+    points = [(1.0, 5.0, 5.0), (2.0, 5.0, 5.0), (0.5, 1.0, 9.0), (0.5, 2.0, 9.0), (0.1, 9.0, 0.5)]
+    for i, v in enumerate(points):
+        study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": 0.01 + i / 100}, values=list(v),
+                                                  distributions=preset.distributions))
+    folder = StudyFolder(tmp_path / "study")
+    rec = pareto.record(study, objs, preset, [], folder, {"completed": len(points)})
+    pareto.write(folder, rec)
+    assert [m["trial"] for m in rec["front"]] == [1, 2, 4]  # 0 is beaten by 1, 3 by 2
+    assert rec["plot"] is None and rec["plot_note"].startswith("3 objectives: the front is the table")
+    assert not (folder.path / "pareto.png").exists()
+    front, why = front_view.read(folder.path)
+    assert why is None and [r["trial"] for r in front_view.table(front).rows] == [1, 2, 4]
