@@ -12,14 +12,14 @@ table is the result, and plot_note says so.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from nnopt_cli.store import layout
-from nnopt_cli.store.folder import write_json
-from nnopt_cli.store.outputs import save_figure
+from nnopt_cli.store.outputs import figure_png, write_files
 from nnopt_cli.tune.objectives import Objective
 from nnopt_cli.tune.study import write_best
 
@@ -95,8 +95,11 @@ def figure(rec: dict[str, Any]):
 
 
 def write(folder, rec: dict[str, Any]) -> None:
-    """pareto.json (and pareto.png) and best.json/.yaml, each replaced whole."""
+    """pareto.json and pareto.png, both or neither (a full disk is one line naming the file), then
+    best.json/.yaml; each replaced whole."""
+    files: dict[str, bytes | str] = {}
     if rec["plot"]:
-        save_figure(figure(rec), folder.path / layout.PARETO_PLOT)
-    write_json(folder.path / layout.PARETO, rec)
+        files[layout.PARETO_PLOT] = figure_png(figure(rec))
+    files[layout.PARETO] = json.dumps(rec, indent=2) + "\n"  # the values are finite: Optuna was told them
+    write_files(folder.path, files)
     write_best(folder, best_record(rec))
