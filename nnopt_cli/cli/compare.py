@@ -17,12 +17,12 @@ import io
 import sys
 from pathlib import Path
 
-from nnopt_cli.compare import pipeline
+from nnopt_cli.compare import pareto, pipeline
 from nnopt_cli.compare.pipeline import PLOT_KINDS
 from nnopt_cli.compare.render import FORMATS, render
 from nnopt_cli.compare.table import CompareError
 from nnopt_cli.errors import report_errors
-from nnopt_cli.store import outputs
+from nnopt_cli.store import layout, outputs
 
 EXAMPLES = """examples:
   nnopt compare outputs/                                  every run below outputs/
@@ -38,6 +38,7 @@ EXAMPLES = """examples:
   nnopt compare outputs/ --group-by optimizer --baseline adam --metric test/acc   better, worse, not resolved
   nnopt compare outputs/ --plot lr.png --plot-kind lr --metric val/acc     final metric vs optimizer.lr
   nnopt compare outputs/ --group-by optimizer --target val/acc=0.97 --plot p.png --plot-kind profile
+  nnopt compare outputs/tune/<study>                      a multi-objective study: its Pareto front too
 
 Runs that are incomplete, failed, diverged or have corrupt files are listed with their status
 (and a warning line) but never averaged. A run found twice (same config and seed in two folders)
@@ -67,6 +68,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def show_fronts(fronts: list[pareto.Front], fmt_name: str, file=None) -> None:
+    """A study folder's Pareto front after the table (table and markdown formats; csv and json
+    stay one document each, so the front is named on stderr instead)."""
+    for front in fronts:
+        if fmt_name in ("csv", "json"):
+            print(f"nnopt compare: {front.title()}: see {front.folder / layout.PARETO} (shown with --format "
+                  "table or markdown)", file=sys.stderr)
+            continue
+        out = file or sys.stdout
+        out.write(f"\n{'## ' if fmt_name == 'markdown' else ''}{front.title()}\n")
+        if fmt_name == "markdown":
+            out.write("\n")
+        out.flush()
+        render(pareto.table(front), fmt_name, file)
+
+
 def compare(args: argparse.Namespace) -> None:
     plot_metric: list[str | None] = [None]
 
@@ -83,11 +100,16 @@ def compare(args: argparse.Namespace) -> None:
         plot_metric[0] = pipeline.check_plot(args, args.plot_kind, runs, shown, metrics)
 
     study = pipeline.prepare(args, check_output=check_plot)
+    fronts, problems = pareto.find(args.paths, study.runs)
+    for why in problems:
+        print(f"nnopt compare: warning: {why}", file=sys.stderr)
     if sys.stdout.isatty():
         render(study.table, args.format)
+        show_fronts(fronts, args.format)
     else:  # a file or a pipe: every byte checked, so a full disk is an error, not a cut table
         text = io.StringIO()
         render(study.table, args.format, text)
+        show_fronts(fronts, args.format, text)
         outputs.write_stdout(text.getvalue())
     if args.plot:
         from nnopt_cli.compare import plots

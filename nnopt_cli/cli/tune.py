@@ -18,12 +18,15 @@ import yaml
 from nnopt_cli.config import conf_dir
 from nnopt_cli.config.overrides import check_keys, check_overrides
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
+from nnopt_cli.post import stage_names
 from nnopt_cli.run.recipe import RunContext, train
 from nnopt_cli.run.validate import validate
 from nnopt_cli.store import layout
 from nnopt_cli.store.folder import atomic_write_bytes, record_failure
 from nnopt_cli.store.layout import Status
 from nnopt_cli.store.outputs import out_of_space
+from nnopt_cli.tune import objectives as O
+from nnopt_cli.tune import pareto
 from nnopt_cli.tune import study as S
 from nnopt_cli.tune.pruning import JOURNAL
 from nnopt_cli.tune.samplers import check_sampler, make_pruner, make_sampler, pruner_node
@@ -44,9 +47,11 @@ is an ordinary run folder under the study folder, the study a journal file next 
 settings (tune.<name>=value, or in the preset's `tune:` section):
   n_trials     trials to finish (completed, pruned or failed); rerunning the command continues the
                study up to this number, and trials cut by a crash are queued again
-  sampler      tpe | random | qmc | grid | cmaes | gp   (tune.sampler.seed=0, tune.sampler.<arg>=...)
+  sampler      tpe | random | qmc | grid | cmaes | gp | nsga2   (tune.sampler.seed=0, tune.sampler.<arg>=...)
   pruner       none | median | halving | hyperband      stop trials behind the others after an epoch
   direction    maximize | minimize     objective   a summary.json number (best/val/acc)
+  objectives   several at once, a Pareto front: '{quantize/test/acc: maximize, quantize/size_bytes: minimize}'
+               (sampler nsga2 or tpe, pruner none; the front goes to pareto.json and pareto.png)
   monitor      the per-epoch metric pruners watch (default: val/acc for best/val/acc)
   dir          the study folder (default outputs/tune/<study_name>-<hash of the config overrides>:
                the same command continues its study, other overrides start their own)
@@ -121,6 +126,8 @@ def check_before_trials(preset: Preset, base: list[str], user_overrides: list[st
                                                        f"set tune.params.{key}=... to change the range instead")
     cfg, _ = compose([*base, *preset.trial_overrides(probe_values(preset))])
     validate(cfg)
+    O.check_stages(O.parse(preset.settings), stage_names(cfg), cfg["post"]["measure"]["latency_batch_sizes"]
+                   if stage_names(cfg) else [])
     return cfg
 
 
@@ -172,17 +179,19 @@ def run_trial(study, trial, preset: Preset, base: list[str], settings: dict, fol
         print(f"nnopt: {summary['message']}; rerun the same nnopt tune command to continue the study",
               file=sys.stderr)
         raise SystemExit(summary.get("exit_code", 130))
-    value = summary.get(settings["objective"])
-    if status == Status.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
-        study.tell(trial, float(value))
+    objs = O.parse(settings)
+    values = [O.value_of(summary, o.name) for o in objs]
+    missing = [o.name for o, v in zip(objs, values, strict=True) if v is None]
+    if status == Status.COMPLETED and not missing:
+        study.tell(trial, values[0] if len(values) == 1 else values)
     elif status in (Status.PRUNED, Status.DIVERGED):  # stopped early: ranked below every completed trial
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     else:
-        why = summary.get("error") or f"no finite {settings['objective']} in summary.json (status {status})"
+        why = summary.get("error") or f"no finite {', '.join(missing)} in summary.json (status {status})"
         trial.set_user_attr("error", str(why)[:500])
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    print(trial_line(trial, status, value if status == Status.COMPLETED else None, time.perf_counter() - t0, params),
-          flush=True)
+    shown = values if status == Status.COMPLETED and not missing else None
+    print(trial_line(trial, status, shown, time.perf_counter() - t0, params), flush=True)
     return status
 
 
@@ -208,12 +217,13 @@ def tune(preset_name: str, tune_overrides: list[tuple[str, Any]], cfg_overrides:
         print(f"nnopt: note: {unkeyed} holds a study of the same name, started without the overrides' hash in its "
               f"folder name; to continue that one instead, add tune.dir={unkeyed}", file=sys.stderr)
     folder = S.StudyFolder(path)
+    objs = O.parse(s)
     identity = {"space": {k: p.text for k, p in preset.params.items()}, "base": base,
-                "objective": s["objective"]}
+                "objective": s["objective"] if len(objs) == 1 else [o.name for o in objs]}
     with folder.locked():
-        study = S.open_study(folder, s, pruner, identity)
+        study = S.open_study(folder, s, pruner, identity, objs)
     print(f"study {s['study_name']} in {folder.path}: {n_trials} trials, sampler {s['sampler']['name']}, "
-          f"pruner {pruner_cfg['name']}, {s['direction']} {s['objective']}\n"
+          f"pruner {pruner_cfg['name']}, {O.describe(objs)}\n"
           f"  watch it: optuna-dashboard {folder.journal}", flush=True)
     mine: set[int] = set()
     while True:
@@ -238,6 +248,8 @@ def tune(preset_name: str, tune_overrides: list[tuple[str, Any]], cfg_overrides:
     print(f"study {s['study_name']}: {c['completed']} completed, {c['pruned']} pruned, {c['failed']} failed"
           + (f", {c['running']} still running elsewhere" if c["running"] else "")
           + (f" ({c['requeued']} cut short and redone)" if c["requeued"] else ""))
+    if len(objs) > 1:
+        return report_front(study, objs, preset, base, folder, c)
     best = S.best_record(study, preset, base, s["objective"], folder)
     if best is None:
         print("nnopt: error: no trial completed; see the failed trials' summary.json", file=sys.stderr)
@@ -247,6 +259,26 @@ def tune(preset_name: str, tune_overrides: list[tuple[str, Any]], cfg_overrides:
     print(f"best trial {best['best_trial']}: {s['objective']}={best['best_value']:.4f}  {params}\n"
           f"  run folder {best['run_dir']}; written to {folder.path / 'best.yaml'}\n"
           f"  retrain: {best['retrain']}")
+    return 0
+
+
+def report_front(study, objs: list[O.Objective], preset: Preset, base: list[str], folder, counts: dict) -> int:
+    """A multi-objective study's result: its Pareto front as a table, pareto.json, pareto.png."""
+    from nnopt_cli.compare import pareto as front_view
+    from nnopt_cli.compare.render import render
+
+    rec = pareto.record(study, objs, preset, base, folder, counts)
+    if rec is None:
+        print("nnopt: error: no trial completed; see the failed trials' summary.json", file=sys.stderr)
+        return 1
+    pareto.write(folder, rec)
+    front, _ = front_view.read(folder.path)
+    print(front.title())
+    sys.stdout.flush()
+    render(front_view.table(front), "table")
+    drawn = f"plotted in {folder.path / layout.PARETO_PLOT}" if rec["plot"] else rec["plot_note"]
+    print(f"  written to {folder.path / layout.PARETO}; {drawn}\n"
+          f"  retrain a front member: the `retrain` command of its entry in {layout.PARETO}")
     return 0
 
 

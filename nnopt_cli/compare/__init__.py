@@ -8,6 +8,7 @@
     evals.py     mid-epoch evaluations and targets
     render.py    table (fitted to the terminal) / csv / markdown / json
     report.py    a study as one HTML or Markdown file (`nnopt report`)
+    pareto.py    the Pareto front a multi-objective `nnopt tune` study left (pareto.json)
     plots.py, decide_plots.py, diag_plots.py   the figures (matplotlib, imported when asked)
     figures.py   what every figure shares: its subtitle, line styles, legend placement, byte axes
 

@@ -1,7 +1,7 @@
 """A study as one shareable file, for `nnopt report` (cli/report.py): HTML or Markdown.
 
     pipeline.prepare (the table `nnopt compare` prints, with --stats when grouped) -> build: the
-    workloads, the table and its notes, the verdicts in words, every figure the runs allow (curves,
+    workloads, the table and its notes, a multi-objective study's Pareto front, the verdicts in words, every figure the runs allow (curves,
     time to target, LR sensitivity, profile, diagnostics, compression tradeoffs; the others are
     named with the reason they are left out), each run's command and the versions that ran it
     -> to_html (one self-contained file: CSS inline, figures as base64 PNG, no script, no network)
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nnopt_cli import __version__
-from nnopt_cli.compare import pipeline, workload
+from nnopt_cli.compare import pareto, pipeline, workload
 from nnopt_cli.compare.decide import SEEDS, group_name
 from nnopt_cli.compare.discover import Run
 from nnopt_cli.compare.files import read_yaml
@@ -53,6 +53,7 @@ class Report:
     left_out: list[str] = field(default_factory=list)   # figures not drawn, and why
     commands: list[tuple[str, str]] = field(default_factory=list)  # run, its `nnopt train` command
     versions: list[tuple[str, int]] = field(default_factory=list)  # versions and git commit, runs
+    fronts: list[tuple[str, Table]] = field(default_factory=list)  # multi-objective studies' Pareto fronts
 
 
 # the figures a report tries, in its order: (plot kind, title, what the reader sees)
@@ -168,14 +169,17 @@ def build(args: argparse.Namespace, study: Study, title: str) -> Report:
                   else "") + f"; made by nnopt {__version__}.")
     found, skipped = images(args, study)
     keys = study.keys_grouped
+    fronts, problems = pareto.find(args.paths, study.runs)
     return Report(
         title=title, summary=summary,
         workloads=[(w, len(rs), sum(r.completed for r in rs)) for w, rs in per.items()],
         table=study.table,
         verdicts=verdicts(study.table, keys, study.metrics[0] if study.metrics else None, args.baseline),
-        images=found, left_out=skipped,
+        images=found,
         commands=[(r.label, command(r)) for r in study.shown],
-        versions=Counter(version_line(r) for r in study.shown).most_common())
+        versions=Counter(version_line(r) for r in study.shown).most_common(),
+        fronts=[(f.title(), pareto.table(f)) for f in fronts],
+        left_out=[*skipped, *(f"Pareto front: {why}" for why in problems)])
 
 
 # ---------------------------------------------------------------------------- HTML
@@ -216,6 +220,8 @@ def to_html(rep: Report) -> str:
     body = [f"<h1>{_h(rep.title)}</h1>", f"<p>{_h(rep.summary)}</p>", "<h2>Workloads</h2>", "<ul>"]
     body += [f"<li>{_h(w)}: {n} runs, {done} completed</li>" for w, n, done in rep.workloads]
     body += ["</ul>", "<h2>Results</h2>", html_table(rep.table)]
+    for title, front in rep.fronts:
+        body += ["<h2>Pareto front</h2>", f"<p>{_h(title)}</p>", html_table(front)]
     if rep.verdicts:
         body += ["<h2>Verdicts against the baseline</h2>", "<ul>"]
         body += [f"<li>{_h(v)}</li>" for v in rep.verdicts]
@@ -258,6 +264,8 @@ def to_markdown(rep: Report, image_stem: str) -> tuple[str, dict[str, bytes]]:
     out = [f"# {_md(rep.title)}", "", _md(rep.summary), "", "## Workloads", ""]
     out += [f"- {_md(w)}: {n} runs, {done} completed" for w, n, done in rep.workloads]
     out += ["", "## Results", "", md_table(rep.table)]
+    for title, front in rep.fronts:
+        out += ["## Pareto front", "", _md(title), "", md_table(front)]
     if rep.verdicts:
         out += ["## Verdicts against the baseline", ""] + [f"- {_md(v)}" for v in rep.verdicts] + [""]
     for (name, _), im in zip(files.items(), rep.images, strict=True):

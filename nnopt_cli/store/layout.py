@@ -11,6 +11,7 @@
     <run>/diagnostics.jsonl      per-layer diagnostics (diagnostics=basic|full)
     <run>/metrics.csv            one row per epoch for spreadsheets (logger=csv)
     <run>/model.<stage>.pt       post-training stages' models
+    <study>/pareto.json          a multi-objective `nnopt tune` study's Pareto front (+ pareto.png)
 
 and which config keys make a run's identity (experiment_config): what the checkpoint's fingerprint
 and compare's duplicate check look at.
@@ -38,6 +39,8 @@ DIAGNOSTICS = "diagnostics.jsonl"
 METRICS_CSV = "metrics.csv"
 LOG = "train.log"
 SWEEP_REPORT = "report.json"
+PARETO = "pareto.json"  # in a study folder: the front of a multi-objective `nnopt tune` study
+PARETO_PLOT = "pareto.png"
 LATEST = "latest"  # outputs/latest: a link to the last single run's folder
 
 

@@ -3,7 +3,7 @@
 
     sampler  tpe | random | qmc (quasi-random Sobol/Halton, needs scipy) | grid (every point of
              choice/range parameters) | cmaes (needs the cmaes package) | gp (Gaussian process,
-             needs torch and scipy)
+             needs torch and scipy) | nsga2 (the genetic NSGA-II, for several objectives)
     pruner   none | median | halving (successive halving) | hyperband
 """
 
@@ -25,6 +25,7 @@ SAMPLERS = {
     "grid": optuna.samplers.GridSampler,
     "cmaes": optuna.samplers.CmaEsSampler,
     "gp": optuna.samplers.GPSampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
 }
 # packages a sampler imports only when it samples: checked up front so a study fails in one line
 NEEDS = {"qmc": ("scipy",), "cmaes": ("cmaes",), "gp": ("torch", "scipy")}

@@ -30,11 +30,13 @@ import yaml
 from nnopt_cli.config import conf_dir
 from nnopt_cli.config.checks import need_choice, need_int
 from nnopt_cli.errors import ConfigError, NnoptError
+from nnopt_cli.tune import objectives
 
 DEFAULTS: dict[str, Any] = {
     "n_trials": 20,               # trials to finish (completed, pruned or failed); a rerun continues to it
     "direction": "maximize",      # maximize | minimize the objective
     "objective": "best/val/acc",  # a number of each run's summary.json
+    "objectives": None,           # several at once: [{name: ..., direction: ...}, ...] (objectives.py)
     "monitor": None,              # the per-epoch metric pruners watch; null = from the objective (val/acc)
     "study_name": None,           # null = the preset's name
     "dir": None,                  # the study folder; null = outputs/tune/<study_name>-<hash of the overrides>
@@ -48,7 +50,8 @@ LEGACY_IGNORED = {"n_jobs": "start several `nnopt tune` processes on one study i
                   "max_failure_rate": "failed trials are recorded and the study goes on",
                   "_target_": None, "search_space": None, "custom_search_space": None}
 SAMPLER_CLASSES = {"TPESampler": "tpe", "RandomSampler": "random", "QMCSampler": "qmc", "GridSampler": "grid",
-                   "CmaEsSampler": "cmaes", "GPSampler": "gp"}
+                   "CmaEsSampler": "cmaes", "GPSampler": "gp", "NSGAIISampler": "nsga2"}
+MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "random", "qmc", "grid", "gp")  # cmaes optimizes one objective
 SPACE_SYNTAX = "choice(...), interval(a, b), range(a, b, step), or tag(log|int, ...) of one of them"
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
 
@@ -226,12 +229,17 @@ def load_preset(name: str, overrides: list[tuple[str, Any]] = ()) -> Preset:
             target = str(value.pop("_target_", "")).rsplit(".", 1)[-1]
             settings["sampler"].update({"name": SAMPLER_CLASSES.get(target, settings["sampler"]["name"]), **value})
             continue
+        if key in ("sampler", "pruner") and isinstance(value, str):  # `pruner: none`, as on the command line
+            _apply(settings, key, value)
+            continue
         if key in ("sampler", "pruner", "params") and isinstance(value, dict):
             settings[key] = {**settings[key], **value} if key != "params" else dict(value)
             continue
         settings[key] = value
     for key, value in overrides:
         _apply(settings, key, value)
+    one_or_many(settings, {k for k, v in section.items() if v is not None},
+                {k.split(".", 1)[0] for k, v in overrides if v is not None})
     base += flat_overrides(raw)  # epochs: 5 and the like
     unknown = sorted(set(settings) - set(DEFAULTS))
     if unknown:
@@ -250,6 +258,22 @@ def load_preset(name: str, overrides: list[tuple[str, Any]] = ()) -> Preset:
     return preset
 
 
+def one_or_many(settings: dict, in_preset: set[str], on_command_line: set[str]) -> None:
+    """tune.objectives or tune.objective/direction (called with the command line's values applied):
+    both in one place is refused; the command line's choice replaces the preset's
+    (`tune.objectives=...` on the command line of a one-objective preset)."""
+    single = {"objective", "direction"}
+    for keys, where in ((in_preset, "the preset"), (on_command_line, "the command line")):
+        if "objectives" in keys and keys & single:
+            both = "/".join(sorted(keys & single))
+            raise ConfigError("tune.objectives", settings["objectives"],
+                              f"either tune.objectives or tune.{both} ({where} gives both)")
+    if "objectives" in on_command_line:
+        settings["objective"], settings["direction"] = DEFAULTS["objective"], DEFAULTS["direction"]
+    elif on_command_line & single:
+        settings["objectives"] = None
+
+
 def check_settings(s: dict) -> None:
     need_int("tune.n_trials", s["n_trials"], 1)
     need_choice("tune.direction", s["direction"], ("maximize", "minimize"))
@@ -261,6 +285,13 @@ def check_settings(s: dict) -> None:
             raise ConfigError(f"tune.{key}", s[key], f"a name (tune.{key}=NAME) or a node with `name:` and settings")
     if not isinstance(s["params"], dict):
         raise ConfigError("tune.params", s["params"], f"a mapping of config keys to {SPACE_SYNTAX}")
+    if len(objectives.parse(s)) > 1:
+        if s["pruner"]["name"] != "none":
+            raise ConfigError("tune.pruner", s["pruner"]["name"], "none with tune.objectives: Optuna does not prune "
+                                                                  "multi-objective studies (set tune.pruner=none)")
+        if s["sampler"]["name"] not in MULTI_OBJECTIVE_SAMPLERS:
+            raise ConfigError("tune.sampler.name", s["sampler"]["name"], "one of " + ", ".join(MULTI_OBJECTIVE_SAMPLERS)
+                              + " with tune.objectives (it optimizes one objective)")
 
 
 def monitor_of(settings: dict) -> str:

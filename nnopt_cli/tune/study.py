@@ -4,6 +4,7 @@ holds n_trials finished trials.
     <study folder>/study.journal     the Optuna study (JournalStorage; optuna-dashboard reads it)
     <study folder>/<trial number>/   one ordinary run folder per trial (`nnopt compare` reads them)
     <study folder>/best.yaml, .json  the best trial so far: value, params, overrides, run folder
+    <study folder>/pareto.json, .png with several objectives: the Pareto front (pareto.py)
     <study folder>/.locks/           who works on what (flock; the OS drops a dead process's locks)
 
 Several processes may work on one study at once (a second terminal, Slurm jobs on a shared
@@ -35,6 +36,7 @@ from optuna.trial import TrialState
 from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.store.folder import atomic_write_bytes, read_summary, record_failure, write_json
 from nnopt_cli.store.layout import Status
+from nnopt_cli.tune.objectives import Objective, describe
 from nnopt_cli.tune.pruning import JOURNAL, journal_storage
 
 log = logging.getLogger("nnopt")
@@ -149,8 +151,12 @@ def write_best(folder: StudyFolder, record: dict) -> None:
 
 
 def trial_line(t, status: str, value: Any, seconds: float, params: dict) -> str:
+    """`value`: the objective's number, or a list of them (one per objective)."""
     shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-    v = f" {value:.4f}" if isinstance(value, (int, float)) else ""
+    if isinstance(value, list):
+        v = " " + " ".join(f"{x:.4g}" for x in value)
+    else:
+        v = f" {value:.4f}" if isinstance(value, (int, float)) else ""
     return f"trial {t.number:>3}: {status:<9}{v} ({seconds:.1f} s) {shown}"
 
 
@@ -198,22 +204,34 @@ def check_journal(path: Path) -> None:
                                      "corrupt: restore it or use another tune.dir") from None
 
 
-def open_study(folder: StudyFolder, settings: dict, pruner, identity: dict) -> optuna.Study:
+def open_study(folder: StudyFolder, settings: dict, pruner, identity: dict, objs: list[Objective]) -> optuna.Study:
     """Create the study, or load it and check that it searches the same space on the same config.
-    Direction and objective are fixed when the study is made: another one is refused, never mixed."""
+    Directions and objectives are fixed when the study is made: others are refused, never mixed."""
     check_journal(folder.journal)
     try:
         had_study = folder.journal.exists() and settings["study_name"] in optuna.get_all_study_names(
             journal_storage(folder.journal))
-        study = optuna.create_study(study_name=settings["study_name"], storage=journal_storage(folder.journal),
-                                    direction=settings["direction"], pruner=pruner, load_if_exists=True)
+        storage = journal_storage(folder.journal)
+        if had_study:  # loaded, not created again: the journal gains no record from a refused rerun
+            study = optuna.load_study(study_name=settings["study_name"], storage=storage, pruner=pruner)
+        else:
+            study = optuna.create_study(study_name=settings["study_name"], storage=storage,
+                                        directions=[o.direction for o in objs], pruner=pruner, load_if_exists=True)
     except (KeyError, TypeError, ValueError, AttributeError, AssertionError) as e:  # JSON lines, not Optuna records
         raise NnoptError(f"{folder.journal} cannot be replayed ({type(e).__name__}: {str(e)[:80]}); the study "
                          "journal is corrupt: restore it or use another tune.dir") from None
-    if had_study and study.direction.name.lower() != settings["direction"]:
+    made = [d.name.lower() for d in study.directions]
+    if had_study and len(objs) == 1 and made != [objs[0].direction]:
         raise ConfigError("tune.direction", settings["direction"],
-                          f"the study in {folder.path} was made to {study.direction.name.lower()} "
-                          f"{settings['objective']}; rerun it as it was made, or use another tune.dir")
+                          f"the study in {folder.path} was made to {' and '.join(made)} "
+                          f"{settings['objective'] if len(made) == 1 else 'several objectives'}; rerun it as it "
+                          "was made, or use another tune.dir")
+    if had_study and len(objs) > 1 and made != [o.direction for o in objs]:
+        names = study.metric_names or ["an objective"] * len(made)
+        raise ConfigError("tune.objectives", describe(objs),
+                          f"the study in {folder.path} was made to "
+                          f"{' and '.join(f'{d} {n}' for d, n in zip(made, names, strict=False))}; rerun it as it "
+                          "was made, or use another tune.dir")
     had = study.user_attrs.get("nnopt")
     if had is None:
         study.set_user_attr("nnopt", identity)
@@ -224,10 +242,10 @@ def open_study(folder: StudyFolder, settings: dict, pruner, identity: dict) -> o
         keys = [k for k in identity if had.get(k) != identity[k]]
         raise NnoptError(f"the study in {folder.path} was made with another {' and '.join(keys)} "
                          f"({json.dumps(had.get(keys[0]))[:150]}); rerun it as it was made, or use another tune.dir")
-    if study.metric_names != [settings["objective"]]:  # what optuna-dashboard calls the objective
+    if study.metric_names != [o.name for o in objs]:  # what optuna-dashboard calls the objectives
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2, unchanged since
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([settings["objective"]])
+            study.set_metric_names([o.name for o in objs])
     return study
 
 

@@ -282,8 +282,10 @@ def test_dashboard_and_tensorboard_serve_the_study_on_localhost(tmp_path, monkey
 
 
 @pytest.mark.parametrize("args, message", [
-    (["epochs=1"], "nnopt tune needs hparams_search=<preset> (conf/hparams_search: mnist_optuna)"),
-    (["hparams_search=nope"], "invalid config: hparams_search='nope': one of mnist_optuna, or the path"),
+    (["epochs=1"], "nnopt tune needs hparams_search=<preset> (conf/hparams_search: compression_pareto, "
+                    "mnist_optuna)"),
+    (["hparams_search=nope"], "invalid config: hparams_search='nope': one of compression_pareto, mnist_optuna, "
+                                 "or the path"),
     (["hparams_search=mnist_optuna", "--multirun"], "unexpected argument '--multirun'"),
     (["hparams_search=mnist_optuna", "hydra/launcher=joblib"], "invalid config: hydra/launcher='joblib': nnopt tune"),
     (["hparams_search=mnist_optuna", "optimizer.lrr=0.1"], "invalid config: optimizer.lrr='0.1': no such key"),
