@@ -307,8 +307,8 @@ def profile_times(runs: list[Run], group_by: list[str], times: dict[int, dict], 
     (AlgoPerf self-tuning ruleset: the median over the runs; a run that never reached the target
     counts as inf; a workload the submission has no run on also counts as inf). The ratios then
     take each workload's best within that workload."""
-    wkeys = workload.columns([r for r in runs if r.completed or r.status == Status.DIVERGED])
-    keys = [k for k in group_by if not workload.is_workload_key(k)]
+    wkeys = workload.columns([r for r in runs if r.completed or r.status == Status.DIVERGED], group_by)
+    keys = [k for k in group_by if k not in wkeys]
     cells: dict[tuple, dict[tuple, list[float]]] = {}
     workloads: dict[tuple, str] = {}
     for r in runs:

@@ -31,7 +31,7 @@ def lr(shown: list[Run], group_by: list[str], metric: str) -> Figure:
     """One line per optimizer (or per --group-by group, the LR aside) and workload, over the
     completed runs: runs on different workloads never share a line."""
     done = [r for r in shown if r.completed]
-    wkeys = workload.columns(done)
+    wkeys = workload.columns(done, group_by)
     keys = [*wkeys, *(k for k in group_by if k != "optimizer.lr" and k not in wkeys)]
     if not group_by:
         keys.append("optimizer")

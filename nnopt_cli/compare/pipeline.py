@@ -186,7 +186,7 @@ def prepare(args: argparse.Namespace, prog: str = "nnopt compare",
     shown, duplicates = drop_duplicates(shown)  # before anything counts them
     for d in duplicates:
         print(f"{prog}: warning: {d.warning()}", file=sys.stderr)
-    wkeys = workload.columns(shown)
+    wkeys = workload.columns(shown, group_by or ())
     keys_grouped = [*(k for k in wkeys if k not in group_by), *group_by] if group_by else []
     metrics = metrics or default_metrics(shown)
     if args.sort and parse_sort(args.sort)[0] not in metrics and parse_sort(args.sort)[0] in metrics_all:

@@ -100,7 +100,7 @@ def _not_drawn(kind: str, args, study: Study) -> str | None:
     if kind == "profile":
         if not study.group_by:
             return "needs --group-by"
-        n = len({workload.of(r, workload.columns(study.shown)) for r in study.shown})
+        n = len({workload.of(r, workload.columns(study.shown, study.group_by)) for r in study.shown})
         if n < 2:
             return f"ranks groups across workloads; these runs are on {n}"
     if kind == "lr" and not any(len(lrs) > 1 for lrs in _lrs_per_optimizer(study.shown).values()):
@@ -159,7 +159,7 @@ def version_line(run: Run) -> str:
 
 
 def build(args: argparse.Namespace, study: Study, title: str) -> Report:
-    wkeys = workload.columns(study.shown)
+    wkeys = workload.columns(study.shown, study.group_by or ())
     per: dict[str, list[Run]] = {}
     for r in study.shown:
         per.setdefault(workload.label(r, wkeys) or "one workload", []).append(r)

@@ -6,6 +6,10 @@ workloads are not draws of one distribution: a mean over MNIST and MNIST-1D accu
 neither. So `--group-by` groups within each workload (the workload keys that differ become
 columns of the grouped table), and every statistic, baseline, target, curve and front is taken
 within one workload; only the performance profile compares across workloads, by definition.
+
+A model key named in `--group-by` (`model.dropout`, `model.batch_norm`, `model`) is what the
+comparison is about, not its workload: on one dataset and budget, accuracies of two models are
+draws one can compare. Dataset keys and the budget stay the workload even when grouped by.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ def is_workload_key(key: str) -> bool:
     return (key.split(".", 1)[0] in GROUPS or key in BUDGET) and key not in PLACE_KEYS
 
 
-def columns(runs: list[Run]) -> list[str]:
-    """The workload keys whose value differs between the runs (none: they share one workload).
+def columns(runs: list[Run], group_by: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The workload keys whose value differs between the runs (none: they share one workload),
+    less the model keys the comparison groups by.
 
     A group's choice stands for the settings it implies (differing_keys), so MNIST vs MNIST-1D is
     the one column `dataset`, while two MNIST subsets of different sizes add `dataset.train_size`."""
-    return [k for k in differing_keys(runs) if is_workload_key(k)]
+    compared = {k for k in group_by if k.split(".", 1)[0] == "model"}
+    return [k for k in differing_keys(runs) if is_workload_key(k)
+            and not any(k == c or k.startswith(c + ".") for c in compared)]
 
 
 def of(run: Run, keys: list[str]) -> tuple[Any, ...]:

@@ -258,3 +258,21 @@ def test_not_resolved_baseline_prints_the_seeds_that_would_resolve_it(tmp_path, 
     assert compare_json(capsys, str(tmp_path), *args)[0] == rows  # seeded
     code, out, _ = compare(capsys, str(tmp_path), *args, "--format", "markdown")
     assert code == 0 and "seeds to resolve" in out and "rejects in >= 80%" in out
+
+
+def test_a_model_setting_named_in_group_by_is_compared_not_a_workload(tmp_path, capsys):
+    """--group-by model.dropout on one dataset: the two dropout rates are arms of one comparison
+    (a verdict against the baseline), while a dataset named in --group-by stays a workload."""
+    for dropout, accs in ((0.0, [0.50, 0.51, 0.52, 0.53, 0.54]), (0.5, [0.60, 0.61, 0.62, 0.63, 0.64])):
+        for seed, acc in enumerate(accs):
+            d = write_run(tmp_path / f"d{dropout}-{seed}", "adam", seed, [acc], test_acc=acc, dataset="mnist1d")
+            edit(d, ".hydra/config.yaml", lambda c, p=dropout: c["model"].update(dropout=p))
+    rows, _ = compare_json(capsys, str(tmp_path), "--group-by", "model.dropout", "--baseline", "0",
+                           "--metric", "test/acc", "--bootstrap", "500")
+    by = {r["model.dropout"]: r for r in rows}
+    assert by[0.0]["verdict"] == "baseline" and by[0.5]["verdict"] == "better"
+    assert by[0.5]["p_mw"] == pytest.approx(scipy.stats.mannwhitneyu(
+        [0.60, 0.61, 0.62, 0.63, 0.64], [0.50, 0.51, 0.52, 0.53, 0.54], alternative="two-sided").pvalue)
+    rows, _ = compare_json(capsys, str(workload_runs(tmp_path / "w")), "--group-by", "dataset,optimizer",
+                           "--baseline", "mnist,sgd", "--metric", "test/acc", "--bootstrap", "500")
+    assert {r["verdict"] for r in rows if r["dataset"] == "mnist1d"} == {"other workload"}
