@@ -36,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "conf" / "experiment" / "claims"
 PAGE = REPO / "docs" / "results" / "claims.md"
+WALLS = REPO / "outputs" / "claims" / "walls.json"  # seconds each claim's sweep took when it was trained
 DIRECTIONS = ("better", "worse", "same")
 
 
@@ -105,7 +106,9 @@ def ledger_verdict(expected: str, verdict: str) -> str:
 
 def group_key(row: dict, keys: list[str]) -> str:
     """A group's name as --baseline spells it: its --group-by values, comma separated."""
-    return ",".join(str(row.get(k)) if row.get(k) is not None else "null" for k in keys)
+    from nnopt_cli.compare.decide import baseline_values
+
+    return ",".join(baseline_values(row, keys))
 
 
 def spread(row: dict, metric: str) -> str:
@@ -200,14 +203,17 @@ def markdown(claims_: list[Claim], rows: list[dict], walls: dict[str, float], ma
     return "\n".join(lines)
 
 
-def machine_line(wall: float | None, load: tuple[float, float]) -> str:
+def machine_line(wall: float | None, load: tuple[float, float], trained_s: float) -> str:
     import torch
 
     when = datetime.date.today().isoformat()
-    took = f"the whole ledger trained in {wall / 60:.1f} min, " if wall is not None else ""
-    return (f"Measured on {when}: {platform.machine()} CPU, {os.cpu_count()} cores, no GPU, torch "
-            f"{torch.__version__.split('+')[0]}, Python {platform.python_version()}, threads=1 per run; "
-            f"{took}load average {load[0]:.1f} at the start and {load[1]:.1f} at the end.")
+    if wall is not None:
+        took = (f"the whole ledger trained in {wall / 60:.1f} min, load average {load[0]:.1f} at the start and "
+                f"{load[1]:.1f} at the end.")
+    else:
+        took = f"the sweeps took {trained_s / 60:.1f} min in all when they were trained (see each claim)."
+    return (f"Written on {when}: {platform.machine()} CPU, {os.cpu_count()} cores, no GPU, torch "
+            f"{torch.__version__.split('+')[0]}, Python {platform.python_version()}, threads=1 per run; {took}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,21 +222,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-train", action="store_true", help="only compare the runs already in outputs/claims")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=PAGE)
+    p.add_argument("--note", default="", help="a sentence for the page's header: how busy the machine was")
     a = p.parse_args(argv)
     every = claims()
     chosen = [c for c in every if not a.only or c.name in a.only.split(",")]
     unknown = set(filter(None, a.only.split(","))) - {c.name for c in every}
     if unknown:
         raise SystemExit(f"unknown claim(s) {sorted(unknown)}; the claims: {', '.join(c.name for c in every)}")
-    load0, walls, t0 = os.getloadavg()[0], {}, time.perf_counter()
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    walls = json.loads(WALLS.read_text()) if WALLS.is_file() else {}
     for c in chosen:
         if not a.no_train:
             walls[c.name] = train(c, a.threads)
             print(f"{c.name}: trained in {walls[c.name]:.0f} s", flush=True)
+            WALLS.write_text(json.dumps(walls, indent=1))  # the page states each claim's time, even after --no-train
     wall = None if a.no_train or a.only else time.perf_counter() - t0
     rows = [r for c in every for r in rows_for(c, compare_json(c) if (REPO / "outputs/claims" / c.name).is_dir()
                                                else [])]
-    a.out.write_text(markdown(every, rows, walls, machine_line(wall, (load0, os.getloadavg()[0]))) + "\n")
+    machine = machine_line(wall, (load0, os.getloadavg()[0]), sum(walls.get(c.name, 0) for c in every))
+    a.out.write_text(markdown(every, rows, walls, " ".join(filter(None, [machine, a.note]))) + "\n")
     for r in rows:
         print(f"{r['claim']:18} {r['group']:>14} vs baseline: {r['verdict']:>13} -> {r['ledger']}")
     print(f"wrote {a.out.relative_to(REPO) if a.out.is_relative_to(REPO) else a.out}")
