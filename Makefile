@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-fast bench lint clean
+.PHONY: help install run test test-fast bench claims lint clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ bench: $(STAMP) ## Time nnopt's epoch against a plain PyTorch loop (ratios), com
 	$(BIN)/python -m benchmarks.run_overhead
 	$(BIN)/python -m benchmarks.threads
 	$(BIN)/python -m benchmarks.threads --muon
+
+claims: $(STAMP) ## Rerun the claims ledger (docs/results/claims.md): every claim's sweep (missing runs only), then compare's verdicts
+	$(BIN)/python -m benchmarks.claims
 
 lint: $(STAMP) ## ruff lint
 	$(BIN)/ruff check nnopt_cli hydra_plugins tests benchmarks

@@ -260,6 +260,10 @@ def run(args: list[str]) -> None:
         if search is not None:  # a search preset only means something to nnopt tune (Optuna)
             raise ConfigError("hparams_search", search.split("=", 1)[1], "a search preset for nnopt tune: "
                               f"nnopt tune {search} (nnopt train runs one config; -m sweeps a grid)")
+        printing = [a for a in args if a.split("=")[0] in ("-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")]
+        if printing and any(a in ("-m", "--multirun") for a in args):  # Hydra's answer is a traceback
+            raise NnoptError(f"{printing[0]} prints one composed config and does not combine with -m/--multirun: "
+                             "drop -m to see a job's config (the sweep's values as key=value)")
         if not any(a in ("-sc", "--shell-completion") for a in args):  # query=bash is no override
             check_overrides(args)
             check_keys(args)

@@ -105,6 +105,11 @@ def row_workload(row: dict, wkeys: list[str]) -> tuple:
     return workload.of(row[MEMBERS][0], wkeys) if row[MEMBERS] else ()
 
 
+def baseline_values(row: dict, group_by: list[str]) -> list[str]:
+    """A group's values as --baseline spells them: an unset key (init_from with no parent) is `null`."""
+    return ["null" if row.get(k) is None else fmt(row.get(k)) for k in group_by]
+
+
 def find_baselines(table: Table, group_by: list[str], wkeys: list[str], wanted: str) -> dict[tuple, dict]:
     """The grouped rows named by --baseline, one per workload that has it: its group values, comma
     separated in --group-by order (`adam`, or `adam,cosine` for --group-by optimizer,scheduler), or
@@ -112,12 +117,11 @@ def find_baselines(table: Table, group_by: list[str], wkeys: list[str], wanted: 
     parts = [p.strip() for p in wanted.split(",")]
     found: dict[tuple, dict] = {}
     for row in table.rows:
-        values = [fmt(row.get(k)) for k in group_by]
-        if parts == values or wanted.strip() == group_name(row, group_by):
+        if parts == baseline_values(row, group_by) or wanted.strip() == group_name(row, group_by):
             found.setdefault(row_workload(row, wkeys), row)
     if found:
         return found
-    valid = ", ".join(dict.fromkeys(",".join(fmt(row.get(k)) for k in group_by) for row in table.rows))
+    valid = ", ".join(dict.fromkeys(",".join(baseline_values(row, group_by)) for row in table.rows))
     raise CompareError(f"--baseline {wanted!r} is not one of the groups; valid: {valid}")
 
 

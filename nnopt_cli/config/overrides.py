@@ -79,8 +79,22 @@ def group_options() -> dict[str, tuple[list[str], bool]]:
     for entry in OmegaConf.load(root / "train.yaml").get("defaults", []):
         if isinstance(entry, (dict, DictConfig)):
             null_default |= {str(k) for k, v in entry.items() if v is None}
-    return {str(d.relative_to(root)): (sorted(f.stem for f in d.glob("*.yaml")), str(d.relative_to(root)) in null_default)
-            for d in root.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))}
+    groups = {str(d.relative_to(root)) for d in root.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))}
+    named = default_groups()
+
+    def options(group: str) -> list[str]:
+        # a subfolder that is not a group of its own holds options too: experiment=claims/l2
+        return sorted(f.relative_to(root / group).with_suffix("").as_posix() for f in (root / group).rglob("*.yaml")
+                      if not any(str(f.parent.relative_to(root)).startswith(g) for g in named if g != group
+                                 and g.startswith(group + "/")))
+
+    return {g: (options(g), g in null_default) for g in groups}
+
+
+def shown_options(group: str, options: list[str]) -> list[str]:
+    """The options as an error lists them: a subfolder's options as one `sub/...` entry."""
+    subfolders = sorted({o.split("/", 1)[0] for o in options if "/" in o})
+    return [o for o in options if "/" not in o] + [f"{s}/... (conf/{group}/{s}/)" for s in subfolders]
 
 
 @functools.cache
@@ -136,7 +150,8 @@ def check_overrides(args: list[str]) -> None:
                 continue
             if not isinstance(v, str) or v not in options:
                 hint = group_value_hint(key, v) or did_you_mean(v, options)
-                raise ConfigError(key, v, "one of " + ", ".join(options) + (" or null" if null_ok else "") + hint)
+                raise ConfigError(key, v, "one of " + ", ".join(shown_options(key, options))
+                                  + (" or null" if null_ok else "") + hint)
 
 
 @functools.cache

@@ -292,3 +292,18 @@ def test_groups_over_two_workloads_are_formed_and_compared_within_each(tmp_path,
         u = scipy.stats.mannwhitneyu(mine, values, alternative="two-sided")
         assert (adam["verdict"], sgd["P(better)"], sgd["p_mw"]) == ("baseline", u.statistic / 9, u.pvalue)
         assert sgd["verdict"] == "not resolved"  # 3 seeds each: the exact test cannot go below p = 0.1
+
+
+def test_a_group_whose_key_is_unset_is_named_null_as_baseline(tmp_path, capsys):
+    """init_from=null (a fresh start) against runs started from a parent: `--baseline null`."""
+    for parent, values in ((None, [0.50, 0.51, 0.52, 0.53, 0.54]), ("outputs/parent", [0.7, 0.71, 0.72, 0.73, 0.74])):
+        for seed, acc in enumerate(values):
+            d = write_run(tmp_path / f"{parent is None}{seed}", "adam", seed, [acc], test_acc=acc)
+            config = yaml.safe_load((d / ".hydra" / "config.yaml").read_text())
+            (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "init_from": parent}))
+    rows, _ = compare_json(capsys, str(tmp_path), "--group-by", "init_from", "--baseline", "null",
+                           "--metric", "test/acc", "--bootstrap", "500")
+    by = {r["init_from"]: r for r in rows}
+    assert by[None]["verdict"] == "baseline" and by["outputs/parent"]["verdict"] == "better"
+    code, _, err = compare(capsys, str(tmp_path), "--group-by", "init_from", "--baseline", "nothing")
+    assert code != 0 and "valid: " in err and "null" in err
