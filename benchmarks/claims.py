@@ -196,7 +196,7 @@ def markdown(claims_: list[Claim], rows: list[dict], walls: dict[str, float], ma
     lines += ["", "## The claims", ""]
     for c in claims_:
         wall = f" Trained in {walls[c.name]:.0f} s." if c.name in walls else ""
-        lines += [f"### {c.name.replace('_', '-')}", "", f"{c.text}.{wall}", "", "```bash"]
+        lines += [f"### {c.name.replace('_', '-')}", "", f"{c.text[:1].upper()}{c.text[1:]}.{wall}", "", "```bash"]
         if c.before:
             lines.append(shlex.join(c.before))
         lines += [f"nnopt train -m +experiment=claims/{c.name}", shlex.join(c.compare), "```", ""]
