@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 
-import numpy as np
-
 from nnopt_cli.config.checks import need_choice, need_int, need_num
 from nnopt_cli.errors import ConfigError
 
@@ -100,6 +98,8 @@ class BatchSizePolicy:
     def epoch_sizes(self, epoch: int, n: int) -> list[int]:
         """The batch sizes of every step of epoch `epoch` over `n` samples (the last may be short)."""
         if self.policy == "random":
+            import numpy as np  # here: the config checks in this module run before numpy and torch load
+
             rng = np.random.default_rng([self.seed, epoch])
             sizes, left = [], n
             while left > 0:

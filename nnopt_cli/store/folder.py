@@ -20,15 +20,16 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.store import layout
 from nnopt_cli.store.layout import Status
 from nnopt_cli.store.outputs import replace_file
 from nnopt_cli.store.untrusted import METRICS_MAX_BYTES, UntrustedFileError, read_summary, read_text
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("nnopt")
 
@@ -136,6 +137,8 @@ def save_state_dict(path: Path, state: dict) -> None:
 
     The checksum file is replaced first and lists the new digest and the one of the file it
     replaces, so a kill between the two renames leaves a pair that still verifies."""
+    import torch  # here, not at the top: config errors and `nnopt ls` are answered without torch
+
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         # serialized in memory, then hashed and written in one go: ~30% faster than torch.save into a

@@ -27,7 +27,6 @@ from hydra.utils import get_object
 
 from nnopt_cli.config import conf_dir
 from nnopt_cli.errors import NnoptError
-from nnopt_cli.training.observers import Observer
 
 ALLOWED_PREFIXES = ("torch.optim.", "torch.optim.lr_scheduler.", "torch.optim.swa_utils.",
                     "pytorch_optimizer.", "schedulefree.", "nnopt_cli.")
@@ -75,6 +74,8 @@ def nnopt_targets() -> frozenset[str]:
 
 
 def _is_observer(obj: Any) -> bool:
+    from nnopt_cli.training.observers import Observer  # torch: only when a config names a class
+
     return inspect.isclass(obj) and issubclass(obj, Observer)
 
 
