@@ -38,7 +38,7 @@ from nnopt_cli.run.job import (
     unlink_latest,
     write_hydra_files,
 )
-from nnopt_cli.run.validate import check_structure
+from nnopt_cli.run.structure import check_structure
 from nnopt_cli.store import layout
 from nnopt_cli.store.folder import read_summary, record_failure
 from nnopt_cli.store.layout import Status

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from nnopt_cli.errors import ConfigError
-from nnopt_cli.training.launch import launched_by_torchrun, local_rank  # noqa: F401 (part of this module's API)
+from nnopt_cli.training.launch import launched_by_torchrun, local_rank
 
 
 def init_from_env(timeout_s: float = 1800) -> None:
