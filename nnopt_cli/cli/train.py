@@ -179,7 +179,8 @@ def train_app(cfg: DictConfig) -> float:
         if multirun and jobs > 1:  # several jobs at once on one machine: one GPU each
             plain["device"] = distributed.sweep_device(plain["device"], hc.job.num)
         live = None if is_rank0() else False  # rank 0 alone shows progress
-        summary = train(plain, RunContext(run_dir=run_dir, parallel_jobs=jobs, live_progress=live, resume=resume))
+        summary = train(plain, RunContext(run_dir=run_dir, parallel_jobs=jobs, live_progress=live, resume=resume,
+                                          checked=plain["resume"] is None))  # validated above
     except KeyboardInterrupt:  # a signal outside the training loop (which handles them itself)
         code = 128 + (signals.signum or signal.SIGINT)
         name = signal.Signals(code - 128).name

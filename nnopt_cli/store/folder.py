@@ -99,6 +99,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Several files of one folder, each replaced as atomic_write_bytes does; the folder is synced
+    once, after the last rename (one sync makes every rename in it durable)."""
+    for name, data in files.items():
+        try:
+            replace_file(folder / name, data)
+        except OSError as e:
+            raise _write_error(folder / name, e) from None
+    _fsync_dir(folder)
+
+
 def write_json(path: Path, obj: dict) -> None:
     atomic_write_bytes(path, (json.dumps(_clean(obj), indent=2) + "\n").encode())
 
