@@ -21,7 +21,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nnopt_cli import data
+# Only torch-free modules here: `--help`, `--cfg job` and every config error that can be found without
+# torch are answered before it is imported (the training modules are imported once the config passed)
 from nnopt_cli.config import conf_dir
 from nnopt_cli.config.overrides import INFO_FLAGS, check_keys, check_overrides
 from nnopt_cli.errors import ConfigError, NnoptError, want_traceback
@@ -38,8 +39,7 @@ from nnopt_cli.run.job import (
     unlink_latest,
     write_hydra_files,
 )
-from nnopt_cli.run.recipe import RunContext, train
-from nnopt_cli.run.validate import validate
+from nnopt_cli.run.structure import check_structure
 from nnopt_cli.store import layout
 from nnopt_cli.store.folder import read_summary, record_failure
 from nnopt_cli.store.layout import Status
@@ -47,8 +47,8 @@ from nnopt_cli.store.lock import RunLock
 from nnopt_cli.sweep import compose as sweep_compose
 from nnopt_cli.sweep import report as sweep
 from nnopt_cli.sweep.progress import JobProgress
-from nnopt_cli.training import distributed
 from nnopt_cli.training.device import available_cores, pin_threads
+from nnopt_cli.training.launch import launched_by_torchrun
 
 log = logging.getLogger("nnopt")
 sweep.register_resolvers()  # ${nnopt_uid:} in hydra.run.dir / hydra.sweep.dir
@@ -60,6 +60,16 @@ sweep.register_resolvers()  # ${nnopt_uid:} in hydra.run.dir / hydra.sweep.dir
 FAILED_OBJECTIVE = 0.0
 
 
+def is_rank0() -> bool:
+    """Whether this process writes the run folder: always without torchrun (torch.distributed is
+    imported only under torchrun), rank 0 under it."""
+    if not launched_by_torchrun():
+        return True
+    from nnopt_cli.training import distributed
+
+    return distributed.is_rank0()
+
+
 def parallel_jobs(hc) -> int:
     """How many processes share the machine: a parallel launcher's n_jobs (joblib, parallel), or
     torchrun's processes on this node (LOCAL_WORLD_SIZE)."""
@@ -67,7 +77,7 @@ def parallel_jobs(hc) -> int:
     if hc.mode == RunMode.MULTIRUN and "n_jobs" in launcher:
         n = launcher.get("n_jobs", -1) or -1
         return available_cores() if n < 0 else n
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if distributed.launched_by_torchrun() else 1
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched_by_torchrun() else 1
 
 
 def _objective(summary: dict) -> float:
@@ -91,17 +101,18 @@ def train_app(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    if multirun:  # the jobs a process runs (basic launcher, or a joblib worker) prepare each dataset once
-        data.keep_loaded_for_this_process()
-    if distributed.world_size() > 1 and distributed.is_rank0():
-        distributed.broadcast_from_rank0(str(run_dir))  # the other ranks wait for it in run()
+    if launched_by_torchrun():
+        from nnopt_cli.training import distributed
+
+        if distributed.world_size() > 1 and is_rank0():
+            distributed.broadcast_from_rank0(str(run_dir))  # the other ranks wait for it in run()
     record = False  # whether an error is written to run_dir/summary.json (never into a folder we may not own)
     resume = False
     checked = False  # the config passed its checks (an error before: the config was refused)
     continues = False  # resume=: the folder is an earlier run's, never removed
     lock = None
     previous_latest = None  # where outputs/latest pointed before this run (put back if it is refused)
-    hydra_subdir = os.environ.get(HYDRA_SUBDIR_ENV) if distributed.is_rank0() else None
+    hydra_subdir = os.environ.get(HYDRA_SUBDIR_ENV) if is_rank0() else None
     signals = SetupSignals().install()  # SIGTERM outside the training loop: an interrupt, not a silent death
     # a sweep job's place in the sweep (k/N, the sweep's ETA); every planned job ends by counting itself
     job_progress = JobProgress(hc.sweep.dir, list(hc.overrides.task), hc.job.num, parallel_jobs(hc)) \
@@ -115,7 +126,7 @@ def train_app(cfg: DictConfig) -> float:
         if plain.get("continue_from") is not None and plain["resume"] is None:
             plain = continue_config(plain["continue_from"], plain, list(hc.overrides.task))
             written = OmegaConf.create(plain)  # the parent's config with the new total, not the defaults
-            if not os.environ.get(HYDRA_SUBDIR_ENV) and hc.output_subdir and distributed.is_rank0():
+            if not os.environ.get(HYDRA_SUBDIR_ENV) and hc.output_subdir and is_rank0():
                 write_hydra_config(run_dir / hc.output_subdir, written)  # Hydra wrote the composed one
         continues = plain["resume"] is not None and not multirun
         if plain["resume"] is not None:
@@ -128,9 +139,12 @@ def train_app(cfg: DictConfig) -> float:
             if not run_dir.is_dir():
                 raise ConfigError("resume", str(run_dir), "an existing run folder made by nnopt train")
         else:  # a bad value stops here, before the folder holds anything of a run
-            validate(plain)
+            check_structure(plain)  # before torch is imported: these errors are answered at once
+            from nnopt_cli.run.validate import check_components
+
+            check_components(plain)
         checked = True
-        if distributed.is_rank0():  # one writer per folder; under torchrun rank 0 is the writer
+        if is_rank0():  # one writer per folder; under torchrun rank 0 is the writer
             lock = RunLock(run_dir, "nnopt train " + " ".join(hc.overrides.task)).acquire()
         if plain["resume"] is not None:
             plain = resume_config(run_dir, plain, list(hc.overrides.task))
@@ -154,22 +168,29 @@ def train_app(cfg: DictConfig) -> float:
                 write_hydra_files(run_dir, written, hydra_subdir)
             record, resume = True, action == "resume"
         else:
-            if distributed.is_rank0():  # the writer checks; under torchrun the others may see its first files
+            if is_rank0():  # the writer checks; under torchrun the others may see its first files
                 refuse_reuse(run_dir, multirun)
             if hydra_subdir:
                 write_hydra_files(run_dir, written, hydra_subdir)
             record = True
-            if not multirun and distributed.is_rank0():
+            if not multirun and is_rank0():
                 previous_latest = link_latest(run_dir)
+        from nnopt_cli import data
+        from nnopt_cli.run.recipe import RunContext, train
+        from nnopt_cli.training import distributed
+
+        if multirun:  # the jobs a process runs (basic launcher, or a joblib worker) prepare each dataset once
+            data.keep_loaded_for_this_process()
         jobs = parallel_jobs(hc)
         if multirun and jobs > 1:  # several jobs at once on one machine: one GPU each
             plain["device"] = distributed.sweep_device(plain["device"], hc.job.num)
         # rank 0 alone shows progress; jobs running at once cannot share one live display
-        live = None if distributed.is_rank0() and not (multirun and jobs > 1) else False
+        live = None if is_rank0() and not (multirun and jobs > 1) else False
         if job_progress is not None:
             log.info("%s", job_progress.start_line())
         summary = train(plain, RunContext(run_dir=run_dir, parallel_jobs=jobs, live_progress=live, resume=resume,
-                                          progress_prefix=job_progress.prefix if job_progress else ""))
+                                          progress_prefix=job_progress.prefix if job_progress else "",
+                                          checked=plain["resume"] is None))  # validated above
         if job_progress is not None:
             job_progress.finish(trained=True)
     except KeyboardInterrupt:  # a signal outside the training loop (which handles them itself)
@@ -178,18 +199,18 @@ def train_app(cfg: DictConfig) -> float:
         kept = (run_dir / layout.CHECKPOINT).is_file()
         where = (f"the last checkpoint in {run_dir} is kept; continue with: nnopt train resume={run_dir}" if kept
                  else "no checkpoint was written yet")
-        if record and distributed.is_rank0() and (run_dir / layout.SUMMARY).exists():
+        if record and is_rank0() and (run_dir / layout.SUMMARY).exists():
             e = NnoptError(f"interrupted by {name} outside the training loop; {where}")
             record_failure(run_dir, e, status=Status.INTERRUPTED)
         print(f"nnopt: interrupted by {name}; {where}", file=sys.stderr)
         raise SystemExit(code) from None
     except Exception as e:
-        if distributed.is_rank0() and not continues and (not checked or isinstance(e, ConfigError)) and \
+        if is_rank0() and not continues and (not checked or isinstance(e, ConfigError)) and \
                 discard_unused_folder(run_dir, f"{hc.job.name}.log", hydra_subdir or hc.output_subdir):
             record = False  # refused before it started: no folder that `nnopt compare` would read as a run
             unlink_latest(run_dir, previous_latest)
         status = getattr(e, "status", Status.FAILED)  # a post-training fine-tune that diverged: "diverged"
-        if record and distributed.is_rank0():
+        if record and is_rank0():
             record_failure(run_dir, e, status=status)
         if want_traceback():
             raise
@@ -273,7 +294,7 @@ def run(args: list[str]) -> None:
         raise SystemExit(e.exit_code) from None
     args = own_hydra_subdir(resume_args(args))
     sys.argv = ["nnopt train", *args]
-    if not distributed.launched_by_torchrun():
+    if not launched_by_torchrun():
         try:
             with sweep_compose.mode_known(args):
                 train_app()
@@ -297,10 +318,12 @@ def run(args: list[str]) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             train_app()
         return
+    from nnopt_cli.training import distributed
+
     distributed.init_from_env()
     finished = False
     try:
-        if not distributed.is_rank0():
+        if not is_rank0():
             # ${now:...} in hydra.run.dir differs per process: take the folder rank 0's Hydra
             # made, and leave it to rank 0 alone (no .hydra/, no log file from this rank)
             run_dir = distributed.broadcast_from_rank0(None).replace("\\", "\\\\").replace("'", "\\'")

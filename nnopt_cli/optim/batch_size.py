@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 
-import numpy as np
-
 from nnopt_cli.config.checks import need_choice, need_int, need_num
 from nnopt_cli.errors import ConfigError
 
@@ -115,6 +113,8 @@ class BatchSizePolicy:
         short): `accumulate` micro-batches of the policy's size each."""
         k = getattr(self, "accumulate", 1)  # a checkpoint written before accumulation had no such key
         if self.policy == "random":
+            import numpy as np  # here: the config checks in this module run before numpy and torch load
+
             rng = np.random.default_rng([self.seed, epoch])
             sizes, left = [], n
             while left > 0:

@@ -29,7 +29,7 @@ from nnopt_cli.config.overrides import INFO_FLAGS
 from nnopt_cli.errors import ConfigError, NnoptError
 from nnopt_cli.store import layout
 from nnopt_cli.store.checkpoint import CheckpointError, config_diff, load_checkpoint
-from nnopt_cli.store.folder import RunDirError, atomic_write_bytes, read_summary
+from nnopt_cli.store.folder import RunDirError, atomic_write_files, read_summary
 from nnopt_cli.store.layout import NON_EXPERIMENT_KEYS, experiment_config
 from nnopt_cli.store.lock import LOCK_FILE
 from nnopt_cli.store.targets import check_config_targets, trusted_targets
@@ -103,9 +103,9 @@ def write_hydra_files(run_dir: Path, cfg: DictConfig, subdir: str) -> None:
     out = run_dir / subdir
     out.mkdir(parents=True, exist_ok=True)
     # file names as in layout.py (under `subdir`, .hydra unless the user chose another)
-    atomic_write_bytes(out / Path(layout.CONFIG).name, OmegaConf.to_yaml(cfg).encode())
-    atomic_write_bytes(out / Path(layout.HYDRA_CONFIG).name, OmegaConf.to_yaml(hydra_cfg).encode())
-    atomic_write_bytes(out / Path(layout.OVERRIDES).name, OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task).encode())
+    atomic_write_files(out, {Path(layout.CONFIG).name: OmegaConf.to_yaml(cfg).encode(),
+                             Path(layout.HYDRA_CONFIG).name: OmegaConf.to_yaml(hydra_cfg).encode(),
+                             Path(layout.OVERRIDES).name: OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task).encode()})
 
 
 def run_below(folder: Path, limit: int = 10_000) -> Path | None:

@@ -10,6 +10,7 @@ optim, batch_size, clip, ...); observers (observers.py) watch without changing a
 
 from __future__ import annotations
 
+import copy
 import logging
 import platform
 import subprocess
@@ -66,6 +67,7 @@ class RunContext:
     live_progress: bool | None = None
     resume: bool = False  # continue from run_dir/checkpoint.pt (from scratch if the run died before one)
     progress_prefix: str = ""  # before each progress line: a sweep job's [job k/N overrides]
+    checked: bool = False  # the caller ran validate() on this config (nnopt train does, before the folder)
 
 
 @dataclass
@@ -167,7 +169,8 @@ def train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
 
 
 def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
-    validate(cfg)
+    if not ctx.checked:  # checked twice, it would build a trial optimizer and model twice
+        validate(cfg)
     device = distributed.device_for(resolve_device(cfg["device"]))
     check_precision(cfg["precision"], device)
     threads = configure_threads(cfg["threads"], ctx.parallel_jobs)
@@ -342,6 +345,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     run.write_summary(summary)
+    written = copy.deepcopy(summary)  # what summary.json holds now
     shown = f"test/rmse={test['rmse']:.4f} (noise floor {summary['noise_floor'] ** 0.5:.4f})" if regression \
         else f"test/acc={test['acc']:.4f}"
     log.info("%s test/loss=%.4f (%d epochs, %.1fs) -> %s", shown, test_loss, state.epoch, state.train_time_s, run.path)
@@ -359,7 +363,8 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
         summary["status"] = layout.Status.COMPLETED
     observers.on_run_end(summary)
     observers.close()
-    run.write_summary(summary)
+    if summary != written:  # the stages or an observer added to it (each write costs two disk syncs)
+        run.write_summary(summary)
     removed = run.remove_unkept_checkpoints(keep)  # once the summary says completed
     if removed:
         log.info("checkpoint.keep=%s: removed %s", keep, ", ".join(removed))

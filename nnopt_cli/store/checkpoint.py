@@ -18,10 +18,7 @@ import json
 import pickle
 import random
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 import nnopt_cli
 from nnopt_cli.errors import NnoptError
@@ -34,6 +31,12 @@ from nnopt_cli.store.untrusted import (
     rename_targets,
     without_data_locations,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and numpy are imported by the functions that load or build checkpoints: comparing configs
+# (a sweep's skip_completed, resume=) and refusing a bad config need neither
 
 FORMAT = 2
 REQUIRED_KEYS = ("format", "config", "epoch", "model", "trainer", "rng", "progress", "metrics")
@@ -72,6 +75,8 @@ def safe_load(path: Path, what: str = "checkpoint") -> Any:
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
     verify_checksum(path, what)
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -175,6 +180,9 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def rng_state(device: torch.device) -> dict:
     """Every RNG a run draws from, as tensors and plain numbers."""
+    import numpy as np
+    import torch
+
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, py_state, gauss_next = random.getstate()
     state = {
@@ -191,6 +199,9 @@ def rng_state(device: torch.device) -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))

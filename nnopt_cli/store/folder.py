@@ -20,15 +20,16 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nnopt_cli.errors import NnoptError
 from nnopt_cli.store import layout
 from nnopt_cli.store.layout import Status
 from nnopt_cli.store.outputs import replace_file
 from nnopt_cli.store.untrusted import METRICS_MAX_BYTES, UntrustedFileError, read_summary, read_text
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("nnopt")
 
@@ -98,6 +99,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Several files of one folder, each replaced as atomic_write_bytes does; the folder is synced
+    once, after the last rename (one sync makes every rename in it durable)."""
+    for name, data in files.items():
+        try:
+            replace_file(folder / name, data)
+        except OSError as e:
+            raise _write_error(folder / name, e) from None
+    _fsync_dir(folder)
+
+
 def write_json(path: Path, obj: dict) -> None:
     atomic_write_bytes(path, (json.dumps(_clean(obj), indent=2) + "\n").encode())
 
@@ -136,6 +148,8 @@ def save_state_dict(path: Path, state: dict) -> None:
 
     The checksum file is replaced first and lists the new digest and the one of the file it
     replaces, so a kill between the two renames leaves a pair that still verifies."""
+    import torch  # here, not at the top: config errors and `nnopt ls` are answered without torch
+
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         # serialized in memory, then hashed and written in one go: ~30% faster than torch.save into a

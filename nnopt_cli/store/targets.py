@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,7 +28,6 @@ from hydra.utils import get_object
 
 from nnopt_cli.config import conf_dir
 from nnopt_cli.errors import NnoptError
-from nnopt_cli.training.observers import Observer
 
 ALLOWED_PREFIXES = ("torch.optim.", "torch.optim.lr_scheduler.", "torch.optim.swa_utils.",
                     "pytorch_optimizer.", "schedulefree.", "nnopt_cli.")
@@ -75,7 +75,10 @@ def nnopt_targets() -> frozenset[str]:
 
 
 def _is_observer(obj: Any) -> bool:
-    return inspect.isclass(obj) and issubclass(obj, Observer)
+    # a subclass of Observer exists only once its module is imported: looked up, not imported here,
+    # so reading a run folder's config needs no torch
+    observers = sys.modules.get("nnopt_cli.training.observers")
+    return observers is not None and inspect.isclass(obj) and issubclass(obj, observers.Observer)
 
 
 def why_refused(target: Any) -> str | None:

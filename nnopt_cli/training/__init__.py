@@ -6,4 +6,5 @@ clipping, mixed precision, metrics, early stopping, observers, the device, DDP a
     weights.py   which weights are evaluated and saved (raw, schedule-free eval point, EMA/SWA)
     metrics.py   per-step sums and evaluate()
     observers.py the hooks loggers and diagnostics attach to
+    device.py, launch.py  threads, seeds and torchrun's environment, readable before torch is imported
 """

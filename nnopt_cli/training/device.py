@@ -1,4 +1,7 @@
-"""Where a run executes: device choice, CPU threads, seeding and determinism."""
+"""Where a run executes: device choice, CPU threads, seeding and determinism.
+
+torch is imported by the functions that use it: the thread limits are checked with the rest of the
+config before torch is loaded (`nnopt train` answers a config error in a fraction of a second)."""
 
 from __future__ import annotations
 
@@ -7,11 +10,12 @@ import math
 import os
 import random
 from types import EllipsisType
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from nnopt_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def available_cores() -> int:
@@ -24,6 +28,8 @@ def available_cores() -> int:
 def resolve_device(spec: str) -> torch.device:
     """auto | cpu | cuda | cuda:N | mps -> torch.device, refusing devices this machine does not have.
     auto picks CUDA when there is one, else the CPU (MPS only when asked for: some ops lack kernels)."""
+    import torch
+
     allowed = "auto, cpu, cuda, cuda:N or mps"
     spec = str(spec)
     if spec == "auto":
@@ -115,11 +121,16 @@ def configure_threads(threads: int | None, parallel_jobs: int = 1, *, cores: int
         logging.getLogger("nnopt").warning(
             "the CPU is busy (load average %.1f on %d cores) and this run uses %d threads: its epochs may "
             "take many times longer; pass threads=1", load, machine_cores, threads)
+    import torch
+
     torch.set_num_threads(threads)
     return threads
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -16,7 +16,6 @@ process and costs nothing: the runner's single-process path makes no collective 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -25,11 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from nnopt_cli.errors import ConfigError
-
-
-def launched_by_torchrun() -> bool:
-    """True in a process that torchrun started as one of several (WORLD_SIZE > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+from nnopt_cli.training.launch import launched_by_torchrun, local_rank
 
 
 def init_from_env(timeout_s: float = 1800) -> None:
@@ -76,10 +71,6 @@ def rank() -> int:
 def is_rank0() -> bool:
     """The process that writes the run folder, the logs and the progress bar."""
     return rank() == 0
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def device_for(device: torch.device) -> torch.device:

@@ -1,0 +1,45 @@
+"""`check_structure`: the checks of a run config that need no torch, so that the errors they find
+are answered in a fraction of a second (`nnopt train` runs them before importing torch): the keys
+every run config has, the top-level values' ranges and the batch-size schedule. validate.py runs
+them first, then each group's own check.
+"""
+
+from __future__ import annotations
+
+from nnopt_cli.config.checks import need_bool, need_choice, need_int, need_keys
+from nnopt_cli.errors import ConfigError
+from nnopt_cli.optim.batch_size import MAX_BATCH, check_batch_size
+from nnopt_cli.store.folder import CHECKPOINT_KEEP
+from nnopt_cli.training.device import max_threads
+
+MAX_EPOCHS = 1_000_000      # more is a typo; the whole batch schedule is planned up front
+MAX_SEED = 2**63 - 1        # torch.Generator takes 64-bit seeds; DDP adds the rank to it
+
+# keys every run config has (conf/train.yaml); a hand-written or truncated config lacks some
+TOP_LEVEL_KEYS = ("dataset", "model", "activation", "init", "optimizer", "scheduler", "regularizer", "batch_size",
+                  "grad_clip", "epochs", "seed", "device", "threads", "deterministic", "precision",
+                  "eval_batch_size", "log_every", "early_stopping", "checkpoint", "resume", "skip_completed")
+
+
+def check_structure(cfg: dict) -> None:
+    """The checks that need no torch: the keys a run config has, the top-level values' ranges and
+    the batch-size schedule."""
+    need_keys("<config>", cfg, TOP_LEVEL_KEYS)
+    need_int("epochs", cfg["epochs"], 1, MAX_EPOCHS)
+    need_int("seed", cfg["seed"], 0, MAX_SEED)
+    if cfg["threads"] is not None:
+        need_int("threads", cfg["threads"], 1, max_threads())  # 100000 threads crash torch
+    need_int("eval_batch_size", cfg["eval_batch_size"], 1, MAX_BATCH)
+    need_int("log_every", cfg["log_every"], 1)
+    if cfg.get("eval_every_steps") is not None:
+        need_int("eval_every_steps", cfg["eval_every_steps"], 1)
+    need_keys("checkpoint", cfg["checkpoint"], ("every",))  # `~checkpoint.every`: one line, not a KeyError
+    need_int("checkpoint.every", cfg["checkpoint"]["every"], 0)
+    need_choice("checkpoint.keep", cfg["checkpoint"].get("keep", "last"), CHECKPOINT_KEEP)
+    need_bool("skip_completed", cfg["skip_completed"])
+    if cfg["resume"] is not None and not isinstance(cfg["resume"], str):
+        raise ConfigError("resume", cfg["resume"], "the path of a run folder")
+    if cfg.get("continue_from") is not None and (not isinstance(cfg["continue_from"], str) or not cfg["continue_from"]):
+        raise ConfigError("continue_from", cfg["continue_from"], "the path of a completed run folder")
+    need_bool("deterministic", cfg["deterministic"])
+    check_batch_size(cfg["batch_size"], cfg["scheduler"], batch_norm=bool(cfg["model"].get("batch_norm")))
