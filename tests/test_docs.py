@@ -116,30 +116,39 @@ READERS_MODULES = ("my_pkg.", "my_module.")
 INFO_FLAGS = {"--help", "-h", "--cfg", "-c", "--info", "-i", "--hydra-help"}
 
 
-def train_commands(page: Path) -> list[tuple[str, str]]:
-    """(where, command) for every `nnopt train ...` the page shows: lines of its code blocks (with
-    their `\\` continuations) and inline code spans."""
-    found = []
-    in_fence, pending, start = False, "", 0
+def fenced_commands(page: Path, starts: str) -> list[tuple[str, str]]:
+    """(where, command) for every line of the page's code blocks that matches the regex `starts`,
+    with its `\\` continuations joined."""
+    found, in_fence, pending, start = [], False, "", 0
     for n, line in enumerate(page.read_text().splitlines(), 1):
         if line.lstrip().startswith("```"):
             in_fence, pending = not in_fence, ""
             continue
-        if in_fence:
-            text = line.strip().removeprefix("$ ")
-            if pending:
-                text, pending = pending + " " + text, ""
-            elif not text.startswith("nnopt train"):
-                continue
-            else:
-                start = n
-            if text.endswith("\\"):
-                pending = text[:-1]
-                continue
-            found.append((f"{page.relative_to(ROOT)}:{start}", text))
+        if not in_fence:
+            continue
+        text = line.strip().removeprefix("$ ")
+        if pending:
+            text, pending = pending + " " + text, ""
+        elif not re.match(starts, text):
+            continue
         else:
-            found += [(f"{page.relative_to(ROOT)}:{n}", m) for m in INLINE_TRAIN.findall(line)]
+            start = n
+        if text.endswith("\\"):
+            pending = text[:-1]
+            continue
+        found.append((f"{page.relative_to(ROOT)}:{start}", text))
     return found
+
+
+def train_commands(page: Path) -> list[tuple[str, str]]:
+    """(where, command) for every `nnopt train ...` the page shows: lines of its code blocks and
+    inline code spans."""
+    inline, in_fence = [], False
+    for n, line in enumerate(page.read_text().splitlines(), 1):
+        in_fence ^= line.lstrip().startswith("```")
+        if not in_fence:
+            inline += [(f"{page.relative_to(ROOT)}:{n}", m) for m in INLINE_TRAIN.findall(line)]
+    return fenced_commands(page, r"nnopt train") + inline
 
 
 def sweep_variants(overrides: list[str]) -> list[list[str]]:
@@ -280,25 +289,7 @@ SHELL_ENDS = ("&&", "|", ">", ";")
 def folder_commands(page: Path) -> list[tuple[str, str]]:
     """(where, command) for every `nnopt compare|ls|report|export ...` line of the page's code blocks
     (with their `\\` continuations), cut where the shell takes over (`> runs.csv`, `&& tensorboard`)."""
-    found, in_fence, pending, start = [], False, "", 0
-    for n, line in enumerate(page.read_text().splitlines(), 1):
-        if line.lstrip().startswith("```"):
-            in_fence, pending = not in_fence, ""
-            continue
-        if not in_fence:
-            continue
-        text = line.strip().removeprefix("$ ")
-        if pending:
-            text, pending = pending + " " + text, ""
-        elif not re.match(rf"nnopt (?:{'|'.join(FOLDER_COMMANDS)})(?: |$)", text):
-            continue
-        else:
-            start = n
-        if text.endswith("\\"):
-            pending = text[:-1]
-            continue
-        found.append((f"{page.relative_to(ROOT)}:{start}", text))
-    return found
+    return fenced_commands(page, rf"nnopt (?:{'|'.join(FOLDER_COMMANDS)})(?: |$)")
 
 
 FOLDER_DOC_COMMANDS = [c for page in COMMAND_PAGES for c in folder_commands(page)]
