@@ -45,7 +45,7 @@ from nnopt_cli.store.layout import Status
 from nnopt_cli.store.lock import RunLock
 from nnopt_cli.sweep import compose as sweep_compose
 from nnopt_cli.sweep import report as sweep
-from nnopt_cli.training import distributed
+from nnopt_cli.training import distributed, lockstep
 from nnopt_cli.training.device import available_cores, pin_threads
 
 log = logging.getLogger("nnopt")
@@ -158,7 +158,8 @@ def train_app(cfg: DictConfig) -> float:
         jobs = parallel_jobs(hc)
         if multirun and jobs > 1:  # several jobs at once on one machine: one GPU each
             plain["device"] = distributed.sweep_device(plain["device"], hc.job.num)
-        live = None if distributed.is_rank0() else False  # rank 0 alone shows progress
+        # rank 0 alone shows progress; a member of a vectorized group none (the group's runs take turns)
+        live = None if distributed.is_rank0() and lockstep.current() is None else False
         summary = train(plain, RunContext(run_dir=run_dir, parallel_jobs=jobs, live_progress=live, resume=resume))
     except KeyboardInterrupt:  # a signal outside the training loop (which handles them itself)
         code = 128 + (signals.signum or signal.SIGINT)

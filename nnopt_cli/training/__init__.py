@@ -6,4 +6,6 @@ clipping, mixed precision, metrics, early stopping, observers, the device, DDP a
     weights.py   which weights are evaluated and saved (raw, schedule-free eval point, EMA/SWA)
     metrics.py   per-step sums and evaluate()
     observers.py the hooks loggers and diagnostics attach to
+    vectorized.py  the epoch of many runs (seeds, LRs) trained as one stacked model (torch.func)
+    lockstep.py  runs whose epochs a vectorized group trains: each run in a thread, taking turns
 """
