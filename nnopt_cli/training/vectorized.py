@@ -225,6 +225,7 @@ def train_epoch(trainers: list, epoch: int, x_all: torch.Tensor, y_all: torch.Te
     parts, orders, order_states, base_lrs = [], [], [], []
     for t in trainers:
         t.watching, t.epoch = Observer(), epoch
+        t.optimizer._opt_called = True  # stepped through the stack: its scheduler need not warn
         t.weights.to_training()
         t.model.train()
         part = t.partial if t.partial and t.partial["epoch"] == epoch else None
