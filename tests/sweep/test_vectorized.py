@@ -173,3 +173,23 @@ def test_cli_sweep_trains_together_says_why_not_and_reruns_with_skip_completed(c
     again = cli(*args)
     assert again.returncode == 0, again.stderr
     assert "6 job(s), 6 skipped" in again.stdout
+
+
+def test_tune_lr_vectorize_trains_the_grid_x_seeds_together_with_the_same_results(tmp_path, capsys):
+    from nnopt_cli.cli.tune_lr import run as tune_lr
+
+    job = [o for o in TINY if not o.startswith("epochs")] + ["epochs=1"]
+    args = [*job, "--optimizers", "momentum,lbfgs", "--lrs", "3", "--seeds", "2", "--grid-seeds", "2"]
+    tune_lr([*args, "--dir", str(tmp_path / "alone")])
+    capsys.readouterr()
+    tune_lr([*args, "--dir", str(tmp_path / "joint"), "--vectorize"])
+    out = capsys.readouterr().out
+    assert "momentum: 6 runs train together as one vectorized model" in out  # 3 LRs x 2 grid seeds
+    assert "lbfgs: runs one by one, not vectorized: optimizer torch.optim.LBFGS is not element-wise" in out
+    alone, joint = (json.loads((tmp_path / d / "tune_lr.json").read_text())["optimizers"] for d in ("alone", "joint"))
+    assert joint["momentum"]["best_lr"] == alone["momentum"]["best_lr"]
+    for group in ("tuned", "default"):
+        assert joint["momentum"][group]["val/acc"]["values"] == pytest.approx(
+            alone["momentum"][group]["val/acc"]["values"], abs=1e-6)
+    runs = sorted((tmp_path / "joint" / "momentum").rglob(layout.SUMMARY))
+    assert runs and all(summary(r.parent).get("vectorized") for r in runs)
