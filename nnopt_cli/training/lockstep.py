@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nnopt_cli import data
 from nnopt_cli.training import vectorized
 from nnopt_cli.training.interrupt import Interrupt
 
@@ -102,7 +103,7 @@ class Group:
 
     def run(self) -> list[Member]:
         """Every member to its end; each member's outcome or error is on it."""
-        with self.interrupt.shared():
+        with self.interrupt.shared(), data.shared_between_runs():
             threads = [threading.Thread(target=self._thread, args=(m,), daemon=True,
                                         name=f"nnopt-member-{m.index}") for m in self.members]
             for member, thread in zip(self.members, threads, strict=True):
