@@ -25,12 +25,13 @@ test: $(STAMP) ## Run the whole test suite (two pytest workers: the tests are sm
 test-fast: $(STAMP) ## Run the tests not marked slow
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
-bench: $(STAMP) ## Time nnopt's epoch against a plain PyTorch loop (ratios), compare over 1,000 runs, a run's and a sweep job's fixed cost, 1 thread against every core, Muon against AdamW
+bench: $(STAMP) ## Time nnopt's epoch against a plain PyTorch loop (ratios), compare over 1,000 runs, a run's and a sweep job's fixed cost, 1 thread against every core, Muon against AdamW, seeds vectorized against sequential
 	$(BIN)/python -m benchmarks.epoch_overhead
 	$(BIN)/python -m benchmarks.compare_1000
 	$(BIN)/python -m benchmarks.run_overhead
 	$(BIN)/python -m benchmarks.threads
 	$(BIN)/python -m benchmarks.threads --muon
+	$(BIN)/python -m benchmarks.vectorized
 
 lint: $(STAMP) ## ruff lint
 	$(BIN)/ruff check nnopt_cli hydra_plugins tests benchmarks
