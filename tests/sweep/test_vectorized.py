@@ -92,15 +92,18 @@ def test_first_steps_match_a_run_alone(tmp_path):
         assert_close_rows(a, b, rtol=1e-5)
 
 
-def test_lr_sweep_members_get_their_own_lr_and_a_diverging_one_stops_alone(tmp_path):
-    cfgs = [compose_cfg("seed=0", "optimizer=sgd", f"optimizer.lr={lr}", "epochs=2") for lr in (0.05, 1e6, 0.2)]
+@pytest.mark.parametrize("scheduler", ["none", "warmup_cosine"])  # warmup_cosine: a new LR every step
+def test_lr_sweep_members_get_their_own_lr_and_a_diverging_one_stops_alone(scheduler, tmp_path):
+    cfgs = [compose_cfg("seed=0", "optimizer=sgd", f"optimizer.lr={lr}", "epochs=2", f"scheduler={scheduler}")
+            for lr in (0.05, 1e6, 0.2)]
     alone, joint = separately(cfgs, tmp_path), together(cfgs, tmp_path)
     assert [summary(d)["status"] for d in joint] == [Status.COMPLETED, Status.DIVERGED, Status.COMPLETED]
     diverged = summary(joint[1])
     assert diverged["diverged_at"] == summary(alone[1])["diverged_at"]
     assert not (joint[1] / layout.MODEL).exists()
     for i in (0, 2):
-        assert read_metrics(joint[i] / layout.METRICS)[-1]["lr"] == cfgs[i]["optimizer"]["lr"]
+        if scheduler == "none":
+            assert read_metrics(joint[i] / layout.METRICS)[-1]["lr"] == cfgs[i]["optimizer"]["lr"]
         assert_close_rows(alone[i], joint[i], rtol=1e-5)
         assert_close_weights(weights(alone[i]), weights(joint[i]), 1e-5)
 
