@@ -196,3 +196,14 @@ def test_tune_lr_vectorize_trains_the_grid_x_seeds_together_with_the_same_result
             alone["momentum"][group]["val/acc"]["values"], abs=1e-6)
     runs = sorted((tmp_path / "joint" / "momentum").rglob(layout.SUMMARY))
     assert runs and all(summary(r.parent).get("vectorized") for r in runs)
+
+
+@pytest.mark.parametrize("model", ["cnn1d", "cnn", "logreg"])
+def test_other_models_together_match_runs_alone(model, tmp_path):
+    data = (["dataset=mnist1d", "dataset.num_samples=600", "dataset.val_size=100", "device=cpu", "threads=1"]
+            if model == "cnn1d" else TINY)
+    cfgs = [compose_cfg(*data, f"model={model}", f"seed={s}", "optimizer=momentum", "epochs=2", tiny=False)
+            for s in (0, 1, 2)]
+    for a, b in zip(separately(cfgs, tmp_path), together(cfgs, tmp_path), strict=True):
+        assert_close_rows(a, b, rtol=1e-4)
+        assert_close_weights(weights(a), weights(b), 1e-5)
