@@ -19,6 +19,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nnopt_cli.config.checks import need_int
 from nnopt_cli.sweep.vectorized import plan
 from nnopt_cli.training.lockstep import Group
 
@@ -40,6 +41,7 @@ def _numbers(jobs: list[int]) -> str:
 
 class VectorizedLauncher(Launcher):
     def __init__(self, max_members: int = 64) -> None:
+        need_int("hydra.launcher.max_members", max_members, 1)
         self.max_members = max_members
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
