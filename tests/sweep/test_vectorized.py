@@ -144,6 +144,22 @@ def test_interrupted_group_leaves_each_member_resumable_as_a_run_of_its_own(tmp_
         assert_close_weights(weights(a), weights(b), 1e-5)
 
 
+def test_interrupted_group_resumed_together_finishes_its_cut_epoch_like_runs_alone(tmp_path):
+    """What a skip_completed rerun of the sweep does: every member resumes from its checkpoint, the
+    group finishes the cut epoch from the same step with the sums saved, then trains on."""
+    cfgs = [compose_cfg(f"seed={s}", "optimizer=adam", "epochs=3") for s in (0, 1, 2)]
+    alone = separately(cfgs, tmp_path)
+    joint = together(cfgs, tmp_path, InterruptedAtEpoch2Step3)
+    members = Group([lambda c=c, d=d: train(c, RunContext(run_dir=d, resume=True))
+                     for c, d in zip(cfgs, joint, strict=True)]).run()
+    assert all(m.error is None for m in members)
+    for a, b in zip(alone, joint, strict=True):
+        s = summary(b)
+        assert s["status"] == Status.COMPLETED and s["resumed_from_epoch"] == 1 and "vectorized" in s
+        assert_close_rows(a, b, rtol=1e-5)
+        assert_close_weights(weights(a), weights(b), 1e-3)
+
+
 def test_jobs_that_cannot_train_together_run_alone_with_the_reason():
     base = [*TINY, "epochs=1"]
     cfgs = [compose_cfg(*base, "seed=0"), compose_cfg(*base, "seed=1"), compose_cfg(*base, "optimizer=lbfgs"),
