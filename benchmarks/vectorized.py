@@ -33,6 +33,7 @@ CASES = {  # name: (overrides, seeds, target ratio)
 
 
 def sweep_wall(overrides: list[str], seeds: int, threads: int, vectorized: bool) -> float:
+    """Wall seconds of the whole `nnopt train -m` command."""
     extra = ["hydra/launcher=vectorized"] if vectorized else []
     args = [sys.executable, "-m", "nnopt_cli", "train", "-m", *overrides, f"threads={threads}",
             f"seed={','.join(map(str, range(seeds)))}", "hydra.sweep.dir=sweep", *extra]
@@ -53,18 +54,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--extra", default="", metavar="OVERRIDES",
+                        help="overrides added to both sides, space separated (e.g. checkpoint.every=0: "
+                             "what the per-run writes cost)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}, threads={args.threads} on both sides")
     for name in args.cases.split(","):
         overrides, seeds, target = CASES[name]
+        overrides = [*overrides, *args.extra.split()]
         seq, vec = [], []
         for _ in range(args.repeats):  # alternated, so a change in the machine's load hits both sides
             seq.append(sweep_wall(overrides, seeds, args.threads, vectorized=False))
             vec.append(sweep_wall(overrides, seeds, args.threads, vectorized=True))
         s, v = statistics.median(seq), statistics.median(vec)
         verdict = "ok" if s / v >= target else "BELOW TARGET"
-        print(f"{name:<12} {seeds:>2} seeds  sequential {s:6.1f} s  vectorized {v:6.1f} s  "
+        print(f"{name:<12} {args.extra} {seeds:>2} seeds  sequential {s:6.1f} s  vectorized {v:6.1f} s  "
               f"{s / v:4.2f}x  (target >= {target:g}x: {verdict})", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
