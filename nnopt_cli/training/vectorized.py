@@ -3,7 +3,7 @@
 Each member is a complete run with its own Trainer (model built under its seed, optimizer, scheduler,
 batch-order generator, counters): train_epoch() below takes the place of Trainer.train_epoch for all of
 them at once, the way the PyTorch model-ensembling tutorial does it. The members' parameters are stacked
-(torch.func.stack_module_state's layout: one leading member dimension), the forward is
+(torch.func.stack_module_state: one leading member dimension), the forward is
 vmap(functional_call) over them, each member's batch is its own (its generator, its order: the stacked
 batch is indexed per member), and the loss is the sum over members of each member's batch mean, so
 each member's slice of the gradient is exactly its own gradient.
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.func import functional_call, vmap
+from torch.func import functional_call, stack_module_state, vmap
 
 from nnopt_cli.optim.optimizers import current_lr
 from nnopt_cli.training import distributed
@@ -150,14 +150,10 @@ class Stack:
         self.trainers = trainers
         first = trainers[0].model
         self.names = [n for n, _ in first.named_parameters()]
-        self.buffer_names = [n for n, _ in first.named_buffers()]
         per_member = [dict(t.model.named_parameters()) for t in trainers]
         self.member_params = [[pm[n] for n in self.names] for pm in per_member]
-        with torch.no_grad():
-            self.params = {n: torch.stack([pm[n].detach() for pm in per_member]).requires_grad_(True)
-                           for n in self.names}
-            self.buffers = {n: torch.stack([dict(t.model.named_buffers())[n] for t in trainers])
-                            for n in self.buffer_names}
+        # new leaf tensors (members, *shape), copies of the members' weights
+        self.params, self.buffers = stack_module_state([t.model for t in trainers])
         self.skeleton = copy.deepcopy(first).to("meta")
         self.optimizer = self._optimizer()
 
