@@ -189,6 +189,10 @@ def test_cli_sweep_trains_together_says_why_not_and_reruns_with_skip_completed(c
     runs = sorted(p.parent for p in (tmp_path / "sw").glob(f"*/{layout.SUMMARY}"))
     assert len(runs) == 6
     assert sum("vectorized" in summary(r) for r in runs) == 3
+    for r in runs:  # each job's log holds its own run's lines, though the members took turns
+        log = (r / "train.log").read_text()
+        assert f"run dir {r} " in log and log.count("run dir") == 1
+        assert log.count("train epoch 1/1") == 1
     again = cli(*args)
     assert again.returncode == 0, again.stderr
     assert "6 job(s), 6 skipped" in again.stdout
