@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnopt_cli.config.checks import need_int
 from nnopt_cli.sweep.vectorized import plan
-from nnopt_cli.training.lockstep import Group
+from nnopt_cli.training.lockstep import CPU_MAX_FLOPS, Group
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,11 @@ def _numbers(jobs: list[int]) -> str:
 
 
 class VectorizedLauncher(Launcher):
-    def __init__(self, max_members: int = 64) -> None:
+    def __init__(self, max_members: int = 64, cpu_max_flops: int | None = CPU_MAX_FLOPS) -> None:
         need_int("hydra.launcher.max_members", max_members, 1)
-        self.max_members = max_members
+        if cpu_max_flops is not None:
+            need_int("hydra.launcher.cpu_max_flops", cpu_max_flops, 0)
+        self.max_members, self.cpu_max_flops = max_members, cpu_max_flops
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -100,7 +102,8 @@ class VectorizedLauncher(Launcher):
         def after_turn(i: int) -> None:
             handlers[i] = list(root.handlers)
 
-        members = Group([lambda c=c: self._run(c) for c in configs], on_turn, after_turn).run()
+        members = Group([lambda c=c: self._run(c) for c in configs], on_turn, after_turn,
+                        cpu_max_flops=self.cpu_max_flops).run()
         for m in members:
             if m.error is not None:
                 raise m.error

@@ -183,7 +183,7 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     if frozen:
         summary["frozen"] = frozen
     trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers)
-    group = lockstep.join(trainer)  # a member of hydra/launcher=vectorized: its group trains the epochs
+    group = lockstep.join(trainer, data.input_shape)  # a member of hydra/launcher=vectorized: its group trains the epochs
     if group is not None:  # its time_s / train_s are the group's (shared by the members)
         summary["vectorized"] = group
     stopper = EarlyStopping.from_config(cfg["early_stopping"])

@@ -10,6 +10,7 @@ row back in turn. Signals reach the coordinating thread: its Interrupt is every 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,10 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nnopt_cli import data
+from nnopt_cli.models.flops import forward_flops
 from nnopt_cli.training import vectorized
 from nnopt_cli.training.interrupt import Interrupt
 
 _seat = threading.local()
+log = logging.getLogger("nnopt")
+# the forward FLOPs a sample above which a model trains no faster stacked on a CPU with one thread
+# (benchmarks/vectorized.py: the MNIST-1D MLP, 25,600, gained; the MNIST MLP, 406,528, lost)
+CPU_MAX_FLOPS = 50_000
 
 
 @dataclass
@@ -47,12 +53,24 @@ def current() -> Member | None:
     return getattr(_seat, "member", None)
 
 
-def join(trainer) -> dict | None:
+def join(trainer, input_shape) -> dict | None:
     """Called by the recipe with the run's Trainer: in a member's thread, its epochs are trained by
-    the group from now on. Returns what the run's summary records about it (None: a run of its own)."""
+    the group from now on. Returns what the run's summary records about it (None: a run of its own,
+    also a member whose model is too heavy to gain from stacking on a CPU: see Group)."""
     member = current()
     if member is None:
         return None
+    group: Group = _seat.group
+    limit = group.cpu_max_flops
+    if limit is not None and trainer.device.type == "cpu":
+        flops = forward_flops(trainer.model, input_shape)
+        if flops > limit:
+            if not group.told:
+                log.info("vectorized: on the CPU this model (%d forward FLOPs a sample, above "
+                         "cpu_max_flops=%d) is arithmetic-bound: the %d runs train one by one, which is "
+                         "faster", flops, limit, member.size)
+                group.told = True
+            return None
     member.trainer = trainer
     trainer.train_epoch = lambda epoch, x, y, progress=None: _wait_for_epoch(member, epoch, x, y, progress)
     return {"members": member.size, "member": member.index}
@@ -73,13 +91,19 @@ def _wait_for_epoch(member: Member, epoch: int, x, y, progress) -> dict:
 
 
 class Group:
-    """Runs `jobs` (each a function running one whole run) as one group. In the coordinating thread,
+    """Runs `jobs` (each a function running one whole run) as one group. cpu_max_flops: on a CPU, runs
+    of a model above that many forward FLOPs a sample train their epochs on their own (None: never).
+    In the coordinating thread,
     on_turn(i) is called before member i gets the turn and after_turn(i) once it handed it back (to
     put that job's logging back, say)."""
 
     def __init__(self, jobs: list[Callable[[], Any]], on_turn: Callable[[int], None] = lambda i: None,
-                 after_turn: Callable[[int], None] = lambda i: None):
+                 after_turn: Callable[[int], None] = lambda i: None, cpu_max_flops: int | None = None):
         self.jobs, self.on_turn, self.after_turn = jobs, on_turn, after_turn
+        # on a CPU a step of a model above this many forward FLOPs a sample is arithmetic-bound: a stacked
+        # step costs what the members' steps cost (more, for the MNIST MLP), so they train one by one
+        self.cpu_max_flops = cpu_max_flops
+        self.told = False
         self.members = [Member(i, len(jobs)) for i in range(len(jobs))]
         self.turn_back = threading.Semaphore(0)
         self.interrupt = Interrupt()

@@ -35,6 +35,7 @@ from nnopt_cli.store import layout
 from nnopt_cli.store.folder import read_metrics, read_summary, record_failure, write_json
 from nnopt_cli.store.layout import Status
 from nnopt_cli.sweep.report import job_action
+from nnopt_cli.training import lockstep
 from nnopt_cli.training.lockstep import Group
 from nnopt_cli.training.vectorized import why_not
 
@@ -305,8 +306,12 @@ class Study:
         if why is not None:
             print(f"  {plan.optimizer}: runs one by one, not vectorized: {why}", flush=True)
             return
-        print(f"  {plan.optimizer}: {len(todo)} runs train together as one vectorized model", flush=True)
-        members = Group([lambda lr=lr, s=s: self.job(plan, lr, s) for lr, s in todo]).run()
+        group = Group([lambda lr=lr, s=s: self.job(plan, lr, s) for lr, s in todo],
+                      cpu_max_flops=lockstep.CPU_MAX_FLOPS)
+        members = group.run()
+        how = ("one by one: on the CPU this model is arithmetic-bound, stacking is no faster" if group.told
+               else "together as one vectorized model")
+        print(f"  {plan.optimizer}: {len(todo)} runs trained {how}", flush=True)
         for m in members:
             if m.error is not None:
                 raise m.error

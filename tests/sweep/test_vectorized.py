@@ -16,6 +16,7 @@ from nnopt_cli.store import layout
 from nnopt_cli.store.folder import read_metrics
 from nnopt_cli.store.layout import Status
 from nnopt_cli.sweep.vectorized import plan
+from nnopt_cli.training import lockstep
 from nnopt_cli.training.lockstep import Group
 from tests.conftest import TINY, compose_cfg
 
@@ -179,7 +180,8 @@ def test_jobs_that_cannot_train_together_run_alone_with_the_reason():
 
 @pytest.mark.slow
 def test_cli_sweep_trains_together_says_why_not_and_reruns_with_skip_completed(cli, tmp_path):
-    args = ["train", "-m", "hydra/launcher=vectorized", *TINY, "epochs=1", "seed=0,1,2",
+    args = ["train", "-m", "hydra/launcher=vectorized", "hydra.launcher.cpu_max_flops=null", *TINY, "epochs=1",
+            "seed=0,1,2",
             "optimizer=sgd,lbfgs", "hydra.sweep.dir=sw", "skip_completed=true"]
     first = cli(*args)
     assert first.returncode == 0, first.stderr
@@ -198,8 +200,10 @@ def test_cli_sweep_trains_together_says_why_not_and_reruns_with_skip_completed(c
     assert "6 job(s), 6 skipped" in again.stdout
 
 
-def test_tune_lr_vectorize_trains_the_grid_x_seeds_together_with_the_same_results(tmp_path, capsys):
+def test_tune_lr_vectorize_trains_the_grid_x_seeds_together_with_the_same_results(tmp_path, capsys, monkeypatch):
     from nnopt_cli.cli.tune_lr import run as tune_lr
+
+    monkeypatch.setattr(lockstep, "CPU_MAX_FLOPS", None)  # the tiny data's MLP is stacked even on a CPU
 
     job = [o for o in TINY if not o.startswith("epochs")] + ["epochs=1"]
     args = [*job, "--optimizers", "momentum,lbfgs", "--lrs", "2", "--seeds", "2", "--grid-seeds", "2"]
@@ -207,7 +211,7 @@ def test_tune_lr_vectorize_trains_the_grid_x_seeds_together_with_the_same_result
     capsys.readouterr()
     tune_lr([*args, "--dir", str(tmp_path / "joint"), "--vectorize"])
     out = capsys.readouterr().out
-    assert "momentum: 4 runs train together as one vectorized model" in out  # 2 LRs x 2 grid seeds
+    assert "momentum: 4 runs trained together as one vectorized model" in out  # 2 LRs x 2 grid seeds
     assert "lbfgs: runs one by one, not vectorized: optimizer torch.optim.LBFGS is not element-wise" in out
     alone, joint = (json.loads((tmp_path / d / "tune_lr.json").read_text())["optimizers"] for d in ("alone", "joint"))
     assert joint["momentum"]["best_lr"] == alone["momentum"]["best_lr"]
@@ -227,3 +231,17 @@ def test_other_models_together_match_runs_alone(model, tmp_path):
     for a, b in zip(separately(cfgs, tmp_path), together(cfgs, tmp_path), strict=True):
         assert_close_rows(a, b, rtol=1e-4)
         assert_close_weights(weights(a), weights(b), 1e-5)
+
+
+def test_on_a_cpu_a_model_too_heavy_to_gain_trains_one_by_one_with_a_line(tmp_path, caplog):
+    cfgs = [compose_cfg(f"seed={s}", "optimizer=momentum") for s in (0, 1)]  # the MLP: 406,528 FLOPs a sample
+    alone = separately(cfgs, tmp_path)
+    caplog.set_level("INFO", logger="nnopt")
+    joint = together(cfgs, tmp_path, lambda jobs: Group(jobs, cpu_max_flops=lockstep.CPU_MAX_FLOPS))
+    said = [r.getMessage() for r in caplog.records if "arithmetic-bound" in r.getMessage()]
+    assert said == ["vectorized: on the CPU this model (406528 forward FLOPs a sample, above cpu_max_flops=50000) "
+                    "is arithmetic-bound: the 2 runs train one by one, which is faster"]
+    for a, b in zip(alone, joint, strict=True):
+        assert "vectorized" not in summary(b)
+        assert_close_rows(a, b, rtol=0.0)  # the very runs alone
+
