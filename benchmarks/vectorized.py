@@ -44,7 +44,7 @@ def sweep_wall(overrides: list[str], seeds: int, threads: int, vectorized: bool)
         wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"benchmark command failed: {' '.join(args)}\n{out.stderr[-2000:]}")
-    if vectorized and "train together as one model" not in out.stdout:
+    if vectorized and "form one vectorized group" not in out.stdout:
         raise SystemExit(f"the jobs did not train together: {' '.join(args)}\n{out.stdout[-2000:]}")
     return wall
 

@@ -83,7 +83,7 @@ class VectorizedLauncher(Launcher):
                     returns[j] = self._run(configs[j])
                     configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
                 continue
-            log.info(f"vectorized: jobs {_numbers(numbers)} train together as one model ({len(p.jobs)} members)")
+            log.info(f"vectorized: jobs {_numbers(numbers)} form one vectorized group ({len(p.jobs)} members)")
             returns.update(zip(p.jobs, self._run_group([configs[j] for j in p.jobs]), strict=True))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return [returns[i] for i in range(len(job_overrides))]

@@ -185,7 +185,7 @@ def test_cli_sweep_trains_together_says_why_not_and_reruns_with_skip_completed(c
             "optimizer=sgd,lbfgs", "hydra.sweep.dir=sw", "skip_completed=true"]
     first = cli(*args)
     assert first.returncode == 0, first.stderr
-    assert "jobs #0, #2, #4 train together as one model (3 members)" in first.stdout
+    assert "jobs #0, #2, #4 form one vectorized group (3 members)" in first.stdout
     assert "runs on its own: optimizer torch.optim.LBFGS is not element-wise" in first.stdout
     assert "6 job(s), 6 completed" in first.stdout
     runs = sorted(p.parent for p in (tmp_path / "sw").glob(f"*/{layout.SUMMARY}"))
