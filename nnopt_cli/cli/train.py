@@ -184,8 +184,11 @@ def train_app(cfg: DictConfig) -> float:
         jobs = parallel_jobs(hc)
         if multirun and jobs > 1:  # several jobs at once on one machine: one GPU each
             plain["device"] = distributed.sweep_device(plain["device"], hc.job.num)
-        # rank 0 alone shows progress; jobs running at once cannot share one live display
-        live = None if is_rank0() and not (multirun and jobs > 1) else False
+        from nnopt_cli.training import lockstep
+
+        # rank 0 alone shows progress; jobs running at once, or the members of a vectorized group
+        # (which take turns), cannot share one live display
+        live = None if is_rank0() and not (multirun and jobs > 1) and lockstep.current() is None else False
         if job_progress is not None:
             log.info("%s", job_progress.start_line())
         summary = train(plain, RunContext(run_dir=run_dir, parallel_jobs=jobs, live_progress=live, resume=resume,

@@ -34,6 +34,7 @@ EXAMPLES = """examples:
   nnopt tune-lr dataset=mnist1d model=mlp epochs=20 --optimizers sgd,momentum,adam,adamw,rmsprop --lrs 8 --seeds 3
   nnopt tune-lr dataset=mnist1d model=cnn1d --lr-range 1e-4,1 --lrs 9 --dir outputs/tune_cnn1d
   nnopt compare outputs/tune_cnn1d --group-by optimizer,optimizer.lr     every run of the study
+  nnopt tune-lr dataset=mnist1d model=mlp --vectorize      the grid's runs trained as one vectorized model
   nnopt tune-lr dataset=mnist1d model=cnn1d --lr-range 1e-4,1 --lrs 9 --dir outputs/tune_cnn1d --extend
                                  the same study, widened where a best LR sat on the grid's edge
 
@@ -78,6 +79,10 @@ def parser() -> argparse.ArgumentParser:
                    help="LRs --extend may add per optimizer (default: 4)")
     p.add_argument("--metric", choices=tuple(METRICS), default="val/acc",
                    help="final validation metric that picks the LR (default: val/acc)")
+    p.add_argument("--vectorize", action="store_true",
+                   help="train each optimizer's LR grid x seeds (then its tuned and default LR x seeds) as one "
+                        "vectorized model: the same runs and folders, faster for small models "
+                        "(docs/scaling.md)")
     p.add_argument("--dir", type=Path, metavar="PATH",
                    help="study folder (default: outputs/tune_lr/<hash of the arguments>)")
     return p
@@ -193,7 +198,7 @@ def run(argv: list[str]) -> None:
         check_overrides(a.overrides)
         check_keys(a.overrides)
 
-        study = Study(study_dir(a), a.overrides, a.optimizers, a.metric)
+        study = Study(study_dir(a), a.overrides, a.optimizers, a.metric, vectorize=a.vectorize)
         plans = study.plan(lambda default: LrGrid.around(default, a.lrs, a.span, a.lr_range))
     except NnoptError as e:
         print(f"nnopt: error: {e}", file=sys.stderr)

@@ -188,6 +188,7 @@ def _synthetic(n_train: int, n_test: int, num_classes: int, noise: float, seed: 
 
 # While `keep_loaded()` is active: what load_dataset prepared, by its arguments (see there)
 _KEPT: dict[str, Splits] | None = None
+_SHARED = False  # hand out the kept tensors themselves (shared_between_runs)
 
 
 @contextlib.contextmanager
@@ -214,6 +215,20 @@ def keep_loaded_for_this_process() -> None:
         _KEPT = {}
 
 
+@contextlib.contextmanager
+def shared_between_runs() -> Iterator[None]:
+    """Within this block every run gets the very same tensors of a dataset, no copy: for the runs of a
+    vectorized group (training/lockstep.py), which train on one stacked batch and change no tensor
+    in place; 64 copies of MNIST would take 12 GB."""
+    global _SHARED
+    outer, _SHARED = _SHARED, True
+    try:
+        with keep_loaded():
+            yield
+    finally:
+        _SHARED = outer
+
+
 def load_dataset(name: str, **kwargs) -> Splits:
     """Load `name` into memory, normalize with training-set statistics, carve the validation split."""
     if _KEPT is None:
@@ -221,7 +236,7 @@ def load_dataset(name: str, **kwargs) -> Splits:
     key = json.dumps([name, kwargs, str(default_root())], sort_keys=True, default=str)
     if key not in _KEPT:
         _KEPT[key] = _load(name, **kwargs)
-    return _KEPT[key].clone()
+    return _KEPT[key] if _SHARED else _KEPT[key].clone()
 
 
 def _load(name: str, **kwargs) -> Splits:

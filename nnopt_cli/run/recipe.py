@@ -39,7 +39,7 @@ from nnopt_cli.store.checkpoint import (
 )
 from nnopt_cli.store.folder import RunDir
 from nnopt_cli.store.lock import RunLock
-from nnopt_cli.training import distributed
+from nnopt_cli.training import distributed, lockstep
 from nnopt_cli.training.device import configure_threads, resolve_device, seed_everything
 from nnopt_cli.training.early_stopping import EarlyStopping
 from nnopt_cli.training.fit import FitHooks, fit
@@ -202,6 +202,9 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
     else:
         trainer = Trainer(cfg, model, len(data.train_x), device, observers=observers,
                           class_counts=data.class_counts())
+    group = lockstep.join(trainer, data.input_shape)  # a member of hydra/launcher=vectorized: its group trains the epochs
+    if group is not None:  # its time_s / train_s are the group's (shared by the members)
+        summary["vectorized"] = group
     stopper = EarlyStopping.from_config(cfg["early_stopping"])
     if parent is not None:
         parent.keep_plan(cfg, trainer)  # before any state is loaded: a schedule made for the parent's length

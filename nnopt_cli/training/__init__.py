@@ -7,4 +7,6 @@ clipping, mixed precision, metrics, early stopping, observers, the device, DDP a
     metrics.py   per-step sums and evaluate()
     observers.py the hooks loggers and diagnostics attach to
     device.py, launch.py  threads, seeds and torchrun's environment, readable before torch is imported
+    vectorized.py  the epoch of many runs (seeds, LRs) trained as one stacked model (torch.func)
+    lockstep.py  runs whose epochs a vectorized group trains: each run in a thread, taking turns
 """

@@ -69,7 +69,9 @@ def fit(trainer: Trainer, data: Any, epochs: Iterable[int], hooks: FitHooks | No
             if not math.isfinite(row["val/loss"]):
                 raise Diverged(epoch, row["steps"], row["val/loss"])
         hooks.measure(row)
-        row["time_s"] = time.perf_counter() - t0  # train + validation; evaluate() synced with the device
+        # train + validation (evaluate() synced with the device); without the time a run of a vectorized
+        # group spent waiting for the other members' turns (lockstep.py)
+        row["time_s"] = time.perf_counter() - t0 - row.pop("waited_s", 0.0)
         hooks.epoch_row(row)
         trainer.end_epoch(row)
         if hooks.epoch_end(row):

@@ -9,11 +9,12 @@ because every file of a run folder is replaced atomically.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -26,12 +27,24 @@ class Interrupted(Exception):
 
 
 class Interrupt:
-    """Context manager that turns SIGINT/SIGTERM into a stop request (main thread only)."""
+    """Context manager that turns SIGINT/SIGTERM into a stop request (main thread only; in another
+    thread it follows the main thread's `shared` Interrupt, if one is installed)."""
+
+    _shared: Interrupt | None = None  # the main thread's, while runs train in threads (lockstep.py)
 
     def __init__(self, hard_exit: Callable[[int], None] = os._exit):
-        self.signum: int | None = None
+        self._signum: int | None = None
+        self._follows: Interrupt | None = None
         self._hard_exit = hard_exit
         self._previous: dict[int, object] = {}
+
+    @property
+    def signum(self) -> int | None:
+        return self._signum if self._follows is None else self._follows.signum
+
+    @signum.setter
+    def signum(self, value: int | None) -> None:
+        self._signum = value
 
     @property
     def requested(self) -> bool:
@@ -65,7 +78,20 @@ class Interrupt:
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
+        else:
+            self._follows = Interrupt._shared
         return self
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[Interrupt]:
+        """Installed, and followed by the Interrupts that threads install meanwhile."""
+        self.install()
+        Interrupt._shared = self
+        try:
+            yield self
+        finally:
+            Interrupt._shared = None
+            self.restore()
 
     def restore(self) -> None:
         for s, handler in self._previous.items():

@@ -35,6 +35,9 @@ from nnopt_cli.store import layout
 from nnopt_cli.store.folder import read_metrics, read_summary, record_failure, write_json
 from nnopt_cli.store.layout import Status
 from nnopt_cli.sweep.report import job_action
+from nnopt_cli.training import lockstep
+from nnopt_cli.training.lockstep import Group
+from nnopt_cli.training.vectorized import why_not
 
 log = logging.getLogger("nnopt")
 Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -189,8 +192,10 @@ class Plan:
 
 
 class Study:
-    def __init__(self, root: Path, overrides: list[str], optimizers: list[str], metric: str):
+    def __init__(self, root: Path, overrides: list[str], optimizers: list[str], metric: str,
+                 vectorize: bool = False):
         self.root, self.optimizers, self.metric = Path(root), optimizers, metric
+        self.vectorize = vectorize  # train each optimizer's LR grid x seeds as one model (training/vectorized.py)
         # a run of seconds is cheaper to redo than to checkpoint every epoch (3 fsyncs, ~25 ms on a
         # plain disk): jobs checkpoint on Ctrl-C / SIGTERM only, unless the command says otherwise
         given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
@@ -294,6 +299,27 @@ class Study:
             tmp.write_text(yaml.dump(content, Dumper=Dumper, default_flow_style=False, sort_keys=False))
             os.replace(tmp, hydra_dir / name)
 
+    def train_together(self, plan: Plan, lrs: list[float], seeds: range) -> None:
+        """--vectorize: the jobs (LR x seed) not done yet train as one vectorized model, each still a run
+        of its own (training/lockstep.py); the protocol then finds them done. A config that cannot
+        train that way: one line, and the jobs run one by one as the protocol asks for them."""
+        todo = [(lr, s) for lr in dict.fromkeys(lrs) for s in seeds if (lr, s) not in plan.done]
+        if not self.vectorize or len(todo) < 2:
+            return
+        why = why_not(self.config(plan, *todo[0]))
+        if why is not None:
+            print(f"  {plan.optimizer}: runs one by one, not vectorized: {why}", flush=True)
+            return
+        group = Group([lambda lr=lr, s=s: self.job(plan, lr, s) for lr, s in todo],
+                      cpu_max_flops=lockstep.CPU_MAX_FLOPS)
+        members = group.run()
+        how = ("one by one: on the CPU this model is arithmetic-bound, stacking is no faster" if group.told
+               else "together as one vectorized model")
+        print(f"  {plan.optimizer}: {len(todo)} runs trained {how}", flush=True)
+        for m in members:
+            if m.error is not None:
+                raise m.error
+
     def group(self, plan: Plan, lr: float, seeds: range) -> dict:
 
         records = [self.job(plan, lr, s) for s in seeds]
@@ -316,9 +342,12 @@ class Study:
             for plan in plans:
                 print(f"{plan.optimizer}: grid {', '.join(f'{lr:g}' for lr in plan.grid.lrs())} "
                       f"(default {plan.default_lr:g})", flush=True)
+                self.train_together(plan, plan.grid.lrs(), range(protocol["grid_seeds"]))
                 search = search_grid(plan.grid, lambda lr, plan=plan: self.grid_point(plan, lr, protocol),
                                      protocol["mode"], protocol["extend_max"])
                 best = search.best
+                self.train_together(plan, [lr for lr in (best, plan.default_lr) if lr is not None],
+                                    range(protocol["seeds"]))
                 tuned = self.group(plan, best, range(protocol["seeds"])) if best is not None else None
                 default = self.group(plan, plan.default_lr, range(protocol["seeds"]))
                 out[plan.optimizer] = {
