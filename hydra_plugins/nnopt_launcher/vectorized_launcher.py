@@ -20,8 +20,6 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnopt_cli.config.checks import need_int
-from nnopt_cli.sweep.vectorized import plan
-from nnopt_cli.training.lockstep import CPU_MAX_FLOPS, Group
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +38,9 @@ def _numbers(jobs: list[int]) -> str:
 
 
 class VectorizedLauncher(Launcher):
-    def __init__(self, max_members: int = 64, cpu_max_flops: int | None = CPU_MAX_FLOPS) -> None:
+    # (Hydra imports every launcher module at start-up: the torch side is imported when a sweep launches,
+    # and the defaults are conf/hydra/launcher/vectorized.yaml's)
+    def __init__(self, max_members: int, cpu_max_flops: int | None) -> None:
         need_int("hydra.launcher.max_members", max_members, 1)
         if cpu_max_flops is not None:
             need_int("hydra.launcher.cpu_max_flops", cpu_max_flops, 0)
@@ -70,6 +70,8 @@ class VectorizedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         configs = [self._job_config(initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
+        from nnopt_cli.sweep.vectorized import plan
+
         plans = plan([_resolved(c) for c in configs], self.max_members)
         log.info(f"Launching {len(job_overrides)} jobs, vectorized where they differ only in seed / optimizer.lr")
         for i, overrides in enumerate(job_overrides):
@@ -91,6 +93,8 @@ class VectorizedLauncher(Launcher):
     def _run_group(self, configs: list[DictConfig]) -> list[JobReturn]:
         """The jobs' runs as one group; each job's logging (its log file) is put back at its turn. An
         interrupt (or any error that ends a job's process) is raised once every member has stopped."""
+        from nnopt_cli.training.lockstep import Group
+
         root = logging.getLogger()
         handlers: dict[int, list] = {}
 
