@@ -10,22 +10,15 @@ post.validate_post.
 from __future__ import annotations
 
 from nnopt_cli import data, models
-from nnopt_cli.data import check_dataset
 from nnopt_cli.errors import ConfigError
-from nnopt_cli.optim.averaging import check as check_averaging
 from nnopt_cli.optim.optimizers import check_optimizer
 from nnopt_cli.optim.schedulers import check_scheduler
 from nnopt_cli.post import stage_names, validate_post
 from nnopt_cli.run.structure import check_structure
 from nnopt_cli.run.transfer import check_transfer
-from nnopt_cli.training.clip import check_grad_clip
-from nnopt_cli.training.early_stopping import check_early_stopping
 from nnopt_cli.training.hogwild import check_async_sgd
 from nnopt_cli.training.launch import launched_by_torchrun
-from nnopt_cli.training.loss import check_loss
 from nnopt_cli.training.observers import check_observers
-from nnopt_cli.training.precision import check_precision
-from nnopt_cli.training.regularizer import check_regularizer
 
 
 def validate(cfg: dict) -> None:
@@ -37,20 +30,14 @@ def validate(cfg: dict) -> None:
 
 
 def check_components(cfg: dict) -> None:
-    """Each group's own check, after check_structure: the classes named by `_target_`, the model's
-    shapes, the optimizer's arguments, the post-training stages."""
-    check_precision(cfg["precision"])
-    check_dataset(cfg["dataset"])
+    """What needs torch, after check_structure: your own data's function or files, the classes named
+    by `_target_`, the model's shapes, the optimizer's arguments and trial step, the post-training stages."""
+    data.check_sources(cfg["dataset"])
     models.check(cfg, data.input_shape(cfg["dataset"]), data.num_classes(cfg["dataset"]))
     check_optimizer(cfg["optimizer"], cfg["precision"], launched_by_torchrun())
     check_scheduler(cfg["scheduler"])
-    check_regularizer(cfg["regularizer"])
-    check_loss(cfg.get("loss"), data.stated_num_classes(cfg["dataset"]), data.task(cfg["dataset"]))
     check_transfer(cfg)
-    check_grad_clip(cfg["grad_clip"])
-    check_averaging(cfg.get("averaging"))
     check_async_sgd(cfg, launched_by_torchrun())
-    check_early_stopping(cfg["early_stopping"])
     check_observers(cfg)
     validate_post(cfg)  # post-training stages: checked before training starts
     if data.task(cfg["dataset"]) == data.REGRESSION:
