@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from nnopt_cli.config import datasets
 from nnopt_cli.config.checks import need_bool, need_choice, need_int, need_keys
+from nnopt_cli.config.stages import check_post_values, stage_names
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.optim.batch_size import MAX_BATCH, check_batch_size
 from nnopt_cli.optim.checks import check_averaging, check_optimizer_values, check_scheduler_values
@@ -68,3 +69,20 @@ def check_groups(cfg: dict) -> None:
     check_grad_clip(cfg["grad_clip"])
     check_averaging(cfg.get("averaging"))
     check_early_stopping(cfg["early_stopping"])
+    check_post_values(cfg)
+    if datasets.task(cfg["dataset"]) == datasets.REGRESSION:
+        check_regression(cfg)
+
+
+def check_regression(cfg: dict) -> None:
+    """What needs classes is refused for dataset=regression, in one line."""
+    why = "for dataset=regression (it has no classes"
+    if cfg["batch_size"].get("sampler", "random") != "random":
+        raise ConfigError("batch_size.sampler", cfg["batch_size"]["sampler"], f"random {why} to balance)")
+    stopping = cfg["early_stopping"]
+    if stopping["enabled"] and stopping["monitor"] == "val/acc":
+        raise ConfigError("early_stopping.monitor", "val/acc", f"val/loss (the validation MSE) {why}: no accuracy)")
+    if cfg["scheduler"].get("monitor") == "val/acc":
+        raise ConfigError("scheduler.monitor", "val/acc", f"val/loss (the validation MSE) {why}: no accuracy)")
+    if any(name != "prune" for name in stage_names(cfg)):
+        raise ConfigError("post", stage_names(cfg), f"null or prune {why}: quantize and distill score by accuracy)")
