@@ -29,6 +29,8 @@ def run_logged(tmp_path, *args: str):
 def no_torch(modules: set[str]) -> None:
     torch_modules = sorted(m for m in modules if m == "torch" or m.startswith("torch."))
     assert not torch_modules, f"torch imported: {torch_modules[:5]}"
+    # nor joblib (and numpy with it), which Hydra's scan of the launcher plugins would import
+    assert "joblib" not in modules and "numpy" not in modules
 
 
 @pytest.mark.slow
