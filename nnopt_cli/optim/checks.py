@@ -25,6 +25,8 @@ AVERAGING_KINDS = ("none", "ema", "swa")
 
 def check_optimizer_values(node: dict, precision: str = "fp32", distributed: bool = False) -> None:
     """The `optimizer` node's numbers and protocol keys, and the protocol against precision and torchrun."""
+    if not isinstance(node, dict):
+        raise ConfigError("optimizer", node, "a config group node such as optimizer=adam")
     need_num("optimizer.lr", node.get("lr"), gt=0)
     if "weight_decay" in node:
         need_num("optimizer.weight_decay", node["weight_decay"], ge=0)
@@ -86,6 +88,8 @@ def refuse_hydra_call_keys(s: dict) -> None:
 
 def check_scheduler_values(s: dict) -> None:
     """The ranges of the `scheduler` node's settings (a node without `_target_` is no scheduler)."""
+    if not isinstance(s, dict):
+        raise ConfigError("scheduler", s, "a config group node such as scheduler=cosine or scheduler=none")
     if "_target_" not in s:
         return
     need_choice("scheduler.interval", s.get("interval", "epoch"), ("epoch", "step"))
