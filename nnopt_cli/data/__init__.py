@@ -43,7 +43,6 @@ MNIST_MD5 = {
 }
 
 
-
 @dataclass
 class Splits:
     """Train/val/test tensors of one dataset, already normalized. Classification: integer labels and

@@ -30,8 +30,9 @@ RESERVED = ("name", "val_size", "split_seed", "normalize", "num_classes", "imbal
 
 
 def check(node: dict) -> None:
-    """The settings of an own-data node, before any folder or data: the function can be imported
-    and takes the settings given; the file or folder exists; the image shape is stated."""
+    """What of an own-data node needs its function or files, before any folder or data: the function
+    can be imported and takes the settings given; the file or folder exists. Its plain settings
+    (normalize, num_classes, the image size and color) are config/datasets.py's."""
     name = node["name"]
     if name == "custom":
         fn = locate("dataset._target_", node.get("_target_"))
