@@ -19,9 +19,8 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from hydra_plugins.nnopt_launcher.fork_launcher import WORKER_DIED
 
-try:
+try:  # Hydra's module (cheap to import: joblib itself is imported by launch, below)
     from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
-    from joblib.externals.loky.process_executor import TerminatedWorkerError
 except ImportError:  # hydra-joblib-launcher not installed: hydra/launcher=joblib does not compose either
     JoblibLauncher = None
 
@@ -32,6 +31,10 @@ QUIET_TARGET = f"{__name__}.QuietJoblibLauncher"
 if JoblibLauncher is not None:
     class QuietJoblibLauncher(JoblibLauncher):
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+            # here, not at the top: Hydra imports every plugin module at start-up (`--help` and each
+            # config error included), and joblib brings numpy with it
+            from joblib.externals.loky.process_executor import TerminatedWorkerError
+
             try:
                 return super().launch(job_overrides, initial_job_idx)
             except TerminatedWorkerError:  # the sweep report (nnopt_cli/cli/train.py) lists the dead job

@@ -3,6 +3,8 @@
     checks.py     need_* value checks every config group uses (one line per bad value)
     overrides.py  command-line overrides checked before Hydra composes anything
     build.py      instantiate a checked node with its `_target_`
+    datasets.py   what a `dataset` node says without loading it: names, task, classes, shape, ranges
+    stages.py     the post-training stages a config names and their settings' ranges
 
 Kept free of torch so `nnopt compare` and `--help` start fast.
 """

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import torch
 
-from nnopt_cli.config.checks import need_choice, need_int, need_num
+# what the config says about the dataset, torch-free (config/datasets.py); importable from here too
+from nnopt_cli.config.datasets import CLASSIFICATION as CLASSIFICATION
+from nnopt_cli.config.datasets import DATASETS, MNIST1D_CLASSES, OWN_DATASETS, check_dataset_values
+from nnopt_cli.config.datasets import REGRESSION as REGRESSION
+from nnopt_cli.config.datasets import input_shape as input_shape
+from nnopt_cli.config.datasets import num_classes as num_classes
+from nnopt_cli.config.datasets import stated_num_classes as stated_num_classes
+from nnopt_cli.config.datasets import task as task
 from nnopt_cli.data import imbalance as long_tail
 from nnopt_cli.data import mnist1d, own, regression
 from nnopt_cli.errors import ConfigError, DataError
@@ -34,9 +41,6 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
-
-DATASETS = ("mnist", "fashion_mnist", "kmnist", "mnist1d", "synthetic", "regression", *own.OWN_DATASETS)
-CLASSIFICATION, REGRESSION = "classification", regression.TASK
 
 
 @dataclass
@@ -240,7 +244,7 @@ def load_dataset(name: str, **kwargs) -> Splits:
 
 
 def _load(name: str, **kwargs) -> Splits:
-    if name in own.OWN_DATASETS:
+    if name in OWN_DATASETS:
         tx, ty, sx, sy, classes = own.load({"name": name, **kwargs})
         return _split(name, tx, ty, sx, sy, classes, kwargs["val_size"], kwargs.get("split_seed", 0),
                       normalize=kwargs.get("normalize", False), imbalance=kwargs.get("imbalance"))
@@ -283,7 +287,7 @@ def _load_builtin(
         tx, ty, sx, sy = mnist1d.load(root, {"num_samples": num_samples, "train_split": train_split,
                                              "final_seq_length": final_seq_length, "shuffle_seq": shuffle_seq,
                                              "seed": seed})
-        num_classes = mnist1d.NUM_CLASSES
+        num_classes = MNIST1D_CLASSES
     elif name == "synthetic":
         tx, ty, sx, sy = _synthetic(n_train, n_test, num_classes, noise, split_seed)
     elif name == "regression":
@@ -340,54 +344,13 @@ def load_splits(node: dict) -> Splits:
     return load_dataset(node["name"], **{k: v for k, v in node.items() if k != "name"})
 
 
-def input_shape(node: dict) -> tuple[int, ...] | None:
-    """The shape of one sample, known from the config alone (models are checked with it before
-    loading); None for your own data whose shape is known once loaded (custom, npz)."""
-    if node.get("name") in own.OWN_DATASETS:
-        return own.input_shape(node)
-    if node.get("name") == "mnist1d":
-        return (1, node["final_seq_length"])
-    if node.get("name") == "regression":
-        return (node["n_features"],)
-    return (1, 28, 28)
-
-
-def num_classes(node: dict) -> int:
-    """The number of classes known from the config alone (10 where it is not: only model checks use
-    it); 1 for regression: the model's one output."""
-    if task(node) == REGRESSION:
-        return 1
-    return node["num_classes"] if node.get("num_classes") is not None else 10
-
-
-def task(node: dict) -> str:
-    """classification or regression, from the config alone."""
-    return REGRESSION if node.get("name") == "regression" else CLASSIFICATION
-
-
-def stated_num_classes(node: dict) -> int | None:
-    """The number of classes when the config fixes it; None for your own data that leaves it to the labels."""
-    if node.get("name") in own.OWN_DATASETS and node.get("num_classes") is None:
-        return None
-    return num_classes(node)
-
-
 def check_dataset(d: dict) -> None:
-    need_choice("dataset.name", d.get("name"), DATASETS)
-    need_int("dataset.val_size", d.get("val_size"), 1)
-    long_tail.check(d.get("imbalance"))
-    if "split_seed" in d:
-        need_int("dataset.split_seed", d["split_seed"], 0)
-    if d["name"] == "synthetic":
-        need_int("dataset.n_train", d.get("n_train"), 2)
-        need_int("dataset.n_test", d.get("n_test"), 1)
-        need_int("dataset.num_classes", d.get("num_classes"), 2)
-        need_num("dataset.noise", d.get("noise"), ge=0)
-    if d["name"] == "mnist1d":
-        mnist1d.check(d)
-    if d["name"] == "regression":
-        regression.check(d)
-        if d.get("imbalance") is not None:
-            raise ConfigError("dataset.imbalance", d["imbalance"], "null for dataset=regression (it has no classes)")
-    if d["name"] in own.OWN_DATASETS:
+    """The dataset's settings (config/datasets.py), then your own data's function, file or folder."""
+    check_dataset_values(d)
+    check_sources(d)
+
+
+def check_sources(d: dict) -> None:
+    """Your own data: the function can be imported and takes its settings, the file or folder exists."""
+    if d["name"] in OWN_DATASETS:
         own.check(d)

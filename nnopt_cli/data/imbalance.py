@@ -17,13 +17,7 @@ import math
 
 import torch
 
-from nnopt_cli.config.checks import need_num
 from nnopt_cli.errors import ConfigError
-
-
-def check(ratio) -> None:
-    if ratio is not None:
-        need_num("dataset.imbalance", ratio, ge=1)
 
 
 def long_tail_counts(available: list[int], ratio: float) -> list[int]:

@@ -23,38 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnopt_cli.config.checks import need_int, need_num
-from nnopt_cli.errors import ConfigError, DataError
+from nnopt_cli.config.datasets import mnist1d_split_sizes
+from nnopt_cli.errors import DataError
 
 log = logging.getLogger("nnopt")
 
 # dataset.<key> -> the mnist1d argument it sets; the package's defaults fill in the rest
 GENERATION_KEYS = ("num_samples", "train_split", "final_seq_length", "shuffle_seq", "seed")
 ARRAYS = ("x", "y", "x_test", "y_test")
-NUM_CLASSES = 10
-
-
-def split_sizes(num_samples: int, train_split: float) -> tuple[int, int]:
-    """(train, test) sizes make_dataset produces: a whole number of samples per class, then split."""
-    n = num_samples // NUM_CLASSES * NUM_CLASSES
-    n_train = int(n * train_split)
-    return n_train, n - n_train
-
-
-def check(node: dict) -> None:
-    """One-line errors for dataset=mnist1d settings, before anything is generated."""
-    need_int("dataset.num_samples", node["num_samples"], 2 * NUM_CLASSES)
-    need_num("dataset.train_split", node["train_split"], gt=0, lt=1)
-    need_int("dataset.final_seq_length", node["final_seq_length"], 4)
-    if not isinstance(node["shuffle_seq"], bool):
-        raise ConfigError("dataset.shuffle_seq", node["shuffle_seq"], "true or false")
-    need_int("dataset.seed", node["seed"], 0)
-    n_train, n_test = split_sizes(node["num_samples"], node["train_split"])
-    if n_train < 2 or n_test < 1:
-        raise ConfigError("dataset.train_split", node["train_split"],
-                          f"leaves {n_train} training and {n_test} test samples of {node['num_samples']}; "
-                          "both must be >= 1 (and training >= 2)")
-    need_int("dataset.val_size", node["val_size"], 1, n_train - 1)
 
 
 def package_version() -> str:
@@ -113,7 +89,7 @@ def cache_bytes(path: Path, cap: int) -> bytes:
 
 def read_cache(path: Path, settings: dict) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None when the file is missing or not what these settings make."""
-    n_train, n_test = split_sizes(settings["num_samples"], settings["train_split"])
+    n_train, n_test = mnist1d_split_sizes(settings["num_samples"], settings["train_split"])
     # float32 samples and int64 labels, plus the zip's headers: anything much larger is not a cache
     cap = 2 * (n_train + n_test) * (4 * settings["final_seq_length"] + 8) + (1 << 20)
     try:

@@ -21,23 +21,19 @@ from typing import Any
 import torch
 
 from nnopt_cli.config.build import bind, locate, settings
-from nnopt_cli.config.checks import need_bool, need_choice, need_int, need_int_list
+from nnopt_cli.config.datasets import OWN_DATASETS
 from nnopt_cli.errors import ConfigError, DataError
 
-OWN_DATASETS = ("custom", "npz", "image_folder")
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 # dataset.<key>s nnopt reads itself; every other key of dataset=custom goes to the function
 RESERVED = ("name", "val_size", "split_seed", "normalize", "num_classes", "imbalance")
-COLORS = {"grayscale": 1, "rgb": 3}
 
 
 def check(node: dict) -> None:
-    """The settings of an own-data node, before any folder or data: the function can be imported
-    and takes the settings given; the file or folder exists; the image shape is stated."""
+    """What of an own-data node needs its function or files, before any folder or data: the function
+    can be imported and takes the settings given; the file or folder exists. Its plain settings
+    (normalize, num_classes, the image size and color) are config/datasets.py's."""
     name = node["name"]
-    need_bool("dataset.normalize", node.get("normalize"))
-    if node.get("num_classes") is not None:
-        need_int("dataset.num_classes", node["num_classes"], 2)
     if name == "custom":
         fn = locate("dataset._target_", node.get("_target_"))
         if not callable(fn):
@@ -54,17 +50,6 @@ def check(node: dict) -> None:
                 raise ConfigError("dataset.path", node.get("path"),
                                   f"a folder holding {node.get('train_dir')}/<class>/<image> and "
                                   f"{node.get('test_dir')}/<class>/<image> ({path / str(sub)} not found)")
-        need_int_list("dataset.size", node.get("size"), allow_empty=False)
-        if len(node["size"]) != 2:
-            raise ConfigError("dataset.size", node["size"], "[height, width] in pixels")
-        need_choice("dataset.color", node.get("color"), tuple(COLORS))
-
-
-def input_shape(node: dict) -> tuple[int, ...] | None:
-    """The sample shape when the config states it (image_folder), else None (known once loaded)."""
-    if node.get("name") == "image_folder":
-        return (COLORS.get(node.get("color"), 1), *node.get("size", (28, 28)))
-    return None
 
 
 def function_settings(node: dict) -> dict[str, Any]:

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from nnopt_cli.config.checks import need_int, need_num
-
-TASK = "regression"
-
 
 def teacher(x: torch.Tensor, hidden: int, seed: int) -> torch.Tensor:
     """f(x) of the fixed random teacher drawn from `seed` (the same for train and test)."""
@@ -35,12 +31,3 @@ def load(n_train: int, n_test: int, n_features: int, teacher_hidden: int, noise:
     x = torch.randn(n, n_features, generator=g)
     y = teacher(x, teacher_hidden, seed) + noise * torch.randn(n, generator=g)
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
-
-
-def check(d: dict) -> None:
-    need_int("dataset.n_train", d.get("n_train"), 2)
-    need_int("dataset.n_test", d.get("n_test"), 1)
-    need_int("dataset.n_features", d.get("n_features"), 1)
-    need_int("dataset.teacher_hidden", d.get("teacher_hidden"), 1)
-    need_num("dataset.noise", d.get("noise"), ge=0)
-    need_int("dataset.seed", d.get("seed"), 0)

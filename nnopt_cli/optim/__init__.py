@@ -6,4 +6,5 @@ batch-size policies and weight averaging (EMA / SWA).
     param_groups.py  route weights, biases and norms to their own groups (Muon, no decay on biases)
     batch_size.py    conf/batch_size: fixed, doubling, ramp, random
     averaging.py     conf/averaging: EMA and SWA of the weights
+    checks.py        the optimizer, scheduler and averaging values, checked without torch
 """

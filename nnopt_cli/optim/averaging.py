@@ -34,28 +34,6 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn, update_bn
 
-from nnopt_cli.config.checks import need_choice, need_int, need_num
-
-KINDS = ("none", "ema", "swa")
-
-
-def check(node: dict | None) -> None:
-    """One-line errors for the `averaging` node, before any data are loaded."""
-    if node is None:
-        return
-    need_choice("averaging.name", node.get("name"), KINDS)
-    if node["name"] == "ema":
-        need_num("averaging.decay", node.get("decay"), gt=0, lt=1)
-        need_int("averaging.every", node.get("every"), 1)
-        need_num("averaging.start", node.get("start"), ge=0, lt=1)
-    if node["name"] == "swa":
-        need_int("averaging.start_epoch", node.get("start_epoch"), 1)
-        if node.get("swa_lr") is not None:
-            need_num("averaging.swa_lr", node["swa_lr"], gt=0)
-            need_int("averaging.anneal_epochs", node.get("anneal_epochs"), 1)
-            need_choice("averaging.anneal_strategy", node.get("anneal_strategy"), ("cos", "linear"))
-        need_int("averaging.bn_batches", node.get("bn_batches"), 0)
-
 
 def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

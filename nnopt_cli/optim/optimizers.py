@@ -36,12 +36,11 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from nnopt_cli.config.checks import need_bool, need_int, need_num
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.optim import param_groups
+from nnopt_cli.optim.checks import check_optimizer_values
 from nnopt_cli.optim.staleness import NO_DELAY, StaleGradients
 
-STEP_KINDS = ("plain", "closure", "backward_closure", "create_graph")
 META_KEYS = ("step", "train_eval", "bn_batches", "param_groups", "wrapper")
 
 
@@ -112,47 +111,21 @@ def class_kwargs(key: str, node: dict) -> tuple[type, dict]:
     return cls, kwargs
 
 
-# counts a step runs by that torch accepts at 0 or below and then does nothing with: LBFGS with
-# max_iter=0 "completes" a run at its initial weights; a class without such a key is not affected
-POSITIVE_COUNTS = ("max_iter", "max_eval", "history_size", "ns_steps")
-
-
 def check_optimizer(node: dict, precision: str = "fp32", distributed: bool = False) -> Protocol:
-    """Everything about `optimizer` that needs no data: classes, arguments, protocol keys."""
+    """Everything about `optimizer` that needs no data: its values (checks.py, torch-free), then the
+    classes and their arguments, bound and tried on a toy model."""
+    check_optimizer_values(node, precision, distributed)
     class_kwargs("optimizer", node)
-    need_num("optimizer.lr", node.get("lr"), gt=0)
-    if "weight_decay" in node:
-        need_num("optimizer.weight_decay", node["weight_decay"], ge=0)
-    if "momentum" in node:
-        need_num("optimizer.momentum", node["momentum"], ge=0, lt=1)
-    for key in POSITIVE_COUNTS:
-        if node.get(key) is not None:
-            need_int(f"optimizer.{key}", node[key], 1)
     proto = Protocol.from_config(node)
-    if proto.step not in STEP_KINDS:
-        raise ConfigError("optimizer.step", proto.step, "one of " + ", ".join(STEP_KINDS))
-    need_bool("optimizer.train_eval", proto.train_eval)
-    need_int("optimizer.bn_batches", proto.bn_batches, 0)
     pg = node.get("param_groups")
-    param_groups.check(pg)
     if pg and pg.get("matrices") is not None:
         class_kwargs("optimizer.param_groups.matrices", pg["matrices"])
     w = node.get("wrapper")
     if w is not None:
-        if not isinstance(w, dict) or "_target_" not in w:
-            raise ConfigError("optimizer.wrapper", w, "null or a node with _target_ (optimizer/wrapper=lookahead)")
         cls = resolve("optimizer.wrapper._target_", w["_target_"])
         check_kwargs("optimizer.wrapper", cls, {k: v for k, v in w.items() if not k.startswith("_")},
                      first="optimizer", name=str(w["_target_"]))
     trial_step(node, proto)
-    if proto.step != "plain" and precision == "fp16":
-        raise ConfigError("optimizer.step", proto.step, "needs unscaled gradients, and fp16's GradScaler "
-                                                        "scales them (no closures either); use bf16 or fp32")
-    if distributed and proto.step in ("closure", "create_graph"):
-        why = ("L-BFGS-style closures run a rank-dependent number of passes" if proto.step == "closure"
-               else "DDP does not average the Hessian-vector products of a create_graph backward")
-        raise ConfigError("optimizer.step", proto.step, f"cannot run under torchrun/DDP: {why}; "
-                                                        "train in one process")
     return proto
 
 

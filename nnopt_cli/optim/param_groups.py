@@ -26,37 +26,9 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from nnopt_cli.errors import ConfigError
+from nnopt_cli.optim.checks import GROUPS
 
-GROUPS = ("matrices", "no_decay", "rest")
-NO_DECAY_KINDS = ("bias", "norm")
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
-
-
-def check(node: Any) -> None:
-    """One-line errors for a `param_groups` node (null = one group, as torch builds it)."""
-    if node is None:
-        return
-    if not isinstance(node, dict):
-        raise ConfigError("optimizer.param_groups", node, "null or a mapping with matrices / no_decay / lr_scale")
-    unknown = sorted(set(node) - {"matrices", "no_decay", "lr_scale"})
-    if unknown:
-        raise ConfigError(f"optimizer.param_groups.{unknown[0]}", node[unknown[0]],
-                          "no such key (keys: matrices, no_decay, lr_scale)")
-    m = node.get("matrices")
-    if m is not None and not (isinstance(m, dict) and "_target_" in m):
-        raise ConfigError("optimizer.param_groups.matrices", m, "null or an optimizer node with _target_")
-    nd = node.get("no_decay") or []
-    if not isinstance(nd, list) or any(k not in NO_DECAY_KINDS for k in nd):
-        raise ConfigError("optimizer.param_groups.no_decay", nd, "a list drawn from " + ", ".join(NO_DECAY_KINDS))
-    scale = node.get("lr_scale") or {}
-    if not isinstance(scale, dict):
-        raise ConfigError("optimizer.param_groups.lr_scale", scale, "a mapping group -> factor")
-    for name, f in scale.items():
-        if name not in GROUPS:
-            raise ConfigError(f"optimizer.param_groups.lr_scale.{name}", f, "a group: " + ", ".join(GROUPS))
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0:
-            raise ConfigError(f"optimizer.param_groups.lr_scale.{name}", f, "a number > 0")
 
 
 def split(model: nn.Module, matrices: bool, no_decay: list[str]) -> dict[str, list[nn.Parameter]]:

@@ -17,12 +17,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, LRScheduler, SequentialLR
 
 from nnopt_cli.config.build import bind, locate, plain_settings, settings
-from nnopt_cli.config.checks import need_choice, need_int, need_int_list, need_num
 from nnopt_cli.errors import ConfigError
+from nnopt_cli.optim.checks import WSD_SHAPES, check_scheduler_values, refuse_hydra_call_keys
 
 # keys of conf/scheduler/*.yaml that describe how the runner drives the scheduler, not its arguments
 SCHEDULER_META_KEYS = ("interval", "monitor")
-WSD_SHAPES = ("linear", "cosine", "sqrt")
 
 
 def build_scheduler(cfg: dict[str, Any], optimizer: Optimizer, total_steps: int):
@@ -38,7 +37,7 @@ def build_scheduler(cfg: dict[str, Any], optimizer: Optimizer, total_steps: int)
     if "_target_" not in cfg:
         return None, interval, None
     target = locate("scheduler._target_", cfg["_target_"])
-    _refuse_hydra_call_keys(cfg)
+    refuse_hydra_call_keys(cfg)
     kwargs = settings(cfg)
     if interval == "step":
         params = _parameters(target)
@@ -123,17 +122,6 @@ def inverse_sqrt(optimizer: Optimizer, warmup_steps: int = 100) -> LRScheduler:
 
 
 
-# Hydra's keys nnopt's schedulers do not use: the settings are named, the optimizer comes first
-HYDRA_CALL_KEYS = ("_args_", "_recursive_", "_convert_")
-
-
-def _refuse_hydra_call_keys(s: dict) -> None:
-    for key in HYDRA_CALL_KEYS:
-        if key in s:
-            raise ConfigError(f"scheduler.{key}", s[key], "no such key: a scheduler takes the optimizer and its "
-                                                          "named settings (e.g. scheduler.step_size=3)")
-
-
 def _parameters(fn) -> tuple[str, ...]:
     try:
         return tuple(inspect.signature(fn).parameters)
@@ -142,43 +130,14 @@ def _parameters(fn) -> tuple[str, ...]:
 
 
 def check_scheduler(s: dict) -> None:
-    """The class and its settings, bound before any data are loaded, and the ranges of the keys."""
+    """The settings' ranges (checks.py, torch-free), then the class and its settings, bound before
+    any data are loaded."""
+    check_scheduler_values(s)
     if "_target_" not in s:
         return
-    need_choice("scheduler.interval", s.get("interval", "epoch"), ("epoch", "step"))
     fn = locate("scheduler._target_", s["_target_"])
     kwargs = {k: v for k, v in settings(s).items() if k not in (*SCHEDULER_META_KEYS, "name")}
     if s.get("interval") == "step" and "total_steps" in _parameters(fn):
         kwargs["total_steps"] = 1
-    _refuse_hydra_call_keys(s)
     plain_settings("scheduler", fn, kwargs)
     bind("scheduler", fn, (torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),), kwargs)
-    if "gamma" in s:
-        need_num("scheduler.gamma", s["gamma"], gt=0, le=1)
-    if "step_size" in s:
-        need_int("scheduler.step_size", s["step_size"], 1)
-    if "milestones" in s:
-        need_int_list("scheduler.milestones", s["milestones"])
-    if "warmup_fraction" in s:
-        need_num("scheduler.warmup_fraction", s["warmup_fraction"], ge=0, lt=1)
-    if "monitor" in s:
-        need_choice("scheduler.monitor", s["monitor"], ("val/loss", "val/acc"))
-    if "eta_min" in s:
-        need_num("scheduler.eta_min", s["eta_min"], ge=0)
-    if "decay_fraction" in s:
-        need_num("scheduler.decay_fraction", s["decay_fraction"], gt=0, le=1)
-        if s.get("warmup_fraction", 0) + s["decay_fraction"] > 1:
-            raise ConfigError("scheduler.decay_fraction", s["decay_fraction"],
-                              f"warmup_fraction + decay_fraction <= 1 (warmup_fraction={s.get('warmup_fraction')})")
-    if "shape" in s:
-        need_choice("scheduler.shape", s["shape"], WSD_SHAPES)
-    for key in ("start_factor", "min_factor", "end_factor"):
-        if key in s:
-            need_num(f"scheduler.{key}", s[key], ge=0, le=1)
-    if "warmup_steps" in s:
-        need_int("scheduler.warmup_steps", s["warmup_steps"], 1)
-    if "T_0" in s:
-        need_int("scheduler.T_0", s["T_0"], 1)
-        need_int("scheduler.T_mult", s.get("T_mult", 1), 1)
-    if s.get("total_iters") is not None:
-        need_int("scheduler.total_iters", s["total_iters"], 1)

@@ -21,19 +21,16 @@ softmaxes: distillation from several teacher runs) and soup.py (weight averages,
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import traceback
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
-from nnopt_cli.config import conf_dir
-from nnopt_cli.config.checks import need_int, need_int_list, need_keys
-from nnopt_cli.errors import ConfigError, NnoptError
+from nnopt_cli.config.stages import check_post_values, stage_names
+from nnopt_cli.errors import NnoptError
 from nnopt_cli.post import distill, prune, quantize
 from nnopt_cli.post.load import load_run_model, load_stage_model
 from nnopt_cli.post.stage import StageContext, StageResult, save_model
@@ -66,43 +63,12 @@ class StageDiverged(StageFailed):
     exit_code = 3
 
 
-def stage_names(cfg: dict) -> list[str]:
-    """The stages in the order given on the command line (Hydra merges `post=[a,b]` in that order)."""
-    return [k for k in (cfg.get("post") or {}) if k != "measure"]
-
-
-@functools.cache
-def settings_of(name: str) -> tuple[str, ...]:
-    """The settings conf/post/<name>.yaml gives stage `name`: each is required (a `~post.prune.sparsity`
-    on the command line is one line here, not a KeyError after training)."""
-    doc = yaml.safe_load((conf_dir() / "post" / f"{name}.yaml").read_text()) or {}
-    # and the nodes its defaults list puts under it (`/model@distill.student: mlp_small`)
-    placed = [str(k).split("@", 1)[1] for entry in doc.get("defaults") or [] if isinstance(entry, dict)
-              for k, v in entry.items() if "@" in str(k) and v is not None]  # a null one is optional
-    below = [p.split(".", 1)[1] for p in placed if p.startswith(f"{name}.")]
-    return (*(doc.get(name) or {}).keys(), *below)
-
-
 def validate_post(cfg: dict) -> None:
-    """Check the post-training settings before any training starts (ConfigError on the first problem)."""
-    names = stage_names(cfg)
-    if not names:
-        return
-    for name in ["measure", *names]:
-        if name in STAGES or name == "measure":
-            need_keys(f"post.{name}", cfg["post"].get(name), settings_of(name))
-    m = cfg["post"]["measure"]
-    need_int_list("post.measure.latency_batch_sizes", m["latency_batch_sizes"], 1, allow_empty=False)
-    need_int("post.measure.latency_repeats", m["latency_repeats"], 1)
-    need_int("post.measure.latency_warmup", m["latency_warmup"], 0)
-    if m["latency_threads"] is not None:
-        need_int("post.measure.latency_threads", m["latency_threads"], 1)
-    if "quantize" in names and names[-1] != "quantize":
-        raise ConfigError("post", names, "quantize must be the last stage (an int8 model cannot be pruned or trained further)")
+    """Check the post-training settings before any training starts (ConfigError on the first problem):
+    their values (config/stages.py), then each stage against the model it will receive."""
+    check_post_values(cfg)
     model_cfg = cfg["model"]  # the model each stage receives: a distilled student from there on
-    for name in names:
-        if name not in STAGES:
-            raise ConfigError("post", name, "one of " + ", ".join(STAGES))
+    for name in stage_names(cfg):
         model_cfg = STAGES[name].check(cfg, model_cfg)
 
 

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnopt_cli import data as datasets
-from nnopt_cli.config.checks import need_bool, need_choice, need_int, need_num
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.models import check_model, make_model
 from nnopt_cli.post.ensemble import Ensemble, mean_softmax
@@ -35,7 +34,6 @@ OUTPUT_FILE = "model.student.pt"
 
 
 KEY = "post.distill.teacher_run"
-TARGETS = ("soft", "hard")
 
 
 def distill_loss(student_logits: torch.Tensor, soft_targets: torch.Tensor, y: torch.Tensor,
@@ -90,17 +88,11 @@ def _check_model_cfg(cfg: dict, model_cfg: dict, key: str) -> None:
 
 
 def check(cfg: dict, model_cfg: dict) -> dict:
-    """Validate post.distill; the next stage receives the student."""
+    """post.distill's models and teacher runs (its values: config/stages.py); the next stage receives the student."""
     s = cfg["post"]["distill"]
-    need_num("post.distill.temperature", s["temperature"], gt=0)
-    need_num("post.distill.alpha", s["alpha"], ge=0, le=1)
-    need_int("post.distill.epochs", s["epochs"], 1)
-    need_int("post.distill.teacher_epochs", s["teacher_epochs"], 1)
-    need_bool("post.distill.baseline", s["baseline"])
     _check_model_cfg(cfg, s["student"], "post.distill.student")
     if s.get("teacher") is not None:
         _check_model_cfg(cfg, s["teacher"], "post.distill.teacher")
-    need_choice("post.distill.targets", s["targets"], TARGETS)
     first: tuple[Path, dict] | None = None  # the first teacher and its dataset settings
     for run_dir in teacher_runs(s["teacher_run"]):
         if not run_dir.is_dir():

@@ -38,15 +38,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nnopt_cli.config.stages import scale_rule
+
 LAYERS = (nn.Linear, nn.Conv2d)
-SCALES = ("auto", "max", "mean", "percentile", "mse")
-
-
-def scale_rule(s: dict) -> str:
-    """The stage's scale rule; auto = mean for binary weights (XNOR-Net), max otherwise."""
-    scale = s.get("scale", "auto")
-    return ("mean" if s.get("bits", 8) == 1 else "max") if scale == "auto" else scale
-SCHEMES = ("symmetric", "asymmetric")
 MSE_GRID = 100  # candidates t * max|w|, t = 1/100 .. 1 (the mse rule)
 TINY = torch.finfo(torch.float32).tiny  # an all-zero tensor/row keeps a valid (positive) scale
 

@@ -20,40 +20,16 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from nnopt_cli.config.checks import need_choice, need_int, need_num
-from nnopt_cli.errors import ConfigError
+from nnopt_cli.config.stages import PRUNE_METHODS
 from nnopt_cli.post.compaction import PRUNABLE, compact, model_config_of, prunable_layers
 from nnopt_cli.post.measure import sparsity_report
 from nnopt_cli.post.stage import StageContext, StageResult
 
 OUTPUT_FILE = "model.pruned.pt"
 
-METHODS = ("layer", "global", "structured")
-SCHEDULES = ("cubic", "linear")
 def check(cfg: dict, model_cfg: dict) -> dict:
-    """Validate post.prune (ConfigError on the first problem); the next stage gets the same model."""
-    check_settings(cfg["post"]["prune"])
+    """post.prune's settings are all values (config/stages.py); the next stage gets the same model."""
     return model_cfg
-
-
-def check_settings(s: dict) -> None:
-    need_choice("post.prune.method", s["method"], METHODS)
-    threshold = s.get("threshold")
-    if (s["sparsity"] is None) == (threshold is None):
-        raise ConfigError("post.prune.threshold", threshold, "exactly one of post.prune.sparsity and "
-                          f"post.prune.threshold set, the other null (sparsity is {s['sparsity']})")
-    if threshold is None:
-        need_num("post.prune.sparsity", s["sparsity"], ge=0, lt=1)
-    else:
-        need_num("post.prune.threshold", threshold, gt=0)
-    need_int("post.prune.rounds", s["rounds"], 1)
-    need_choice("post.prune.schedule", s["schedule"], SCHEDULES)
-    need_int("post.prune.finetune_epochs", s["finetune_epochs"], 0)
-    need_num("post.prune.lr_scale", s["lr_scale"], gt=0)
-    need_num("post.prune.norm", s["norm"], gt=0, finite=False)  # inf: L-inf structured
-    for key in ("prune_output", "compact"):
-        if not isinstance(s[key], bool):
-            raise ConfigError(f"post.prune.{key}", s[key], "true or false")
 
 
 class ThresholdUnstructured(prune.BasePruningMethod):
@@ -118,7 +94,7 @@ def prune_to(model: nn.Module, method: str, sparsity: float, *, norm: float = 2.
             prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured,
                                       amount=more)
     else:
-        raise ValueError(f"unknown pruning method {method!r}; one of {', '.join(METHODS)}")
+        raise ValueError(f"unknown pruning method {method!r}; one of {', '.join(PRUNE_METHODS)}")
 
 
 def _prune_dead_biases(m: nn.Module) -> None:

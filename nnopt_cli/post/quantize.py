@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from nnopt_cli import data as datasets
-from nnopt_cli.config.checks import need_choice, need_int, need_num
+from nnopt_cli.config.stages import check_combination
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.models import make_model
 from nnopt_cli.models.flops import forward_flops
@@ -47,9 +47,6 @@ from nnopt_cli.post.stage import StageContext, StageResult
 from nnopt_cli.post.torchao_api import import_torchao, intx_weight_config
 
 OUTPUT_FILE = "model.quantized.pt"
-METHODS = ("dynamic", "static", "weight_only", "fake", "qat")
-BACKENDS = ("eager", "torchao")
-GRANULARITIES = ("per_tensor", "per_channel")
 # which layer types each method turns into int8
 QUANTIZABLE = {"dynamic": (nn.Linear,), "static": (nn.Linear, nn.Conv2d), "weight_only": (nn.Linear,),
                "fake": (nn.Linear, nn.Conv2d), "qat": (nn.Linear,)}
@@ -59,28 +56,20 @@ TORCHAO_SCALE_RULE = ("symmetric: scale = max|w| / ((2^b - 1) / 2) per output un
 TORCHAO_ASYMMETRIC_RULE = ("asymmetric: scale = (max(w) - min(w)) / (2^b - 1) per output unit, zero point "
                            "-2^(b-1) - round(min(w) / scale), w' = (clamp(round(w / scale) + zp, -2^(b-1), "
                            "2^(b-1)-1) - zp) * scale (torchao MappingType.ASYMMETRIC)")
-# activations with an int8 CPU kernel (static quantization runs them on quantized tensors)
-STATIC_ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "sigmoid", "tanh")
 # sequences fused before static quantization (torch.ao.quantization.fuse_modules)
 FUSE_PATTERNS = ((nn.Conv2d, nn.BatchNorm2d, nn.ReLU), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv2d, nn.ReLU),
                  (nn.Linear, nn.BatchNorm1d), (nn.Linear, nn.ReLU))
 
 
-def check_combination(method: str, backend: str) -> str | None:
-    """Why `method` cannot run on `backend`, or None when it can (fake uses neither engine)."""
-    if method == "weight_only" and backend == "eager":
-        return "weight_only needs quantize.backend=torchao (torch.ao has no int8 weight-only Linear)"
-    if method == "static" and backend == "torchao":
-        return "static needs quantize.backend=eager (nnopt uses torch.ao's calibrated int8 kernels for it)"
-    if method == "qat" and backend == "eager":
-        return "qat needs quantize.backend=torchao (nnopt uses torchao.quantization.qat)"
-    return None
-
-
 def check(cfg: dict, model_cfg: dict) -> dict:
-    """Validate post.quantize against the model it will receive (built as a skeleton on the meta device)."""
+    """post.quantize against the engine installed and the model it will receive (built as a skeleton on the
+    meta device); its values are checked by config/stages.py."""
     s = cfg["post"]["quantize"]
-    check_settings(s, cfg["activation"]["name"])
+    if s["backend"] == "torchao" and s["method"] != "fake" and not (s["method"] == "qat" and s.get("bits", 8) == 1):
+        try:
+            import_torchao()
+        except ImportError:
+            raise ConfigError("post.quantize.backend", "torchao", "needs the torchao package (pip install torchao)") from None
     shape = datasets.input_shape(cfg["dataset"])
     if shape is None:  # your own data: its shape is known once loaded; the stage checks its model then
         return model_cfg
@@ -91,69 +80,6 @@ def check(cfg: dict, model_cfg: dict) -> dict:
         raise ConfigError("post.quantize.method", s["method"],
                           f"a model with {kinds} layers (model {model_cfg.get('name')} has none)")
     return model_cfg
-
-
-def check_settings(s: dict, activation: str) -> None:
-    """The post.quantize settings alone (ConfigError on the first problem)."""
-    need_choice("post.quantize.method", s["method"], METHODS)
-    need_choice("post.quantize.backend", s["backend"], BACKENDS)
-    need_choice("post.quantize.granularity", s["granularity"], GRANULARITIES)
-    need_int("post.quantize.calibration_batches", s["calibration_batches"], 1)
-    need_int("post.quantize.calibration_batch_size", s["calibration_batch_size"], 1)
-    bits, method = s.get("bits", 8), s["method"]
-    need_int("post.quantize.bits", bits, 1, 8)
-    need_int("post.quantize.finetune_epochs", s.get("finetune_epochs", 1), 1)
-    need_num("post.quantize.lr_scale", s.get("lr_scale", 1.0), gt=0)
-    check_rule(s)
-    reason = check_combination(method, s["backend"])
-    if reason and not (method == "qat" and bits == 1):  # 1-bit QAT is nnopt's own: no engine
-        raise ConfigError("post.quantize.method", method, reason)
-    if bits != 8 and method in ("dynamic", "static"):
-        raise ConfigError("post.quantize.bits", bits, f"8 with method={method} (int8 kernels); below 8 bits: "
-                          "method=weight_only or qat (torchao) or fake (simulated)")
-    if s["granularity"] == "per_tensor" and ((method == "qat" and bits > 1) or (method == "weight_only" and bits < 8)):
-        raise ConfigError("post.quantize.granularity", "per_tensor", f"per_channel for method={method} with "
-                          f"bits={bits} (torchao's IntxWeightOnlyConfig has no per-tensor scale)")
-    if method == "static" and activation not in STATIC_ACTIVATIONS:
-        raise ConfigError("activation.name", activation, "with post.quantize.method=static one of "
-                          + ", ".join(STATIC_ACTIVATIONS) + " (no int8 CPU kernel for it)")
-    if s["backend"] == "torchao" and method != "fake" and not (method == "qat" and bits == 1):
-        try:
-            import_torchao()
-        except ImportError:
-            raise ConfigError("post.quantize.backend", "torchao", "needs the torchao package (pip install torchao)") from None
-
-
-def check_rule(s: dict) -> None:
-    """bits=1 and the scale / scheme keys, against the method (ConfigError on the first problem)."""
-    method, bits = s["method"], s.get("bits", 8)
-    need_choice("post.quantize.scale", s.get("scale", "auto"), F.SCALES)
-    scale, scheme = F.scale_rule(s), s.get("scheme", "symmetric")
-    need_choice("post.quantize.scheme", scheme, F.SCHEMES)
-    need_num("post.quantize.percentile", s.get("percentile", 99.9), gt=0, le=100)
-    need_num("post.quantize.mean_factor", s.get("mean_factor", 1.0), gt=0)
-    if bits == 1 and method not in ("fake", "qat"):
-        raise ConfigError("post.quantize.bits", 1, "1 (binary weights) with method=fake or qat "
-                          f"(method={method} has no 1-bit kernel); for {method}: 2..8")
-    if bits == 1 and scale == "max":
-        raise ConfigError("post.quantize.scale", "max", "mean (XNOR-Net: c = mean_factor * mean|w|, mean_factor=1), "
-                          "percentile or mse with bits=1 (max|w| would set nearly every weight to +-max|w|)")
-    own_rule = method == "fake" or (method == "qat" and bits == 1)
-    if scale != "max" and not own_rule:
-        raise ConfigError("post.quantize.scale", scale, f"max with method={method} (its engine sets the scale from "
-                          "max|w|); other rules: method=fake, or qat with bits=1")
-    if scheme == "asymmetric":
-        if bits == 1:
-            raise ConfigError("post.quantize.scheme", scheme, "symmetric with bits=1 (binary weights are +-c)")
-        if method not in ("fake", "weight_only"):
-            raise ConfigError("post.quantize.scheme", scheme, f"symmetric with method={method}; asymmetric: "
-                              "method=fake, or weight_only with backend=torchao")
-        if scale not in ("max", "percentile"):
-            raise ConfigError("post.quantize.scale", scale, "max or percentile with scheme=asymmetric (the range "
-                              "is min..max or the (100-p)th..pth percentiles of w)")
-        if method == "weight_only" and s["granularity"] != "per_channel":
-            raise ConfigError("post.quantize.granularity", s["granularity"], "per_channel with "
-                              "method=weight_only scheme=asymmetric (torchao's IntxWeightOnlyConfig)")
 
 
 def quantizable_layers(model: nn.Module, method: str) -> int:

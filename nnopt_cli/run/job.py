@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import signal
@@ -97,14 +96,20 @@ def write_hydra_files(run_dir: Path, cfg: DictConfig, subdir: str) -> None:
     """What Hydra writes to <run>/.hydra/ (config, hydra, overrides), written by nnopt once the
     folder is locked and known to be this job's: Hydra would rewrite .hydra/ of a folder nnopt
     then refuses or skips. Atomic, so a full disk never leaves an empty config.yaml."""
-    hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+    hydra_cfg = HydraConfig.instance().cfg
+    # set while it is written out, as if Hydra had written it, then put back (no copy of the whole node)
     with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
-        hydra_cfg.hydra.output_subdir = subdir  # as if Hydra had written it
+        chosen = hydra_cfg.hydra.output_subdir
+        hydra_cfg.hydra.output_subdir = subdir
+        try:
+            hydra_yaml = OmegaConf.to_yaml(hydra_cfg)
+        finally:
+            hydra_cfg.hydra.output_subdir = chosen
     out = run_dir / subdir
     out.mkdir(parents=True, exist_ok=True)
     # file names as in layout.py (under `subdir`, .hydra unless the user chose another)
     atomic_write_files(out, {Path(layout.CONFIG).name: OmegaConf.to_yaml(cfg).encode(),
-                             Path(layout.HYDRA_CONFIG).name: OmegaConf.to_yaml(hydra_cfg).encode(),
+                             Path(layout.HYDRA_CONFIG).name: hydra_yaml.encode(),
                              Path(layout.OVERRIDES).name: OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task).encode()})
 
 

@@ -40,6 +40,7 @@ from nnopt_cli.store.checkpoint import (
 from nnopt_cli.store.folder import RunDir
 from nnopt_cli.store.lock import RunLock
 from nnopt_cli.training import distributed, lockstep
+from nnopt_cli.training.checks import check_precision
 from nnopt_cli.training.device import configure_threads, resolve_device, seed_everything
 from nnopt_cli.training.early_stopping import EarlyStopping
 from nnopt_cli.training.fit import FitHooks, fit
@@ -47,7 +48,6 @@ from nnopt_cli.training.hogwild import HogwildTrainer, async_summary, is_hogwild
 from nnopt_cli.training.interrupt import Interrupt, Interrupted
 from nnopt_cli.training.metrics import Diverged, evaluate_split
 from nnopt_cli.training.observers import EpochInfo, RunInfo, StopRun, build_observers
-from nnopt_cli.training.precision import check_precision
 from nnopt_cli.training.progress import Progress
 from nnopt_cli.training.trainer import Trainer
 

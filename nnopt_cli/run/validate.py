@@ -1,31 +1,23 @@
-"""`validate`: the checks a whole run config passes before any data is loaded, each group by its
-home module (models, optim, batch_size, clip, early_stopping, observers, ...).
+"""`validate`: the checks a whole run config passes before any data is loaded: every value first,
+without torch (structure.py, through each group's checks module), then what needs torch (the
+classes named by `_target_`, the model's shapes, the optimizer's trial step, observers, stages).
 
 Each check names the key, the value given and what is allowed (ConfigError), so a typo costs
-one line of output and no training time. The checks that need no torch come first (structure.py);
-`nnopt train` runs them before it imports this module. Post-training stages are checked by
-post.validate_post.
+one line of output and no training time. `nnopt train` runs check_structure before it imports
+this module.
 """
 
 from __future__ import annotations
 
 from nnopt_cli import data, models
-from nnopt_cli.data import check_dataset
-from nnopt_cli.errors import ConfigError
-from nnopt_cli.optim.averaging import check as check_averaging
 from nnopt_cli.optim.optimizers import check_optimizer
 from nnopt_cli.optim.schedulers import check_scheduler
-from nnopt_cli.post import stage_names, validate_post
+from nnopt_cli.post import validate_post
 from nnopt_cli.run.structure import check_structure
 from nnopt_cli.run.transfer import check_transfer
-from nnopt_cli.training.clip import check_grad_clip
-from nnopt_cli.training.early_stopping import check_early_stopping
 from nnopt_cli.training.hogwild import check_async_sgd
 from nnopt_cli.training.launch import launched_by_torchrun
-from nnopt_cli.training.loss import check_loss
 from nnopt_cli.training.observers import check_observers
-from nnopt_cli.training.precision import check_precision
-from nnopt_cli.training.regularizer import check_regularizer
 
 
 def validate(cfg: dict) -> None:
@@ -37,35 +29,13 @@ def validate(cfg: dict) -> None:
 
 
 def check_components(cfg: dict) -> None:
-    """Each group's own check, after check_structure: the classes named by `_target_`, the model's
-    shapes, the optimizer's arguments, the post-training stages."""
-    check_precision(cfg["precision"])
-    check_dataset(cfg["dataset"])
+    """What needs torch, after check_structure: your own data's function or files, the classes named
+    by `_target_`, the model's shapes, the optimizer's arguments and trial step, the post-training stages."""
+    data.check_sources(cfg["dataset"])
     models.check(cfg, data.input_shape(cfg["dataset"]), data.num_classes(cfg["dataset"]))
     check_optimizer(cfg["optimizer"], cfg["precision"], launched_by_torchrun())
     check_scheduler(cfg["scheduler"])
-    check_regularizer(cfg["regularizer"])
-    check_loss(cfg.get("loss"), data.stated_num_classes(cfg["dataset"]), data.task(cfg["dataset"]))
     check_transfer(cfg)
-    check_grad_clip(cfg["grad_clip"])
-    check_averaging(cfg.get("averaging"))
     check_async_sgd(cfg, launched_by_torchrun())
-    check_early_stopping(cfg["early_stopping"])
     check_observers(cfg)
     validate_post(cfg)  # post-training stages: checked before training starts
-    if data.task(cfg["dataset"]) == data.REGRESSION:
-        check_regression(cfg)
-
-
-def check_regression(cfg: dict) -> None:
-    """What needs classes is refused for dataset=regression, in one line."""
-    why = "for dataset=regression (it has no classes"
-    if cfg["batch_size"].get("sampler", "random") != "random":
-        raise ConfigError("batch_size.sampler", cfg["batch_size"]["sampler"], f"random {why} to balance)")
-    stopping = cfg["early_stopping"]
-    if stopping["enabled"] and stopping["monitor"] == "val/acc":
-        raise ConfigError("early_stopping.monitor", "val/acc", f"val/loss (the validation MSE) {why}: no accuracy)")
-    if cfg["scheduler"].get("monitor") == "val/acc":
-        raise ConfigError("scheduler.monitor", "val/acc", f"val/loss (the validation MSE) {why}: no accuracy)")
-    if any(name != "prune" for name in stage_names(cfg)):
-        raise ConfigError("post", stage_names(cfg), f"null or prune {why}: quantize and distill score by accuracy)")

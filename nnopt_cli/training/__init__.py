@@ -1,6 +1,7 @@
 """The training loop and what it calls each step: the trainer, the loss, regularizers, gradient
 clipping, mixed precision, metrics, early stopping, observers, the device, DDP and Ctrl-C.
 
+    checks.py    precision, grad_clip, early_stopping, regularizer and loss values, checked without torch
     trainer.py   Trainer: the step (forward -> loss -> backward -> clip -> step -> schedule) and the epoch
     fit.py       fit(): epochs of train -> validate -> check, for the runner, fine-tunes and lr-find
     weights.py   which weights are evaluated and saved (raw, schedule-free eval point, EMA/SWA)

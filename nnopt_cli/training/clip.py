@@ -15,27 +15,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from nnopt_cli.config.checks import need_bool, need_choice, need_keys, need_num
-
-MODES = ("none", "norm", "value", "agc")
-
-
-def check_grad_clip(node: dict) -> None:
-    need_keys("grad_clip", node, ("mode",))
-    need_choice("grad_clip.mode", node["mode"], MODES)
-    if node["mode"] == "norm":
-        need_keys("grad_clip", node, ("max_norm", "norm_type"))
-        need_num("grad_clip.max_norm", node["max_norm"], gt=0)
-        need_num("grad_clip.norm_type", node["norm_type"], gt=0, finite=False)  # inf: the max-norm
-    if node["mode"] == "value":
-        need_keys("grad_clip", node, ("clip_value",))
-        need_num("grad_clip.clip_value", node["clip_value"], gt=0)
-    if node["mode"] == "agc":
-        need_keys("grad_clip", node, ("clip_factor", "eps", "skip_head"))
-        need_num("grad_clip.clip_factor", node["clip_factor"], gt=0)
-        need_num("grad_clip.eps", node["eps"], gt=0)
-        need_bool("grad_clip.skip_head", node["skip_head"])
-
 
 class GradClip:
     def __init__(self, mode: str = "none", max_norm: float = 1.0, norm_type: float = 2.0, clip_value: float = 0.5,

@@ -11,22 +11,6 @@ from typing import Any
 
 from torch import nn
 
-from nnopt_cli.config.checks import need_bool, need_choice, need_int, need_keys, need_num
-
-MONITORS = ("val/loss", "val/acc")
-
-
-def check_early_stopping(node: dict) -> None:
-    need_keys("early_stopping", node, ("enabled",))
-    need_bool("early_stopping.enabled", node["enabled"])
-    if node["enabled"]:
-        need_keys("early_stopping", node, ("monitor", "mode", "patience", "min_delta", "restore_best"))
-        need_choice("early_stopping.monitor", node["monitor"], MONITORS)
-        need_choice("early_stopping.mode", node["mode"], ("min", "max"))
-        need_int("early_stopping.patience", node["patience"], 1)
-        need_num("early_stopping.min_delta", node["min_delta"], ge=0)
-        need_bool("early_stopping.restore_best", node["restore_best"])
-
 
 class EarlyStopping:
     def __init__(self, monitor: str, mode: str, patience: int, min_delta: float, restore_best: bool):

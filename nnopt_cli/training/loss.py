@@ -20,9 +20,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from nnopt_cli.config.checks import is_num, need_choice, need_num
-from nnopt_cli.data import REGRESSION
+from nnopt_cli.config.datasets import REGRESSION
 from nnopt_cli.errors import ConfigError
+from nnopt_cli.training.checks import check_loss
 
 
 def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -50,39 +50,6 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
         out, y, weight=class_weights, label_smoothing=smoothing),
     "mse": mse,
 }
-WEIGHTED = ("cross_entropy", "label_smoothing")  # the losses that take loss.class_weights
-WEIGHTS_ALLOWED = "balanced, null, or a list of one weight >= 0 per class, not all 0"
-
-
-def check_loss(node: dict | None, num_classes: int | None = None, task: str = "classification") -> None:
-    """num_classes: when the config states it, a list of class weights must have that length."""
-    node = node or {"name": "cross_entropy"}
-    need_choice("loss.name", node.get("name"), (*LOSSES, *(n for n in REGRESSION_LOSSES if n not in LOSSES)))
-    if task == REGRESSION and node["name"] not in REGRESSION_LOSSES:
-        raise ConfigError("loss", node["name"], "mse or huber for dataset=regression (loss=mse: plain MSE on the "
-                          "output; cross_entropy and label_smoothing need classes)")
-    if task != REGRESSION and node["name"] not in LOSSES:
-        raise ConfigError("loss", node["name"], "one of " + ", ".join(LOSSES) + " for a classification dataset "
-                          f"(loss={node['name']} is for dataset=regression)")
-    if node["name"] == "huber":
-        need_num("loss.delta", node.get("delta"), gt=0)
-    if node["name"] == "label_smoothing":
-        need_num("loss.smoothing", node.get("smoothing"), ge=0, lt=1)
-    weights = node.get("class_weights")
-    if weights is None:
-        return
-    if node["name"] not in WEIGHTED:
-        raise ConfigError("loss.class_weights", weights, f"null for loss={node['name']} (class weights apply to "
-                          + " and ".join(f"loss={n}" for n in WEIGHTED) + ")")
-    if weights == "balanced":
-        return
-    if (not isinstance(weights, list) or not weights or not all(is_num(w) and 0 <= w < float("inf") for w in weights)
-            or not any(weights)):
-        raise ConfigError("loss.class_weights", weights, WEIGHTS_ALLOWED)
-    if num_classes is not None and len(weights) != num_classes:
-        raise ConfigError("loss.class_weights", weights, f"{num_classes} weights, one per class of the dataset")
-
-
 def class_weights(setting, class_counts: torch.Tensor | None) -> torch.Tensor | None:
     """The weight of each class (on the counts' device), or None for an unweighted loss."""
     if setting is None:

@@ -11,17 +11,6 @@ import contextlib
 
 import torch
 
-from nnopt_cli.config.checks import need_choice
-from nnopt_cli.errors import ConfigError
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def check_precision(precision: str, device: torch.device | None = None) -> None:
-    need_choice("precision", precision, PRECISIONS)
-    if precision == "fp16" and device is not None and device.type != "cuda":
-        raise ConfigError("precision", "fp16", f"fp16 needs a CUDA device (device is {device}); use fp32 or bf16")
-
 
 def autocast_context(precision: str, device: torch.device):
     if precision == "fp32":

@@ -12,18 +12,6 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from nnopt_cli.config.checks import need_choice, need_num
-
-TERMS = ("l1", "l2", "elastic")
-
-
-def check_regularizer(terms: dict) -> None:
-    for name, p in terms.items():
-        need_choice("regularizer", name, TERMS)
-        need_num(f"regularizer.{name}.weight", (p or {}).get("weight"), ge=0)
-        if name == "elastic":
-            need_num("regularizer.elastic.l1_ratio", p.get("l1_ratio"), ge=0, le=1)
-
 
 class Penalty:
     """sum over terms: l1 * sum|w| + l2 * sum w^2 (elastic = a mix of both). Penalty() is no

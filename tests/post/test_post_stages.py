@@ -170,3 +170,13 @@ def test_nnopt_train_exits_3_and_keeps_diverged_when_a_fine_tune_diverges(tmp_pa
     assert "Traceback" not in out.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["stages"][0]["status"] == "diverged"
+
+
+def test_the_torch_free_checks_know_every_stage():
+    """config/stages.py names the stages without importing torch; post.STAGES runs them."""
+    from nnopt_cli.config.stages import STAGE_NAMES
+    from nnopt_cli.post import STAGES
+
+    assert STAGE_NAMES == tuple(STAGES)
+    with pytest.raises(ConfigError, match="post.prune.sparsity=2"):
+        validate(compose_cfg("post=prune", "post.prune.sparsity=2"))

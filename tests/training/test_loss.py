@@ -62,3 +62,14 @@ def test_bad_loss_settings_are_one_line(override, key):
     with pytest.raises(ConfigError) as e:
         validate(compose_cfg("loss=label_smoothing", override))
     assert e.value.key == key and "\n" not in str(e.value)
+
+
+def test_the_torch_free_check_knows_every_loss_the_module_builds():
+    """training/checks.py names the losses without importing torch; loss.py builds them."""
+    from nnopt_cli.training import checks, loss
+
+    assert checks.CLASSIFICATION_LOSSES == tuple(loss.LOSSES)
+    assert checks.REGRESSION_LOSSES == tuple(loss.REGRESSION_LOSSES)
+    for names, task in ((checks.CLASSIFICATION_LOSSES, "classification"), (checks.REGRESSION_LOSSES, "regression")):
+        for name in names:
+            checks.check_loss({"name": name, "delta": 1.0, "smoothing": 0.1}, 3, task)
