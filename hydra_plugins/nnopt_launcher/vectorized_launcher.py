@@ -98,8 +98,15 @@ class VectorizedLauncher(Launcher):
         root = logging.getLogger()
         handlers: dict[int, list] = {}
 
+        hydra_configs: dict[int, DictConfig] = {}
+
         def on_turn(i: int) -> None:
-            HydraConfig.instance().set_config(configs[i])
+            # set_config copies the job's hydra node: do it once per member, then hand its copy back
+            if i in hydra_configs:
+                HydraConfig.instance().cfg = hydra_configs[i]
+            else:
+                HydraConfig.instance().set_config(configs[i])
+                hydra_configs[i] = HydraConfig.instance().cfg
             if i in handlers:
                 root.handlers[:] = handlers[i]
 
