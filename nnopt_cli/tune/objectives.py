@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from nnopt_cli.errors import ConfigError
 from nnopt_cli.post import STAGES
@@ -122,7 +121,3 @@ def value_of(summary: dict, name: str) -> float | None:
 
 def describe(objectives: list[Objective]) -> str:
     return " and ".join(f"{o.direction} {o.name}" for o in objectives)
-
-
-def values_text(values: Any) -> str:
-    return " ".join(f"{v:.4g}" for v in values)

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -247,7 +246,3 @@ def open_study(folder: StudyFolder, settings: dict, pruner, identity: dict, objs
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([o.name for o in objs])
     return study
-
-
-def report_pace(start: float, n: int) -> str:
-    return f"{n} trial(s) in {time.perf_counter() - start:.1f} s"
