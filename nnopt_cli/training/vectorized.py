@@ -3,10 +3,11 @@
 Each member is a complete run with its own Trainer (model built under its seed, optimizer, scheduler,
 batch-order generator, counters): train_epoch() below takes the place of Trainer.train_epoch for all of
 them at once, the way the PyTorch model-ensembling tutorial does it. The members' parameters are stacked
-(torch.func.stack_module_state: one leading member dimension), the forward is
-vmap(functional_call) over them, each member's batch is its own (its generator, its order: the stacked
-batch is indexed per member), and the loss is the sum over members of each member's batch mean, so
-each member's slice of the gradient is exactly its own gradient.
+(torch.func.stack_module_state: one leading member dimension), the forward runs every member's layers
+as one batched kernel each (StackedLayers: torch.baddbmm, grouped convolutions; vmap(functional_call)
+for other layers), each member's batch is its own (its generator, its order: the stacked batch is
+indexed per member), and the loss is the sum over members of each member's batch mean, so each
+member's slice of the gradient is exactly its own gradient.
 
 One optimizer of the members' class steps the stacked tensors. For element-wise optimizers (SGD with or
 without momentum, Adam, AdamW, RMSprop, Lion: ELEMENTWISE) that is exactly one optimizer per member.
@@ -28,6 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from nnopt_cli.optim.optimizers import current_lr
@@ -148,6 +151,75 @@ class StackedSums:
         return s
 
 
+class StackedLayers:
+    """The members' nn.Sequential run on their stacked parameters by batched kernels: a Linear is one
+    torch.baddbmm over the members, a convolution one grouped convolution with the members side by side
+    as groups of channels. The same arithmetic as each member's own layers, without vmap's per-operator
+    dispatch (on a CPU that costs as much as the small members' own arithmetic). of() returns None for a
+    model with any other layer; vmap(functional_call) runs those."""
+
+    ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Identity)
+    CONVS = (nn.Conv1d, nn.Conv2d)
+    POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
+
+    def __init__(self, layers: list[tuple[str, nn.Module]]):
+        self.layers = layers
+
+    @classmethod
+    def of(cls, model: nn.Module) -> StackedLayers | None:
+        if not isinstance(model, nn.Sequential):
+            return None
+        layers = list(model.named_children())
+        for _, layer in layers:
+            if isinstance(layer, nn.Flatten):
+                if layer.start_dim != 1 or layer.end_dim != -1:
+                    return None
+            elif isinstance(layer, cls.CONVS):
+                if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+                    return None
+            elif not isinstance(layer, (nn.Linear, *cls.POOLS, *cls.ELEMENTWISE)):
+                return None
+        return cls(layers)
+
+    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        members = x.shape[0]
+        # two layouts: (members, batch, *features) for Linear and Flatten, and (batch, members * channels,
+        # *positions) for convolutions and pooling, kept between consecutive convolutions
+        channels_layout = False
+
+        def to_members(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(t.shape[0], members, -1, *t.shape[2:]).transpose(0, 1)
+
+        def to_channels(t: torch.Tensor) -> torch.Tensor:
+            return t.transpose(0, 1).reshape(t.shape[1], -1, *t.shape[3:])
+
+        for name, layer in self.layers:
+            if isinstance(layer, self.ELEMENTWISE):
+                x = layer(x)
+            elif isinstance(layer, nn.Flatten):
+                x = (to_members(x) if channels_layout else x).flatten(2)
+                channels_layout = False
+            elif isinstance(layer, nn.Linear):
+                if channels_layout:
+                    x, channels_layout = to_members(x), False
+                w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
+                flat = x.reshape(members, -1, x.shape[-1])
+                out = torch.bmm(flat, w.transpose(1, 2)) if b is None else \
+                    torch.baddbmm(b.unsqueeze(1), flat, w.transpose(1, 2))
+                x = out.reshape(*x.shape[:-1], w.shape[1])
+            else:
+                if not channels_layout:
+                    x, channels_layout = to_channels(x), True
+                if isinstance(layer, self.CONVS):
+                    w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
+                    conv = F.conv1d if isinstance(layer, nn.Conv1d) else F.conv2d
+                    x = conv(x, w.flatten(0, 1), None if b is None else b.flatten(), layer.stride, layer.padding,
+                             layer.dilation, layer.groups * members)
+                else:
+                    x = layer(x)
+        return to_members(x) if channels_layout else x
+
+
 class Stack:
     """The members' parameters and optimizer state as stacked tensors, and back."""
 
@@ -160,6 +232,7 @@ class Stack:
         # new leaf tensors (members, *shape), copies of the members' weights
         self.params, self.buffers = stack_module_state([t.model for t in trainers])
         self.skeleton = copy.deepcopy(first).to("meta")
+        self.layers = StackedLayers.of(self.skeleton)
         self.optimizer = self._optimizer()
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -181,6 +254,10 @@ class Stack:
         return opt
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(members, batch, *sample) -> (members, batch, classes)."""
+        if self.layers is not None:
+            return self.layers(self.params, x)
+
         def one(params, buffers, xb):
             return functional_call(self.skeleton, (params, buffers), (xb,))
         return vmap(one)(self.params, self.buffers, x)

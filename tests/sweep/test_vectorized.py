@@ -16,7 +16,7 @@ from nnopt_cli.store import layout
 from nnopt_cli.store.folder import read_metrics
 from nnopt_cli.store.layout import Status
 from nnopt_cli.sweep.vectorized import plan
-from nnopt_cli.training import lockstep
+from nnopt_cli.training import lockstep, vectorized
 from nnopt_cli.training.lockstep import Group
 from tests.conftest import TINY, compose_cfg
 
@@ -84,8 +84,12 @@ def test_four_seeds_together_match_four_runs_alone(optimizer, rtol, tmp_path):
     assert len(losses) == len(SEEDS)
 
 
-def test_first_steps_match_a_run_alone(tmp_path):
-    """After the first steps (one tiny epoch of 2 steps) Adam's weights agree to 1e-5."""
+@pytest.mark.parametrize("forward", ["batched kernels", "vmap"])
+def test_first_steps_match_a_run_alone(forward, tmp_path, monkeypatch):
+    """After the first steps (one tiny epoch of 2 steps) Adam's weights agree to 1e-5, whether the
+    members' layers run as batched kernels or (a layer without them) under vmap."""
+    if forward == "vmap":
+        monkeypatch.setattr(vectorized.StackedLayers, "of", classmethod(lambda cls, model: None))
     cfgs = [compose_cfg(f"seed={s}", "optimizer=adam", "epochs=1", "dataset.n_train=192") for s in SEEDS]
     alone, joint = separately(cfgs, tmp_path), together(cfgs, tmp_path)
     for a, b in zip(alone, joint, strict=True):
