@@ -186,7 +186,21 @@ def discard_unused_folder(run_dir: Path, log_name: str, hydra_subdir: str | None
         os.rmdir(run_dir)
     except OSError:  # another process wrote into it meanwhile, or it is not ours to remove
         return False
+    _remove_empty_outputs_parents(run_dir)
     return True
+
+
+def _remove_empty_outputs_parents(run_dir: Path) -> None:
+    """The day folder (outputs/<date>/) Hydra made for the refused run, and outputs/ itself, when they
+    are left empty: a refused config leaves no folder. Only folders within ./outputs are touched."""
+    outputs = (Path.cwd() / "outputs").resolve()
+    folder = run_dir.resolve().parent
+    while folder == outputs or outputs in folder.parents:
+        try:
+            os.rmdir(folder)  # fails on a folder that holds anything (another run, latest)
+        except OSError:
+            return
+        folder = folder.parent
 
 
 # keys every run's config has had: a config without them was cut short (an empty file on a full disk)

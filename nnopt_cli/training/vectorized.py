@@ -285,6 +285,19 @@ def _per_number(v: Any, shape: torch.Size | tuple, key: str) -> bool:
     return isinstance(v, torch.Tensor) and key != "step" and tuple(v.shape) == tuple(shape)
 
 
+def members_loss(node: dict | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(outputs (members, batch, classes), labels (members, batch)) -> each member's batch-mean loss:
+    the cross-entropy (label-smoothed or not: LOSSES) of every sample in one call, then the mean per
+    member, which is what the member's own F.cross_entropy(reduction="mean") computes."""
+    node = node or {"name": "cross_entropy"}
+    smoothing = node.get("smoothing", 0.1) if node["name"] == "label_smoothing" else 0.0
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        each = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none", label_smoothing=smoothing)
+        return each.view(y.shape).mean(1)
+    return loss
+
+
 def _grad_norms(params: dict[str, torch.Tensor]) -> torch.Tensor:
     """Each member's global gradient L2 norm (GradClip's sampled grad_norm), shape (members,)."""
     norms = [p.grad.flatten(1).norm(dim=1) for p in params.values() if p.grad is not None]
@@ -325,7 +338,7 @@ def train_epoch(trainers: list, epoch: int, x_all: torch.Tensor, y_all: torch.Te
     results: list[dict | BaseException | None] = [None] * m
     active = list(range(m))
     step_schedule = first.scheduler is not None and first.interval == "step"
-    criterion = vmap(first.criterion)
+    criterion = members_loss(first.cfg.get("loss"))
     pos = sum(sizes[:done_steps])
     for step, bs in enumerate(sizes, start=1):
         if step <= done_steps:

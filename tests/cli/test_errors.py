@@ -36,6 +36,18 @@ def test_a_misspelt_override_points_to_the_right_key(capsys, tmp_path, monkeypat
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_refused_value_leaves_no_folder_but_keeps_what_outputs_held(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = refused(capsys, "train", *TINY, "optimizer.lr=-1")
+    assert err == "nnopt: error: invalid config: optimizer.lr=-1: a number > 0\n"
+    assert not (tmp_path / "outputs").exists()  # not even the empty day folder Hydra made for the run
+    other = tmp_path / "outputs" / "2026-01-01" / "earlier-run"
+    other.mkdir(parents=True)
+    refused(capsys, "train", *TINY, "optimizer.lr=-1")
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted((tmp_path / "outputs").rglob("*"))] == [
+        "outputs/2026-01-01", "outputs/2026-01-01/earlier-run"]
+
+
 def test_an_unrelated_key_gets_no_suggestion(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert "did you mean" not in refused(capsys, "train", *TINY, "zzzqqq=1")

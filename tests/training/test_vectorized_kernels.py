@@ -1,5 +1,6 @@
-"""The members' layers on stacked parameters (training/vectorized.py StackedLayers) compute what each
-member's own model computes, forward and gradient, for every model a vectorized group accepts."""
+"""The kernels of a vectorized group's step (training/vectorized.py) compute what each member's own run
+computes: its layers on the stacked parameters (StackedLayers), forward and gradient, for every model a
+group accepts, and its loss."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from torch.func import stack_module_state
 from nnopt_cli.models.cnn import cnn
 from nnopt_cli.models.cnn1d import cnn1d
 from nnopt_cli.models.mlp import mlp
-from nnopt_cli.training.vectorized import StackedLayers
+from nnopt_cli.training.loss import make_loss
+from nnopt_cli.training.vectorized import StackedLayers, members_loss
 
 MODELS = {
     "mlp": (lambda: mlp((1, 40), 10, nn.ReLU, hidden=[32, 16]), (1, 40)),
@@ -54,3 +56,12 @@ def test_stacked_layers_match_each_members_own_forward_and_gradient(name):
 ])
 def test_a_model_with_any_other_layer_is_left_to_vmap(model):
     assert StackedLayers.of(model) is None
+
+
+@pytest.mark.parametrize("node", [None, {"name": "cross_entropy"}, {"name": "label_smoothing", "smoothing": 0.2}])
+def test_eachmembers_loss_is_its_own_runs_batch_mean(node):
+    torch.manual_seed(0)
+    out, y = torch.randn(4, 6, 10), torch.randint(0, 10, (4, 6))
+    own = make_loss(node)
+    expected = torch.stack([own(out[i], y[i]) for i in range(4)])
+    torch.testing.assert_close(members_loss(node)(out, y), expected, rtol=1e-6, atol=1e-7)
