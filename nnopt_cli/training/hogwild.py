@@ -187,8 +187,9 @@ class HogwildTrainer(Trainer):
                 if pass_stop:
                     self._pass_stop()
                 continue
-            if kind == "error":
-                raise RuntimeError(f"hogwild worker {rank} failed:\n{payload}")
+            if kind == "error":  # the traceback's last line (the error itself) first: the one line shown
+                last = next((line for line in reversed(payload.splitlines()) if line.strip()), "")
+                raise RuntimeError(f"hogwild worker {rank} failed: {last.strip()}\n{payload}")
             return kind, rank, payload
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -183,3 +184,15 @@ def test_cli_refusal_is_one_line_before_any_folder(cli, tmp_path):
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "async_sgd='hogwild'" in lines[0] and "precision=fp32" in lines[0], out.stderr
     assert not (tmp_path / "run" / layout.SUMMARY).exists()
+
+
+def test_a_workers_error_is_named_on_the_first_line_with_its_traceback_below():
+    trainer = HogwildTrainer.__new__(HogwildTrainer)
+    trainer._outbox = queue.Queue()
+    tb = "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nValueError: a bad shape\n"
+    trainer._outbox.put(("error", 1, tb))
+    with pytest.raises(RuntimeError) as e:
+        trainer._receive(set())
+    first, *rest = str(e.value).splitlines()
+    assert first == "hogwild worker 1 failed: ValueError: a bad shape"
+    assert "\n".join(rest) == tb.rstrip("\n")
