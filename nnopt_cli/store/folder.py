@@ -264,9 +264,10 @@ class RunDir:
         """Replace metrics.jsonl with `rows` (a resumed run drops rows written after its checkpoint)."""
         atomic_write_bytes(self.metrics_path, "".join(json.dumps(_clean(r)) + "\n" for r in rows).encode())
 
-    def save_checkpoint(self, checkpoint: dict, latest: bool = True, best: bool = False) -> None:
-        """checkpoint.pt (`latest`) and/or, with `best`, checkpoint.best.pt (checkpoint.keep=best, at
-        a new best validation epoch); both at once are serialized once."""
+    def save_checkpoint(self, checkpoint: dict, best: bool = False, latest: bool | None = None) -> None:
+        """checkpoint.pt, or with `best` checkpoint.best.pt (checkpoint.keep=best, at a new best
+        validation epoch), or with `best` and `latest` both, serialized once."""
+        latest = not best if latest is None else latest
         paths = [p for p, wanted in ((self.checkpoint_path, latest), (self.best_checkpoint_path, best)) if wanted]
         if paths:
             save_state_dict(paths, checkpoint)
