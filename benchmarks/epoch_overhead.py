@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from nnopt_cli.data import default_root, load_dataset
 from nnopt_cli.models import make_model
-from nnopt_cli.store.checkpoint import make_checkpoint
+from nnopt_cli.store.checkpoint import RowsText, make_checkpoint
 from nnopt_cli.store.folder import RunDir
 from nnopt_cli.training.metrics import EpochSums, evaluate
 from nnopt_cli.training.observers import EpochInfo, RunInfo, build_observers
@@ -98,6 +98,7 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
 
     run = RunDir(Path(tempfile.mkdtemp(prefix="nnopt-bench-")))
     rows: list[dict] = []
+    rows_text = RowsText()  # as a run keeps it: each row encoded for the checkpoints once
 
     def nnopt_epoch(epoch=[0]):  # noqa: B006 - a counter across calls
         epoch[0] += 1
@@ -106,7 +107,7 @@ def bench(model_name: str, repeats: int, with_dataloader: bool) -> dict:
         rows.append(row)
         run.append_metrics(row)
         run.save_checkpoint(make_checkpoint(cfg, nn_model, trainer, None, torch.device("cpu"), metrics=rows,
-                                            progress={"epoch": epoch[0]}))
+                                            progress={"epoch": epoch[0]}, rows_text=rows_text))
 
     diag_epoch = None
     if with_dataloader:  # the MLP row: also the cost of diagnostics=basic

@@ -32,6 +32,7 @@ from nnopt_cli.run.validate import validate
 from nnopt_cli.store import layout
 from nnopt_cli.store.checkpoint import (
     FORMAT,
+    RowsText,
     config_fingerprint,
     load_checkpoint,
     make_checkpoint,
@@ -82,6 +83,7 @@ class LoopState:
     best_val_epoch: int = 0
     epoch_elapsed_s: float = 0.0  # seconds already spent in an epoch an interrupt cut short
     rows: list[dict] = field(default_factory=list)  # metrics so far: resuming repeats none
+    rows_text: RowsText = field(default_factory=RowsText)  # the rows' JSON for checkpoints, each encoded once
 
     def progress(self, epoch_elapsed: float = 0.0) -> dict[str, Any]:
         return {"epoch": self.epoch, "best_val_acc": self.best_val_acc, "best_val_epoch": self.best_val_epoch,
@@ -235,11 +237,8 @@ def _train(cfg: dict, ctx: RunContext) -> dict[str, Any]:
 
     def checkpoint(epoch_elapsed: float = 0.0, latest: bool = True, best: bool = False) -> None:
         ckpt = make_checkpoint(cfg, model, trainer, stopper, device, metrics=state.rows,
-                               progress=state.progress(epoch_elapsed))
-        if latest:
-            run.save_checkpoint(ckpt)
-        if best:
-            run.save_checkpoint(ckpt, best=True)
+                               progress=state.progress(epoch_elapsed), rows_text=state.rows_text)
+        run.save_checkpoint(ckpt, latest=latest, best=best)
 
     every, keep = cfg["checkpoint"]["every"], cfg["checkpoint"].get("keep", "last")
     last_epoch = cfg["epochs"] if state.stop_reason == "max_epochs" else state.epoch  # early stopping ended it

@@ -143,31 +143,42 @@ def _current_digests(path: Path) -> list[str]:
     return [file_sha256(path)]
 
 
-def save_state_dict(path: Path, state: dict) -> None:
+def save_state_dict(path: Path | list[Path], state: dict) -> None:
     """torch.save, replaced atomically, with the file's sha256 in `<file>.sha256` beside it.
+    Several paths get the same bytes, serialized and hashed once (checkpoint.pt and
+    checkpoint.best.pt at a new best epoch).
 
     The checksum file is replaced first and lists the new digest and the one of the file it
     replaces, so a kill between the two renames leaves a pair that still verifies."""
     import torch  # here, not at the top: config errors and `nnopt ls` are answered without torch
 
+    paths = list(path) if isinstance(path, list) else [Path(path)]
+    # serialized in memory, then hashed and written in one go: ~30% faster than torch.save into a
+    # hashing file object (4 ms of an MNIST MLP epoch's 11), and a full disk is a plain OSError
+    buffer = io.BytesIO()
+    try:
+        torch.save(state, buffer)
+    except (OSError, RuntimeError) as e:  # torch.save's own failures: RuntimeError
+        raise _write_error(paths[0], e) from None
+    data = buffer.getbuffer()
+    digest = hashlib.sha256(data).hexdigest()
+    for p in paths:
+        _write_serialized(p, data, digest)
+
+
+def _write_serialized(path: Path, data: memoryview, digest: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        # serialized in memory, then hashed and written in one go: ~30% faster than torch.save into a
-        # hashing file object (4 ms of an MNIST MLP epoch's 11), and a full disk is a plain OSError
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        data = buffer.getbuffer()
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        digests = [hashlib.sha256(data).hexdigest(), *_current_digests(path)]
-        atomic_write_bytes(checksum_path(path), ("\n".join(digests) + "\n").encode())
+        atomic_write_bytes(checksum_path(path), ("\n".join([digest, *_current_digests(path)]) + "\n").encode())
         os.replace(tmp, path)
     except RunWriteError:
         remove_file(tmp)
         raise
-    except (OSError, RuntimeError) as e:  # a full disk: OSError from write/fsync; torch.save's own failures: RuntimeError
+    except OSError as e:  # a full disk: OSError from write/fsync
         remove_file(tmp)
         raise _write_error(path, e) from None
     except BaseException:
@@ -253,10 +264,13 @@ class RunDir:
         """Replace metrics.jsonl with `rows` (a resumed run drops rows written after its checkpoint)."""
         atomic_write_bytes(self.metrics_path, "".join(json.dumps(_clean(r)) + "\n" for r in rows).encode())
 
-    def save_checkpoint(self, checkpoint: dict, best: bool = False) -> None:
+    def save_checkpoint(self, checkpoint: dict, best: bool = False, latest: bool | None = None) -> None:
         """checkpoint.pt, or with `best` checkpoint.best.pt (checkpoint.keep=best, at a new best
-        validation epoch)."""
-        save_state_dict(self.best_checkpoint_path if best else self.checkpoint_path, checkpoint)
+        validation epoch), or with `best` and `latest` both, serialized once."""
+        latest = not best if latest is None else latest
+        paths = [p for p, wanted in ((self.checkpoint_path, latest), (self.best_checkpoint_path, best)) if wanted]
+        if paths:
+            save_state_dict(paths, checkpoint)
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary_path, summary)

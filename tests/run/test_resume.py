@@ -17,7 +17,7 @@ import torch
 import nnopt_cli.run.recipe as runner
 from nnopt_cli.run.job import resume_config
 from nnopt_cli.run.recipe import RunContext, train
-from nnopt_cli.store.checkpoint import CheckpointError, load_checkpoint
+from nnopt_cli.store.checkpoint import FORMAT, CheckpointError, decode_rows, load_checkpoint
 from nnopt_cli.store.folder import read_metrics
 from tests.conftest import REPO, TINY, compose_cfg, run_cli
 
@@ -88,6 +88,8 @@ def test_checkpoint_holds_every_state_as_plain_data(tmp_path):
     cfg = compose_cfg("model.dropout=0.2", "scheduler=cosine", "early_stopping.enabled=true", "checkpoint.every=1")
     train(cfg, RunContext(tmp_path))
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # no pickled Python objects
+    assert isinstance(ckpt["metrics"], str)  # the rows as one JSON text
+    ckpt["metrics"] = decode_rows(ckpt["metrics"])
     assert ckpt["epoch"] == cfg["epochs"] == len(ckpt["metrics"])
     assert set(ckpt["rng"]) == {"torch", "numpy", "python", "cuda"}
     assert set(ckpt["trainer"]) >= {"optimizer", "scheduler", "scaler", "generator", "batch_size_policy"}
@@ -242,7 +244,7 @@ def test_resume_of_a_folder_from_before_the_module_moves_and_format_2(tmp_path, 
         crash_after(m, 2)
         with pytest.raises(Crash):
             train(cfg, RunContext(cut))
-    ckpt = torch.load(cut / "checkpoint.pt", weights_only=True)
+    ckpt = load_checkpoint(cut / "checkpoint.pt")
     dropped = ("counters", "observers", "averaging", "swa_scheduler", "raw_weights")
     save_state_dict(cut / "checkpoint.pt", {**ckpt, "format": 1, "config": former_targets(ckpt["config"]),
                                             "trainer": {k: v for k, v in ckpt["trainer"].items() if k not in dropped}})
@@ -253,10 +255,34 @@ def test_resume_of_a_folder_from_before_the_module_moves_and_format_2(tmp_path, 
     resumed = resume_config(cut, cfg, [])
     assert resumed["scheduler"]["_target_"] == "nnopt_cli.optim.schedulers.wsd"
     summary = train(resumed, RunContext(cut, resume=True))
-    assert summary["resumed_from_epoch"] == 2 and summary["format"] == 2
+    assert summary["resumed_from_epoch"] == 2 and summary["format"] == FORMAT
     assert_same_run(tmp_path / "alone", cut)  # the counters in every row included
     assert load_checkpoint(cut / "checkpoint.pt")["trainer"]["counters"]["total_steps"] == \
         read_metrics(cut / "metrics.jsonl")[-1]["total_steps"]
+
+
+def test_resume_from_a_format_2_checkpoint_restores_its_rows_exactly(tmp_path, monkeypatch):
+    """A run cut short by an nnopt that pickled the metrics rows as a list of dicts (format 2):
+    resumed, its rows come back as they were and it ends as the run left alone."""
+    from nnopt_cli.store.folder import save_state_dict
+
+    cfg = compose_cfg("epochs=4")
+    train(cfg, RunContext(tmp_path / "alone"))
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        crash_after(m, 3)
+        with pytest.raises(Crash):
+            train(cfg, RunContext(cut))
+    ckpt = load_checkpoint(cut / "checkpoint.pt")
+    rows = ckpt["metrics"]
+    save_state_dict(cut / "checkpoint.pt", {**ckpt, "format": 2, "metrics": rows})  # as format 2 wrote it
+    assert torch.load(cut / "checkpoint.pt", weights_only=True)["metrics"] == rows
+    (cut / "metrics.jsonl").write_text("")  # the rows can only come from the checkpoint
+    summary = train(cfg, RunContext(cut, resume=True))
+    assert summary["resumed_from_epoch"] == 3 and summary["format"] == FORMAT
+    assert read_metrics(cut / "metrics.jsonl")[:3] == rows  # time_s and train_s included
+    assert_same_run(tmp_path / "alone", cut)
+    assert isinstance(torch.load(cut / "checkpoint.pt", weights_only=True)["metrics"], str)  # rewritten as format 3
 
 
 def test_resume_still_refuses_a_renamed_target_off_the_allow_list(tmp_path):
