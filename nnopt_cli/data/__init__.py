@@ -220,7 +220,8 @@ def share_loaded_for_this_process() -> None:
 
     Safe because a run changes no data tensor in place, and checked: a tensor changed in place by
     any torch operation (on it, a view or a detached alias) has a new version counter, and then the
-    next caller gets the dataset prepared again, never the changed tensors (load_dataset).
+    next caller gets the dataset prepared again, never the changed tensors (load_dataset). Writes
+    torch does not count (through `.data`, or a numpy array of the tensor) are not seen.
     """
     global _KEPT, _SHARED
     if _KEPT is None:
@@ -243,7 +244,7 @@ def shared_between_runs() -> Iterator[None]:
 
 
 def _versions(splits: Splits) -> tuple[int, ...]:
-    """The tensors' version counters: torch adds one at every in-place change of a tensor or its views."""
+    """The tensors' version counters: torch increments one at every in-place change of it or its views."""
     return tuple(getattr(splits, k)._version for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"))
 
 
