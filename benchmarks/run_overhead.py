@@ -64,50 +64,83 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+PARTS = ("torch", "run", "sweep", "launchers", "study")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=6)
     parser.add_argument("--datasets", default="mnist,mnist1d")
     parser.add_argument("--no-study", dest="study", action="store_false", help="skip the tune-lr study (~1 min)")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"what to measure, comma-separated among {','.join(PARTS)} (default: all)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"--parts: {args.parts!r}; allowed: {', '.join(PARTS)}")
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
+    if "torch" in parts:
+        torch_import, torch_adam = torch_floor(args.repeats)
+        print(f"import torch: {torch_import:.2f} s; import torch + build one Adam: {torch_adam:.2f} s")
+    for dataset in args.datasets.split(","):
+        if "run" in parts:
+            runs = [one_run(dataset) for _ in range(args.repeats)]
+            fixed = median([wall - trained for wall, trained in runs])
+            floors = (f" = import torch + {fixed - torch_import:.2f} s = import torch and Adam + "
+                      f"{fixed - torch_adam:.2f} s") if "torch" in parts else ""
+            print(f"{dataset}: one run epochs=1: fixed cost {fixed:.2f} s{floors} "
+                  f"(wall {median([w for w, _ in runs]):.2f} s)")
+        if "sweep" in parts or "launchers" in parts:
+            sweeps(dataset, args.jobs, args.repeats, parts)
+    if args.study and "study" in parts:
+        study()
+
+
+def torch_floor(repeats: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        torch_import = median([run(["-c", "import torch"], Path(tmp)) for _ in range(args.repeats)])
+        torch_import = median([run(["-c", "import torch"], Path(tmp)) for _ in range(repeats)])
         # torch's first optimizer imports torch._dynamo (~1 s): every PyTorch training script pays it
         torch_adam = median([run(["-c", "import torch; torch.optim.Adam(torch.nn.Linear(2, 2).parameters())"],
-                                 Path(tmp)) for _ in range(args.repeats)])
-    print(f"import torch: {torch_import:.2f} s; import torch + build one Adam: {torch_adam:.2f} s")
-    for dataset in args.datasets.split(","):
-        runs = [one_run(dataset) for _ in range(args.repeats)]
-        fixed = median([wall - trained for wall, trained in runs])
-        print(f"{dataset}: one run epochs=1: fixed cost {fixed:.2f} s = import torch + {fixed - torch_import:.2f} s "
-              f"= import torch and Adam + {fixed - torch_adam:.2f} s (wall {median([w for w, _ in runs]):.2f} s)")
-        seq = [sweep(dataset, args.jobs) for _ in range(args.repeats)]
-        two = [sweep(dataset, 2) for _ in range(args.repeats)]
-        per_job = median([(wall - trained) / args.jobs for wall, trained in seq])
+                                 Path(tmp)) for _ in range(repeats)])
+    return torch_import, torch_adam
+
+
+def sweeps(dataset: str, jobs: int, repeats: int, parts: set[str]) -> None:
+    # J-job and 2-job sweeps alternate, so that a drift of the machine's speed falls on both alike
+    seq, two = [], []
+    for _ in range(repeats):
+        seq.append(sweep(dataset, jobs))
+        two.append(sweep(dataset, 2))
+    seq_wall = median([w for w, _ in seq])
+    if "sweep" in parts:
+        per_job = median([(wall - trained) / jobs for wall, trained in seq])
         # what one more job adds: the process start is paid once, so it cancels out
-        marginal = (median([w - t for w, t in seq]) - median([w - t for w, t in two])) / (args.jobs - 2)
-        print(f"{dataset}: in-process sweep of {args.jobs} x epochs=1: {per_job:.3f} s per job besides training "
+        marginal = (median([w - t for w, t in seq]) - median([w - t for w, t in two])) / (jobs - 2)
+        print(f"{dataset}: in-process sweep of {jobs} x epochs=1: {per_job:.3f} s per job besides training "
               f"(the process start shared out), {marginal:.3f} s for each job more "
-              f"(wall {median([w for w, _ in seq]):.2f} s)")
-        seq_wall = median([w for w, _ in seq])
-        for launcher in ("parallel", "joblib"):
-            par = median([sweep(dataset, args.jobs, launcher)[0] for _ in range(args.repeats)])
-            print(f"{dataset}: {launcher} (2 workers) / sequential wall, {args.jobs} x epochs=1: {par / seq_wall:.2f}")
-        seq5 = median([sweep(dataset, 4, epochs=5)[0] for _ in range(args.repeats)])
-        for launcher in ("parallel", "joblib"):
-            par = median([sweep(dataset, 4, launcher, epochs=5)[0] for _ in range(args.repeats)])
-            print(f"{dataset}: {launcher} (2 workers) / sequential wall, 4 x epochs=5: {par / seq5:.2f}")
-    if args.study:
-        with tempfile.TemporaryDirectory() as tmp:
-            wall = run(["-m", "nnopt_cli", "tune-lr", "dataset=mnist1d", "model=mlp", "epochs=20", "--optimizers",
-                        "sgd,momentum,adam,adamw,rmsprop", "--lrs", "8", "--seeds", "3", "--grid-seeds", "3",
-                        "--dir", "study"], Path(tmp))
-            runs = len(list((Path(tmp) / "study").rglob("summary.json")))
-        print(f"study: nnopt tune-lr on MNIST-1D, 5 optimizers x 8 LRs x 3 seeds (+ default LR x 3 seeds): "
-              f"{runs} runs in {wall:.0f} s wall")
+              f"(wall {seq_wall:.2f} s)")
+    if "launchers" not in parts:
+        return
+    for launcher in ("parallel", "joblib"):
+        par = median([sweep(dataset, jobs, launcher)[0] for _ in range(repeats)])
+        print(f"{dataset}: {launcher} (2 workers) / sequential wall, {jobs} x epochs=1: {par / seq_wall:.2f}")
+    seq5 = median([sweep(dataset, 4, epochs=5)[0] for _ in range(repeats)])
+    for launcher in ("parallel", "joblib"):
+        par = median([sweep(dataset, 4, launcher, epochs=5)[0] for _ in range(repeats)])
+        print(f"{dataset}: {launcher} (2 workers) / sequential wall, 4 x epochs=5: {par / seq5:.2f}")
+
+
+def study() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        wall = run(["-m", "nnopt_cli", "tune-lr", "dataset=mnist1d", "model=mlp", "epochs=20", "--optimizers",
+                    "sgd,momentum,adam,adamw,rmsprop", "--lrs", "8", "--seeds", "3", "--grid-seeds", "3",
+                    "--dir", "study"], Path(tmp))
+        runs = len(list((Path(tmp) / "study").rglob("summary.json")))
+    print(f"study: nnopt tune-lr on MNIST-1D, 5 optimizers x 8 LRs x 3 seeds (+ default LR x 3 seeds): "
+          f"{runs} runs in {wall:.0f} s wall")
+
 
 if __name__ == "__main__":
     main()

@@ -55,3 +55,4 @@ def datasets_not_kept_across_tests(monkeypatch):
     from nnopt_cli import data
 
     monkeypatch.setattr(data, "_KEPT", None)
+    monkeypatch.setattr(data, "_SHARED", False)

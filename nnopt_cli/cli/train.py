@@ -179,8 +179,8 @@ def train_app(cfg: DictConfig) -> float:
         from nnopt_cli.run.recipe import RunContext, train
         from nnopt_cli.training import distributed
 
-        if multirun:  # the jobs a process runs (basic launcher, or a joblib worker) prepare each dataset once
-            data.keep_loaded_for_this_process()
+        if multirun:  # the jobs a process runs (basic launcher, a worker) prepare each dataset once
+            data.share_loaded_for_this_process()
         jobs = parallel_jobs(hc)
         if multirun and jobs > 1:  # several jobs at once on one machine: one GPU each
             plain["device"] = distributed.sweep_device(plain["device"], hc.job.num)

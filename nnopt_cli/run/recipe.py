@@ -11,6 +11,7 @@ optim, batch_size, clip, ...); observers (observers.py) watch without changing a
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import platform
 import subprocess
@@ -100,6 +101,7 @@ class LoopState:
                    rows=list(ckpt["metrics"]))
 
 
+@functools.cache  # a process runs the code it imported: asked once, not for every job of a sweep (~6 ms each)
 def git_sha() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(nnopt_cli.__file__).parent,
