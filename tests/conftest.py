@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -56,3 +57,15 @@ def datasets_not_kept_across_tests(monkeypatch):
 
     monkeypatch.setattr(data, "_KEPT", None)
     monkeypatch.setattr(data, "_SHARED", False)
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored():
+    """A command run in-process sets Hydra's job logging: handlers on the root logger that write to the
+    test's sys.stdout (capsys's stream, closed when the test ends). Later tests get the handlers the
+    process had before, not a closed stream that prints a logging error into their stderr."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
