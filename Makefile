@@ -25,11 +25,12 @@ test: $(STAMP) ## Run the whole test suite (two pytest workers: the tests are sm
 test-fast: $(STAMP) ## Run the tests not marked slow
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
-bench: $(STAMP) ## Time nnopt's epoch against a plain PyTorch loop (ratios), compare over 1,000 runs, train's start-up (--help, --cfg job, a config error), a run's and a sweep job's fixed cost, 1 thread against every core, Muon against AdamW, seeds vectorized against sequential
+bench: $(STAMP) ## Time nnopt's epoch against a plain PyTorch loop (ratios), compare over 1,000 runs, train's start-up (--help, --cfg job, a config error), a run's and a sweep job's fixed cost, a checkpoint at epoch 1/30/150, 1 thread against every core, Muon against AdamW, seeds vectorized against sequential
 	$(BIN)/python -m benchmarks.epoch_overhead
 	$(BIN)/python -m benchmarks.compare_1000
 	$(BIN)/python -m benchmarks.cli_startup
 	$(BIN)/python -m benchmarks.run_overhead
+	$(BIN)/python -m benchmarks.checkpoint_cost
 	$(BIN)/python -m benchmarks.threads
 	$(BIN)/python -m benchmarks.threads --muon
 	$(BIN)/python -m benchmarks.vectorized
