@@ -43,6 +43,8 @@ from nnopt_cli.training.observers import Observer
 # optimizer per member) and whose update is linear in the LR given their state
 ELEMENTWISE = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.RMSprop",
                "pytorch_optimizer.Lion")
+# the element-wise optimizers torch has a fused (one kernel) implementation of, on the CPU too
+FUSED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 LOSSES = ("cross_entropy", "label_smoothing")
 MODELS = ("mlp", "cnn1d", "cnn")
 # schedulers that also change other settings than the LR (OneCycle's momentum) are left out
@@ -241,6 +243,10 @@ class Stack:
         name_of = {id(p): n for n, p in self.trainers[0].model.named_parameters()}
         groups = [{**{k: v for k, v in g.items() if k != "params"},
                    "params": [self.params[name_of[id(p)]] for p in g["params"]]} for g in first.param_groups]
+        if isinstance(first, FUSED) and all(g.get("fused") is None and not g.get("differentiable") for g in groups):
+            # torch's one-kernel step for the few large stacked tensors: the same update (up to float
+            # rounding), where the per-tensor loop's elementwise calls were 10-20% of a stacked step
+            groups = [{**g, "fused": True, "foreach": False} for g in groups]
         opt = type(first)(groups)
         for j, name in enumerate(self.names):
             states = [t.optimizer.state.get(mp[j]) for t, mp in zip(self.trainers, self.member_params, strict=True)]
