@@ -49,12 +49,13 @@ def sweep_wall(overrides: list[str], seeds: int, threads: int, vectorized: bool)
         out = subprocess.run(args, cwd=tmp, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
                              text=True)
         wall = time.perf_counter() - t0
-        trained = [json.loads(p.read_text())["train_time_s"] for p in Path(tmp, "sweep").rglob("summary.json")]
+        summaries = [json.loads(p.read_text()) for p in Path(tmp, "sweep").rglob("summary.json")]
     if out.returncode != 0:
         raise SystemExit(f"benchmark command failed: {' '.join(args)}\n{out.stderr[-2000:]}")
     if vectorized and "form one vectorized group" not in out.stdout:
         raise SystemExit(f"the jobs did not train together: {' '.join(args)}\n{out.stdout[-2000:]}")
-    stacked = vectorized and "train one by one" not in out.stdout
+    trained = [summary["train_time_s"] for summary in summaries]
+    stacked = all("vectorized" in summary for summary in summaries)  # not the one-by-one fallback
     return wall, statistics.mean(trained) if stacked else sum(trained)
 
 

@@ -44,9 +44,11 @@ def huber(out: torch.Tensor, y: torch.Tensor, delta: float = 1.0) -> torch.Tenso
 
 REGRESSION_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"mse": regression_mse, "huber": huber}
 
+LABEL_SMOOTHING = 0.1  # label_smoothing's default share of the target spread over the classes
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "cross_entropy": lambda out, y, class_weights=None: F.cross_entropy(out, y, weight=class_weights),
-    "label_smoothing": lambda out, y, smoothing=0.1, class_weights=None: F.cross_entropy(
+    "label_smoothing": lambda out, y, smoothing=LABEL_SMOOTHING, class_weights=None: F.cross_entropy(
         out, y, weight=class_weights, label_smoothing=smoothing),
     "mse": mse,
 }

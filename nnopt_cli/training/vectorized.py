@@ -36,6 +36,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from nnopt_cli.optim.optimizers import current_lr
 from nnopt_cli.training import distributed
 from nnopt_cli.training.interrupt import Interrupted
+from nnopt_cli.training.loss import LABEL_SMOOTHING
 from nnopt_cli.training.metrics import Diverged, EpochSums
 from nnopt_cli.training.observers import Observer
 
@@ -296,7 +297,7 @@ def members_loss(node: dict | None) -> Callable[[torch.Tensor, torch.Tensor], to
     the cross-entropy (label-smoothed or not: LOSSES) of every sample in one call, then the mean per
     member, which is what the member's own F.cross_entropy(reduction="mean") computes."""
     node = node or {"name": "cross_entropy"}
-    smoothing = node.get("smoothing", 0.1) if node["name"] == "label_smoothing" else 0.0
+    smoothing = node.get("smoothing", LABEL_SMOOTHING) if node["name"] == "label_smoothing" else 0.0
 
     def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         each = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none", label_smoothing=smoothing)

@@ -67,16 +67,21 @@ def crash_after(monkeypatch, n_evals: int) -> None:
     monkeypatch.setattr(runner, "evaluate_split", evaluate)
 
 
+def cut_short(cfg: dict, run_dir, monkeypatch, n_evals: int) -> None:
+    """Train `cfg` into run_dir until it "dies" after n_evals validation passes (crash_after)."""
+    with monkeypatch.context() as m:
+        crash_after(m, n_evals)
+        with pytest.raises(Crash):
+            train(cfg, RunContext(run_dir))
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_crash_after_epoch_k_then_resume_is_bit_exact(case, tmp_path, monkeypatch):
     cfg = compose_cfg(*CASES[case], "epochs=4")
     reference = train(cfg, RunContext(tmp_path / "alone"))
     assert reference["status"] == "completed"
 
-    with monkeypatch.context() as m:
-        crash_after(m, 2)  # epochs 1 and 2 finish, epoch 3's validation "dies"
-        with pytest.raises(Crash):
-            train(cfg, RunContext(tmp_path / "cut"))
+    cut_short(cfg, tmp_path / "cut", monkeypatch, 2)  # epochs 1 and 2 finish, epoch 3's validation "dies"
     ckpt = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and len(ckpt["metrics"]) == 2
     summary = train(cfg, RunContext(tmp_path / "cut", resume=True))
@@ -103,10 +108,7 @@ def test_resume_rows_written_after_the_checkpoint_are_redone_not_duplicated(tmp_
     cfg = compose_cfg("epochs=3", "checkpoint.every=2")
     reference = tmp_path / "alone"
     train(cfg, RunContext(reference))
-    with monkeypatch.context() as m:
-        crash_after(m, 2)  # epoch 2 checkpointed; epoch 3 never finishes
-        with pytest.raises(Crash):
-            train(cfg, RunContext(tmp_path / "cut"))
+    cut_short(cfg, tmp_path / "cut", monkeypatch, 2)  # epoch 2 checkpointed; epoch 3 never finishes
     # a kill between the metrics append of epoch 3 and its checkpoint, plus a torn last line
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
         f.write(json.dumps(read_metrics(reference / "metrics.jsonl")[2]) + "\n" + '{"epoch": 4, "train/lo')
@@ -119,10 +121,7 @@ def test_resume_rows_written_after_the_checkpoint_are_redone_not_duplicated(tmp_
 def test_resume_without_a_checkpoint_starts_over_in_the_same_folder(tmp_path, monkeypatch):
     cfg = compose_cfg("epochs=2")
     train(cfg, RunContext(tmp_path / "alone"))
-    with monkeypatch.context() as m:
-        crash_after(m, 0)  # dies in epoch 1: no checkpoint yet
-        with pytest.raises(Crash):
-            train(cfg, RunContext(tmp_path / "cut"))
+    cut_short(cfg, tmp_path / "cut", monkeypatch, 0)  # dies in epoch 1: no checkpoint yet
     assert not (tmp_path / "cut" / "checkpoint.pt").exists()
     assert train(cfg, RunContext(tmp_path / "cut", resume=True))["resumed_from_epoch"] == 0
     assert_same_run(tmp_path / "alone", tmp_path / "cut")
@@ -216,10 +215,7 @@ def test_cuda_checkpoint_carries_cuda_rng_and_grad_scaler_and_resumes(precision,
 
     cfg = compose_cfg("device=cuda", f"precision={precision}", "deterministic=true", "model.dropout=0.2", "epochs=3")
     train(cfg, RunContext(tmp_path / "alone"))
-    with monkeypatch.context() as m:
-        crash_after(m, 1)
-        with pytest.raises(Crash):
-            train(cfg, RunContext(tmp_path / "cut"))
+    cut_short(cfg, tmp_path / "cut", monkeypatch, 1)
     ckpt = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert ckpt["rng"]["cuda"] is not None
     assert (ckpt["trainer"]["scaler"] is not None) == (precision == "fp16")
@@ -240,10 +236,7 @@ def test_resume_of_a_folder_from_before_the_module_moves_and_format_2(tmp_path, 
     cfg = compose_cfg("scheduler=wsd", "epochs=3")
     train(cfg, RunContext(tmp_path / "alone"))
     cut = tmp_path / "cut"
-    with monkeypatch.context() as m:
-        crash_after(m, 2)
-        with pytest.raises(Crash):
-            train(cfg, RunContext(cut))
+    cut_short(cfg, cut, monkeypatch, 2)
     ckpt = load_checkpoint(cut / "checkpoint.pt")
     dropped = ("counters", "observers", "averaging", "swa_scheduler", "raw_weights")
     save_state_dict(cut / "checkpoint.pt", {**ckpt, "format": 1, "config": former_targets(ckpt["config"]),
@@ -269,10 +262,7 @@ def test_resume_from_a_format_2_checkpoint_restores_its_rows_exactly(tmp_path, m
     cfg = compose_cfg("epochs=4")
     train(cfg, RunContext(tmp_path / "alone"))
     cut = tmp_path / "cut"
-    with monkeypatch.context() as m:
-        crash_after(m, 3)
-        with pytest.raises(Crash):
-            train(cfg, RunContext(cut))
+    cut_short(cfg, cut, monkeypatch, 3)
     ckpt = load_checkpoint(cut / "checkpoint.pt")
     rows = ckpt["metrics"]
     save_state_dict(cut / "checkpoint.pt", {**ckpt, "format": 2, "metrics": rows})  # as format 2 wrote it
